@@ -1,0 +1,57 @@
+"""writebehind: batch the many small writes a service makes into a datastore.
+
+``add()`` returns in about a microsecond; records with the same key coalesce (the newest
+version wins); batches are written with one statement each, on size, linger, ``flush()``
+and close; nothing accepted is lost without a counter, an outcome and a log line.
+"""
+
+from ._clock import Clock, MonotonicClock
+from ._engine import AsyncBatcher
+from ._errors import (
+    BatcherClosed,
+    BufferFull,
+    ConfigError,
+    PermanentSinkError,
+    RecordError,
+    RetriableSinkError,
+    SinkError,
+    WriteBehindError,
+    WriteTimeout,
+)
+from ._receipt import Outcome, Receipt
+from ._retry import RetryPolicy
+from ._stats import CloseReport, Stats
+from ._sync import Batcher
+from .sinks import CallableSink, Sink, SQLiteSink
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncBatcher",
+    "Batcher",
+    "BatcherClosed",
+    "BufferFull",
+    "CallableSink",
+    "Clock",
+    "CloseReport",
+    "ConfigError",
+    "MonotonicClock",
+    "Outcome",
+    "PermanentSinkError",
+    "Receipt",
+    "RecordError",
+    "RetriableSinkError",
+    "RetryPolicy",
+    "SQLiteSink",
+    "Sink",
+    "SinkError",
+    "Stats",
+    "WriteBehindError",
+    "WriteTimeout",
+]
+
+for _name in __all__:
+    _obj = globals()[_name]
+    if getattr(_obj, "__module__", "").startswith("writebehind."):
+        _obj.__module__ = "writebehind"
+del _name, _obj

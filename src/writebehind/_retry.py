@@ -1,0 +1,72 @@
+"""Retry policy, backoff schedule, error classification and batch splitting: pure functions.
+
+Backoff is exponential with full jitter, bounded below by ``base``: the wait before retry
+``n`` (1-based) is uniform in ``[base, min(cap, base * 2**(n-1)) ]``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from ._errors import ConfigError, SinkError
+
+__all__ = ["RetryPolicy", "backoff", "is_retriable", "schedule", "split"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryPolicy:
+    """How a failed write is retried.
+
+    ``max_attempts`` counts every try, the first included (1 means never retry).
+    ``deadline`` (seconds, optional) bounds the total time spent on one batch's retries.
+    """
+
+    base: float = 0.1
+    cap: float = 10.0
+    max_attempts: int = 6
+    deadline: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.base > 0:
+            raise ConfigError(f"RetryPolicy.base: must be > 0 seconds, got {self.base!r}")
+        if not self.cap >= self.base:
+            raise ConfigError(f"RetryPolicy.cap: must be >= base ({self.base}), got {self.cap!r}")
+        if not (isinstance(self.max_attempts, int) and self.max_attempts >= 1):
+            raise ConfigError(
+                f"RetryPolicy.max_attempts: must be an integer >= 1, got {self.max_attempts!r}"
+            )
+        if self.deadline is not None and not self.deadline > 0:
+            raise ConfigError(f"RetryPolicy.deadline: must be > 0 or None, got {self.deadline!r}")
+
+
+def backoff(policy: RetryPolicy, retry: int, rng: random.Random | None = None) -> float:
+    """The wait before retry number ``retry`` (1-based), with full jitter above ``base``."""
+    high = min(policy.cap, policy.base * 2.0 ** (retry - 1))
+    return (rng or random).uniform(policy.base, high)
+
+
+def schedule(policy: RetryPolicy, rng: random.Random | None = None) -> list[float]:
+    """Every wait the policy would make for one batch, in order (``max_attempts - 1`` of them)."""
+    return [backoff(policy, n, rng) for n in range(1, policy.max_attempts)]
+
+
+def is_retriable(exc: BaseException) -> bool:
+    """Whether writing the same batch again may succeed.
+
+    A ``SinkError`` says so itself. Otherwise connection and timeout errors (``OSError``,
+    ``TimeoutError``) are retriable and anything else, a bug or bad data, is not.
+    """
+    if isinstance(exc, SinkError):
+        return exc.retriable
+    return isinstance(exc, OSError | TimeoutError)
+
+
+def split(items: Sequence[T]) -> tuple[list[T], list[T]]:
+    """Halve a batch to isolate the records that fail permanently (bisection)."""
+    mid = len(items) // 2
+    return list(items[:mid]), list(items[mid:])

@@ -1,0 +1,66 @@
+"""Counters and their frozen snapshots: ``Stats`` and ``CloseReport``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+__all__ = ["CloseReport", "Stats"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Stats:
+    """A consistent snapshot of every counter, taken under the buffer's lock.
+
+    The identity ``accepted == committed + coalesced + dead_lettered + dropped + pending +
+    in_flight`` holds in every snapshot. After close, ``pending + in_flight`` equals ``lost``.
+    """
+
+    accepted: int = 0
+    """Records an ``add()``/``add_nowait()`` took (including those a drop policy then dropped)."""
+    committed: int = 0
+    """Records the sink committed."""
+    coalesced: int = 0
+    """Records superseded in the buffer by a record with the same key and a newer version."""
+    dead_lettered: int = 0
+    """Records that can never be written (permanent error or retries exhausted)."""
+    dropped: int = 0
+    """Records dropped by a ``drop_newest``/``drop_oldest`` policy; see ``dropped_by_reason``."""
+    pending: int = 0
+    """Records waiting in the buffer."""
+    in_flight: int = 0
+    """Records in a batch the sink is writing (or will retry)."""
+    batches: int = 0
+    """Sink writes that committed."""
+    retried: int = 0
+    """Sink writes that failed with a retriable error and were tried again."""
+    splits: int = 0
+    """Batches split in two to isolate records that fail permanently."""
+    write_errors: int = 0
+    """Sink writes that raised (retriable or not)."""
+    lost: int = 0
+    """Records still pending or in flight when close() reached its deadline (0 while open)."""
+    closed: bool = False
+    dropped_by_reason: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def held(self) -> int:
+        """Records held in memory: ``pending + in_flight``."""
+        return self.pending + self.in_flight
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CloseReport:
+    """What ``close()`` achieved. ``lost`` counts records neither committed, coalesced,
+    dead-lettered nor dropped: those still pending or in flight at the deadline."""
+
+    stats: Stats
+    lost: int
+    timed_out: bool
+    duration: float
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing was lost."""
+        return self.lost == 0

@@ -1,0 +1,247 @@
+"""``SQLiteSink``: the embedded default. One conditional upsert per batch, in one transaction.
+
+The connection lives on one worker thread of the sink's own, so the event loop never
+blocks on SQLite. The table's columns are read when the batcher starts; a missing table,
+a missing key or version column, or a key without a PRIMARY KEY/UNIQUE index raises
+``ConfigError`` there. Each batch runs ``INSERT ... ON CONFLICT (key) DO UPDATE SET ...
+WHERE excluded.version >= table.version`` through ``executemany`` inside ``BEGIN IMMEDIATE``
+... ``COMMIT``, so an older record never overwrites a newer row, whoever writes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import decimal
+import json
+import os
+import sqlite3
+import uuid
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from .._errors import ConfigError, PermanentSinkError, RetriableSinkError, SinkError
+from ._ident import quote, validate
+from ._records import field_names, row_getter
+
+__all__ = ["SQLiteSink"]
+
+_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+_ADAPT: dict[type, Callable[[Any], Any]] = {
+    dt.datetime: dt.datetime.isoformat,
+    dt.date: dt.date.isoformat,
+    uuid.UUID: str,
+    decimal.Decimal: str,
+    dict: json.dumps,
+    list: json.dumps,
+}
+_RETRIABLE_MESSAGES = ("locked", "busy", "disk i/o", "unable to open")
+
+
+class SQLiteSink:
+    """Write batches to a SQLite table with one upsert statement per batch.
+
+    Args:
+        path: the database file (created if missing; the table must exist).
+        table: the table's name.
+        key: the column (or tuple of columns) of a PRIMARY KEY or UNIQUE index; with it,
+            records upsert; without it, they are inserted.
+        version: the column ordering records with the same key; the upsert only overwrites
+            a row whose version is older or equal.
+        synchronous: SQLite's ``PRAGMA synchronous`` (``"FULL"``, the default, or
+            ``"NORMAL"``, ``"OFF"``, ``"EXTRA"``). The journal is always WAL.
+        busy_timeout: seconds a write waits for another connection's lock before failing
+            (a retriable error).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        table: str,
+        key: str | tuple[str, ...] | None = None,
+        version: str | None = None,
+        synchronous: str = "FULL",
+        busy_timeout: float = 5.0,
+    ) -> None:
+        self.path = os.fspath(path)
+        self.table = validate(table, "table")
+        keys = (key,) if isinstance(key, str) else tuple(key or ())
+        self.key = tuple(validate(k, "key") for k in keys)
+        self.version = None if version is None else validate(version, "version")
+        if self.version is not None and not self.key:
+            raise ConfigError("version: needs key (the version orders rows with one key)")
+        if not isinstance(synchronous, str) or synchronous.upper() not in _SYNCHRONOUS:
+            raise ConfigError(f"synchronous: must be one of {', '.join(_SYNCHRONOUS)}")
+        self.synchronous = synchronous.upper()
+        if not busy_timeout >= 0:
+            raise ConfigError(f"busy_timeout: must be >= 0 seconds, got {busy_timeout!r}")
+        self.busy_timeout = busy_timeout
+        self.columns: tuple[str, ...] = ()
+        self._conn: sqlite3.Connection | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._sql: dict[tuple[str, ...], str] = {}
+        self.statements = 0
+        """Statements executed (one per batch, or per shape of record within a batch)."""
+
+    def __repr__(self) -> str:
+        return f"SQLiteSink({self.path!r}, table={self.table!r}, key={self.key!r})"
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Open the connection and check the table (``ConfigError`` if it does not fit)."""
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="writebehind-sqlite")
+        await self._run(self._open)
+
+    def _open(self) -> None:
+        conn = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout
+        )
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            info = conn.execute(f"PRAGMA table_info({quote(self.table)})").fetchall()
+            if not info:
+                raise ConfigError(f"table: {self.table!r} does not exist in {self.path!r}")
+            self.columns = tuple(row[1] for row in info)
+            for col in (*self.key, *((self.version,) if self.version else ())):
+                if col not in self.columns:
+                    raise ConfigError(
+                        f"column {col!r} is not in table {self.table!r} (it has "
+                        f"{', '.join(self.columns)})"
+                    )
+            if self.key and not self._has_unique(conn, info):
+                raise ConfigError(
+                    f"key: table {self.table!r} has no PRIMARY KEY or UNIQUE index on "
+                    f"({', '.join(self.key)}); the upsert needs one"
+                )
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def _has_unique(self, conn: sqlite3.Connection, info: list[Any]) -> bool:
+        wanted = set(self.key)
+        if {row[1] for row in info if row[5]} == wanted:
+            return True
+        for index in conn.execute(f"PRAGMA index_list({quote(self.table)})").fetchall():
+            if index[2]:  # unique
+                cols = conn.execute(f"PRAGMA index_info({quote(index[1])})").fetchall()
+                if {c[2] for c in cols} == wanted:
+                    return True
+        return False
+
+    async def close(self) -> None:
+        """Close the connection (after any write still running) and stop the worker thread."""
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            executor.submit(conn.close)
+        executor.shutdown(wait=False)
+
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._executor is None:
+            raise RetriableSinkError("the SQLite sink is not started or already closed")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # -- writing --------------------------------------------------------------------------
+    async def write(self, batch: list[Any]) -> None:
+        """Upsert ``batch`` in one transaction."""
+        if batch:
+            await self._run(self._write, batch)
+
+    def _write(self, batch: list[Any]) -> None:
+        conn = self._conn
+        if conn is None:
+            raise RetriableSinkError("the SQLite sink is closed")
+        groups = self._group(batch)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for names, rows in groups.items():
+                    conn.executemany(self._statement(names), rows)
+                    self.statements += 1
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise _map_error(exc) from exc
+
+    def _group(self, batch: list[Any]) -> dict[tuple[str, ...], list[tuple[Any, ...]]]:
+        groups: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+        first = batch[0]
+        names = field_names(first)
+        get = row_getter(first, names)
+        rows = groups[names] = []
+        mapping = isinstance(first, Mapping)
+        keys = first.keys() if mapping else None
+        for r in batch:
+            if mapping and (not isinstance(r, Mapping) or r.keys() != keys):
+                other = field_names(r)
+                groups.setdefault(other, []).append(_adapt(row_getter(r, other)(r)))
+                continue
+            rows.append(_adapt(get(r)))
+        for shape in groups:
+            self._check(shape)
+        return {k: v for k, v in groups.items() if v}
+
+    def _check(self, names: tuple[str, ...]) -> None:
+        if names in self._sql:
+            return
+        unknown = [n for n in names if n not in self.columns]
+        if unknown:
+            raise PermanentSinkError(
+                f"record field {unknown[0]!r} is not a column of table {self.table!r}"
+            )
+        missing = [k for k in self.key if k not in names]
+        if missing:
+            raise PermanentSinkError(f"record lacks the key field {missing[0]!r}")
+
+    def _statement(self, names: tuple[str, ...]) -> str:
+        sql = self._sql.get(names)
+        if sql is None:
+            sql = self._sql[names] = self._build(names)
+        return sql
+
+    def _build(self, names: tuple[str, ...]) -> str:
+        t = quote(self.table)
+        cols = ", ".join(quote(n) for n in names)
+        marks = ", ".join("?" for _ in names)
+        sql = f"INSERT INTO {t} ({cols}) VALUES ({marks})"
+        if not self.key:
+            return sql
+        conflict = ", ".join(quote(k) for k in self.key)
+        updates = [n for n in names if n not in self.key]
+        if not updates:
+            return f"{sql} ON CONFLICT ({conflict}) DO NOTHING"
+        sets = ", ".join(f"{quote(n)} = excluded.{quote(n)}" for n in updates)
+        sql = f"{sql} ON CONFLICT ({conflict}) DO UPDATE SET {sets}"
+        if self.version is not None and self.version in names:
+            v = quote(self.version)
+            sql += f" WHERE {t}.{v} IS NULL OR excluded.{v} >= {t}.{v}"
+        return sql
+
+
+def _adapt(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    for v in row:
+        if type(v) in _ADAPT:
+            return tuple(_ADAPT[type(x)](x) if type(x) in _ADAPT else x for x in row)
+    return row
+
+
+def _map_error(exc: sqlite3.Error) -> SinkError:
+    message = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, sqlite3.OperationalError):
+        text = str(exc).lower()
+        if any(m in text for m in _RETRIABLE_MESSAGES):
+            return RetriableSinkError(message)
+        return PermanentSinkError(message)
+    if isinstance(exc, sqlite3.IntegrityError | sqlite3.DataError | sqlite3.ProgrammingError):
+        return PermanentSinkError(message)
+    if isinstance(exc, sqlite3.InterfaceError):
+        return PermanentSinkError(message)  # a value of a type SQLite cannot bind
+    return RetriableSinkError(message)

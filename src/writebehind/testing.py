@@ -1,0 +1,159 @@
+"""Fakes for tests, yours and ours: a clock you move by hand, and sinks that remember,
+fail or stall on demand.
+
+- :class:`ManualClock`: time moves only on ``advance()``; pass it as ``clock=`` so linger
+  and backoff happen instantly and exactly.
+- :class:`MemorySink`: keeps ``.batches``, each the list of records it received.
+- :class:`FlakySink`: fails the first ``fail_first`` writes, and any batch holding a record
+  that ``poison`` picks, with the error you choose.
+- :class:`SlowSink`: takes ``delay`` seconds per write (``math.inf``: never answers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import math
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from ._errors import PermanentSinkError, RetriableSinkError
+
+__all__ = ["FlakySink", "ManualClock", "MemorySink", "SlowSink"]
+
+
+class ManualClock:
+    """A clock that stands still until ``advance()`` moves it. Thread-safe.
+
+    Sleepers and linger timers due at or before the new time wake, in order of their
+    deadlines, on their own event loops.
+    """
+
+    def __init__(self, start: float = 0.0) -> None:
+        self._now = float(start)
+        self._lock = threading.Lock()
+        self._timers: list[tuple[float, int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+
+    def monotonic(self) -> float:
+        return self._now
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward by ``seconds`` and wake everything now due."""
+        if seconds < 0:
+            raise ValueError("a clock cannot go back")
+        with self._lock:
+            self._now += seconds
+            due = []
+            while self._timers and self._timers[0][0] <= self._now:
+                due.append(heapq.heappop(self._timers))
+        for _, _, loop, fut in due:
+            loop.call_soon_threadsafe(_resolve, fut)
+
+    @property
+    def sleepers(self) -> int:
+        """How many sleeps and timed waits are pending on this clock."""
+        with self._lock:
+            return sum(1 for t in self._timers if not t[3].done())
+
+    def _timer(self, seconds: float) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            if seconds <= 0:
+                fut.set_result(None)
+            else:
+                heapq.heappush(self._timers, (self._now + seconds, next(self._seq), loop, fut))
+        return fut
+
+    async def sleep(self, seconds: float) -> None:
+        await self._timer(seconds)
+
+    async def wait(self, event: asyncio.Event, timeout: float | None) -> bool:
+        if event.is_set():
+            return True
+        if timeout is None:
+            await event.wait()
+            return True
+        timer = self._timer(timeout)
+        waiter = asyncio.ensure_future(event.wait())
+        try:
+            await asyncio.wait({timer, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            timer.cancel()
+        return event.is_set()
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+class MemorySink:
+    """Remembers every batch it received in ``.batches`` (a list of lists of records)."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[Any]] = []
+        self.writes = 0
+
+    async def write(self, batch: list[Any]) -> None:
+        self.writes += 1
+        self.batches.append(list(batch))
+
+    @property
+    def records(self) -> list[Any]:
+        """Every record received, in order."""
+        return [r for b in self.batches for r in b]
+
+
+class FlakySink(MemorySink):
+    """Fails on demand, otherwise remembers like :class:`MemorySink`.
+
+    Args:
+        fail_first: how many writes fail before they start to succeed.
+        poison: a predicate; a batch holding a record it picks fails with ``PermanentSinkError``.
+        error: the factory for the ``fail_first`` failures (default: a retriable error).
+    """
+
+    def __init__(
+        self,
+        *,
+        fail_first: int = 0,
+        poison: Callable[[Any], bool] | None = None,
+        error: Callable[[], BaseException] | None = None,
+    ) -> None:
+        super().__init__()
+        self.fail_first = fail_first
+        self.poison = poison
+        self.error = error or (lambda: RetriableSinkError("injected failure (FlakySink)"))
+        self.attempts = 0
+        self.failures = 0
+
+    async def write(self, batch: list[Any]) -> None:
+        self.attempts += 1
+        if self.attempts <= self.fail_first:
+            self.failures += 1
+            raise self.error()
+        if self.poison is not None and any(self.poison(r) for r in batch):
+            self.failures += 1
+            raise PermanentSinkError("injected poison record (FlakySink)")
+        await super().write(batch)
+
+
+class SlowSink(MemorySink):
+    """Takes ``delay`` seconds (real time) per write; ``math.inf`` never answers."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+        self.started = 0
+
+    async def write(self, batch: list[Any]) -> None:
+        self.started += 1
+        if math.isinf(self.delay):
+            await asyncio.Event().wait()
+        await asyncio.sleep(self.delay)
+        await super().write(batch)
