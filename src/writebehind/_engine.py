@@ -107,6 +107,8 @@ class AsyncBatcher:
         self._intake = Intake(
             key=make_getter(key, "key", for_key=True),
             version=make_getter(version, "version", for_key=False),
+            key_spec=key,
+            version_spec=version,
             max_batch=max_batch,
             max_pending=max_pending,
             when_full=when_full,
@@ -117,6 +119,8 @@ class AsyncBatcher:
             clock=self._clock, dead_letter=dead_letter, name=name,
         )
         self.name = name
+        # the hot path, without a layer of call: see add_nowait's docstring
+        self.add_nowait = self._intake.put_nowait  # type: ignore[method-assign]
         self._loop: asyncio.AbstractEventLoop | None = None
         self._event: asyncio.Event | None = None
         self._flusher: asyncio.Task[None] | None = None
