@@ -26,8 +26,8 @@ from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any
 
-from ._keys import FieldSpec, fast_getter
 from ._errors import BatcherClosed, BufferFull, RecordError, WriteBehindError
+from ._keys import FieldSpec, fast_getter
 from ._receipt import Batch, Outcome, Receipt
 from ._stats import Stats
 

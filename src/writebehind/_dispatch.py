@@ -61,7 +61,7 @@ class Delivery:
                     f"{self.write_timeout} s (write_timeout); it may or may not have committed"
                 )
                 error.__cause__ = exc
-            except Exception as exc:  # noqa: BLE001 - classified below, never swallowed
+            except Exception as exc:
                 error = exc
             else:
                 self.intake.count(batches=1)
@@ -76,7 +76,9 @@ class Delivery:
                     if attempt == 1:
                         log.warning(
                             "writebehind[%s]: write of %d records failed (%s), retrying",
-                            self.name, len(records), _describe(error),
+                            self.name,
+                            len(records),
+                            _describe(error),
                         )
                     self.intake.count(retried=1)
                     await self.clock.sleep(wait)
@@ -102,7 +104,10 @@ class Delivery:
     ) -> None:
         log.error(
             "writebehind[%s]: dead-lettered %d record(s) after %d attempt(s): %s",
-            self.name, len(records), attempts, _describe(error),
+            self.name,
+            len(records),
+            attempts,
+            _describe(error),
         )
         if self.dead_letter is not None:
             try:

@@ -94,7 +94,9 @@ class AsyncBatcher:
             if not (isinstance(value, int | float) and value > 0):
                 raise ConfigError(f"{arg}: must be a number of seconds > 0, got {value!r}")
         if when_full not in WHEN_FULL:
-            raise ConfigError(f"when_full: must be one of {', '.join(WHEN_FULL)}; got {when_full!r}")
+            raise ConfigError(
+                f"when_full: must be one of {', '.join(WHEN_FULL)}; got {when_full!r}"
+            )
         if version is not None and key is None:
             raise ConfigError("version: needs a key (versions only order records with one key)")
         self._sink = sink
@@ -115,8 +117,13 @@ class AsyncBatcher:
             clock=self._clock.monotonic,
         )
         self._delivery = Delivery(
-            sink, self._intake, retry=retry or RetryPolicy(), write_timeout=write_timeout,
-            clock=self._clock, dead_letter=dead_letter, name=name,
+            sink,
+            self._intake,
+            retry=retry or RetryPolicy(),
+            write_timeout=write_timeout,
+            clock=self._clock,
+            dead_letter=dead_letter,
+            name=name,
         )
         self.name = name
         # the hot path, without a layer of call: see add_nowait's docstring
@@ -212,7 +219,8 @@ class AsyncBatcher:
 
     # -- the flusher ----------------------------------------------------------------------
     async def _run(self) -> None:
-        assert self._event is not None and self._loop is not None
+        assert self._event is not None
+        assert self._loop is not None
         intake, event, clock = self._intake, self._event, self._clock
         while True:
             event.clear()
@@ -224,9 +232,14 @@ class AsyncBatcher:
                 self._flush_waiters = []
                 self._forced = pending
             d = decide(
-                now=clock.monotonic(), pending=pending, oldest_at=oldest_at,
-                max_batch=self._max_batch, linger=self._linger, forced=self._forced,
-                closing=self._closing, batches_in_flight=len(self._writing),
+                now=clock.monotonic(),
+                pending=pending,
+                oldest_at=oldest_at,
+                max_batch=self._max_batch,
+                linger=self._linger,
+                forced=self._forced,
+                closing=self._closing,
+                batches_in_flight=len(self._writing),
                 max_in_flight=self._max_in_flight,
             )
             if d.reason is not None:
@@ -245,9 +258,9 @@ class AsyncBatcher:
                 aux = self._loop.create_task(_settle_flush(batches, waiters))
                 self._aux.add(aux)
                 aux.add_done_callback(self._aux.discard)
-            if self._closing and pending == 0 and not self._writing and not self._direct:
-                if self._drained is not None and not self._drained.done():
-                    self._drained.set_result(None)
+            drained = self._closing and pending == 0 and not self._writing and not self._direct
+            if drained and self._drained is not None and not self._drained.done():
+                self._drained.set_result(None)
             if d.reason is not None:
                 continue
             timeout = None if d.wake_at is None else d.wake_at - clock.monotonic()
@@ -304,11 +317,15 @@ class AsyncBatcher:
             return self._report
         async with self._close_lock:
             if self._report is None:
-                self._report = await self._close(self._close_timeout if timeout is None else timeout)
+                self._report = await self._close(
+                    self._close_timeout if timeout is None else timeout
+                )
         return self._report
 
     async def _close(self, timeout: float) -> CloseReport:
-        assert self._loop is not None and self._event is not None and self._flusher is not None
+        assert self._loop is not None
+        assert self._event is not None
+        assert self._flusher is not None
         started = time.monotonic()
         self._intake.close()
         self._closing = True
@@ -337,7 +354,9 @@ class AsyncBatcher:
         sink_close = getattr(self._sink, "close", None)
         if sink_close is not None:
             try:
-                async with asyncio.timeout(max(_CANCEL_GRACE, timeout - (time.monotonic() - started))):
+                async with asyncio.timeout(
+                    max(_CANCEL_GRACE, timeout - (time.monotonic() - started))
+                ):
                     await sink_close()
             except Exception:
                 log.exception("writebehind[%s]: closing the sink failed", self.name)
@@ -349,7 +368,11 @@ class AsyncBatcher:
             log.warning(
                 "writebehind[%s]: closed after %.1f s with %d record(s) lost (neither committed "
                 "nor dead-lettered): %d pending, %d in flight",
-                self.name, report.duration, report.lost, stats.pending, stats.in_flight,
+                self.name,
+                report.duration,
+                report.lost,
+                stats.pending,
+                stats.in_flight,
             )
         return report
 

@@ -1,14 +1,16 @@
 """The exception tree. Every error writebehind raises derives from one root::
 
     WriteBehindError
-    ├── ConfigError            bad configuration: names the argument and what is allowed (also ValueError)
-    ├── RecordError            a record that cannot be taken: a missing key field, ... (also ValueError)
-    ├── BufferFull             no room under when_full="block"/"raise"; the caller still has the record
-    ├── BatcherClosed          add() after close() began
-    └── SinkError              a sink's write failed; ``retriable`` says whether trying again can help
-        ├── RetriableSinkError     connection lost, timeout, throttled, deadlock, ...
-        │   └── WriteTimeout       the write did not answer within ``write_timeout`` (indeterminate)
-        └── PermanentSinkError     bad data, constraint violation, unknown column, ...
+    ├── ConfigError          bad configuration: names the argument and what is allowed
+    ├── RecordError          a record that cannot be taken: a missing key field, ...
+    ├── BufferFull           no room under when_full="block"/"raise"; the caller keeps it
+    ├── BatcherClosed        add() after close() began
+    └── SinkError            a sink's write failed; ``retriable``: may trying again help?
+        ├── RetriableSinkError   connection lost, timeout, throttled, deadlock, ...
+        │   └── WriteTimeout     no answer within ``write_timeout`` (outcome unknown)
+        └── PermanentSinkError   bad data, constraint violation, unknown column, ...
+
+``ConfigError`` and ``RecordError`` are also ``ValueError``s.
 
 Each sink maps its driver's errors into this tree in one place, with ``raise ... from exc``.
 A usage error (``ConfigError``, ``RecordError``) is raised to the caller; a ``SinkError`` is
@@ -36,7 +38,7 @@ class WriteBehindError(Exception):
 
 
 class ConfigError(WriteBehindError, ValueError):
-    """A configuration value is not allowed. The message names the argument and the allowed values."""
+    """A configuration value is not allowed; the message names the argument and what is."""
 
 
 class RecordError(WriteBehindError, ValueError):

@@ -56,7 +56,9 @@ class Batcher:
             loop.run_forever()
 
         self._loop = loop
-        self._thread = threading.Thread(target=run, name=f"writebehind[{self._core.name}]", daemon=True)
+        self._thread = threading.Thread(
+            target=run, name=f"writebehind[{self._core.name}]", daemon=True
+        )
         self._thread.start()
         ready.wait()
         try:

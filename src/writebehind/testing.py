@@ -34,7 +34,7 @@ class ManualClock:
     def __init__(self, start: float = 0.0) -> None:
         self._now = float(start)
         self._lock = threading.Lock()
-        self._timers: list[tuple[float, int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._timers: list[tuple[float, int, asyncio.AbstractEventLoop, asyncio.Future[Any]]] = []
         self._seq = itertools.count()
 
     def monotonic(self) -> float:
@@ -58,9 +58,9 @@ class ManualClock:
         with self._lock:
             return sum(1 for t in self._timers if not t[3].done())
 
-    def _timer(self, seconds: float) -> asyncio.Future[None]:
+    def _timer(self, seconds: float) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
+        fut: asyncio.Future[Any] = loop.create_future()
         with self._lock:
             if seconds <= 0:
                 fut.set_result(None)
@@ -78,16 +78,16 @@ class ManualClock:
             await event.wait()
             return True
         timer = self._timer(timeout)
-        waiter = asyncio.ensure_future(event.wait())
+        waiter: asyncio.Future[Any] = asyncio.ensure_future(event.wait())
         try:
-            await asyncio.wait({timer, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([timer, waiter], return_when=asyncio.FIRST_COMPLETED)
         finally:
             waiter.cancel()
             timer.cancel()
         return event.is_set()
 
 
-def _resolve(fut: asyncio.Future[None]) -> None:
+def _resolve(fut: asyncio.Future[Any]) -> None:
     if not fut.done():
         fut.set_result(None)
 
