@@ -199,6 +199,7 @@ class Intake:
             self._pending.pop(first)._outcome = Outcome.DROPPED
             self.dropped_oldest += 1
             self._pending[k] = r
+            self._call_in_loop(self._notify_change)  # wake whoever awaits the dropped one
             return r
         if policy == "direct":
             self.in_flight += 1

@@ -7,6 +7,7 @@ fail or stall on demand.
 - :class:`FlakySink`: fails the first ``fail_first`` writes, and any batch holding a record
   that ``poison`` picks, with the error you choose.
 - :class:`SlowSink`: takes ``delay`` seconds per write (``math.inf``: never answers).
+- :class:`GatedSink`: holds every write until the test calls ``open()``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 from ._errors import PermanentSinkError, RetriableSinkError
 
-__all__ = ["FlakySink", "ManualClock", "MemorySink", "SlowSink"]
+__all__ = ["FlakySink", "GatedSink", "ManualClock", "MemorySink", "SlowSink"]
 
 
 class ManualClock:
@@ -156,4 +157,46 @@ class SlowSink(MemorySink):
         if math.isinf(self.delay):
             await asyncio.Event().wait()
         await asyncio.sleep(self.delay)
+        await super().write(batch)
+
+
+class GatedSink(MemorySink):
+    """Holds every write until ``open()`` is called (from any thread); ``close_gate()``
+    holds later writes again. ``waiting`` counts writes currently held at the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._open = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._event: asyncio.Event | None = None
+        self.waiting = 0
+
+    def open(self) -> None:
+        """Let every held and future write through."""
+        self._open = True
+        loop, event = self._loop, self._event
+        if loop is not None and event is not None:
+            loop.call_soon_threadsafe(event.set)
+
+    def close_gate(self) -> None:
+        """Hold writes again from now on."""
+        self._open = False
+        loop, event = self._loop, self._event
+        if loop is not None and event is not None:
+            loop.call_soon_threadsafe(event.clear)
+
+    async def write(self, batch: list[Any]) -> None:
+        if self._event is None:
+            self._loop = asyncio.get_running_loop()
+            self._event = asyncio.Event()
+            if self._open:
+                self._event.set()
+        self.waiting += 1
+        try:
+            while not self._open:
+                await self._event.wait()
+                if not self._open:
+                    self._event.clear()
+        finally:
+            self.waiting -= 1
         await super().write(batch)

@@ -1,0 +1,161 @@
+"""What the demo shows while it runs and when it ends: a live rich table, or plain lines.
+
+``rich`` is imported only here, only when a rich display is asked for, and only if it is
+installed (the ``writebehind[cli]`` extra); otherwise :func:`make_display` returns the plain
+display, which prints one line a second and a plain two-column table at the end.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, TextIO
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.live import Live
+    from rich.table import Table
+
+__all__ = ["Display", "Progress", "Row", "make_display"]
+
+Row = tuple[str, str]
+"""One line of the final table: (label, value)."""
+
+_PLAIN_EVERY = 4  # the demo updates ~4x/s; the plain display prints one line a second
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """A snapshot of the run for the live display."""
+
+    elapsed: float
+    sent: int
+    pending: int
+    in_flight: int
+    committed: int
+    statements: int
+    coalesced: int
+
+
+class Display(Protocol):
+    """Where the demo reports."""
+
+    def start(self, title: str) -> None: ...
+
+    def update(self, progress: Progress) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def note(self, text: str) -> None: ...
+
+    def final(self, title: str, rows: list[Row]) -> None: ...
+
+
+def make_display(*, plain: bool, out: TextIO | None = None) -> Display:
+    """A rich live display, or the plain one when ``plain`` is set or rich is missing."""
+    if not plain:
+        try:
+            return _RichDisplay(out)
+        except ImportError:
+            pass
+    return _PlainDisplay(out)
+
+
+_COLUMNS = ("elapsed", "sent", "pending", "in flight", "committed", "statements", "coalesced")
+
+
+def _cells(p: Progress) -> tuple[str, ...]:
+    return (
+        f"{p.elapsed:.1f} s",
+        f"{p.sent:,}",
+        f"{p.pending:,}",
+        f"{p.in_flight:,}",
+        f"{p.committed:,}",
+        f"{p.statements:,}",
+        f"{p.coalesced:,}",
+    )
+
+
+class _PlainDisplay:
+    def __init__(self, out: TextIO | None) -> None:
+        self._out = out
+        self._updates = 0
+        self._last: Progress | None = None
+
+    def _print(self, text: str = "") -> None:
+        print(text, file=self._out or sys.stdout, flush=True)
+
+    def start(self, title: str) -> None:
+        self._print(title)
+
+    def update(self, progress: Progress) -> None:
+        self._last = progress
+        self._updates += 1
+        if self._updates % _PLAIN_EVERY == 1:
+            self._line(progress)
+
+    def _line(self, p: Progress) -> None:
+        cells = _cells(p)
+        self._print("  " + "  ".join(f"{c} {v}" for c, v in zip(_COLUMNS, cells, strict=True)))
+
+    def stop(self) -> None:
+        if self._last is not None and self._updates % _PLAIN_EVERY != 1:
+            self._line(self._last)  # the final state, unless it was just printed
+
+    def note(self, text: str) -> None:
+        self._print(text)
+
+    def final(self, title: str, rows: list[Row]) -> None:
+        width = max(len(label) for label, _ in rows)
+        self._print()
+        self._print(title)
+        for label, value in rows:
+            self._print(f"  {label:<{width}}  {value}")
+
+
+class _RichDisplay:
+    def __init__(self, out: TextIO | None) -> None:
+        from rich.console import Console
+        from rich.live import Live
+        from rich.table import Table
+
+        self._table_type: type[Table] = Table
+        self._live_type: type[Live] = Live
+        self._console: Console = Console(file=out)
+        self._live: Live | None = None
+        self._title = ""
+
+    def _progress_table(self, p: Progress | None) -> Table:
+        table = self._table_type(title=self._title, title_justify="left")
+        for column in _COLUMNS:
+            table.add_column(column, justify="right")
+        table.add_row(*(_cells(p) if p is not None else ("-",) * len(_COLUMNS)))
+        return table
+
+    def start(self, title: str) -> None:
+        self._title = title
+        self._live = self._live_type(
+            self._progress_table(None), console=self._console, auto_refresh=False
+        )
+        self._live.start(refresh=True)
+
+    def update(self, progress: Progress) -> None:
+        if self._live is not None:
+            self._live.update(self._progress_table(progress), refresh=True)
+
+    def stop(self) -> None:
+        live, self._live = self._live, None
+        if live is not None:
+            live.stop()
+
+    def note(self, text: str) -> None:
+        self._console.print(text, highlight=False, markup=False)
+
+    def final(self, title: str, rows: list[Row]) -> None:
+        table = self._table_type(title=title, title_justify="left", show_header=False)
+        table.add_column(style="bold")
+        table.add_column()
+        for label, value in rows:
+            table.add_row(label, value)
+        self._console.print()
+        self._console.print(table)
