@@ -132,7 +132,7 @@ def assert_conserved(s: wb.Stats) -> None:
 async def settle(cond: Any, timeout: float = 5.0) -> None:
     """Let the loop(s) run until ``cond()`` is true; fails after ``timeout`` s."""
     async with asyncio.timeout(timeout):
-        while not cond():
+        while not cond():  # noqa: ASYNC110 - polls state that other threads own
             await asyncio.sleep(0.001)
 
 
@@ -150,9 +150,9 @@ def heartbeat_db(tmp_path: Path) -> Iterator[Path]:
         c.execute(
             "CREATE TABLE agents (id TEXT PRIMARY KEY, name TEXT, updated_at INTEGER NOT NULL)"
         )
-    yield path
+    return path
 
 
 def rows(path: Path, table: str = "agents") -> dict[Any, tuple[Any, ...]]:
     with sqlite3.connect(path) as c:
-        return {r[0]: tuple(r[1:]) for r in c.execute(f"SELECT * FROM {table}")}  # noqa: S608
+        return {r[0]: tuple(r[1:]) for r in c.execute(f"SELECT * FROM {table}")}

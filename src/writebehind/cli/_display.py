@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.live import Live
     from rich.table import Table
+    from rich.text import Text
 
 __all__ = ["Display", "Progress", "Row", "make_display"]
 
@@ -118,7 +119,9 @@ class _RichDisplay:
         from rich.console import Console
         from rich.live import Live
         from rich.table import Table
+        from rich.text import Text
 
+        self._text_type: type[Text] = Text
         self._table_type: type[Table] = Table
         self._live_type: type[Live] = Live
         self._console: Console = Console(file=out)
@@ -156,6 +159,6 @@ class _RichDisplay:
         table.add_column(style="bold")
         table.add_column()
         for label, value in rows:
-            table.add_row(label, value)
+            table.add_row(self._text_type(label), self._text_type(value))
         self._console.print()
         self._console.print(table)
