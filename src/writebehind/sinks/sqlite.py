@@ -116,6 +116,9 @@ class SQLiteSink:
                     f"key: table {self.table!r} has no PRIMARY KEY or UNIQUE index on "
                     f"({', '.join(self.key)}); the upsert needs one"
                 )
+        except sqlite3.Error as exc:
+            conn.close()
+            raise _map_error(exc) from exc
         except BaseException:
             conn.close()
             raise

@@ -1,0 +1,69 @@
+"""Backoff schedule, error classification and splitting: pure functions."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import writebehind as wb
+from writebehind._retry import backoff, is_retriable, schedule, split
+
+
+@given(
+    base=st.floats(0.001, 5),
+    factor=st.floats(1, 1000),
+    attempts=st.integers(1, 30),
+    seed=st.integers(0, 2**32),
+)
+def test_every_wait_is_within_bounds(base: float, factor: float, attempts: int, seed: int) -> None:
+    """Retry n waits within [base, min(cap, base * 2**(n-1))]."""
+    policy = wb.RetryPolicy(base=base, cap=base * factor, max_attempts=attempts)
+    waits = schedule(policy, random.Random(seed))
+    assert len(waits) == attempts - 1
+    for n, wait in enumerate(waits, start=1):
+        assert base <= wait <= min(policy.cap, base * 2 ** (n - 1)) + 1e-12
+
+
+def test_backoff_grows_then_caps() -> None:
+    """The upper bound doubles per retry until the cap."""
+    policy = wb.RetryPolicy(base=1, cap=8)
+    rng = random.Random(1)
+    highs = [max(backoff(policy, n, rng) for _ in range(2000)) for n in range(1, 7)]
+    assert highs[0] == pytest.approx(1)
+    assert 1.9 < highs[1] <= 2
+    assert 7.9 < highs[5] <= 8
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"base": 0}, "base"),
+        ({"cap": 0.01}, "cap"),
+        ({"max_attempts": 0}, "max_attempts"),
+        ({"deadline": -1}, "deadline"),
+    ],
+)
+def test_bad_policy_is_a_config_error(kwargs: dict[str, float], field: str) -> None:
+    """Out-of-range settings raise ConfigError naming the field."""
+    with pytest.raises(wb.ConfigError, match=field):
+        wb.RetryPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+def test_classification() -> None:
+    """Sink errors say whether they are retriable; connection errors are, bugs are not."""
+    assert is_retriable(wb.RetriableSinkError("x"))
+    assert is_retriable(wb.WriteTimeout("x"))
+    assert not is_retriable(wb.PermanentSinkError("x"))
+    assert is_retriable(ConnectionResetError())
+    assert is_retriable(TimeoutError())
+    assert not is_retriable(ValueError())
+    assert not is_retriable(KeyError("field"))
+
+
+def test_split_halves() -> None:
+    """A batch splits into two halves that together hold every record once."""
+    assert split([1, 2, 3, 4, 5]) == ([1, 2], [3, 4, 5])
+    assert split([1, 2]) == ([1], [2])

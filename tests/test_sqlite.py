@@ -1,0 +1,195 @@
+"""SQLiteSink against real SQLite files."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import sqlite3
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import writebehind as wb
+
+from .conftest import Open, rows
+
+
+@pytest.mark.parametrize(
+    ("arg", "value"),
+    [
+        ("table", 'agents"; DROP TABLE agents; --'),
+        ("table", "agents; DROP TABLE x"),
+        ("table", "a" * 64),
+        ("table", "1agents"),
+        ("table", ""),
+        ("key", "id) DO NOTHING; --"),
+        ("key", ("id", "x y")),
+        ("version", "updated_at >= 0 OR 1=1"),
+    ],
+)
+def test_injection_shaped_names_are_rejected(tmp_path: Path, arg: str, value: Any) -> None:
+    """Table and column names that are not plain identifiers raise ConfigError at once."""
+    kwargs: dict[str, Any] = {"table": "agents", "key": "id", "version": "updated_at"}
+    kwargs[arg] = value
+    with pytest.raises(wb.ConfigError, match=arg):
+        wb.SQLiteSink(tmp_path / "x.db", **kwargs)
+
+
+async def test_missing_table_is_found_at_start(tmp_path: Path) -> None:
+    """A table that does not exist raises ConfigError when the batcher starts."""
+    sink = wb.SQLiteSink(tmp_path / "empty.db", table="nope", key="id")
+    with pytest.raises(wb.ConfigError, match="'nope' does not exist"):
+        async with wb.AsyncBatcher(sink, key="id"):
+            pass
+
+
+async def test_missing_column_is_found_at_start(heartbeat_db: Path) -> None:
+    """A key or version column the table lacks raises ConfigError naming it."""
+    sink = wb.SQLiteSink(heartbeat_db, table="agents", key="id", version="seen_at")
+    with pytest.raises(wb.ConfigError, match="'seen_at'"):
+        async with wb.AsyncBatcher(sink, key="id", version="seen_at"):
+            pass
+
+
+async def test_key_needs_a_unique_index(tmp_path: Path) -> None:
+    """Upserting on a key without a PRIMARY KEY or UNIQUE index is a ConfigError at start."""
+    path = tmp_path / "x.db"
+    with sqlite3.connect(path) as c:
+        c.execute("CREATE TABLE t (id TEXT, v INTEGER)")
+    with pytest.raises(wb.ConfigError, match="UNIQUE"):
+        async with wb.AsyncBatcher(wb.SQLiteSink(path, table="t", key="id"), key="id"):
+            pass
+    with sqlite3.connect(path) as c:
+        c.execute("CREATE UNIQUE INDEX t_id ON t (id)")
+    async with wb.AsyncBatcher(wb.SQLiteSink(path, table="t", key="id"), key="id") as b:
+        b.add_nowait({"id": "a", "v": 1})
+
+
+async def test_unknown_field_is_dead_lettered_by_name(api: Open, heartbeat_db: Path) -> None:
+    """A record with a field the table lacks fails alone, with an error naming the field."""
+    letters: list[BaseException] = []
+    sink = wb.SQLiteSink(heartbeat_db, table="agents", key="id", version="updated_at")
+    async with api(
+        sink, key="id", version="updated_at", dead_letter=lambda recs, e: letters.append(e)
+    ) as b:
+        good = b.add_nowait({"id": "a", "name": "x", "updated_at": 1})
+        bad = b.add_nowait({"id": "b", "name": "y", "updated_at": 1, "colour": "red"})
+        await b.flush()
+        assert await b.outcome(good) is wb.Outcome.COMMITTED
+        assert await b.outcome(bad) is wb.Outcome.DEAD_LETTERED
+    assert "'colour'" in str(letters[0])
+    assert set(rows(heartbeat_db)) == {"a"}
+
+
+async def test_older_version_in_a_later_batch_does_not_overwrite(
+    api: Open, heartbeat_db: Path
+) -> None:
+    """The upsert is conditional on the version: an older record never overwrites a newer
+    row, and an equal version overwrites (a replay writes identical data)."""
+    sink = wb.SQLiteSink(heartbeat_db, table="agents", key="id", version="updated_at")
+    async with api(sink, key="id", version="updated_at") as b:
+        b.add_nowait({"id": "a", "name": "new", "updated_at": 10})
+        await b.flush()
+        b.add_nowait({"id": "a", "name": "old", "updated_at": 9})
+        await b.flush()
+        assert rows(heartbeat_db)["a"] == ("new", 10)
+        b.add_nowait({"id": "a", "name": "same", "updated_at": 10})
+        await b.flush()
+        assert rows(heartbeat_db)["a"] == ("same", 10)
+
+
+async def test_duplicate_keys_in_one_batch_are_safe(heartbeat_db: Path) -> None:
+    """Given duplicate keys (no coalescing), the sink still leaves the newest version."""
+    sink = wb.SQLiteSink(heartbeat_db, table="agents", key="id", version="updated_at")
+    await sink.start()
+    try:
+        await sink.write(
+            [
+                {"id": "a", "name": "v2", "updated_at": 2},
+                {"id": "a", "name": "v3", "updated_at": 3},
+                {"id": "a", "name": "v1", "updated_at": 1},
+            ]
+        )
+    finally:
+        await sink.close()
+    assert rows(heartbeat_db)["a"] == ("v3", 3)
+
+
+async def test_append_only_table_without_key(tmp_path: Path) -> None:
+    """Without a key, records are inserted, none coalesced."""
+    path = tmp_path / "events.db"
+    with sqlite3.connect(path) as c:
+        c.execute("CREATE TABLE events (kind TEXT, at TEXT)")
+    async with wb.AsyncBatcher(wb.SQLiteSink(path, table="events"), max_batch=50) as b:
+        for i in range(120):
+            b.add_nowait({"kind": "login", "at": str(i)})
+    with sqlite3.connect(path) as c:
+        assert c.execute("SELECT count(*) FROM events").fetchone() == (120,)
+
+
+@dataclass
+class Heartbeat:
+    id: uuid.UUID
+    seen: dt.datetime
+    meta: dict[str, Any]
+
+
+async def test_dataclass_records_and_adapted_types(tmp_path: Path) -> None:
+    """Dataclass records work; UUIDs, datetimes and dicts are stored as text and JSON."""
+    path = tmp_path / "hb.db"
+    with sqlite3.connect(path) as c:
+        c.execute("CREATE TABLE hb (id TEXT PRIMARY KEY, seen TEXT, meta TEXT)")
+    agent = uuid.uuid4()
+    t0 = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
+    sink = wb.SQLiteSink(path, table="hb", key="id", version="seen")
+    async with wb.AsyncBatcher(sink, key="id", version="seen") as b:
+        for i in range(3):
+            b.add_nowait(Heartbeat(agent, t0 + dt.timedelta(seconds=i), {"i": i}))
+    stored = rows(path, "hb")
+    assert stored == {str(agent): ((t0 + dt.timedelta(seconds=2)).isoformat(), '{"i": 2}')}
+
+
+async def test_wal_and_synchronous_settings(heartbeat_db: Path) -> None:
+    """The sink's connection runs in WAL mode with the synchronous level asked for."""
+    sink = wb.SQLiteSink(heartbeat_db, table="agents", key="id", synchronous="NORMAL")
+    await sink.start()
+    try:
+        assert sink._conn is not None
+        conn = sink._conn
+        mode = await asyncio.get_running_loop().run_in_executor(
+            sink._executor, lambda: conn.execute("PRAGMA journal_mode").fetchone()
+        )
+        level = await asyncio.get_running_loop().run_in_executor(
+            sink._executor, lambda: conn.execute("PRAGMA synchronous").fetchone()
+        )
+    finally:
+        await sink.close()
+    assert mode == ("wal",)
+    assert level == (1,)  # NORMAL
+
+
+def test_bad_synchronous_is_a_config_error(tmp_path: Path) -> None:
+    """An unknown synchronous level is refused, naming the allowed ones."""
+    with pytest.raises(wb.ConfigError, match="FULL"):
+        wb.SQLiteSink(tmp_path / "x.db", table="t", synchronous="sometimes")
+
+
+async def test_locked_database_is_retried(heartbeat_db: Path) -> None:
+    """A database locked by another connection is a retriable error; the write lands once
+    the lock is released."""
+    blocker = sqlite3.connect(heartbeat_db, isolation_level=None)
+    blocker.execute("PRAGMA journal_mode=WAL")
+    blocker.execute("BEGIN IMMEDIATE")
+    sink = wb.SQLiteSink(heartbeat_db, table="agents", key="id", busy_timeout=0.05)
+    policy = wb.RetryPolicy(base=0.05, cap=0.1, max_attempts=50)
+    async with wb.AsyncBatcher(sink, key="id", max_batch=1, retry=policy) as b:
+        receipt = b.add_nowait({"id": "a", "name": "x", "updated_at": 1})
+        while b.stats().retried < 2:
+            await asyncio.sleep(0.01)
+        blocker.execute("COMMIT")
+        assert await receipt is wb.Outcome.COMMITTED
+    blocker.close()
+    assert rows(heartbeat_db)["a"] == ("x", 1)
