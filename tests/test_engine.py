@@ -13,7 +13,6 @@ from writebehind.testing import GatedSink, ManualClock, MemorySink, SlowSink
 
 from .conftest import Open, assert_conserved, idle, rows, settle
 
-
 FAR = 3600.0  # a linger that never fires on its own
 
 

@@ -93,9 +93,9 @@ def run(config: DemoConfig) -> int:
         path = config.db or os.path.join(tmp, "heartbeats.db")
         create_table(path)
         display.start(
-            f"writebehind demo: {config.agents:,} agents, a heartbeat every "
-            f"{config.interval:g} s each ({config.rate:,.0f}/s) for {config.duration:g} s "
-            f"-> SQLite, max_batch={config.max_batch}, linger={config.linger:g} s"
+            f"{config.agents:,} agents, {config.rate:,.0f} heartbeats/s for "
+            f"{config.duration:g} s -> SQLite (max_batch {config.max_batch}, "
+            f"linger {config.linger:g} s)"
         )
         try:
             batched = asyncio.run(_run_batched(config, path, fleet, display))
@@ -239,14 +239,15 @@ def _check_table(path: str, fleet: _Fleet) -> tuple[bool, str]:
     missing = sum(1 for k in expected if k not in rows)
     stale = sum(1 for k, v in expected.items() if k in rows and rows[k] != v)
     extra = len(rows) - (len(expected) - missing)
-    text = f"{len(rows):,} rows for {len(expected):,} agents"
     if missing or stale:
-        text += f": {missing:,} agent(s) missing, {stale:,} row(s) not the newest heartbeat"
-        return False, "FAILED " + text
-    text += ": one per agent, each its newest heartbeat"
+        return False, (
+            f"FAILED: {len(expected):,} agents, {missing:,} missing, {stale:,} not holding "
+            "their newest heartbeat"
+        )
+    text = f"OK: {len(expected):,} rows, one per agent, each its newest heartbeat"
     if extra:
-        text += f" (and {extra:,} rows from an earlier run)"
-    return True, "OK " + text
+        text += f" (plus {extra:,} rows from an earlier run)"
+    return True, text
 
 
 def _final_rows(
@@ -267,7 +268,8 @@ def _final_rows(
     rows += [
         (
             "throughput",
-            f"{fleet.sent / b.send_seconds:,.0f} heartbeats/s accepted "
+            f"{fleet.sent / max(b.send_seconds, config.total / config.rate):,.0f} "
+            "heartbeats/s accepted "
             f"(offered {config.rate:,.0f}/s)",
         ),
         ("add() latency", f"p50 {p50:,.1f} µs, p99 {p99:,.1f} µs{sampled}"),
