@@ -138,9 +138,7 @@ def create_table(path: str) -> None:
         conn.commit()
 
 
-async def _run_batched(
-    config: DemoConfig, path: str, fleet: _Fleet, display: Display
-) -> _Batched:
+async def _run_batched(config: DemoConfig, path: str, fleet: _Fleet, display: Display) -> _Batched:
     sink = SQLiteSink(path, table=TABLE, key="id", version="updated_at")
     stop = asyncio.Event()
     async with AsyncBatcher(
