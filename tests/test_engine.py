@@ -152,13 +152,17 @@ async def test_when_full_raise(api: Open, clock: ManualClock) -> None:
         sink.open()
 
 
-async def test_when_full_drop_newest(api: Open, clock: ManualClock) -> None:
-    """Under drop_newest the incoming record is accepted, counted and dropped."""
+async def test_when_full_drop_newest(
+    api: Open, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Under drop_newest the incoming record is accepted, counted, logged and dropped."""
     sink = GatedSink()
     async with api(sink, max_batch=2, max_pending=2, when_full="drop_newest", clock=clock) as b:
         kept = [b.add_nowait({"n": i}) for i in range(2)]
-        dropped = b.add_nowait({"n": 2})
+        with caplog.at_level("WARNING", logger="writebehind"):
+            dropped = b.add_nowait({"n": 2})
         assert dropped.outcome is wb.Outcome.DROPPED
+        assert "1 record(s) dropped" in caplog.text
         s = b.stats()
         assert (s.accepted, s.dropped, s.dropped_by_reason["drop_newest"]) == (3, 1, 1)
         assert_conserved(s)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import threading
 import time
 import uuid
@@ -34,6 +35,9 @@ from ._stats import Stats
 __all__ = ["WHEN_FULL", "Intake"]
 
 _UUID = uuid.UUID
+_DROP_LOG_EVERY = 10.0  # seconds between two WARNINGs about dropped records
+
+log = logging.getLogger("writebehind")
 
 WHEN_FULL = ("block", "raise", "drop_newest", "drop_oldest", "direct")
 
@@ -87,6 +91,7 @@ class Intake:
         self.write_errors = 0
         self.lost = 0
         self._abandoned = False
+        self._drop_log_due = 0.0
         # wiring to the event loop, set by bind()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.loop_thread: int | None = None
@@ -198,6 +203,7 @@ class Intake:
             first = next(iter(self._pending))
             self._pending.pop(first)._outcome = Outcome.DROPPED
             self.dropped_oldest += 1
+            self._log_drops()
             self._pending[k] = r
             self._call_in_loop(self._notify_change)  # wake whoever awaits the dropped one
             return r
@@ -212,7 +218,23 @@ class Intake:
             return r
         r._outcome = Outcome.DROPPED  # drop_newest, or drop_oldest with nothing pending
         self.dropped_newest += 1
+        self._log_drops()
         return r
+
+    def _log_drops(self) -> None:
+        """One WARNING per ``_DROP_LOG_EVERY`` seconds while records are being dropped."""
+        now = time.monotonic()
+        if now >= self._drop_log_due:
+            self._drop_log_due = now + _DROP_LOG_EVERY
+            log.warning(
+                "writebehind: buffer full (max_pending=%d, when_full=%s): %d record(s) "
+                "dropped so far (%d newest, %d oldest)",
+                self.max_pending,
+                self.when_full,
+                self.dropped_newest + self.dropped_oldest,
+                self.dropped_newest,
+                self.dropped_oldest,
+            )
 
     def put_blocking(self, record: Any, timeout: float | None) -> Receipt:
         """Thread API: wait (at most ``timeout`` s) for room under ``when_full="block"``."""

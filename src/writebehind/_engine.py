@@ -93,6 +93,11 @@ class AsyncBatcher:
         for arg, value in (("write_timeout", write_timeout), ("close_timeout", close_timeout)):
             if not (isinstance(value, int | float) and value > 0):
                 raise ConfigError(f"{arg}: must be a number of seconds > 0, got {value!r}")
+        if when_full == "spill":
+            raise ConfigError(
+                "when_full: 'spill' needs the durable spool, which this version does not have "
+                f"yet; use one of {', '.join(WHEN_FULL)}"
+            )
         if when_full not in WHEN_FULL:
             raise ConfigError(
                 f"when_full: must be one of {', '.join(WHEN_FULL)}; got {when_full!r}"
@@ -219,6 +224,15 @@ class AsyncBatcher:
 
     # -- the flusher ----------------------------------------------------------------------
     async def _run(self) -> None:
+        try:
+            await self._flush_loop()
+        except Exception:
+            log.exception(
+                "writebehind[%s]: the flusher failed; no more batches will be cut", self.name
+            )
+            raise
+
+    async def _flush_loop(self) -> None:
         assert self._event is not None
         assert self._loop is not None
         intake, event, clock = self._intake, self._event, self._clock
