@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from .._errors import PermanentSinkError
 
-__all__ = ["field_names", "row_getter"]
+__all__ = ["check_shape", "field_names", "group_rows", "row_getter"]
 
 
 def field_names(record: Any) -> tuple[str, ...]:
@@ -33,3 +33,37 @@ def row_getter(record: Any, names: tuple[str, ...]) -> Callable[[Any], tuple[Any
     if isinstance(record, Mapping):
         return lambda r: tuple(r[n] for n in names)
     return lambda r: tuple(getattr(r, n) for n in names)
+
+
+Rows = dict[tuple[str, ...], list[tuple[Any, ...]]]
+
+
+def group_rows(batch: list[Any], adapt: Callable[[tuple[Any, ...]], tuple[Any, ...]]) -> Rows:
+    """Turn records into value tuples, grouped by their field names (one group when all
+    records share a shape, as they usually do)."""
+    groups: Rows = {}
+    first = batch[0]
+    names = field_names(first)
+    get = row_getter(first, names)
+    rows = groups[names] = []
+    mapping = isinstance(first, Mapping)
+    keys = first.keys() if mapping else None
+    for r in batch:
+        if mapping and (not isinstance(r, Mapping) or r.keys() != keys):
+            other = field_names(r)
+            groups.setdefault(other, []).append(adapt(row_getter(r, other)(r)))
+            continue
+        rows.append(adapt(get(r)))
+    return {k: v for k, v in groups.items() if v}
+
+
+def check_shape(
+    names: tuple[str, ...], columns: Collection[str], key: tuple[str, ...], table: str
+) -> None:
+    """Raise ``PermanentSinkError`` naming a field the table lacks, or a missing key field."""
+    unknown = [n for n in names if n not in columns]
+    if unknown:
+        raise PermanentSinkError(f"record field {unknown[0]!r} is not a column of table {table!r}")
+    missing = [k for k in key if k not in names]
+    if missing:
+        raise PermanentSinkError(f"record lacks the key field {missing[0]!r}")

@@ -17,13 +17,13 @@ import json
 import os
 import sqlite3
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .._errors import ConfigError, PermanentSinkError, RetriableSinkError, SinkError
 from ._ident import quote, validate
-from ._records import field_names, row_getter
+from ._records import Rows, check_shape, group_rows
 
 __all__ = ["SQLiteSink"]
 
@@ -174,35 +174,12 @@ class SQLiteSink:
         except sqlite3.Error as exc:
             raise _map_error(exc) from exc
 
-    def _group(self, batch: list[Any]) -> dict[tuple[str, ...], list[tuple[Any, ...]]]:
-        groups: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
-        first = batch[0]
-        names = field_names(first)
-        get = row_getter(first, names)
-        rows = groups[names] = []
-        mapping = isinstance(first, Mapping)
-        keys = first.keys() if mapping else None
-        for r in batch:
-            if mapping and (not isinstance(r, Mapping) or r.keys() != keys):
-                other = field_names(r)
-                groups.setdefault(other, []).append(_adapt(row_getter(r, other)(r)))
-                continue
-            rows.append(_adapt(get(r)))
-        for shape in groups:
-            self._check(shape)
-        return {k: v for k, v in groups.items() if v}
-
-    def _check(self, names: tuple[str, ...]) -> None:
-        if names in self._sql:
-            return
-        unknown = [n for n in names if n not in self.columns]
-        if unknown:
-            raise PermanentSinkError(
-                f"record field {unknown[0]!r} is not a column of table {self.table!r}"
-            )
-        missing = [k for k in self.key if k not in names]
-        if missing:
-            raise PermanentSinkError(f"record lacks the key field {missing[0]!r}")
+    def _group(self, batch: list[Any]) -> Rows:
+        groups = group_rows(batch, _adapt)
+        for names in groups:
+            if names not in self._sql:
+                check_shape(names, self.columns, self.key, self.table)
+        return groups
 
     def _statement(self, names: tuple[str, ...]) -> str:
         sql = self._sql.get(names)
