@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from pathlib import Path
@@ -311,3 +312,21 @@ async def test_retries_exhausted_dead_letter(api: Open, clock: ManualClock) -> N
         await done
     assert receipt.outcome is wb.Outcome.DEAD_LETTERED
     assert sink.attempts == 3
+
+
+class _SlowClose(MemorySink):
+    async def close(self) -> None:
+        await asyncio.sleep(0.3)
+
+
+async def test_flush_during_close_waits_for_close() -> None:
+    """A flush() that races close() returns when close() has finished, not never."""
+    sink = _SlowClose()
+    b = wb.AsyncBatcher(sink, linger=FAR)
+    await b.start()
+    b.add_nowait({"n": 1})
+    closing = asyncio.create_task(b.close())
+    await asyncio.sleep(0.1)
+    await b.flush(timeout=2)
+    assert closing.done()
+    assert (await closing).stats.committed == 1

@@ -146,6 +146,7 @@ class AsyncBatcher:
         self._report: CloseReport | None = None
         self._close_lock: asyncio.Lock | None = None
         self._aux: set[asyncio.Task[None]] = set()
+        self._closed = asyncio.Event()  # set when close() has its report
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -305,6 +306,10 @@ class AsyncBatcher:
             raise WriteBehindError("the batcher is not started")
         if self._report is not None:
             return
+        if self._closing:  # close() flushes everything: wait for it, and its report
+            async with asyncio.timeout(timeout):
+                await self._closed.wait()
+            return
         fut = self._loop.create_future()
         self._flush_waiters.append(fut)
         self._event.set()
@@ -334,6 +339,7 @@ class AsyncBatcher:
                 self._report = await self._close(
                     self._close_timeout if timeout is None else timeout
                 )
+                self._closed.set()
         return self._report
 
     async def _close(self, timeout: float) -> CloseReport:
@@ -374,6 +380,10 @@ class AsyncBatcher:
                     await sink_close()
             except Exception:
                 log.exception("writebehind[%s]: closing the sink failed", self.name)
+        for fut in [*self._flush_waiters, *(self._flush_group[1] if self._flush_group else ())]:
+            if not fut.done():  # a flush() that raced close(): nothing more will be written
+                fut.set_result(None)
+        self._flush_waiters, self._flush_group = [], None
         stats = self.stats()
         report = CloseReport(
             stats=stats, lost=stats.lost, timed_out=timed_out, duration=time.monotonic() - started

@@ -150,6 +150,8 @@ class _RichDisplay:
         live, self._live = self._live, None
         if live is not None:
             live.stop()
+            if not self._console.is_terminal:
+                self._console.line()  # a terminal gets its newline from Live
 
     def note(self, text: str) -> None:
         self._console.print(text, highlight=False, markup=False)

@@ -93,9 +93,8 @@ def run(config: DemoConfig) -> int:
         path = config.db or os.path.join(tmp, "heartbeats.db")
         create_table(path)
         display.start(
-            f"{config.agents:,} agents, {config.rate:,.0f} heartbeats/s for "
-            f"{config.duration:g} s -> SQLite (max_batch {config.max_batch}, "
-            f"linger {config.linger:g} s)"
+            f"{config.agents:,} agents -> SQLite, {config.rate:,.0f} heartbeats/s for "
+            f"{config.duration:g} s, max_batch {config.max_batch}, linger {config.linger:g} s"
         )
         try:
             batched = asyncio.run(_run_batched(config, path, fleet, display))
@@ -140,19 +139,22 @@ def create_table(path: str) -> None:
 
 async def _run_batched(config: DemoConfig, path: str, fleet: _Fleet, display: Display) -> _Batched:
     sink = SQLiteSink(path, table=TABLE, key="id", version="updated_at")
-    stop = asyncio.Event()
-    async with AsyncBatcher(
+    batcher = AsyncBatcher(
         sink, key="id", version="updated_at", max_batch=config.max_batch, linger=config.linger
-    ) as batcher:
-        t0 = time.perf_counter()
-        watcher = asyncio.create_task(_watch(batcher, sink, fleet, display, t0, stop))
-        try:
+    )
+    stop = asyncio.Event()
+    watcher: asyncio.Task[None] | None = None
+    try:
+        async with batcher:
+            t0 = time.perf_counter()
+            watcher = asyncio.create_task(_watch(batcher, sink, fleet, display, t0, stop))
             await _produce(batcher, config, fleet, t0)
             sent_at = time.perf_counter()
             report = await batcher.close()
             closed_at = time.perf_counter()
-        finally:
-            stop.set()
+    finally:  # after the close, even an interrupted one: the display shows the final state
+        stop.set()
+        if watcher is not None:
             await watcher
     return _Batched(
         report=report,
@@ -242,7 +244,7 @@ def _check_table(path: str, fleet: _Fleet) -> tuple[bool, str]:
             f"FAILED: {len(expected):,} agents, {missing:,} missing, {stale:,} not holding "
             "their newest heartbeat"
         )
-    text = f"OK: {len(expected):,} rows, one per agent, each its newest heartbeat"
+    text = f"OK: {len(expected):,} rows, one per agent, newest heartbeat each"
     if extra:
         text += f" (plus {extra:,} rows from an earlier run)"
     return True, text
@@ -283,7 +285,7 @@ def _naive_rows(config: DemoConfig, b: _Batched, naive: NaiveResult) -> list[Row
     how = (
         "measured"
         if naive.replayed == naive.total
-        else f"extrapolated from the first {naive.replayed:,} heartbeats, {naive.seconds:.1f} s"
+        else f"extrapolated: the first {naive.replayed:,} took {naive.seconds:.1f} s"
     )
     ratio = naive.total / b.statements if b.statements else float("inf")
     keeps_up = naive.rate >= config.rate

@@ -141,9 +141,11 @@ class SQLiteSink:
         if executor is None:
             return
         conn, self._conn = self._conn, None
-        if conn is not None:
-            executor.submit(conn.close)
-        executor.shutdown(wait=False)
+        try:
+            if conn is not None:  # after any write still queued on the thread
+                await asyncio.get_running_loop().run_in_executor(executor, conn.close)
+        finally:
+            executor.shutdown(wait=False)
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         if self._executor is None:
