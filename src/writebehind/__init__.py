@@ -22,7 +22,7 @@ from ._receipt import Outcome, Receipt
 from ._retry import RetryPolicy
 from ._stats import CloseReport, Stats
 from ._sync import Batcher
-from .sinks import CallableSink, Sink, SQLiteSink
+from .sinks import CallableSink, PostgresSink, Sink, SQLiteSink
 
 __version__ = "0.1.0"
 
@@ -38,6 +38,7 @@ __all__ = [
     "MonotonicClock",
     "Outcome",
     "PermanentSinkError",
+    "PostgresSink",
     "Receipt",
     "RecordError",
     "RetriableSinkError",

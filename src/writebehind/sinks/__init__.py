@@ -2,6 +2,7 @@
 
 from ._protocol import Sink
 from .callable import CallableSink
+from .postgres import PostgresSink
 from .sqlite import SQLiteSink
 
-__all__ = ["CallableSink", "SQLiteSink", "Sink"]
+__all__ = ["CallableSink", "PostgresSink", "SQLiteSink", "Sink"]

@@ -17,12 +17,20 @@ from urllib.parse import urlsplit, urlunsplit
 
 from .._errors import PermanentSinkError, RetriableSinkError, SinkError
 
-__all__ = ["COLUMNS_SQL", "UNIQUE_SQL", "map_error", "password_of", "redact_dsn", "scrub"]
+__all__ = [
+    "COLUMNS_SQL",
+    "UNIQUE_SQL",
+    "is_client_error",
+    "map_error",
+    "password_of",
+    "redact_dsn",
+    "scrub",
+]
 
 RETRIABLE_CLASSES = frozenset({"08", "40", "53", "55", "57", "58"})
 
 COLUMNS_SQL = """
-SELECT a.attname, format_type(a.atttypid, a.atttypmod), t.typcategory
+SELECT a.attname, format_type(a.atttypid, a.atttypmod), t.typcategory::text
 FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
 WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attnum
@@ -91,11 +99,12 @@ def map_error(exc: BaseException, secrets: tuple[str, ...]) -> SinkError:
         return PermanentSinkError(message)  # a value the driver cannot encode for its column
     if isinstance(exc, OSError | TimeoutError | ConnectionError):
         return RetriableSinkError(message)
-    # asyncpg's InterfaceError family: the connection closed under us, the pool closed, ...
-    if type(exc).__module__.startswith("asyncpg") and "Interface" in _mro_names(exc):
+    if is_client_error(exc) and type(exc).__name__ != "ClientConfigurationError":
+        # the connection closed under us, or was left mid-operation: a fresh one may work
         return RetriableSinkError(message)
     return PermanentSinkError(message)
 
 
-def _mro_names(exc: BaseException) -> str:
-    return " ".join(c.__name__ for c in type(exc).__mro__)
+def is_client_error(exc: BaseException) -> bool:
+    """An asyncpg error raised by the client (no SQLSTATE): the connection is suspect."""
+    return type(exc).__module__.startswith("asyncpg") and not getattr(exc, "sqlstate", None)

@@ -17,12 +17,13 @@ than psycopg 3's on this machine. The driver is imported when the sink starts.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 from .._errors import ConfigError, PermanentSinkError
 from ._ident import quote, validate
-from ._pg import COLUMNS_SQL, UNIQUE_SQL, map_error, password_of, redact_dsn
+from ._pg import COLUMNS_SQL, UNIQUE_SQL, is_client_error, map_error, password_of, redact_dsn
 from ._records import Rows, check_shape, group_rows
 
 __all__ = ["PostgresSink"]
@@ -108,6 +109,13 @@ class PostgresSink:
                 )
             except Exception as exc:
                 raise self._error(exc) from None  # the driver's error may quote the DSN
+        try:
+            await self._read_catalog()
+        except BaseException:
+            await self.close()  # our own pool: do not leak its connections
+            raise
+
+    async def _read_catalog(self) -> None:
         async with self._pool.acquire() as conn:
             where = f"{quote(self.schema)}.{quote(self.table)}"
             info = await conn.fetch(COLUMNS_SQL, where)
@@ -147,9 +155,15 @@ class PostgresSink:
             raise map_error(ConnectionError("the PostgreSQL sink is not started"), ())
         groups = self._group(batch)
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
-                for names, rows in groups.items():
-                    await self._write_rows(conn, names, rows)
+            async with self._pool.acquire() as conn:
+                try:
+                    async with conn.transaction():
+                        for names, rows in groups.items():
+                            await self._write_rows(conn, names, rows)
+                except BaseException as exc:
+                    if is_client_error(exc) or isinstance(exc, OSError | asyncio.CancelledError):
+                        conn.terminate()  # never hand a half-broken connection back to the pool
+                    raise
         except PermanentSinkError:
             raise
         except Exception as exc:
