@@ -13,6 +13,8 @@ import pytest
 import writebehind as wb
 from writebehind.testing import ManualClock
 
+pytest_plugins = ["tests.pg"]  # fixtures for the PostgreSQL tests: pg, table
+
 
 class AsyncDriver:
     """Drives an ``AsyncBatcher`` directly on the test's event loop."""
