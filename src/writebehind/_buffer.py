@@ -72,7 +72,6 @@ class Intake:
         self._acquire = self._lock.acquire
         self._release = self._lock.release
         self._pending: dict[Any, Receipt] = {}
-        self._seq = 0
         self._state = _NEW
         self.oldest_at: float | None = None
         self._woken = False
@@ -84,7 +83,7 @@ class Intake:
         self.dropped_newest = 0
         self.dropped_oldest = 0
         self.in_flight = 0
-        self.held = 0  # pending + in flight, not counting direct writes
+        self.in_flight_held = 0  # in flight, not counting direct writes
         self.batches = 0
         self.retried = 0
         self.splits = 0
@@ -100,6 +99,8 @@ class Intake:
         self._change: asyncio.Future[None] | None = None
         self._room_futures: list[asyncio.Future[None]] = []
         self._thread_waiters = 0
+        self.put_nowait: Callable[[Any], Receipt] = self._make_put()
+        """Take a record or raise ``BufferFull`` (see :meth:`_make_put`). The hot path."""
 
     # -- wiring ----------------------------------------------------------------------------
     def bind(
@@ -124,63 +125,78 @@ class Intake:
             self.loop.call_soon_threadsafe(fn, *args)
 
     # -- the hot path ----------------------------------------------------------------------
-    def put_nowait(self, record: Any) -> Receipt:
-        """Take a record, applying the overflow policy; ``BufferFull`` under block/raise.
+    def _make_put(self) -> Callable[[Any], Receipt]:
+        """Build ``put_nowait``: a closure over its configuration and the (stable) pending
+        dict, so the hot path reads locals instead of attributes.
 
-        This is the hot path: one lock round trip, one Receipt, no clock read (except for the
-        first record of a linger window), no wake-up unless a trigger fires.
+        It takes a record, applying the overflow policy (``BufferFull`` under block/raise):
+        one lock round trip, one Receipt, no clock read (except for the first record of a
+        linger window), and no wake-up unless a trigger fires.
         """
-        # itemgetter (C) reads mapping records; anything else takes the slow getter.
-        try:
-            k = self._kfast(record) if self._kfast is not None else None
-            v = self._vfast(record) if self._vfast is not None else None
-        except (KeyError, TypeError, IndexError):
-            k = self._key(record) if self._key is not None else None
-            v = self._version(record) if self._version is not None else None
-        if type(k) is _UUID:
-            k = k.int  # hashes ~5x faster, equal exactly when the UUIDs are
-        r = Receipt(record, v, self)
-        self._acquire()
-        try:
-            if self._state != _OPEN:
-                raise _not_open(self._state)
-            pending = self._pending
-            if k is None:
-                k = self._seq
-                self._seq += 1
-            else:
-                old = pending.get(k)
-                if old is not None:
-                    try:
-                        newer = r.version is None or r.version >= old.version
-                    except TypeError as exc:
-                        raise RecordError(
-                            f"versions {r.version!r} and {old.version!r} cannot be compared"
-                        ) from exc
-                    self.accepted += 1
-                    self.coalesced += 1
-                    if newer:
-                        old._succ = r
-                        pending[k] = r
-                    else:
-                        r._succ = old
+        intake = self
+        pending = self._pending
+        kfast, vfast, kslow, vslow = self._kfast, self._vfast, self._key, self._version
+        acquire, release = self._acquire, self._release
+        max_batch, max_pending = self.max_batch, self.max_pending
+        seq = itertools.count()
+        new_receipt = Receipt.bound(self)
+        uuid_type = _UUID
+
+        def put_nowait(record: Any) -> Receipt:
+            # itemgetter (C) reads mapping records; anything else takes the slow getter.
+            try:
+                k = kfast(record) if kfast is not None else None
+                v = vfast(record) if vfast is not None else None
+            except (KeyError, TypeError, IndexError):
+                k = kslow(record) if kslow is not None else None
+                v = vslow(record) if vslow is not None else None
+            if type(k) is uuid_type:
+                k = k.int  # hashes ~5x faster, equal exactly when the UUIDs are
+            r = new_receipt(record, v)
+            acquire()
+            try:
+                if intake._state != _OPEN:
+                    raise _not_open(intake._state)
+                if k is None:
+                    k = next(seq)
+                else:
+                    old = pending.get(k)
+                    if old is not None:
+                        return intake._coalesce(k, old, r)
+                n = len(pending)
+                if n + intake.in_flight_held >= max_pending:
+                    return intake._full(k, r)
+                pending[k] = r
+                intake.accepted += 1
+                if n == 0:
+                    intake.oldest_at = intake._clock()
+                    if intake._woken:
+                        return r
+                elif n + 1 < max_batch or intake._woken:
                     return r
-            if self.held >= self.max_pending:
-                return self._full(k, r)
-            pending[k] = r
-            self.held += 1
-            self.accepted += 1
-            n = len(pending)
-            if n == 1:
-                self.oldest_at = self._clock()
-                if self._woken:
-                    return r
-            elif n < self.max_batch or self._woken:
-                return r
-            self._woken = True
-        finally:
-            self._release()
-        self._call_in_loop(self._wake)
+                intake._woken = True
+            finally:
+                release()
+            intake._call_in_loop(intake._wake)
+            return r
+
+        return put_nowait
+
+    def _coalesce(self, k: Any, old: Receipt, r: Receipt) -> Receipt:
+        """``r`` has the key of the pending ``old``: the newer (or later, on a tie) stays."""
+        try:
+            newer = r.version is None or r.version >= old.version
+        except TypeError as exc:
+            raise RecordError(
+                f"versions {r.version!r} and {old.version!r} cannot be compared"
+            ) from exc
+        self.accepted += 1
+        self.coalesced += 1
+        if newer:
+            old._succ = r
+            self._pending[k] = r
+        else:
+            r._succ = old
         return r
 
     def put(self, record: Any) -> Receipt | None:
@@ -246,7 +262,10 @@ class Intake:
             if self.when_full != "block":
                 return self.put_nowait(record)  # "raise": raises BufferFull
             with self._room:
-                while self._state == _OPEN and self.held >= self.max_pending:
+                while (
+                    self._state == _OPEN
+                    and len(self._pending) + self.in_flight_held >= self.max_pending
+                ):
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
                         raise BufferFull(f"no room in the buffer within {timeout} s")
@@ -263,7 +282,7 @@ class Intake:
         with self._lock:
             if self._state != _OPEN:
                 raise _not_open(self._state)
-            if self.held < self.max_pending:
+            if len(self._pending) + self.in_flight_held < self.max_pending:
                 return
             self._room_futures.append(fut)
         await fut
@@ -281,11 +300,12 @@ class Intake:
             pending = self._pending
             if n >= len(pending):
                 taken = list(pending.values())
-                self._pending = {}
+                pending.clear()  # in place: the hot path holds this dict
                 self.oldest_at = None
             else:  # pop from the front; the dict compacts itself as it grows
                 taken = [pending.pop(k) for k in list(itertools.islice(pending, n))]
             self.in_flight += len(taken)
+            self.in_flight_held += len(taken)
         self._notify_change()
         return taken
 
@@ -299,7 +319,7 @@ class Intake:
                 return  # the close deadline already counted these as lost
             self.in_flight -= n
             if not direct:
-                self.held -= n
+                self.in_flight_held -= n
             if outcome is Outcome.COMMITTED:
                 self.committed += n
             elif outcome is Outcome.DEAD_LETTERED:

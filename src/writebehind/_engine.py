@@ -132,7 +132,7 @@ class AsyncBatcher:
         )
         self.name = name
         # the hot path, without a layer of call: see add_nowait's docstring
-        self.add_nowait = self._intake.put_nowait  # type: ignore[method-assign]
+        self.add_nowait = self._intake.put_nowait  # type: ignore[method-assign,assignment]
         self._loop: asyncio.AbstractEventLoop | None = None
         self._event: asyncio.Event | None = None
         self._flusher: asyncio.Task[None] | None = None
@@ -204,7 +204,7 @@ class AsyncBatcher:
                 except TimeoutError:
                     continue
                 r = intake.put(record)
-        elif r._batch is not None and r._batch.reason == "direct":
+        elif r.batch is not None and r.batch.reason == "direct":
             await r.wait()
         return r
 
@@ -212,7 +212,7 @@ class AsyncBatcher:
         """The thread API of :meth:`add`: blocks this (non-loop) thread instead of awaiting."""
         self._not_on_loop("add")
         r = self._intake.put_blocking(record, timeout)
-        if r._batch is not None and r._batch.reason == "direct":
+        if r.batch is not None and r.batch.reason == "direct":
             r.result()
         return r
 
@@ -367,7 +367,7 @@ class AsyncBatcher:
                 await asyncio.wait(tasks, timeout=_CANCEL_GRACE)
             for batch in tasks.values():
                 for r in batch.receipts:
-                    if r._outcome is None:
+                    if r.outcome is None:
                         r._outcome = Outcome.LOST
                 batch.finish()
         await asyncio.wait([self._flusher], timeout=_CANCEL_GRACE)

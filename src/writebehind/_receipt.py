@@ -73,30 +73,52 @@ class Receipt:
     ``receipt.outcome`` is the outcome if already known, else ``None``.
     """
 
-    __slots__ = ("_batch", "_intake", "_outcome", "_succ", "record", "version")
+    __slots__ = ("_batch", "_outcome", "_succ", "record", "version")
 
-    def __init__(self, record: Any, version: Any, intake: Intake) -> None:
+    # Each Intake makes a subclass that sets this (``Receipt.bound``), so a receipt needs no
+    # per-record reference to it. ``_batch``, ``_outcome`` and ``_succ`` start unset (absent
+    # slots): the hot path stores two attributes, and readers use getattr with a default.
+    _intake: Intake
+    _batch: Batch
+    _outcome: Outcome
+    _succ: Receipt
+    record: Any
+    version: Any
+
+    def __init__(self, record: Any, version: Any) -> None:
         self.record = record
         self.version = version
-        self._intake = intake
-        self._outcome: Outcome | None = None
-        self._succ: Receipt | None = None
-        self._batch: Batch | None = None
+
+    @classmethod
+    def bound(cls, intake: Intake) -> type[Receipt]:
+        """A Receipt class for one intake's records."""
+        return type("Receipt", (cls,), {"__slots__": (), "_intake": intake})
+
+    @property
+    def batch(self) -> Batch | None:
+        """The batch the record was cut into, once it was."""
+        return getattr(self, "_batch", None)
+
+    @property
+    def successor(self) -> Receipt | None:
+        """The record that superseded this one, if any."""
+        return getattr(self, "_succ", None)
 
     def _final(self) -> Receipt:
         r = self
-        while r._succ is not None:
-            r = r._succ
+        while (succ := getattr(r, "_succ", None)) is not None:
+            r = succ
         return r
 
     @property
     def outcome(self) -> Outcome | None:
         """The outcome if it is known now, else ``None``."""
-        if self._outcome is not None:
-            return self._outcome
-        if self._succ is None:
+        outcome: Outcome | None = getattr(self, "_outcome", None)
+        if outcome is not None:
+            return outcome
+        if getattr(self, "_succ", None) is None:
             return None
-        final = self._final()._outcome
+        final: Outcome | None = getattr(self._final(), "_outcome", None)
         if final is None:
             return None
         return Outcome.COALESCED if final is Outcome.COMMITTED else final
@@ -111,8 +133,7 @@ class Receipt:
             outcome = self.outcome
             if outcome is not None:
                 return outcome
-            final = self._final()
-            batch = final._batch
+            batch = self._final().batch
             if batch is not None:
                 await batch.wait()
             else:
