@@ -91,6 +91,7 @@ class Intake:
         self.lost = 0
         self._abandoned = False
         self._drop_log_due = 0.0
+        self._drops_since_compact = 0
         # wiring to the event loop, set by bind()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.loop_thread: int | None = None
@@ -221,7 +222,11 @@ class Intake:
             self.dropped_oldest += 1
             self._log_drops()
             self._pending[k] = r
-            self._call_in_loop(self._notify_change)  # wake whoever awaits the dropped one
+            self._drops_since_compact += 1
+            if self._drops_since_compact > len(self._pending):
+                self._compact()
+            if self._change is not None:  # someone awaits a pending receipt: it may be this one
+                self._call_in_loop(self._notify_change)
             return r
         if policy == "direct":
             self.in_flight += 1
@@ -236,6 +241,14 @@ class Intake:
         self.dropped_newest += 1
         self._log_drops()
         return r
+
+    def _compact(self) -> None:
+        """Rebuild the pending dict in place, dropping the empty slots that popping from its
+        front leaves behind (they would make finding the oldest record O(n))."""
+        items = list(self._pending.items())
+        self._pending.clear()
+        self._pending.update(items)
+        self._drops_since_compact = 0
 
     def _log_drops(self) -> None:
         """One WARNING per ``_DROP_LOG_EVERY`` seconds while records are being dropped."""
@@ -312,11 +325,11 @@ class Intake:
     def settle(self, receipts: list[Receipt], outcome: Outcome, *, direct: bool = False) -> None:
         """Record the final outcome of in-flight receipts and release their room."""
         n = len(receipts)
-        for r in receipts:
-            r._outcome = outcome
         with self._lock:
             if self._abandoned:
                 return  # the close deadline already counted these as lost
+            for r in receipts:
+                r._outcome = outcome
             self.in_flight -= n
             if not direct:
                 self.in_flight_held -= n

@@ -188,31 +188,39 @@ class AsyncBatcher:
         raises ``BufferFull`` at once. Under ``"direct"``, a record that found the buffer full
         is written alone and ``add()`` returns when that write is settled.
         """
-        intake = self._intake
-        r = intake.put(record)
-        if r is None:
-            if self._when_full == "raise":
-                return intake.put_nowait(record)
-            deadline = None if timeout is None else time.monotonic() + timeout
-            while r is None:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise BufferFull(f"no room in the buffer within {timeout} s")
-                try:
-                    async with asyncio.timeout(remaining):
-                        await intake.wait_room()
-                except TimeoutError:
-                    continue
-                r = intake.put(record)
-        elif r.batch is not None and r.batch.reason == "direct":
-            await r.wait()
+        try:
+            r = self._intake.put_nowait(record)
+        except BufferFull:
+            if self._when_full != "block":
+                raise
+            return await self._add_when_room(record, timeout)
+        if self._when_full == "direct":  # only this policy attaches a batch at add time
+            batch = r.batch
+            if batch is not None and batch.reason == "direct":
+                await r.wait()
         return r
+
+    async def _add_when_room(self, record: Any, timeout: float | None) -> Receipt:
+        intake = self._intake
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise BufferFull(f"no room in the buffer within {timeout} s")
+            try:
+                async with asyncio.timeout(remaining):
+                    await intake.wait_room()
+            except TimeoutError:
+                continue
+            r = intake.put(record)
+            if r is not None:
+                return r
 
     def add_from_thread(self, record: Any, *, timeout: float | None = None) -> Receipt:
         """The thread API of :meth:`add`: blocks this (non-loop) thread instead of awaiting."""
         self._not_on_loop("add")
         r = self._intake.put_blocking(record, timeout)
-        if r.batch is not None and r.batch.reason == "direct":
+        if self._when_full == "direct" and r.batch is not None and r.batch.reason == "direct":
             r.result()
         return r
 
@@ -361,14 +369,15 @@ class AsyncBatcher:
         tasks = {**self._writing, **self._direct}
         if timed_out:
             self._intake.abandon()
+            for batch in tasks.values():  # before cancelling: finish() lets go of receipts
+                for r in batch.receipts:
+                    if r.outcome is None:
+                        r._outcome = Outcome.LOST
             for task in tasks:
                 task.cancel()
             if tasks:
                 await asyncio.wait(tasks, timeout=_CANCEL_GRACE)
             for batch in tasks.values():
-                for r in batch.receipts:
-                    if r.outcome is None:
-                        r._outcome = Outcome.LOST
                 batch.finish()
         await asyncio.wait([self._flusher], timeout=_CANCEL_GRACE)
         sink_close = getattr(self._sink, "close", None)

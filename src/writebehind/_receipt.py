@@ -51,6 +51,7 @@ class Batch:
     def finish(self) -> None:
         """Mark every receipt's fate as settled and wake whoever waits (loop thread only)."""
         self._done = True
+        self.receipts = []  # break the receipt <-> batch cycle: refcounting frees them now
         if self._future is not None and not self._future.done():
             self._future.set_result(None)
 
