@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import operator
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from .._errors import PermanentSinkError
 
-__all__ = ["check_shape", "field_names", "group_rows", "row_getter"]
+__all__ = ["adapt_columns", "check_shape", "field_names", "group_rows", "row_getter"]
 
 
 def field_names(record: Any) -> tuple[str, ...]:
@@ -38,23 +40,57 @@ def row_getter(record: Any, names: tuple[str, ...]) -> Callable[[Any], tuple[Any
 Rows = dict[tuple[str, ...], list[tuple[Any, ...]]]
 
 
-def group_rows(batch: list[Any], adapt: Callable[[tuple[Any, ...]], tuple[Any, ...]]) -> Rows:
+def group_rows(batch: list[Any]) -> Rows:
     """Turn records into value tuples, grouped by their field names (one group when all
-    records share a shape, as they usually do)."""
+    records share a shape, as they usually do).
+
+    Plain dicts shaped like the first record take a C fast path (``operator.itemgetter``):
+    a dict with as many keys as the first and all of its names has exactly its keys.
+    """
     groups: Rows = {}
     first = batch[0]
     names = field_names(first)
-    get = row_getter(first, names)
     rows = groups[names] = []
-    mapping = isinstance(first, Mapping)
-    keys = first.keys() if mapping else None
-    for r in batch:
-        if mapping and (not isinstance(r, Mapping) or r.keys() != keys):
+    if type(first) is dict and names:
+        width = len(names)
+        get = operator.itemgetter(*names)
+        one = width == 1
+        for r in batch:
+            if type(r) is dict and len(r) == width:
+                try:
+                    rows.append((get(r),) if one else get(r))
+                    continue
+                except KeyError:
+                    pass
             other = field_names(r)
-            groups.setdefault(other, []).append(adapt(row_getter(r, other)(r)))
-            continue
-        rows.append(adapt(get(r)))
+            groups.setdefault(other, []).append(row_getter(r, other)(r))
+    else:
+        get_row = row_getter(first, names)
+        mapping = isinstance(first, Mapping)
+        keys = first.keys() if mapping else None
+        for r in batch:
+            if mapping and (not isinstance(r, Mapping) or r.keys() != keys):
+                other = field_names(r)
+                groups.setdefault(other, []).append(row_getter(r, other)(r))
+                continue
+            rows.append(get_row(r))
     return {k: v for k, v in groups.items() if v}
+
+
+def adapt_columns(
+    rows: list[tuple[Any, ...]], adapters: Mapping[type, Callable[[Any], Any]]
+) -> list[tuple[Any, ...]]:
+    """Convert values whose type has an adapter, looking at each column once per batch (a
+    C-level pass over the column's types) and rebuilding only columns that need it."""
+    if adapters.keys().isdisjoint(set(map(type, itertools.chain.from_iterable(rows)))):
+        return rows  # the common case: one C-level pass over every value, nothing to convert
+    columns = list(zip(*rows, strict=True))
+    changed = False
+    for i, column in enumerate(columns):
+        if not adapters.keys().isdisjoint(set(map(type, column))):
+            columns[i] = tuple(adapters[type(v)](v) if type(v) in adapters else v for v in column)
+            changed = True
+    return list(zip(*columns, strict=True)) if changed else rows
 
 
 def check_shape(

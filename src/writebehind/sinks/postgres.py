@@ -173,7 +173,7 @@ class PostgresSink:
             raise error from exc
 
     def _group(self, batch: list[Any]) -> Rows:
-        groups = group_rows(batch, _same)
+        groups = group_rows(batch)
         for names in groups:
             if names not in self._sql:
                 check_shape(names, self.columns, self.key, f"{self.schema}.{self.table}")
@@ -248,10 +248,6 @@ class PostgresSink:
             v = quote(self.version)
             sql += f" WHERE t.{v} IS NULL OR excluded.{v} >= t.{v}"
         return sql
-
-
-def _same(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    return row
 
 
 def _newer_or_equal(a: Any, b: Any) -> bool:

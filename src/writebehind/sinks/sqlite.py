@@ -23,7 +23,7 @@ from typing import Any
 
 from .._errors import ConfigError, PermanentSinkError, RetriableSinkError, SinkError
 from ._ident import quote, validate
-from ._records import Rows, check_shape, group_rows
+from ._records import Rows, adapt_columns, check_shape, group_rows
 
 __all__ = ["SQLiteSink"]
 
@@ -177,11 +177,11 @@ class SQLiteSink:
             raise _map_error(exc) from exc
 
     def _group(self, batch: list[Any]) -> Rows:
-        groups = group_rows(batch, _adapt)
+        groups = group_rows(batch)
         for names in groups:
             if names not in self._sql:
                 check_shape(names, self.columns, self.key, self.table)
-        return groups
+        return {names: adapt_columns(rows, _ADAPT) for names, rows in groups.items()}
 
     def _statement(self, names: tuple[str, ...]) -> str:
         sql = self._sql.get(names)
@@ -206,13 +206,6 @@ class SQLiteSink:
             v = quote(self.version)
             sql += f" WHERE {t}.{v} IS NULL OR excluded.{v} >= {t}.{v}"
         return sql
-
-
-def _adapt(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    for v in row:
-        if type(v) in _ADAPT:
-            return tuple(_ADAPT[type(x)](x) if type(x) in _ADAPT else x for x in row)
-    return row
 
 
 def _map_error(exc: sqlite3.Error) -> SinkError:
