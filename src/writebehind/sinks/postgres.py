@@ -25,6 +25,7 @@ from .._errors import ConfigError, PermanentSinkError
 from ._ident import quote, validate
 from ._pg import COLUMNS_SQL, UNIQUE_SQL, is_client_error, map_error, password_of, redact_dsn
 from ._records import Rows, check_shape, group_rows
+from ._upsert import on_conflict
 
 __all__ = ["PostgresSink"]
 
@@ -238,16 +239,7 @@ class PostgresSink:
         else:
             select = f"SELECT {cols} FROM {source}"
         sql = f"INSERT INTO {self._target} AS t ({cols}) {select}"
-        conflict = ", ".join(quote(k) for k in self.key)
-        updates = [n for n in names if n not in self.key]
-        if not updates:
-            return f"{sql} ON CONFLICT ({conflict}) DO NOTHING"
-        sets = ", ".join(f"{quote(n)} = excluded.{quote(n)}" for n in updates)
-        sql = f"{sql} ON CONFLICT ({conflict}) DO UPDATE SET {sets}"
-        if self.version is not None and self.version in names:
-            v = quote(self.version)
-            sql += f" WHERE t.{v} IS NULL OR excluded.{v} >= t.{v}"
-        return sql
+        return sql + on_conflict(names, self.key, self.version, "t")
 
 
 def _newer_or_equal(a: Any, b: Any) -> bool:

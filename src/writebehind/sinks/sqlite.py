@@ -24,6 +24,7 @@ from typing import Any
 from .._errors import ConfigError, PermanentSinkError, RetriableSinkError, SinkError
 from ._ident import quote, validate
 from ._records import Rows, adapt_columns, check_shape, group_rows
+from ._upsert import on_conflict
 
 __all__ = ["SQLiteSink"]
 
@@ -196,16 +197,7 @@ class SQLiteSink:
         sql = f"INSERT INTO {t} ({cols}) VALUES ({marks})"
         if not self.key:
             return sql
-        conflict = ", ".join(quote(k) for k in self.key)
-        updates = [n for n in names if n not in self.key]
-        if not updates:
-            return f"{sql} ON CONFLICT ({conflict}) DO NOTHING"
-        sets = ", ".join(f"{quote(n)} = excluded.{quote(n)}" for n in updates)
-        sql = f"{sql} ON CONFLICT ({conflict}) DO UPDATE SET {sets}"
-        if self.version is not None and self.version in names:
-            v = quote(self.version)
-            sql += f" WHERE {t}.{v} IS NULL OR excluded.{v} >= {t}.{v}"
-        return sql
+        return sql + on_conflict(names, self.key, self.version, t)
 
 
 def _map_error(exc: sqlite3.Error) -> SinkError:
