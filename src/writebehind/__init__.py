@@ -18,6 +18,18 @@ from ._errors import (
     WriteBehindError,
     WriteTimeout,
 )
+from ._events import (
+    BatchCommitted,
+    BatchFailed,
+    BufferFilled,
+    Closed,
+    Event,
+    RecordsDeadLettered,
+    RecordsDropped,
+    RetryScheduled,
+    SubscriberLagged,
+    Subscription,
+)
 from ._receipt import Outcome, Receipt
 from ._retry import RetryPolicy
 from ._stats import CloseReport, Stats
@@ -28,25 +40,35 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsyncBatcher",
+    "BatchCommitted",
+    "BatchFailed",
     "Batcher",
     "BatcherClosed",
+    "BufferFilled",
     "BufferFull",
     "CallableSink",
     "Clock",
     "CloseReport",
+    "Closed",
     "ConfigError",
+    "Event",
     "MonotonicClock",
     "Outcome",
     "PermanentSinkError",
     "PostgresSink",
+    "RecordsDeadLettered",
+    "RecordsDropped",
     "Receipt",
     "RecordError",
     "RetriableSinkError",
     "RetryPolicy",
+    "RetryScheduled",
     "SQLiteSink",
     "Sink",
     "SinkError",
     "Stats",
+    "SubscriberLagged",
+    "Subscription",
     "WriteBehindError",
     "WriteTimeout",
 ]

@@ -92,6 +92,8 @@ class Intake:
         self._abandoned = False
         self._drop_log_due = 0.0
         self._drops_since_compact = 0
+        self._notice = False  # the buffer was full since the flusher last looked
+        self._noticed_newest = self._noticed_oldest = 0
         # wiring to the event loop, set by bind()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.loop_thread: int | None = None
@@ -210,6 +212,9 @@ class Intake:
     def _full(self, k: Any, r: Receipt) -> Receipt:
         """Apply ``when_full`` to a record that needs a new slot (lock held)."""
         policy = self.when_full
+        if not self._notice:  # the flusher publishes BufferFilled/RecordsDropped events
+            self._notice = True
+            self._call_in_loop(self._wake)
         if policy == "block" or policy == "raise":
             raise BufferFull(
                 f"buffer full: {self.max_pending} records held (max_pending); the record was "
@@ -306,6 +311,18 @@ class Intake:
         with self._lock:
             self._woken = False
             return len(self._pending), self.oldest_at
+
+    def take_notice(self) -> tuple[bool, int, int] | None:
+        """If the buffer was full since the last call: (True, newest, oldest), the records
+        dropped by each policy since then. None otherwise."""
+        with self._lock:
+            if not self._notice:
+                return None
+            self._notice = False
+            newest = self.dropped_newest - self._noticed_newest
+            oldest = self.dropped_oldest - self._noticed_oldest
+            self._noticed_newest, self._noticed_oldest = self.dropped_newest, self.dropped_oldest
+            return True, newest, oldest
 
     def cut(self, n: int) -> list[Receipt]:
         """Take up to ``n`` of the oldest pending records; they become in flight."""

@@ -6,12 +6,20 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ._buffer import Intake
 from ._clock import Clock
 from ._errors import WriteTimeout
+from ._events import (
+    BatchCommitted,
+    BatchFailed,
+    EventBuffer,
+    RecordsDeadLettered,
+    RetryScheduled,
+)
 from ._receipt import Outcome, Receipt
 from ._retry import RetryPolicy, backoff, is_retriable, split
 
@@ -36,6 +44,7 @@ class Delivery:
         clock: Clock,
         dead_letter: DeadLetterFn | None,
         name: str,
+        events: EventBuffer,
     ) -> None:
         self.sink = sink
         self.intake = intake
@@ -44,14 +53,17 @@ class Delivery:
         self.clock = clock
         self.dead_letter = dead_letter
         self.name = name
+        self.events = events
 
-    async def deliver(self, receipts: list[Receipt], *, direct: bool = False) -> None:
+    async def deliver(self, receipts: list[Receipt], *, reason: str, direct: bool = False) -> None:
         """Write ``receipts`` until each is committed or dead-lettered."""
         records = [r.record for r in receipts]
         attempt = 0
         started = self.clock.monotonic()
+        events = self.events
         while True:
             attempt += 1
+            began = time.monotonic()
             try:
                 async with asyncio.timeout(self.write_timeout):
                     await self.sink.write(records)
@@ -66,9 +78,24 @@ class Delivery:
             else:
                 self.intake.count(batches=1)
                 self.intake.settle(receipts, Outcome.COMMITTED, direct=direct)
+                events.publish(
+                    BatchCommitted,
+                    size=len(records),
+                    duration=time.monotonic() - began,
+                    reason=reason,
+                    attempts=attempt,
+                )
                 return
             self.intake.count(write_errors=1)
-            if is_retriable(error):
+            retriable = is_retriable(error)
+            events.publish(
+                BatchFailed,
+                size=len(records),
+                error=type(error).__name__,
+                attempt=attempt,
+                retriable=retriable,
+            )
+            if retriable:
                 elapsed = self.clock.monotonic() - started
                 deadline = self.retry.deadline
                 if attempt < self.retry.max_attempts and (deadline is None or elapsed < deadline):
@@ -81,6 +108,7 @@ class Delivery:
                             _describe(error),
                         )
                     self.intake.count(retried=1)
+                    events.publish(RetryScheduled, size=len(records), attempt=attempt, delay=wait)
                     await self.clock.sleep(wait)
                     continue
                 await self._condemn(receipts, records, error, attempt, direct)
@@ -88,8 +116,8 @@ class Delivery:
             if len(receipts) > 1:
                 self.intake.count(splits=1)
                 left, right = split(receipts)
-                await self.deliver(left, direct=direct)
-                await self.deliver(right, direct=direct)
+                await self.deliver(left, reason=reason, direct=direct)
+                await self.deliver(right, reason=reason, direct=direct)
                 return
             await self._condemn(receipts, records, error, attempt, direct)
             return
@@ -117,6 +145,9 @@ class Delivery:
             except Exception:
                 log.exception("writebehind[%s]: the dead-letter callable failed", self.name)
         self.intake.settle(receipts, Outcome.DEAD_LETTERED, direct=direct)
+        self.events.publish(
+            RecordsDeadLettered, count=len(records), error=type(error).__name__, attempts=attempts
+        )
 
 
 def _describe(error: BaseException) -> str:

@@ -15,21 +15,21 @@ import time
 from types import TracebackType
 from typing import Any, Self
 
-from ._buffer import WHEN_FULL, Intake
+from ._buffer import Intake
 from ._clock import Clock, MonotonicClock
+from ._config import Options
 from ._dispatch import DeadLetterFn, Delivery
 from ._errors import BufferFull, ConfigError, WriteBehindError
-from ._flush import decide
+from ._events import Closed, EventBuffer, Subscription
+from ._flusher import Flusher
 from ._keys import FieldSpec, make_getter
-from ._receipt import Batch, Outcome, Receipt
+from ._receipt import Receipt
 from ._retry import RetryPolicy
 from ._stats import CloseReport, Stats
 
 __all__ = ["AsyncBatcher"]
 
 log = logging.getLogger("writebehind")
-
-_CANCEL_GRACE = 0.25  # seconds a cancelled write gets to unwind after the close deadline
 
 
 class AsyncBatcher:
@@ -57,7 +57,8 @@ class AsyncBatcher:
         retry: a :class:`RetryPolicy`.
         dead_letter: called with ``(records, error)`` for records that can never be written.
         clock: a :class:`Clock`; tests pass ``writebehind.testing.ManualClock``.
-        name: a label for logs.
+        name: a label for logs and events.
+        event_buffer: how many events :meth:`events` keeps for readers (default 4,096).
     """
 
     def __init__(
@@ -77,75 +78,40 @@ class AsyncBatcher:
         dead_letter: DeadLetterFn | None = None,
         clock: Clock | None = None,
         name: str = "default",
+        event_buffer: int = 4096,
     ) -> None:
         if not callable(getattr(sink, "write", None)):
             raise ConfigError("sink: must have an 'async def write(self, batch)' method")
-        _positive_int("max_batch", max_batch)
-        _positive_int("max_in_flight", max_in_flight)
-        if max_pending is None:
-            max_pending = 5 * max_batch
-        _positive_int("max_pending", max_pending)
-        if max_pending < max_batch:
-            raise ConfigError(f"max_pending: must be >= max_batch ({max_batch}), got {max_pending}")
-        for arg, value in (("linger", linger),):
-            if not (isinstance(value, int | float) and value >= 0):
-                raise ConfigError(f"{arg}: must be a number of seconds >= 0, got {value!r}")
-        for arg, value in (("write_timeout", write_timeout), ("close_timeout", close_timeout)):
-            if not (isinstance(value, int | float) and value > 0):
-                raise ConfigError(f"{arg}: must be a number of seconds > 0, got {value!r}")
-        if when_full == "spill":
-            raise ConfigError(
-                "when_full: 'spill' needs the durable spool, which this version does not have "
-                f"yet; use one of {', '.join(WHEN_FULL)}"
-            )
-        if when_full not in WHEN_FULL:
-            raise ConfigError(
-                f"when_full: must be one of {', '.join(WHEN_FULL)}; got {when_full!r}"
-            )
-        if version is not None and key is None:
-            raise ConfigError("version: needs a key (versions only order records with one key)")
+        self._opts = opts = Options(
+            key=key, version=version, max_batch=max_batch, linger=linger,
+            max_pending=max_pending or 0, when_full=when_full, max_in_flight=max_in_flight,
+            write_timeout=write_timeout, close_timeout=close_timeout, name=name,
+            event_buffer=event_buffer,
+        )  # fmt: skip
         self._sink = sink
         self._clock = clock or MonotonicClock()
-        self._max_batch = max_batch
-        self._linger = float(linger)
-        self._max_in_flight = max_in_flight
-        self._when_full = when_full
-        self._close_timeout = close_timeout
         self._intake = Intake(
             key=make_getter(key, "key", for_key=True),
             version=make_getter(version, "version", for_key=False),
             key_spec=key,
             version_spec=version,
             max_batch=max_batch,
-            max_pending=max_pending,
+            max_pending=opts.max_pending,
             when_full=when_full,
             clock=self._clock.monotonic,
         )
+        self._events = EventBuffer(event_buffer, name)
         self._delivery = Delivery(
-            sink,
-            self._intake,
-            retry=retry or RetryPolicy(),
-            write_timeout=write_timeout,
-            clock=self._clock,
-            dead_letter=dead_letter,
-            name=name,
-        )
+            sink, self._intake, retry=retry or RetryPolicy(), write_timeout=write_timeout,
+            clock=self._clock, dead_letter=dead_letter, name=name, events=self._events,
+        )  # fmt: skip
         self.name = name
         # the hot path, without a layer of call: see add_nowait's docstring
         self.add_nowait = self._intake.put_nowait  # type: ignore[method-assign,assignment]
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._event: asyncio.Event | None = None
-        self._flusher: asyncio.Task[None] | None = None
-        self._writing: dict[asyncio.Task[None], Batch] = {}  # counted against max_in_flight
-        self._direct: dict[asyncio.Task[None], Batch] = {}
-        self._forced = 0
-        self._flush_waiters: list[asyncio.Future[None]] = []
-        self._flush_group: tuple[list[Batch], list[asyncio.Future[None]]] | None = None
-        self._closing = False
-        self._drained: asyncio.Future[None] | None = None
+        self._flusher: Flusher | None = None
         self._report: CloseReport | None = None
         self._close_lock: asyncio.Lock | None = None
-        self._aux: set[asyncio.Task[None]] = set()
         self._closed = asyncio.Event()  # set when close() has its report
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -158,10 +124,10 @@ class AsyncBatcher:
         if start is not None:
             await start()
         self._loop = loop
-        self._event = asyncio.Event()
         self._close_lock = asyncio.Lock()
-        self._intake.bind(loop, self._event.set, self._start_direct)
-        self._flusher = loop.create_task(self._run(), name=f"writebehind-flusher[{self.name}]")
+        flusher = Flusher(self._intake, self._delivery, self._events, self._clock, self._opts, loop)
+        self._flusher = flusher
+        self._intake.bind(loop, flusher.wake, flusher.start_direct)
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -191,10 +157,10 @@ class AsyncBatcher:
         try:
             r = self._intake.put_nowait(record)
         except BufferFull:
-            if self._when_full != "block":
+            if self._opts.when_full != "block":
                 raise
             return await self._add_when_room(record, timeout)
-        if self._when_full == "direct":  # only this policy attaches a batch at add time
+        if self._opts.when_full == "direct":  # only this policy attaches a batch at add time
             batch = r.batch
             if batch is not None and batch.reason == "direct":
                 await r.wait()
@@ -220,7 +186,7 @@ class AsyncBatcher:
         """The thread API of :meth:`add`: blocks this (non-loop) thread instead of awaiting."""
         self._not_on_loop("add")
         r = self._intake.put_blocking(record, timeout)
-        if self._when_full == "direct" and r.batch is not None and r.batch.reason == "direct":
+        if self._opts.when_full == "direct" and r.batch is not None and r.batch.reason == "direct":
             r.result()
         return r
 
@@ -231,96 +197,32 @@ class AsyncBatcher:
                 f"callback?) would deadlock; use add_nowait() there"
             )
 
-    # -- the flusher ----------------------------------------------------------------------
-    async def _run(self) -> None:
-        try:
-            await self._flush_loop()
-        except Exception:
-            log.exception(
-                "writebehind[%s]: the flusher failed; no more batches will be cut", self.name
-            )
-            raise
+    # -- events, flush, stats, close ------------------------------------------------------
+    def events(self, since: int | None = None) -> Subscription:
+        """Typed events, oldest first: ``async for event in batcher.events(since=0): ...``.
 
-    async def _flush_loop(self) -> None:
-        assert self._event is not None
-        assert self._loop is not None
-        intake, event, clock = self._intake, self._event, self._clock
-        while True:
-            event.clear()
-            pending, oldest_at = intake.begin_decision()
-            if self._flush_waiters:
-                if self._flush_group is None:
-                    self._flush_group = ([*self._writing.values(), *self._direct.values()], [])
-                self._flush_group[1].extend(self._flush_waiters)
-                self._flush_waiters = []
-                self._forced = pending
-            d = decide(
-                now=clock.monotonic(),
-                pending=pending,
-                oldest_at=oldest_at,
-                max_batch=self._max_batch,
-                linger=self._linger,
-                forced=self._forced,
-                closing=self._closing,
-                batches_in_flight=len(self._writing),
-                max_in_flight=self._max_in_flight,
-            )
-            if d.reason is not None:
-                receipts = intake.cut(self._max_batch)
-                batch = Batch(receipts, d.reason, self._loop)
-                for r in receipts:
-                    r._batch = batch
-                self._forced = max(0, self._forced - len(receipts))
-                if self._flush_group is not None:
-                    self._flush_group[0].append(batch)
-                task = self._loop.create_task(self._deliver(batch, direct=False))
-                self._writing[task] = batch
-            if self._flush_group is not None and self._forced == 0:
-                batches, waiters = self._flush_group
-                self._flush_group = None
-                aux = self._loop.create_task(_settle_flush(batches, waiters))
-                self._aux.add(aux)
-                aux.add_done_callback(self._aux.discard)
-            drained = self._closing and pending == 0 and not self._writing and not self._direct
-            if drained and self._drained is not None and not self._drained.done():
-                self._drained.set_result(None)
-            if d.reason is not None:
-                continue
-            timeout = None if d.wake_at is None else d.wake_at - clock.monotonic()
-            await clock.wait(event, timeout)
+        ``since=i`` starts at event ``i`` if it is still held, else at the oldest held;
+        ``None`` starts with the next event. The iterator's ``started_at`` says where it
+        started. A reader that falls more than ``event_buffer`` events behind gets
+        ``SubscriberLagged`` (with ``resume_from``); writers never wait for readers. The
+        iterator ends after the ``Closed`` event.
+        """
+        return self._events.subscribe(since)
 
-    def _start_direct(self, batch: Batch) -> None:
-        assert self._loop is not None
-        task = self._loop.create_task(self._deliver(batch, direct=True))
-        self._direct[task] = batch
-
-    async def _deliver(self, batch: Batch, *, direct: bool) -> None:
-        try:
-            await self._delivery.deliver(batch.receipts, direct=direct)
-        finally:
-            batch.finish()
-            task = asyncio.current_task()
-            (self._direct if direct else self._writing).pop(task, None)  # type: ignore[arg-type]
-            if self._event is not None:
-                self._event.set()
-
-    # -- flush, stats, close --------------------------------------------------------------
     async def flush(self, *, timeout: float | None = None) -> None:
         """Return when every record accepted before the call is committed or dead-lettered.
 
         ``timeout`` bounds the wait (``TimeoutError``); the flush itself goes on.
         """
-        if self._loop is None or self._event is None:
+        if self._flusher is None:
             raise WriteBehindError("the batcher is not started")
         if self._report is not None:
             return
-        if self._closing:  # close() flushes everything: wait for it, and its report
+        if self._flusher.closing:  # close() flushes everything: wait for it, and its report
             async with asyncio.timeout(timeout):
                 await self._closed.wait()
             return
-        fut = self._loop.create_future()
-        self._flush_waiters.append(fut)
-        self._event.set()
+        fut = self._flusher.request_flush()
         async with asyncio.timeout(timeout):
             await asyncio.shield(fut)
 
@@ -338,65 +240,38 @@ class AsyncBatcher:
         """
         if self._report is not None:
             return self._report
-        if self._loop is None or self._close_lock is None:
+        if self._flusher is None or self._close_lock is None:
             self._intake.close()
             self._report = CloseReport(stats=self.stats(), lost=0, timed_out=False, duration=0.0)
             return self._report
         async with self._close_lock:
             if self._report is None:
                 self._report = await self._close(
-                    self._close_timeout if timeout is None else timeout
+                    self._opts.close_timeout if timeout is None else timeout
                 )
                 self._closed.set()
         return self._report
 
     async def _close(self, timeout: float) -> CloseReport:
-        assert self._loop is not None
-        assert self._event is not None
         assert self._flusher is not None
         started = time.monotonic()
         self._intake.close()
-        self._closing = True
-        self._drained = self._loop.create_future()
-        self._event.set()
-        timed_out = False
-        try:
-            async with asyncio.timeout(timeout):
-                await asyncio.shield(self._drained)
-        except TimeoutError:
-            timed_out = True
-        self._flusher.cancel()
-        tasks = {**self._writing, **self._direct}
-        if timed_out:
-            self._intake.abandon()
-            for batch in tasks.values():  # before cancelling: finish() lets go of receipts
-                for r in batch.receipts:
-                    if r.outcome is None:
-                        r._outcome = Outcome.LOST
-            for task in tasks:
-                task.cancel()
-            if tasks:
-                await asyncio.wait(tasks, timeout=_CANCEL_GRACE)
-            for batch in tasks.values():
-                batch.finish()
-        await asyncio.wait([self._flusher], timeout=_CANCEL_GRACE)
+        drained = await self._flusher.drain(timeout)
+        await self._flusher.stop(abandon=not drained)
+        timed_out = not drained
         sink_close = getattr(self._sink, "close", None)
         if sink_close is not None:
             try:
-                async with asyncio.timeout(
-                    max(_CANCEL_GRACE, timeout - (time.monotonic() - started))
-                ):
+                async with asyncio.timeout(max(0.25, timeout - (time.monotonic() - started))):
                     await sink_close()
             except Exception:
                 log.exception("writebehind[%s]: closing the sink failed", self.name)
-        for fut in [*self._flush_waiters, *(self._flush_group[1] if self._flush_group else ())]:
-            if not fut.done():  # a flush() that raced close(): nothing more will be written
-                fut.set_result(None)
-        self._flush_waiters, self._flush_group = [], None
         stats = self.stats()
         report = CloseReport(
             stats=stats, lost=stats.lost, timed_out=timed_out, duration=time.monotonic() - started
         )
+        self._events.publish(Closed, report=report)
+        self._events.close()
         if report.lost:
             log.warning(
                 "writebehind[%s]: closed after %.1f s with %d record(s) lost (neither committed "
@@ -408,16 +283,3 @@ class AsyncBatcher:
                 stats.in_flight,
             )
         return report
-
-
-async def _settle_flush(batches: list[Batch], waiters: list[asyncio.Future[None]]) -> None:
-    for batch in batches:
-        await batch.wait()
-    for fut in waiters:
-        if not fut.done():
-            fut.set_result(None)
-
-
-def _positive_int(arg: str, value: Any) -> None:
-    if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-        raise ConfigError(f"{arg}: must be an integer >= 1, got {value!r}")

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from ._engine import AsyncBatcher
 from ._errors import WriteBehindError
+from ._events import Event
 from ._receipt import Receipt
 from ._stats import CloseReport, Stats
 
@@ -87,6 +88,20 @@ class Batcher:
     def flush(self, timeout: float | None = None) -> None:
         """Block until every record accepted before the call is committed or dead-lettered."""
         self._call(self._core.flush(timeout=timeout))
+
+    def events(self, since: int | None = None) -> Iterator[Event]:
+        """The engine's events (see ``AsyncBatcher.events``), as a blocking iterator that
+        ends after the ``Closed`` event. It may raise ``SubscriberLagged``."""
+        subscription = self._core.events(since)
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            raise WriteBehindError("the batcher is not started: use 'with Batcher(...)'")
+        while thread.is_alive():
+            chunk = asyncio.run_coroutine_threadsafe(subscription.next_chunk(), loop).result()
+            if not chunk:
+                return
+            yield from chunk
+        yield from subscription.drain()  # the loop has stopped: what is left, then the end
 
     def stats(self) -> Stats:
         """A frozen snapshot of every counter."""

@@ -1,0 +1,185 @@
+"""``Flusher``: one batcher's flush loop and the delivery tasks it starts.
+
+Each time it wakes, it asks :func:`writebehind._flush.decide` whether to cut a batch, cuts
+it from the :class:`~writebehind._buffer.Intake`, and starts one delivery task per batch (at
+most ``max_in_flight`` at once; ``direct`` writes run beside them). It also turns the
+intake's "the buffer was full" notices into events, answers ``flush()`` requests, and, at
+close, drains or abandons what is in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from ._buffer import Intake
+from ._clock import Clock
+from ._config import Options
+from ._dispatch import Delivery
+from ._events import BufferFilled, EventBuffer, RecordsDropped
+from ._flush import decide
+from ._receipt import Batch, Outcome
+
+__all__ = ["Flusher"]
+
+log = logging.getLogger("writebehind")
+
+_CANCEL_GRACE = 0.25  # seconds a cancelled write gets to unwind after the close deadline
+
+
+class Flusher:
+    """Runs on the batcher's event loop from ``start()`` to ``close()``."""
+
+    def __init__(
+        self,
+        intake: Intake,
+        delivery: Delivery,
+        events: EventBuffer,
+        clock: Clock,
+        opts: Options,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.intake, self.delivery, self.events = intake, delivery, events
+        self.clock, self.opts, self.loop = clock, opts, loop
+        self.event = asyncio.Event()
+        self.writing: dict[asyncio.Task[None], Batch] = {}  # counted against max_in_flight
+        self.direct: dict[asyncio.Task[None], Batch] = {}
+        self.closing = False
+        self.drained: asyncio.Future[None] = loop.create_future()
+        self._forced = 0  # pending records flush() still wants cut
+        self._flush_waiters: list[asyncio.Future[None]] = []
+        self._flush_group: tuple[list[Batch], list[asyncio.Future[None]]] | None = None
+        self._aux: set[asyncio.Task[None]] = set()
+        self.task = loop.create_task(self._run(), name=f"writebehind-flusher[{opts.name}]")
+
+    def wake(self) -> None:
+        self.event.set()
+
+    def request_flush(self) -> asyncio.Future[None]:
+        """A future resolved once everything pending now (and in flight) is settled."""
+        fut = self.loop.create_future()
+        self._flush_waiters.append(fut)
+        self.event.set()
+        return fut
+
+    async def _run(self) -> None:
+        try:
+            await self._loop()
+        except Exception:
+            log.exception(
+                "writebehind[%s]: the flusher failed; no more batches will be cut", self.opts.name
+            )
+            raise
+
+    async def _loop(self) -> None:
+        intake, event, clock, opts = self.intake, self.event, self.clock, self.opts
+        while True:
+            event.clear()
+            pending, oldest_at = intake.begin_decision()
+            self.publish_notice()
+            if self._flush_waiters:
+                if self._flush_group is None:
+                    self._flush_group = ([*self.writing.values(), *self.direct.values()], [])
+                self._flush_group[1].extend(self._flush_waiters)
+                self._flush_waiters = []
+                self._forced = pending
+            d = decide(
+                now=clock.monotonic(), pending=pending, oldest_at=oldest_at,
+                max_batch=opts.max_batch, linger=opts.linger, forced=self._forced,
+                closing=self.closing, batches_in_flight=len(self.writing),
+                max_in_flight=opts.max_in_flight,
+            )  # fmt: skip
+            if d.reason is not None:
+                self._cut(d.reason)
+            if self._flush_group is not None and self._forced == 0:
+                batches, waiters = self._flush_group
+                self._flush_group = None
+                aux = self.loop.create_task(_settle_flush(batches, waiters))
+                self._aux.add(aux)
+                aux.add_done_callback(self._aux.discard)
+            drained = self.closing and pending == 0 and not self.writing and not self.direct
+            if drained and not self.drained.done():
+                self.drained.set_result(None)
+            if d.reason is not None:
+                continue
+            timeout = None if d.wake_at is None else d.wake_at - clock.monotonic()
+            await clock.wait(event, timeout)
+
+    def _cut(self, reason: str) -> None:
+        receipts = self.intake.cut(self.opts.max_batch)
+        batch = Batch(receipts, reason, self.loop)
+        for r in receipts:
+            r._batch = batch
+        self._forced = max(0, self._forced - len(receipts))
+        if self._flush_group is not None:
+            self._flush_group[0].append(batch)
+        self.writing[self.loop.create_task(self._deliver(batch, direct=False))] = batch
+
+    def start_direct(self, batch: Batch) -> None:
+        """Write a ``when_full="direct"`` record's batch of one, now."""
+        self.direct[self.loop.create_task(self._deliver(batch, direct=True))] = batch
+
+    async def _deliver(self, batch: Batch, *, direct: bool) -> None:
+        try:
+            await self.delivery.deliver(batch.receipts, reason=batch.reason, direct=direct)
+        finally:
+            batch.finish()
+            task = asyncio.current_task()
+            (self.direct if direct else self.writing).pop(task, None)  # type: ignore[arg-type]
+            self.event.set()
+
+    def publish_notice(self) -> None:
+        """Publish the intake's news since the last look: a full buffer, records dropped."""
+        notice = self.intake.take_notice()
+        if notice is None:
+            return
+        filled, newest, oldest = notice
+        if filled:
+            self.events.publish(BufferFilled, max_pending=self.intake.max_pending)
+        for reason, count in (("drop_newest", newest), ("drop_oldest", oldest)):
+            if count:
+                self.events.publish(RecordsDropped, reason=reason, count=count)
+
+    # -- close ------------------------------------------------------------------------------
+    async def drain(self, timeout: float) -> bool:
+        """Cut everything and wait until it is settled; False if ``timeout`` passed first."""
+        self.closing = True
+        self.event.set()
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(self.drained)
+        except TimeoutError:
+            return False
+        return True
+
+    async def stop(self, *, abandon: bool) -> None:
+        """Stop the loop. With ``abandon``: count what is still held as lost (receipts
+        resolve ``LOST``) and cancel the writes, giving them a moment to unwind."""
+        self.task.cancel()
+        tasks = {**self.writing, **self.direct}
+        if abandon:
+            self.intake.abandon()
+            for batch in tasks.values():  # before cancelling: finish() lets go of receipts
+                for r in batch.receipts:
+                    if r.outcome is None:
+                        r._outcome = Outcome.LOST
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.wait(tasks, timeout=_CANCEL_GRACE)
+            for batch in tasks.values():
+                batch.finish()
+        await asyncio.wait([self.task], timeout=_CANCEL_GRACE)
+        for fut in [*self._flush_waiters, *(self._flush_group[1] if self._flush_group else ())]:
+            if not fut.done():  # a flush() that raced close(): nothing more will be written
+                fut.set_result(None)
+        self._flush_waiters, self._flush_group = [], None
+        self.publish_notice()
+
+
+async def _settle_flush(batches: list[Batch], waiters: list[asyncio.Future[None]]) -> None:
+    for batch in batches:
+        await batch.wait()
+    for fut in waiters:
+        if not fut.done():
+            fut.set_result(None)
