@@ -3,26 +3,66 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import sqlite3
 import subprocess
 import sys
+import uuid
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
 import pytest
 
 import writebehind
+from tests.pg import DSN as PG_DSN
+from writebehind.cli.demo import DemoConfig
 from writebehind.cli.main import main
 
-EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.py"))
+EXAMPLES = [
+    pytest.param(p, id=p.name, marks=[pytest.mark.server] if "postgres" in p.name else [])
+    for p in sorted((Path(__file__).parent.parent / "examples").glob("*.py"))
+]
 LOST_ZERO = re.compile(r"^\s*lost\s+0\s*$", re.MULTILINE)
 SMALL_DEMO = ["demo", "--agents", "200", "--duration", "1"]
 
 
-def count_rows(path: Path) -> int:
+def count_rows(path: Path, table: str = "agent_heartbeats") -> int:
     with contextlib.closing(sqlite3.connect(path)) as conn:
-        (n,) = conn.execute("SELECT COUNT(DISTINCT id) FROM agent_heartbeats").fetchone()
+        (n,) = conn.execute(f"SELECT COUNT(DISTINCT id) FROM {table}").fetchone()
     return int(n)
+
+
+def number(out: str, label: str) -> int:
+    """The integer at the start of the final table's ``label`` row."""
+    m = re.search(rf"^\s*{re.escape(label)}\s+([\d,]+)", out, re.MULTILINE)
+    assert m is not None, out
+    return int(m.group(1).replace(",", ""))
+
+
+def pg_connect() -> psycopg.Connection[tuple[object, ...]]:
+    try:
+        return psycopg.connect(PG_DSN, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is required at {PG_DSN} and is not reachable: {exc!r}")
+
+
+def pg_fetch(sql: str, *params: object) -> object:
+    with pg_connect() as conn:
+        row = conn.execute(sql.encode(), params or None).fetchone()
+    return None if row is None else row[0]
+
+
+def pg_execute(sql: str) -> None:
+    with pg_connect() as conn:
+        conn.execute(sql.encode())
+
+
+def pg_rows(table: str) -> int:
+    n = pg_fetch(f"SELECT count(DISTINCT id) FROM {table}")
+    assert isinstance(n, int)
+    return n
 
 
 def test_demo_plain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -109,10 +149,134 @@ def test_demo_rejects_a_table_that_does_not_fit(
     assert "updated_at" in capsys.readouterr().err
 
 
-def test_dsn_is_not_available_yet(capsys: pytest.CaptureFixture[str]) -> None:
-    """``--dsn`` exits 2 with a clear message until the PostgreSQL sink exists."""
-    assert main(["demo", "--dsn", "postgresql://localhost/db"]) == 2
-    assert "the PostgreSQL sink is not available yet" in capsys.readouterr().err
+def test_default_shaped_run_coalesces(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Agents heartbeating faster than the linger, max_batch auto: heartbeats coalesce, fewer
+    rows are written than heartbeats sent, and the table still holds the newest of each."""
+    db = tmp_path / "demo.db"
+    args = ["demo", "--agents", "200", "--interval", "0.1", "--linger", "0.5"]
+    assert main([*args, "--duration", "1.5", "--plain", "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    sent, written, coalesced = (
+        number(out, "heartbeats sent"),
+        number(out, "rows written"),
+        number(out, "coalesced"),
+    )
+    assert sent == 3_000, out
+    assert coalesced > 0, out
+    assert written < sent, out
+    assert written + coalesced == sent, out
+    assert "5.00 expected" in out, out  # 15 heartbeats per agent over 3 windows of 0.5 s
+    assert "max_batch 400 (auto)" in out, out
+    assert LOST_ZERO.search(out), out
+    assert "naive: statements" in out, out
+    assert "OK: 200 rows, one per agent, newest heartbeat each" in out, out
+    assert count_rows(db) == 200
+
+
+def test_expected_coalescing() -> None:
+    """The expected ratio: linger/interval per full window, bounded by the run's length, and
+    1 when max_batch cuts batches before an agent heartbeats again."""
+    default = DemoConfig()
+    assert (default.batch_size, default.max_pending) == (20_000, 80_000)
+    assert default.expected_coalescing()[0] == pytest.approx(10 / 3)  # 10 per agent, 3 windows
+    assert DemoConfig(duration=20.0).expected_coalescing()[0] == pytest.approx(4.0)
+    assert DemoConfig(linger=30.0).expected_coalescing()[0] == pytest.approx(10.0)
+    assert DemoConfig(interval=5.0).expected_coalescing()[0] == 1.0
+    ratio, why = DemoConfig(max_batch=500).expected_coalescing()
+    assert ratio == 1.0
+    assert "max_batch 500" in why
+
+
+def test_reset_and_table_with_sqlite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--table`` names the table; without ``--reset`` earlier rows stay, with it they go."""
+    db = tmp_path / "demo.db"
+    small = [
+        "demo",
+        "--duration",
+        "0.3",
+        "--interval",
+        "0.1",
+        "--no-naive",
+        "--plain",
+        "--db",
+        str(db),
+    ]
+    assert main([*small, "--agents", "30", "--table", "beats"]) == 0
+    assert main([*small, "--agents", "20", "--table", "beats"]) == 0
+    assert (
+        "OK: 20 rows, one per agent, newest heartbeat each (plus 10 rows" in capsys.readouterr().out
+    )
+    assert count_rows(db, "beats") == 30
+    assert main([*small, "--agents", "20", "--table", "beats", "--reset"]) == 0
+    assert count_rows(db, "beats") == 20
+
+
+def test_dsn_that_cannot_connect_exits_2_without_the_password(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An unreachable server is exit 2 with the DSN redacted; the password never shows."""
+    dsn = "postgresql://root:canary-pw-7f3a@127.0.0.1:1/test"
+    assert main(["demo", "--plain", "--dsn", dsn]) == 2
+    captured = capsys.readouterr()
+    assert "cannot connect to PostgreSQL at postgresql://root:***@127.0.0.1:1/test" in captured.err
+    assert "canary-pw-7f3a" not in captured.out + captured.err
+
+
+def test_db_and_dsn_exclude_each_other_and_table_is_checked(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``--db`` with ``--dsn``, or a table name that is not a plain identifier: exit 2."""
+    assert main(["demo", "--db", "x.db", "--dsn", "postgresql://localhost/db"]) == 2
+    assert "not allowed with" in capsys.readouterr().err
+    assert main(["demo", "--table", "agents; drop"]) == 2
+    assert "--table" in capsys.readouterr().err
+    assert main(["demo", "--max-batch", "many"]) == 2
+
+
+@pytest.mark.server
+def test_demo_against_postgres(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--dsn``: the demo writes PostgreSQL through PostgresSink, loses nothing, leaves one
+    row per agent, and drops its scratch table for the naive replay."""
+    table = f"demo_hb_{uuid.uuid4().hex[:12]}"
+    try:
+        args = ["demo", "--dsn", PG_DSN, "--table", table, "--agents", "200", "--duration", "1"]
+        assert main([*args, "--plain"]) == 0
+        out = capsys.readouterr().out
+        assert LOST_ZERO.search(out), out
+        assert "-> PostgreSQL" in out, out
+        assert "naive: statements" in out, out
+        assert "OK: 200 rows, one per agent, newest heartbeat each" in out, out
+        assert pg_rows(table) == 200
+        assert pg_fetch("SELECT to_regclass(%s) IS NULL", f"{table}_naive") is True
+    finally:
+        pg_execute(f"DROP TABLE IF EXISTS {table}")
+
+
+@pytest.mark.server
+def test_demo_against_postgres_reuses_or_resets_the_table(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A second run reuses the table and checks only its own agents; ``--reset`` empties it.
+    A password in the DSN never shows in the output."""
+    table = f"demo_hb_{uuid.uuid4().hex[:12]}"
+    parts = urlsplit(PG_DSN)
+    secret = parts.password or "canary-pw-9c1e"
+    netloc = parts.netloc if parts.password else parts.netloc.replace("@", f":{secret}@", 1)
+    dsn = urlunsplit(parts._replace(netloc=netloc))
+    small = ["demo", "--dsn", dsn, "--table", table, "--duration", "0.5", "--no-naive"]
+    try:
+        assert main([*small, "--agents", "40", "--plain"]) == 0
+        assert main([*small, "--agents", "30", "--plain"]) == 0
+        out = capsys.readouterr().out
+        assert "OK: 30 rows, one per agent, newest heartbeat each (plus 40 rows" in out, out
+        assert pg_rows(table) == 70
+        assert main([*small, "--agents", "25", "--reset"]) == 0  # the rich display
+        captured = capsys.readouterr()
+        assert pg_rows(table) == 25
+        assert "***" in captured.out
+        assert secret not in out + captured.out + captured.err
+    finally:
+        pg_execute(f"DROP TABLE IF EXISTS {table}")
 
 
 def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
@@ -130,12 +294,14 @@ def test_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--agents" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("script", EXAMPLES, ids=[p.name for p in EXAMPLES])
+@pytest.mark.parametrize("script", EXAMPLES)
 def test_example_runs(script: Path, tmp_path: Path) -> None:
     """Each example script runs to completion with exit code 0."""
+    env = {**os.environ, "WB_PG_DSN": os.environ.get("WB_PG_DSN", PG_DSN)}
     done = subprocess.run(
         [sys.executable, str(script)],
         cwd=tmp_path,
+        env=env,
         capture_output=True,
         text=True,
         timeout=60,

@@ -1,13 +1,20 @@
-"""``writebehind demo``: a fleet of agents sends heartbeats into SQLite through a batcher.
+"""``writebehind demo``: a fleet of agents sends heartbeats into a table through a batcher.
 
 Agent ``i`` of ``N`` sends a heartbeat every ``interval`` seconds, its phase ``i/N`` of an
 interval, so the fleet offers ``N / interval`` heartbeats a second, evenly. One producer
 coroutine paces them on the real clock and hands each to ``await batcher.add(record)``,
 timing every call. A watcher coroutine reads ``batcher.stats()`` about four times a second
-for the live display. After the batcher closes, the same workload is replayed the naive way
-(one ``INSERT ... ON CONFLICT`` and one commit per heartbeat, same SQLite settings) for at
-most a couple of seconds, extrapolated to the whole run; then the table is checked: one
-row per agent, each holding that agent's newest heartbeat.
+for the live display.
+
+By default agents heartbeat more often than the linger window (every 0.5 s against 2 s) and
+``max_batch`` is above the fleet's size, so only the linger cuts batches: each batch holds
+every agent once, its newest heartbeat, and rows written fall to about one per agent per
+window (``linger / interval`` heartbeats per row). After the batcher closes, the same
+workload is replayed the naive way (one ``INSERT ... ON CONFLICT`` and one commit per
+heartbeat) for at most a couple of seconds, extrapolated to the whole run; then the table is
+checked: one row per agent, each holding that agent's newest heartbeat.
+
+It writes to SQLite (:mod:`._sqlite`) or, with ``--dsn``, to PostgreSQL (:mod:`._postgres`).
 """
 
 from __future__ import annotations
@@ -15,29 +22,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import os
-import sqlite3
-import tempfile
+import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
-from .. import AsyncBatcher, CloseReport, SQLiteSink
-from ._display import Display, Progress, Row, make_display
-from ._naive import NaiveResult, replay_naive
+from .. import AsyncBatcher
+from ._display import Display, Progress, make_display
+from ._naive import NaiveResult
+from ._report import Batched, final_rows
+from ._target import Fleet, Target
 
-__all__ = ["TABLE", "DemoConfig", "create_table", "run"]
+__all__ = ["TABLE", "DemoConfig", "make_target", "run"]
 
 TABLE = "agent_heartbeats"
-_SCHEMA = (
-    f"CREATE TABLE IF NOT EXISTS {TABLE} (id TEXT PRIMARY KEY, replica_id TEXT, "
-    "first_connected_at TEXT, last_connected_at TEXT, updated_at TEXT)"
-)
 _TICK = 0.005  # seconds between the producer's pacing steps
 _CHUNK = 2_000  # heartbeats sent before yielding, when the producer runs behind
 _REFRESH = 0.25  # seconds between live display updates
 _SAMPLE_ALL_UP_TO = 1_000_000  # beyond this many heartbeats, time 1 add() in 16
 _NAIVE_BUDGET = 2.0  # seconds the naive replay may take before it extrapolates
-_REPLICAS = 4
+_AUTO_BATCH_PER_AGENT = 2  # max_batch "auto": above the fleet, so only the linger cuts
+_PENDING_PER_BATCH = 4  # max_pending: room for a pending window and batches in flight
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -46,9 +51,13 @@ class DemoConfig:
 
     agents: int = 10_000
     duration: float = 5.0
-    interval: float = 1.0
+    interval: float = 0.5
     db: str | None = None
-    max_batch: int = 500
+    dsn: str | None = None
+    table: str = TABLE
+    reset: bool = False
+    max_batch: int | None = None
+    """None: "auto", twice the agents (see :attr:`batch_size`)."""
     linger: float = 2.0
     naive: bool = True
     plain: bool = False
@@ -63,63 +72,88 @@ class DemoConfig:
         """Heartbeats in the whole run (at least one)."""
         return max(1, round(self.duration * self.rate))
 
+    @property
+    def batch_size(self) -> int:
+        """``max_batch``; "auto" is above the agents: pending records (at most one per
+        agent) never reach it, so the linger cuts every batch and each batch holds every
+        agent once."""
+        if self.max_batch is not None:
+            return self.max_batch
+        return _AUTO_BATCH_PER_AGENT * self.agents
 
-class _Fleet:
-    """The agents' identities and what the producer sent them (for the final check)."""
+    @property
+    def max_pending(self) -> int:
+        """Room for a full pending window plus the batches in flight: the producer never
+        waits for it."""
+        return _PENDING_PER_BATCH * self.batch_size
 
-    def __init__(self, n: int) -> None:
-        width = len(str(n - 1))
-        self.ids = [f"agent-{i:0{width}d}" for i in range(n)]
-        self.replicas = [f"replica-{i % _REPLICAS}" for i in range(n)]
-        self.first: list[str | None] = [None] * n
-        self.last: list[str | None] = [None] * n
-        self.latencies_ns: list[int] = []
-        self.sent = 0
+    def expected_coalescing(self) -> tuple[float, str]:
+        """Heartbeats per row written this run should reach, and why."""
+        if self.batch_size <= self.agents:
+            return 1.0, (
+                f"max_batch {self.batch_size:,} <= {self.agents:,} agents: each batch is cut "
+                "before any agent heartbeats again"
+            )
+        if self.linger <= 0:
+            return 1.0, "linger 0: each heartbeat is cut into a batch at once"
+        per_agent = self.total / self.agents
+        windows = max(1, math.ceil(self.duration / self.linger - 1e-9))
+        ratio = max(1.0, per_agent / windows)
+        return ratio, (
+            f"{per_agent:,.3g} heartbeats per agent / {windows} linger "
+            f"window{'s' if windows > 1 else ''} in {self.duration:g} s; a full window holds "
+            f"linger / interval = {self.linger:g} / {self.interval:g} = "
+            f"{self.linger / self.interval:.3g}"
+        )
 
 
-@dataclass(frozen=True, slots=True)
-class _Batched:
-    report: CloseReport
-    statements: int
-    send_seconds: float
-    close_seconds: float
+def make_target(config: DemoConfig) -> Target:
+    """Where ``config`` writes: PostgreSQL with a DSN, else SQLite."""
+    if config.dsn is not None:
+        from ._postgres import PostgresTarget
+
+        return PostgresTarget(config.dsn, config.table)
+    from ._sqlite import SQLiteTarget
+
+    return SQLiteTarget(config.db, config.table)
 
 
 def run(config: DemoConfig) -> int:
     """Run the demo, print its progress and its final table; 0 if nothing was lost."""
-    display = make_display(plain=config.plain)
-    fleet = _Fleet(config.agents)
-    with tempfile.TemporaryDirectory(prefix="writebehind-demo-") as tmp:
-        path = config.db or os.path.join(tmp, "heartbeats.db")
-        create_table(path)
+    return asyncio.run(_main(config, make_display(plain=config.plain)))
+
+
+async def _main(config: DemoConfig, display: Display) -> int:
+    target = make_target(config)
+    try:
+        await target.prepare(reset=config.reset)
+        fleet = target.new_fleet(config.agents)
+        auto = " (auto)" if config.max_batch is None else ""
         display.start(
-            f"{config.agents:,} agents -> SQLite, {config.rate:,.0f} heartbeats/s for "
-            f"{config.duration:g} s, max_batch {config.max_batch}, linger {config.linger:g} s"
+            f"{config.agents:,} agents -> {target.label} ({target.where}), "
+            f"{config.rate:,.0f} heartbeats/s for {config.duration:g} s, "
+            f"max_batch {config.batch_size:,}{auto}, linger {config.linger:g} s"
         )
         try:
-            batched = asyncio.run(_run_batched(config, path, fleet, display))
+            batched = await _run_batched(config, target, fleet, display)
         finally:
             display.stop()
         naive: NaiveResult | None = None
         if config.naive:
             display.note(
-                "replaying the same heartbeats naively (one statement + one commit each, "
-                f"at most {_NAIVE_BUDGET:g} s, then extrapolated) ..."
+                f"replaying the same heartbeats naively {target.naive_how}: one statement + "
+                f"one commit each, for at most {_NAIVE_BUDGET:g} s, then extrapolated ..."
             )
-            naive = replay_naive(
-                os.path.join(tmp, "naive.db"),
-                schema=_SCHEMA,
-                table=TABLE,
-                ids=fleet.ids,
-                replicas=fleet.replicas,
-                interval=config.interval,
-                total=config.total,
-                budget=_NAIVE_BUDGET,
+            naive = await target.replay_naive(
+                fleet, interval=config.interval, total=config.total, budget=_NAIVE_BUDGET
             )
-        check_ok, check = _check_table(path, fleet)
-    rows = _final_rows(config, fleet, batched, naive, check)
-    if config.db is not None:
-        rows.append(("database", f"{config.db} (kept)"))
+        check_ok, check = await target.check(fleet)
+    finally:
+        await target.close()
+    rows = final_rows(config, fleet, batched, naive, check)
+    kept = target.kept()
+    if kept is not None:
+        rows.append(kept)
     display.final("writebehind demo: results", rows)
     lost = batched.report.lost
     if lost:
@@ -129,18 +163,18 @@ def run(config: DemoConfig) -> int:
     return 0 if lost == 0 and check_ok else 1
 
 
-def create_table(path: str) -> None:
-    """Create the heartbeats table in ``path`` if it is missing (WAL journal)."""
-    with contextlib.closing(sqlite3.connect(path)) as conn:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(_SCHEMA)
-        conn.commit()
-
-
-async def _run_batched(config: DemoConfig, path: str, fleet: _Fleet, display: Display) -> _Batched:
-    sink = SQLiteSink(path, table=TABLE, key="id", version="updated_at")
+async def _run_batched(
+    config: DemoConfig, target: Target, fleet: Fleet, display: Display
+) -> Batched:
+    sink = target.sink()
     batcher = AsyncBatcher(
-        sink, key="id", version="updated_at", max_batch=config.max_batch, linger=config.linger
+        sink,
+        key="id",
+        version="updated_at",
+        max_batch=config.batch_size,
+        max_pending=config.max_pending,
+        linger=config.linger,
+        max_in_flight=target.max_in_flight,
     )
     stop = asyncio.Event()
     watcher: asyncio.Task[None] | None = None
@@ -156,7 +190,7 @@ async def _run_batched(config: DemoConfig, path: str, fleet: _Fleet, display: Di
         stop.set()
         if watcher is not None:
             await watcher
-    return _Batched(
+    return Batched(
         report=report,
         statements=sink.statements,
         send_seconds=sent_at - t0,
@@ -164,19 +198,19 @@ async def _run_batched(config: DemoConfig, path: str, fleet: _Fleet, display: Di
     )
 
 
-async def _produce(batcher: AsyncBatcher, config: DemoConfig, fleet: _Fleet, t0: float) -> None:
+async def _produce(batcher: AsyncBatcher, config: DemoConfig, fleet: Fleet, t0: float) -> None:
     """Send every heartbeat when it is due: heartbeat ``j`` is agent ``j % N``'s, due at
     ``j * interval / N`` seconds after ``t0``."""
     n, rate, total = config.agents, config.rate, config.total
     mask = 0 if total <= _SAMPLE_ALL_UP_TO else 15
     ids, replicas, first, last = fleet.ids, fleet.replicas, fleet.first, fleet.last
-    latencies = fleet.latencies_ns
+    latencies, to_value = fleet.latencies_ns, fleet.stamp
     add, clock, ns, utc = batcher.add, time.perf_counter, time.perf_counter_ns, dt.UTC
     sent = 0
     while sent < total:
         due = min(total, int((clock() - t0) * rate) + 1, sent + _CHUNK)
         if due > sent:
-            stamp = dt.datetime.now(utc).isoformat(timespec="microseconds")
+            stamp = to_value(dt.datetime.now(utc))
             for j in range(sent, due):
                 i = j % n
                 f = first[i]
@@ -203,8 +237,8 @@ async def _produce(batcher: AsyncBatcher, config: DemoConfig, fleet: _Fleet, t0:
 
 async def _watch(
     batcher: AsyncBatcher,
-    sink: SQLiteSink,
-    fleet: _Fleet,
+    sink: Any,
+    fleet: Fleet,
     display: Display,
     t0: float,
     stop: asyncio.Event,
@@ -229,83 +263,3 @@ async def _watch(
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(_REFRESH):
                 await stop.wait()
-
-
-def _check_table(path: str, fleet: _Fleet) -> tuple[bool, str]:
-    """Whether the table holds one row per agent that sent, each with its newest heartbeat."""
-    with contextlib.closing(sqlite3.connect(path)) as conn:
-        rows = dict(conn.execute(f"SELECT id, updated_at FROM {TABLE}").fetchall())
-    expected = {k: v for k, v in zip(fleet.ids, fleet.last, strict=True) if v is not None}
-    missing = sum(1 for k in expected if k not in rows)
-    stale = sum(1 for k, v in expected.items() if k in rows and rows[k] != v)
-    extra = len(rows) - (len(expected) - missing)
-    if missing or stale:
-        return False, (
-            f"FAILED: {len(expected):,} agents, {missing:,} missing, {stale:,} not holding "
-            "their newest heartbeat"
-        )
-    text = f"OK: {len(expected):,} rows, one per agent, newest heartbeat each"
-    if extra:
-        text += f" (plus {extra:,} rows from an earlier run)"
-    return True, text
-
-
-def _final_rows(
-    config: DemoConfig, fleet: _Fleet, b: _Batched, naive: NaiveResult | None, check: str
-) -> list[Row]:
-    s = b.report.stats
-    p50, p99 = _percentiles(fleet.latencies_ns)
-    sampled = "" if len(fleet.latencies_ns) == fleet.sent else ", 1 call in 16 timed"
-    rows: list[Row] = [
-        ("heartbeats sent", f"{fleet.sent:,} in {b.send_seconds:.2f} s"),
-        ("rows written", f"{s.committed:,} (sum of committed batch sizes)"),
-        ("statements issued", f"{b.statements:,} in {s.batches:,} batches"),
-        ("coalesced", f"{s.coalesced:,}"),
-        ("lost", f"{b.report.lost:,}"),
-    ]
-    if s.dead_lettered or s.dropped:
-        rows.append(("dead-lettered / dropped", f"{s.dead_lettered:,} / {s.dropped:,}"))
-    rows += [
-        (
-            "throughput",
-            f"{fleet.sent / max(b.send_seconds, config.total / config.rate):,.0f} "
-            "heartbeats/s accepted "
-            f"(offered {config.rate:,.0f}/s)",
-        ),
-        ("add() latency", f"p50 {p50:,.1f} µs, p99 {p99:,.1f} µs{sampled}"),
-        ("close (final flush)", f"{b.close_seconds * 1000:,.0f} ms"),
-    ]
-    if naive is not None:
-        rows += _naive_rows(config, b, naive)
-    rows.append(("table check", check))
-    return rows
-
-
-def _naive_rows(config: DemoConfig, b: _Batched, naive: NaiveResult) -> list[Row]:
-    how = (
-        "measured"
-        if naive.replayed == naive.total
-        else f"extrapolated: the first {naive.replayed:,} took {naive.seconds:.1f} s"
-    )
-    ratio = naive.total / b.statements if b.statements else float("inf")
-    keeps_up = naive.rate >= config.rate
-    return [
-        ("naive: statements", f"{naive.total:,} (one statement + one commit per heartbeat)"),
-        ("naive: time", f"{naive.estimated_seconds:,.2f} s ({how})"),
-        (
-            "naive: max rate",
-            f"{naive.rate:,.0f} heartbeats/s "
-            f"({'keeps up with' if keeps_up else 'falls behind'} the offered "
-            f"{config.rate:,.0f}/s)",
-        ),
-        ("naive / writebehind", f"{ratio:,.0f}x the statements and commits"),
-    ]
-
-
-def _percentiles(samples_ns: list[int]) -> tuple[float, float]:
-    """p50 and p99 of ``samples_ns``, in microseconds."""
-    if not samples_ns:
-        return 0.0, 0.0
-    ordered = sorted(samples_ns)
-    last = len(ordered) - 1
-    return ordered[round(0.50 * last)] / 1000, ordered[round(0.99 * last)] / 1000

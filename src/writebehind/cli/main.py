@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 
 from .. import ConfigError, __version__
+from ..sinks._ident import validate
 
 __all__ = ["build_parser", "main"]
 
@@ -49,12 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        help="simulate a fleet of agents sending heartbeats into SQLite",
+        help="simulate a fleet of agents sending heartbeats into SQLite or PostgreSQL",
         description=(
             "Simulate AGENTS agents, each sending a heartbeat every INTERVAL seconds for "
-            "DURATION seconds (phases spread evenly), into an embedded SQLite database through "
-            "an AsyncBatcher; then replay the same workload with one statement and one commit "
-            "per heartbeat, and compare."
+            "DURATION seconds (phases spread evenly), through an AsyncBatcher into an embedded "
+            "SQLite database (or PostgreSQL with --dsn); then replay the same workload with one "
+            "statement and one commit per heartbeat, and compare. By default agents heartbeat "
+            "more often than the linger window and only the linger cuts batches, so each "
+            "agent's heartbeats coalesce to about one row per window (LINGER / INTERVAL "
+            "heartbeats per row)."
         ),
     )
     demo.set_defaults(command=_run_demo, command_name="demo")
@@ -70,22 +74,43 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--interval",
         type=_positive_float,
-        default=1.0,
-        help="seconds between one agent's heartbeats (default: 1.0)",
+        default=0.5,
+        help="seconds between one agent's heartbeats (default: 0.5)",
     )
-    demo.add_argument(
+    where = demo.add_mutually_exclusive_group()
+    where.add_argument(
         "--db",
         metavar="PATH",
         help="the SQLite file to write, kept afterwards (default: a temporary file)",
     )
+    where.add_argument(
+        "--dsn",
+        help=(
+            "write to PostgreSQL instead (postgresql://user[:password]@host[:port]/db) through "
+            "PostgresSink; the table is created if missing and kept"
+        ),
+    )
     demo.add_argument(
-        "--dsn", help="a PostgreSQL DSN (not available yet: the PostgreSQL sink is coming)"
+        "--table",
+        type=_table_name,
+        default="agent_heartbeats",
+        help="the table to write (default: agent_heartbeats)",
+    )
+    demo.add_argument(
+        "--reset",
+        action="store_true",
+        help="empty the table first (without it, rows of earlier runs stay)",
     )
     demo.add_argument(
         "--max-batch",
-        type=_positive_int,
-        default=500,
-        help="the most heartbeats in one write (default: 500)",
+        type=_max_batch,
+        default=None,
+        metavar="N|auto",
+        help=(
+            "the most heartbeats in one write (default: auto, twice the agents: pending "
+            "heartbeats, at most one per agent, never reach it, so only the linger cuts "
+            "batches; at or below the agents, the size cuts them before anything coalesces)"
+        ),
     )
     demo.add_argument(
         "--linger",
@@ -106,13 +131,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    if args.dsn is not None:
-        print(
-            "writebehind demo: error: the PostgreSQL sink is not available yet; "
-            "use --db PATH (SQLite) for now",
-            file=sys.stderr,
-        )
-        return 2
     from .demo import DemoConfig, run  # the demo's imports cost nothing for --help
 
     config = DemoConfig(
@@ -120,6 +138,9 @@ def _run_demo(args: argparse.Namespace) -> int:
         duration=args.duration,
         interval=args.interval,
         db=args.db,
+        dsn=args.dsn,
+        table=args.table,
+        reset=args.reset,
         max_batch=args.max_batch,
         linger=args.linger,
         naive=args.naive,
@@ -145,6 +166,18 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def _max_batch(text: str) -> int | None:
+    """``auto`` (None: the demo picks) or an integer >= 1."""
+    return None if text.strip().lower() == "auto" else _positive_int(text)
+
+
+def _table_name(text: str) -> str:
+    try:
+        return validate(text, "table")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _number(text: str) -> float:
