@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import coalescing, hot_path, memory, sqlite_e2e
+from . import coalescing, hot_path, memory, postgres_e2e, sqlite_e2e
 from ._common import BenchmarkError, Section
 from ._report import ROOT, markdown, text
 
@@ -31,6 +31,7 @@ BENCHMARKS: dict[str, Callable[[bool], Section]] = {
     "sqlite_e2e": sqlite_e2e.measure,
     "coalescing": coalescing.measure,
     "memory": memory.measure,
+    "postgres_e2e": postgres_e2e.measure,
 }
 DOC = ROOT / "docs" / "benchmarks.md"
 

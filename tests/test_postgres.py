@@ -149,6 +149,44 @@ async def test_overlapping_batches_commit_in_any_order(pg: asyncpg.Connection, t
     assert notes == {"v7"}
 
 
+async def test_overlapping_batches_in_opposite_orders_do_not_deadlock(
+    pg: asyncpg.Connection, table: str
+) -> None:
+    """Two concurrent writes of the same 5,000 keys, in opposite orders, both commit at once:
+    the upsert takes row locks in key order."""
+    agents = [uuid.uuid4() for _ in range(5000)]
+    sink = sink_for(table, pool_size=2)
+    await sink.start()
+    try:
+        await sink.write([heartbeat(a, 0, "zero") for a in agents])  # rows exist: updates
+        for attempt in range(3):
+            forward = [heartbeat(a, 2 * attempt + 1, "one") for a in agents]
+            backward = [heartbeat(a, 2 * attempt + 2, "two") for a in reversed(agents)]
+            await asyncio.gather(sink.write(forward), sink.write(backward))
+    finally:
+        await sink.close()
+    assert {r["note"] for r in await pg.fetch(f"SELECT note FROM {table}")} == {"two"}
+
+
+async def test_mixed_record_shapes_on_the_copy_path(pg: asyncpg.Connection, table: str) -> None:
+    """Records of two shapes in one batch each get their own staging table (no split)."""
+    agents = [uuid.uuid4() for _ in range(100)]
+    sink = sink_for(table, method="copy")
+    await sink.start()
+    try:
+        batch: list[dict[str, Any]] = []
+        for i, a in enumerate(agents):
+            row = heartbeat(a, 1, "x")
+            if i % 2:
+                del row["note"]
+            batch.append(row)
+        await sink.write(batch)
+    finally:
+        await sink.close()
+    assert await pg.fetchval(f"SELECT count(*) FROM {table}") == 100
+    assert sink.statements == 2
+
+
 async def test_max_in_flight_through_the_engine(pg: asyncpg.Connection, table: str) -> None:
     """The engine keeps several batches in flight; newest still wins for every key."""
     agents = [uuid.uuid4() for _ in range(500)]

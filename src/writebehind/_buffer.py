@@ -93,6 +93,7 @@ class Intake:
         self._drop_log_due = 0.0
         self._drops_since_compact = 0
         self._notice = False  # the buffer was full since the flusher last looked
+        self._room_freed = False
         self._noticed_newest = self._noticed_oldest = 0
         # wiring to the event loop, set by bind()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -354,7 +355,15 @@ class Intake:
                 self.committed += n
             elif outcome is Outcome.DEAD_LETTERED:
                 self.dead_lettered += n
-            self._release_locked()
+            self._room_freed = True  # released by the flusher, after it cut the next batch
+
+    def release_room(self) -> None:
+        """Wake adders waiting for room, if settled writes freed some. The flusher calls it
+        after cutting, so the next write starts before producers refill the buffer."""
+        with self._lock:
+            if self._room_freed:
+                self._room_freed = False
+                self._release_locked()
 
     def count(self, **deltas: int) -> None:
         """Add to counters that the engine keeps (batches, retried, splits, write_errors)."""

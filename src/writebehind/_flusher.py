@@ -91,6 +91,7 @@ class Flusher:
             )  # fmt: skip
             if d.reason is not None:
                 self._cut(d.reason)
+            intake.release_room()
             if self._flush_group is not None and self._forced == 0:
                 batches, waiters = self._flush_group
                 self._flush_group = None
