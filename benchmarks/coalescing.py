@@ -201,7 +201,7 @@ def measure(quick: bool = False) -> Section:
         f"{small.rows:,} rows ({small_ratio:.2f} heartbeats per row). To coalesce, max_batch "
         "must exceed the number of keys active within a linger window (pending counts distinct "
         "keys; reaching max_batch cuts a batch at once). "
-        "`writebehind demo` defaults to max_batch=500 with 10,000 agents, the second row.",
+        "`writebehind demo` therefore defaults to max_batch = 2 x the number of agents.",
     ]
     return Section(
         key="coalescing",
