@@ -28,7 +28,7 @@ from types import MappingProxyType
 from typing import Any
 
 from ._errors import BatcherClosed, BufferFull, RecordError, WriteBehindError
-from ._keys import FieldSpec, fast_getter
+from ._keys import FieldSpec, fast_getter, make_getter
 from ._receipt import Batch, Outcome, Receipt
 from ._stats import Stats
 
@@ -50,19 +50,17 @@ class Intake:
     def __init__(
         self,
         *,
-        key: Callable[[Any], Any] | None,
-        version: Callable[[Any], Any] | None,
-        key_spec: FieldSpec = None,
-        version_spec: FieldSpec = None,
+        key: FieldSpec,
+        version: FieldSpec,
         max_batch: int,
         max_pending: int,
         when_full: str,
         clock: Callable[[], float],
     ) -> None:
-        self._key = key
-        self._version = version
-        self._kfast = fast_getter(key_spec) if key is not None else None
-        self._vfast = fast_getter(version_spec) if version is not None else None
+        self._key = make_getter(key, "key")
+        self._version = make_getter(version, "version")
+        self._kfast = fast_getter(key) if key is not None else None
+        self._vfast = fast_getter(version) if version is not None else None
         self.max_batch = max_batch
         self.max_pending = max_pending
         self.when_full = when_full

@@ -22,7 +22,7 @@ from ._dispatch import DeadLetterFn, Delivery
 from ._errors import BufferFull, ConfigError, WriteBehindError
 from ._events import Closed, EventBuffer, Subscription
 from ._flusher import Flusher
-from ._keys import FieldSpec, make_getter
+from ._keys import FieldSpec
 from ._receipt import Receipt
 from ._retry import RetryPolicy
 from ._stats import CloseReport, Stats
@@ -91,10 +91,8 @@ class AsyncBatcher:
         self._sink = sink
         self._clock = clock or MonotonicClock()
         self._intake = Intake(
-            key=make_getter(key, "key", for_key=True),
-            version=make_getter(version, "version", for_key=False),
-            key_spec=key,
-            version_spec=version,
+            key=key,
+            version=version,
             max_batch=max_batch,
             max_pending=opts.max_pending,
             when_full=when_full,

@@ -1,15 +1,14 @@
 """Key and version extraction: a field name, a tuple of field names, or a callable.
 
 A getter reads a field from a mapping (``record[name]``) or, failing that, an attribute
-(``record.name``: dataclasses, msgspec Structs, named tuples). A ``uuid.UUID`` key is
-replaced by its integer, which hashes several times faster and is equal exactly when the
-UUIDs are.
+(``record.name``: dataclasses, msgspec Structs, named tuples). The intake's hot path
+replaces a ``uuid.UUID`` key by its integer, which hashes several times faster and is equal
+exactly when the UUIDs are.
 """
 
 from __future__ import annotations
 
 import operator
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -18,8 +17,6 @@ from ._errors import ConfigError, RecordError
 __all__ = ["FieldSpec", "fast_getter", "make_getter"]
 
 FieldSpec = str | tuple[str, ...] | Callable[[Any], Any] | None
-
-_UUID = uuid.UUID
 
 
 def _field(record: Any, name: str) -> Any:
@@ -38,7 +35,7 @@ def _field(record: Any, name: str) -> Any:
     )
 
 
-def make_getter(spec: FieldSpec, what: str, *, for_key: bool) -> Callable[[Any], Any] | None:
+def make_getter(spec: FieldSpec, what: str) -> Callable[[Any], Any] | None:
     """Build the function that reads ``what`` ("key" or "version") from a record."""
     if spec is None:
         return None
@@ -52,8 +49,6 @@ def make_getter(spec: FieldSpec, what: str, *, for_key: bool) -> Callable[[Any],
                 value = record[name]
             except (TypeError, KeyError, IndexError):
                 value = _field(record, name)
-            if for_key and type(value) is _UUID:
-                return value.int
             return value
 
         return one
@@ -93,6 +88,6 @@ def fast_getter(spec: FieldSpec) -> Callable[[Any], Any]:
         if len(spec) == 1:
             return lambda record: (record[spec[0]],)
         return operator.itemgetter(*spec)
-    getter = make_getter(spec, "key", for_key=False)
+    getter = make_getter(spec, "key")
     assert getter is not None
     return getter

@@ -100,11 +100,6 @@ class Receipt:
         """The batch the record was cut into, once it was."""
         return getattr(self, "_batch", None)
 
-    @property
-    def successor(self) -> Receipt | None:
-        """The record that superseded this one, if any."""
-        return getattr(self, "_succ", None)
-
     def _final(self) -> Receipt:
         r = self
         while (succ := getattr(r, "_succ", None)) is not None:
