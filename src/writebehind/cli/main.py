@@ -127,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--plain", action="store_true", help="plain text lines instead of a live rich table"
     )
+    from . import dlq, top  # each subcommand module adds its own parser
+
+    dlq.register(commands)
+    top.register(commands)
     return parser
 
 

@@ -1,0 +1,96 @@
+"""Dead letters: the records that can never be written, kept with why.
+
+The engine builds one :class:`DeadLetterEntry` per condemned record and hands them, per
+batch, to a :class:`DeadLetter` store: a SQLite file by default (``dead_letters.db``), a
+table in PostgreSQL, or the user's callable (:class:`CallableDeadLetter`). The stores live in
+:mod:`writebehind.dlq`; this module holds what the engine needs: the entry, the protocol,
+the callable adaptor, and the scrubbing of secrets from error messages.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = [
+    "CallableDeadLetter",
+    "DeadLetter",
+    "DeadLetterEntry",
+    "DeadLetterSpec",
+    "scrub_secrets",
+]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeadLetterEntry:
+    """One record that can never be written, and why."""
+
+    record: Any
+    """The record as it was added."""
+    error: str
+    """The error's class name, e.g. ``PermanentSinkError``."""
+    message: str
+    """The error's message, secrets scrubbed (see :func:`scrub_secrets`)."""
+    sink: str
+    """Which sink refused it (the sink's ``repr``, which never shows a password)."""
+    batcher: str
+    """The batcher's ``name``."""
+    attempts: int
+    """Writes tried for the batch that held this record when it was condemned."""
+    at: float
+    """Wall-clock time (``time.time()``) when it was dead-lettered."""
+
+
+@runtime_checkable
+class DeadLetter(Protocol):
+    """Where dead letters are kept. One async method; it may raise (the engine logs it and
+    counts the records in ``stats().dead_letter_errors``)."""
+
+    async def put(self, entries: Sequence[DeadLetterEntry]) -> None:
+        """Keep ``entries`` (all from one batch) durably, or raise."""
+        ...
+
+
+class CallableDeadLetter:
+    """Adapts ``fn(entries)`` (sync or async) to the :class:`DeadLetter` protocol."""
+
+    def __init__(self, fn: Callable[[list[DeadLetterEntry]], Awaitable[None] | None]) -> None:
+        self.fn = fn
+
+    async def put(self, entries: Sequence[DeadLetterEntry]) -> None:
+        result = self.fn(list(entries))
+        if inspect.isawaitable(result):
+            await result
+
+    def __repr__(self) -> str:
+        return f"CallableDeadLetter({getattr(self.fn, '__qualname__', self.fn)!r})"
+
+
+DeadLetterSpec = (
+    DeadLetter | Callable[[list[DeadLetterEntry]], Awaitable[None] | None] | str | os.PathLike[str]
+)
+"""What ``AsyncBatcher(dead_letter=...)`` takes: a store, a callable, or a SQLite path."""
+
+_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^:/?#@\s]*:)[^@/\s]*@")
+_KV_PASSWORD = re.compile(r"(?i)\b(password|passwd|pwd|secret|token)(\s*[=:]\s*)('[^']*'|\"[^\"]*\"|\S+)")
+
+
+def scrub_secrets(text: str, secrets: Sequence[str] = ()) -> str:
+    """``text`` with URL passwords, ``password=...``-style values and ``secrets`` masked."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    text = _URL_PASSWORD.sub(r"\1***@", text)
+    return _KV_PASSWORD.sub(r"\1\2***", text)
+
+
+def sink_name(sink: Any) -> str:
+    """How entries name the sink: its ``repr`` (sinks keep passwords out of it)."""
+    try:
+        return scrub_secrets(repr(sink))
+    except Exception:
+        return type(sink).__name__
