@@ -76,7 +76,9 @@ DeadLetterSpec = (
 """What ``AsyncBatcher(dead_letter=...)`` takes: a store, a callable, or a SQLite path."""
 
 _URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^:/?#@\s]*:)[^@/\s]*@")
-_KV_PASSWORD = re.compile(r"(?i)\b(password|passwd|pwd|secret|token)(\s*[=:]\s*)('[^']*'|\"[^\"]*\"|\S+)")
+_KV_PASSWORD = re.compile(
+    r"(?i)\b(password|passwd|pwd|secret|token)(\s*[=:]\s*)('[^']*'|\"[^\"]*\"|\S+)"
+)
 
 
 def scrub_secrets(text: str, secrets: Sequence[str] = ()) -> str:
