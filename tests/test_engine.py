@@ -277,21 +277,16 @@ async def test_poison_records_are_isolated(api: Open, clock: ManualClock) -> Non
     dead-lettered with its error."""
     from writebehind.testing import FlakySink
 
-    letters: list[tuple[list[object], BaseException]] = []
+    letters: list[wb.DeadLetterEntry] = []
     sink = FlakySink(poison=lambda r: r["n"] == 7)
-    async with api(
-        sink,
-        max_batch=16,
-        linger=FAR,
-        clock=clock,
-        dead_letter=lambda recs, err: letters.append((recs, err)),
-    ) as b:
+    async with api(sink, max_batch=16, linger=FAR, clock=clock, dead_letter=letters.extend) as b:
         receipts = [b.add_nowait({"n": i}) for i in range(16)]
         await b.flush()
     assert receipts[7].outcome is wb.Outcome.DEAD_LETTERED
     assert sum(r.outcome is wb.Outcome.COMMITTED for r in receipts) == 15
-    assert [recs for recs, _ in letters] == [[{"n": 7}]]
-    assert isinstance(letters[0][1], wb.PermanentSinkError)
+    assert [e.record for e in letters] == [{"n": 7}]
+    assert (letters[0].error, letters[0].batcher) == ("PermanentSinkError", "default")
+    assert "injected poison" in letters[0].message and "FlakySink" in letters[0].sink
     s = b.stats()
     assert (s.committed, s.dead_lettered) == (15, 1)
     assert s.splits <= 2 * math.ceil(math.log2(16))

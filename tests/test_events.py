@@ -94,7 +94,8 @@ async def test_failures_retries_and_dead_letters_are_events() -> None:
         clock.advance(1)
         await b.flush()
     kinds = [type(e).__name__ for e in await collect(sub)]
-    assert kinds[:2] == ["BatchFailed", "RetryScheduled"]
+    assert kinds[:3] == ["BatchFailed", "Paused", "RetryScheduled"]
+    assert kinds.index("Resumed") > kinds.index("RetryScheduled")
     assert "RecordsDeadLettered" in kinds
     assert kinds[-1] == "Closed"
     assert b.stats().dead_lettered == 1

@@ -299,15 +299,14 @@ async def test_canary_password_never_appears(caplog: pytest.LogCaptureFixture, t
     caplog.set_level(logging.DEBUG)
     sink = wb.PostgresSink(dsn, table=table, key="id", version="updated_at")
     seen.append(repr(sink))
-    letters: list[BaseException] = []
-    async with wb.AsyncBatcher(
-        sink, key="id", version="updated_at", dead_letter=lambda r, e: letters.append(e)
-    ) as b:
+    letters: list[wb.DeadLetterEntry] = []
+    async with wb.AsyncBatcher(sink, key="id", version="updated_at", dead_letter=letters.extend) as b:
         b.add_nowait({"id": uuid.uuid4(), "updated_at": "not a time"})  # a permanent error
         b.add_nowait({"id": uuid.uuid4(), "updated_at": T0, "nosuch": 1})
         await b.flush()
     seen += [repr(b.stats()), repr(await b.close())]
-    seen += [str(e) + repr(e) + repr(e.__cause__) for e in letters]
+    assert len(letters) == 2
+    seen += [e.message + repr(e) for e in letters]
     down = wb.PostgresSink(f"postgresql://root:{canary}@127.0.0.1:1/test", table="t")
     with pytest.raises(wb.WriteBehindError) as info:
         await down.start()

@@ -70,17 +70,15 @@ async def test_key_needs_a_unique_index(tmp_path: Path) -> None:
 
 async def test_unknown_field_is_dead_lettered_by_name(api: Open, heartbeat_db: Path) -> None:
     """A record with a field the table lacks fails alone, with an error naming the field."""
-    letters: list[BaseException] = []
+    letters: list[wb.DeadLetterEntry] = []
     sink = wb.SQLiteSink(heartbeat_db, table="agents", key="id", version="updated_at")
-    async with api(
-        sink, key="id", version="updated_at", dead_letter=lambda recs, e: letters.append(e)
-    ) as b:
+    async with api(sink, key="id", version="updated_at", dead_letter=letters.extend) as b:
         good = b.add_nowait({"id": "a", "name": "x", "updated_at": 1})
         bad = b.add_nowait({"id": "b", "name": "y", "updated_at": 1, "colour": "red"})
         await b.flush()
         assert await b.outcome(good) is wb.Outcome.COMMITTED
         assert await b.outcome(bad) is wb.Outcome.DEAD_LETTERED
-    assert "'colour'" in str(letters[0])
+    assert "'colour'" in letters[0].message
     assert set(rows(heartbeat_db)) == {"a"}
 
 

@@ -6,6 +6,7 @@ and close; nothing accepted is lost without a counter, an outcome and a log line
 """
 
 from ._clock import Clock, MonotonicClock
+from ._deadletter import CallableDeadLetter, DeadLetter, DeadLetterEntry
 from ._engine import AsyncBatcher
 from ._errors import (
     BatcherClosed,
@@ -24,12 +25,15 @@ from ._events import (
     BufferFilled,
     Closed,
     Event,
+    Paused,
     RecordsDeadLettered,
     RecordsDropped,
+    Resumed,
     RetryScheduled,
     SubscriberLagged,
     Subscription,
 )
+from ._instrument import Instrument, WriteAttempt
 from ._receipt import Outcome, Receipt
 from ._retry import RetryPolicy
 from ._stats import CloseReport, Stats
@@ -46,20 +50,26 @@ __all__ = [
     "BatcherClosed",
     "BufferFilled",
     "BufferFull",
+    "CallableDeadLetter",
     "CallableSink",
     "Clock",
     "CloseReport",
     "Closed",
     "ConfigError",
+    "DeadLetter",
+    "DeadLetterEntry",
     "Event",
+    "Instrument",
     "MonotonicClock",
     "Outcome",
+    "Paused",
     "PermanentSinkError",
     "PostgresSink",
     "RecordsDeadLettered",
     "RecordsDropped",
     "Receipt",
     "RecordError",
+    "Resumed",
     "RetriableSinkError",
     "RetryPolicy",
     "RetryScheduled",
@@ -69,6 +79,7 @@ __all__ = [
     "Stats",
     "SubscriberLagged",
     "Subscription",
+    "WriteAttempt",
     "WriteBehindError",
     "WriteTimeout",
 ]

@@ -86,6 +86,10 @@ class Intake:
         self.retried = 0
         self.splits = 0
         self.write_errors = 0
+        self.timeouts = 0
+        self.throttled = 0
+        self.pauses = 0
+        self.dead_letter_errors = 0
         self.lost = 0
         self._abandoned = False
         self._drop_log_due = 0.0
@@ -364,7 +368,7 @@ class Intake:
                 self._release_locked()
 
     def count(self, **deltas: int) -> None:
-        """Add to counters that the engine keeps (batches, retried, splits, write_errors)."""
+        """Add to the counters that the engine keeps (batches, retried, splits, ...)."""
         with self._lock:
             for name, d in deltas.items():
                 setattr(self, name, getattr(self, name) + d)
@@ -426,6 +430,10 @@ class Intake:
                 retried=self.retried,
                 splits=self.splits,
                 write_errors=self.write_errors,
+                timeouts=self.timeouts,
+                throttled=self.throttled,
+                pauses=self.pauses,
+                dead_letter_errors=self.dead_letter_errors,
                 lost=self.lost,
                 closed=self._state == _CLOSING,
                 dropped_by_reason=MappingProxyType(

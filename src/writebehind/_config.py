@@ -28,6 +28,7 @@ class Options:
     close_timeout: float = 15.0
     name: str = "default"
     event_buffer: int = 4096
+    latency_target: float | None = None  # None: write_timeout / 2
 
     def __post_init__(self) -> None:
         for arg in ("max_batch", "max_in_flight", "event_buffer"):
@@ -45,6 +46,12 @@ class Options:
             value = getattr(self, arg)
             if not (_number(value) and value > 0):
                 raise ConfigError(f"{arg}: must be a number of seconds > 0, got {value!r}")
+        if self.latency_target is None:
+            object.__setattr__(self, "latency_target", self.write_timeout / 2)
+        elif not (_number(self.latency_target) and self.latency_target > 0):
+            raise ConfigError(
+                f"latency_target: must be a number of seconds > 0, got {self.latency_target!r}"
+            )
         if self.when_full == "spill":
             raise ConfigError(
                 "when_full: 'spill' needs the durable spool, which this version does not have "

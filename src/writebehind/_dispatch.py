@@ -1,17 +1,21 @@
 """Delivering one batch: write with a timeout, retry with backoff, split on permanent errors,
-dead-letter what can never be written. Runs on the event loop, one task per batch."""
+dead-letter what can never be written. Runs on the event loop, one task per batch.
+
+Pacing (throttles, the failing state's one-probe-at-a-time, adaptive concurrency) lives in
+:mod:`writebehind._health`; this module decides, per attempt, what happens to the records.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from contextlib import ExitStack
 from typing import Any
 
 from ._buffer import Intake
 from ._clock import Clock
+from ._deadletter import DeadLetter, DeadLetterEntry, scrub_secrets, sink_name
 from ._errors import WriteTimeout
 from ._events import (
     BatchCommitted,
@@ -20,15 +24,14 @@ from ._events import (
     RecordsDeadLettered,
     RetryScheduled,
 )
+from ._health import SinkHealth
+from ._instrument import Instrument, WriteAttempt
 from ._receipt import Outcome, Receipt
-from ._retry import RetryPolicy, backoff, is_retriable, split
+from ._retry import RetryPolicy, is_retriable, split
 
-__all__ = ["DeadLetterFn", "Delivery"]
+__all__ = ["Delivery"]
 
 log = logging.getLogger("writebehind")
-
-DeadLetterFn = Callable[[list[Any], BaseException], Awaitable[None] | None]
-"""Called with the records that can never be written and the error that condemned them."""
 
 
 class Delivery:
@@ -42,86 +45,129 @@ class Delivery:
         retry: RetryPolicy,
         write_timeout: float,
         clock: Clock,
-        dead_letter: DeadLetterFn | None,
+        dead_letter: DeadLetter | None,
         name: str,
         events: EventBuffer,
+        health: SinkHealth,
     ) -> None:
-        self.sink = sink
-        self.intake = intake
-        self.retry = retry
-        self.write_timeout = write_timeout
-        self.clock = clock
-        self.dead_letter = dead_letter
-        self.name = name
-        self.events = events
+        self.sink, self.intake, self.retry = sink, intake, retry
+        self.write_timeout, self.clock, self.dead_letter = write_timeout, clock, dead_letter
+        self.name, self.events, self.health = name, events, health
+        self.sink_name = sink_name(sink)
+        self.instruments: tuple[Instrument, ...] = ()
 
     async def deliver(self, receipts: list[Receipt], *, reason: str, direct: bool = False) -> None:
         """Write ``receipts`` until each is committed or dead-lettered."""
         records = [r.record for r in receipts]
-        attempt = 0
-        started = self.clock.monotonic()
-        events = self.events
+        clock, health, events, retry = self.clock, self.health, self.events, self.retry
+        tries = failures = 0
+        throttled_for = 0.0
+        started = clock.monotonic()
         while True:
-            attempt += 1
-            began = time.monotonic()
+            probe = await health.admit()
+            tries += 1
+            began = clock.monotonic()
+            watch = self._watch(len(records), tries, reason) if self.instruments else None
+            t0 = time.monotonic()
             try:
-                async with asyncio.timeout(self.write_timeout):
-                    await self.sink.write(records)
-            except TimeoutError as exc:
-                error: BaseException = WriteTimeout(
-                    f"sink write of {len(records)} records did not finish within "
-                    f"{self.write_timeout} s (write_timeout); it may or may not have committed"
-                )
-                error.__cause__ = exc
-            except Exception as exc:
-                error = exc
-            else:
+                error = await self._write(records)
+            except BaseException:  # cancelled at the close deadline
+                health.release(probe)
+                if watch is not None:
+                    self._unwatch(watch, "cancelled", None, time.monotonic() - t0)
+                raise
+            duration = time.monotonic() - t0
+            if error is None:
+                health.committed(began, probe)
                 self.intake.count(batches=1)
                 self.intake.settle(receipts, Outcome.COMMITTED, direct=direct)
                 events.publish(
-                    BatchCommitted,
-                    size=len(records),
-                    duration=time.monotonic() - began,
-                    reason=reason,
-                    attempts=attempt,
-                )
+                    BatchCommitted, size=len(records), duration=duration, reason=reason,
+                    attempts=tries,
+                )  # fmt: skip
+                if watch is not None:
+                    self._unwatch(watch, "committed", None, duration)
                 return
             self.intake.count(write_errors=1)
             retriable = is_retriable(error)
             events.publish(
-                BatchFailed,
-                size=len(records),
-                error=type(error).__name__,
-                attempt=attempt,
+                BatchFailed, size=len(records), error=type(error).__name__, attempt=tries,
                 retriable=retriable,
-            )
+            )  # fmt: skip
+            wait = health.failed(error, retriable, began, probe)
             if retriable:
-                elapsed = self.clock.monotonic() - started
-                deadline = self.retry.deadline
-                if attempt < self.retry.max_attempts and (deadline is None or elapsed < deadline):
-                    wait = getattr(error, "retry_after", None) or backoff(self.retry, attempt)
-                    if attempt == 1:
-                        log.warning(
-                            "writebehind[%s]: write of %d records failed (%s), retrying",
-                            self.name,
-                            len(records),
-                            _describe(error),
-                        )
+                if getattr(error, "retry_after", None):
+                    throttled_for += wait
+                else:
+                    failures += 1
+                elapsed = clock.monotonic() - started
+                if (
+                    failures < retry.max_attempts
+                    and (retry.deadline is None or elapsed + wait < retry.deadline)
+                    and throttled_for <= retry.max_throttle_wait
+                ):
                     self.intake.count(retried=1)
-                    events.publish(RetryScheduled, size=len(records), attempt=attempt, delay=wait)
-                    await self.clock.sleep(wait)
+                    events.publish(RetryScheduled, size=len(records), attempt=tries, delay=wait)
+                    if watch is not None:
+                        self._unwatch(watch, "retry", error, duration)
                     continue
-                await self._condemn(receipts, records, error, attempt, direct)
-                return
-            if len(receipts) > 1:
+            elif len(receipts) > 1:
+                if watch is not None:
+                    self._unwatch(watch, "split", error, duration)
                 self.intake.count(splits=1)
                 left, right = split(receipts)
                 await self.deliver(left, reason=reason, direct=direct)
                 await self.deliver(right, reason=reason, direct=direct)
                 return
-            await self._condemn(receipts, records, error, attempt, direct)
+            if watch is not None:
+                self._unwatch(watch, "dead_lettered", error, duration)
+            await self._condemn(receipts, records, error, tries, direct)
             return
 
+    async def _write(self, records: list[Any]) -> BaseException | None:
+        """One sink write under ``write_timeout``; the error it raised, or None."""
+        try:
+            async with asyncio.timeout(self.write_timeout):
+                await self.sink.write(records)
+        except TimeoutError as exc:
+            error = WriteTimeout(
+                f"sink write of {len(records)} records did not finish within "
+                f"{self.write_timeout} s (write_timeout); it may or may not have committed"
+            )
+            error.__cause__ = exc
+            return error
+        except Exception as exc:
+            return exc
+        return None
+
+    # -- instruments: per attempt, never per record ---------------------------------------
+    def _watch(self, size: int, attempt: int, reason: str) -> tuple[WriteAttempt, ExitStack]:
+        info = WriteAttempt(
+            batcher=self.name, sink=self.sink_name, size=size, attempt=attempt, reason=reason
+        )
+        stack = ExitStack()
+        for instrument in self.instruments:
+            try:
+                stack.enter_context(instrument.write(info))
+            except Exception:
+                log.exception("writebehind[%s]: instrument %r failed", self.name, instrument)
+        return info, stack
+
+    def _unwatch(
+        self,
+        watch: tuple[WriteAttempt, ExitStack],
+        outcome: str,
+        error: BaseException | None,
+        duration: float,
+    ) -> None:
+        info, stack = watch
+        info.outcome, info.error, info.duration = outcome, error, duration
+        try:
+            stack.close()
+        except Exception:
+            log.exception("writebehind[%s]: an instrument failed", self.name)
+
+    # -- dead letters -----------------------------------------------------------------------
     async def _condemn(
         self,
         receipts: list[Receipt],
@@ -130,25 +176,39 @@ class Delivery:
         attempts: int,
         direct: bool,
     ) -> None:
-        log.error(
-            "writebehind[%s]: dead-lettered %d record(s) after %d attempt(s): %s",
-            self.name,
-            len(records),
-            attempts,
-            _describe(error),
-        )
+        message = scrub_secrets(str(error))
+        self.health.limiter(
+            "dead_lettered", logging.ERROR,
+            "writebehind[%s]: dead-lettered %d record(s) after %d attempt(s): %s: %s",
+            self.name, len(records), attempts, type(error).__name__, message,
+        )  # fmt: skip
         if self.dead_letter is not None:
+            at = time.time()
+            entries = [
+                DeadLetterEntry(
+                    record=rec,
+                    error=type(error).__name__,
+                    message=message,
+                    sink=self.sink_name,
+                    batcher=self.name,
+                    attempts=attempts,
+                    at=at,
+                )
+                for rec in records
+            ]
             try:
-                result = self.dead_letter(records, error)
-                if inspect.isawaitable(result):
-                    await result
-            except Exception:
-                log.exception("writebehind[%s]: the dead-letter callable failed", self.name)
+                async with asyncio.timeout(self.write_timeout):
+                    await self.dead_letter.put(entries)
+            except Exception as exc:
+                self.intake.count(dead_letter_errors=len(records))
+                self.health.limiter(
+                    "dead_letter_store", logging.ERROR,
+                    "writebehind[%s]: the dead-letter store %r failed to keep %d record(s) "
+                    "(%s: %s); they are counted in dead_lettered and dead_letter_errors only",
+                    self.name, self.dead_letter, len(records), type(exc).__name__,
+                    scrub_secrets(str(exc)),
+                )  # fmt: skip
         self.intake.settle(receipts, Outcome.DEAD_LETTERED, direct=direct)
         self.events.publish(
             RecordsDeadLettered, count=len(records), error=type(error).__name__, attempts=attempts
         )
-
-
-def _describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"

@@ -10,19 +10,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
+from dataclasses import replace
 from types import TracebackType
 from typing import Any, Self
 
 from ._buffer import Intake
 from ._clock import Clock, MonotonicClock
 from ._config import Options
-from ._dispatch import DeadLetterFn, Delivery
+from ._deadletter import CallableDeadLetter, DeadLetter, DeadLetterSpec
+from ._dispatch import Delivery
 from ._errors import BufferFull, ConfigError, WriteBehindError
 from ._events import Closed, EventBuffer, Subscription
 from ._flusher import Flusher
+from ._health import SinkHealth
+from ._instrument import Instrument
 from ._keys import FieldSpec
+from ._limit import AdaptiveConcurrency
 from ._receipt import Receipt
 from ._retry import RetryPolicy
 from ._stats import CloseReport, Stats
@@ -50,12 +56,21 @@ class AsyncBatcher:
         max_pending: the most records held, pending or in flight (default 5 x max_batch).
         when_full: ``"block"``, ``"raise"``, ``"drop_newest"``, ``"drop_oldest"`` or
             ``"direct"`` (write the record alone, now).
-        max_in_flight: batches written concurrently (default 1).
+        max_in_flight: the most batches written at once (default 1). Above 1 the batcher
+            adapts: it halves its concurrency when the sink throttles, times out or answers
+            slower than ``latency_target``, and grows it back by one per good round.
         write_timeout: seconds one sink write may take before it counts as failed
             (retriable, outcome unknown; default 30).
         close_timeout: the default deadline of :meth:`close` (default 15).
         retry: a :class:`RetryPolicy`.
-        dead_letter: called with ``(records, error)`` for records that can never be written.
+        dead_letter: where records that can never be written go: a :class:`DeadLetter`
+            store (``writebehind.SQLiteDeadLetter``, ``PostgresDeadLetter``), a callable
+            taking a list of :class:`DeadLetterEntry` (sync or async), a path (a SQLite
+            dead-letter file), or None (counted, logged and published as events only).
+        latency_target: seconds; a write slower than this halves the concurrency
+            (default: ``write_timeout / 2``).
+        instruments: objects with a ``write(attempt)`` context manager, entered around
+            every sink write attempt (metrics, tracing); see :meth:`add_instrument`.
         clock: a :class:`Clock`; tests pass ``writebehind.testing.ManualClock``.
         name: a label for logs and events.
         event_buffer: how many events :meth:`events` keeps for readers (default 4,096).
@@ -75,7 +90,9 @@ class AsyncBatcher:
         write_timeout: float = 30.0,
         close_timeout: float = 15.0,
         retry: RetryPolicy | None = None,
-        dead_letter: DeadLetterFn | None = None,
+        dead_letter: DeadLetterSpec | None = None,
+        latency_target: float | None = None,
+        instruments: tuple[Instrument, ...] | list[Instrument] = (),
         clock: Clock | None = None,
         name: str = "default",
         event_buffer: int = 4096,
@@ -86,7 +103,7 @@ class AsyncBatcher:
             key=key, version=version, max_batch=max_batch, linger=linger,
             max_pending=max_pending or 0, when_full=when_full, max_in_flight=max_in_flight,
             write_timeout=write_timeout, close_timeout=close_timeout, name=name,
-            event_buffer=event_buffer,
+            event_buffer=event_buffer, latency_target=latency_target,
         )  # fmt: skip
         self._sink = sink
         self._clock = clock or MonotonicClock()
@@ -99,10 +116,21 @@ class AsyncBatcher:
             clock=self._clock.monotonic,
         )
         self._events = EventBuffer(event_buffer, name)
-        self._delivery = Delivery(
-            sink, self._intake, retry=retry or RetryPolicy(), write_timeout=write_timeout,
-            clock=self._clock, dead_letter=dead_letter, name=name, events=self._events,
+        retry = retry or RetryPolicy()
+        if not isinstance(retry, RetryPolicy):
+            raise ConfigError(f"retry: must be a writebehind.RetryPolicy, got {retry!r}")
+        self._health = SinkHealth(
+            retry=retry, clock=self._clock, events=self._events, name=name,
+            concurrency=AdaptiveConcurrency(max_in_flight, opts.latency_target),
+            count=self._intake.count,
         )  # fmt: skip
+        self._delivery = Delivery(
+            sink, self._intake, retry=retry, write_timeout=write_timeout, clock=self._clock,
+            dead_letter=_dead_letter_store(dead_letter), name=name, events=self._events,
+            health=self._health,
+        )  # fmt: skip
+        for instrument in instruments:
+            self.add_instrument(instrument)
         self.name = name
         # the hot path, without a layer of call: see add_nowait's docstring
         self.add_nowait = self._intake.put_nowait  # type: ignore[method-assign,assignment]
@@ -135,6 +163,35 @@ class AsyncBatcher:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop the batcher runs on (None before :meth:`start`)."""
+        return self._loop
+
+    @property
+    def dead_letter(self) -> DeadLetter | None:
+        """The dead-letter store (None when records are only counted)."""
+        return self._delivery.dead_letter
+
+    @property
+    def options(self) -> Options:
+        """The validated configuration (frozen)."""
+        return self._opts
+
+    def add_instrument(self, instrument: Instrument) -> None:
+        """Enter ``instrument.write(attempt)`` around every sink write from now on.
+
+        ``attempt`` is a :class:`WriteAttempt` (size, attempt number, flush reason; outcome,
+        error and duration are filled in before the context exits). Instruments run on the
+        event loop once per write, never per record; one that raises is logged and skipped.
+        """
+        if not callable(getattr(instrument, "write", None)):
+            raise ConfigError(
+                f"instrument: needs a write(attempt) method returning a context manager, "
+                f"got {instrument!r}"
+            )
+        self._delivery.instruments = (*self._delivery.instruments, instrument)
 
     # -- adding ---------------------------------------------------------------------------
     def add_nowait(self, record: Any) -> Receipt:
@@ -226,7 +283,10 @@ class AsyncBatcher:
 
     def stats(self) -> Stats:
         """A frozen snapshot of every counter (safe from any thread, also after close)."""
-        return self._intake.stats()
+        health = self._health
+        return replace(
+            self._intake.stats(), sink_state=health.state, concurrency=health.concurrency.current
+        )
 
     async def close(self, timeout: float | None = None) -> CloseReport:
         """Stop accepting, flush everything, wait at most ``timeout`` s (default: the
@@ -281,3 +341,22 @@ class AsyncBatcher:
                 stats.in_flight,
             )
         return report
+
+
+def _dead_letter_store(spec: DeadLetterSpec | None) -> DeadLetter | None:
+    if spec is None:
+        return None
+    if isinstance(spec, str | os.PathLike):
+        from .dlq import SQLiteDeadLetter  # type: ignore[attr-defined,unused-ignore]
+
+        store: DeadLetter = SQLiteDeadLetter(spec)
+        return store
+    if callable(getattr(spec, "put", None)):
+        return spec  # type: ignore[return-value]
+    if callable(spec):
+        return CallableDeadLetter(spec)
+    raise ConfigError(
+        f"dead_letter: must be a DeadLetter store (with an async put(entries) method), a "
+        f"callable taking a list of DeadLetterEntry, a path to a SQLite file, or None; got "
+        f"{spec!r}"
+    )

@@ -29,8 +29,10 @@ __all__ = [
     "Closed",
     "Event",
     "EventBuffer",
+    "Paused",
     "RecordsDeadLettered",
     "RecordsDropped",
+    "Resumed",
     "RetryScheduled",
     "SubscriberLagged",
     "Subscription",
@@ -105,6 +107,29 @@ class BufferFilled(_Base):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Paused(_Base):
+    """Writes are held back: the sink throttled, or is failing and is probed one write at a
+    time. Published when the state is entered (from healthy, or from the other one)."""
+
+    reason: str
+    """``throttled`` (the sink said "retry after") or ``failing`` (retriable errors)."""
+    error: str
+    """The class name of the error that caused it."""
+    seconds: float
+    """How long until the next write may start."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Resumed(_Base):
+    """A write succeeded after a ``Paused`` state: writes go at full pace again."""
+
+    reason: str
+    """The state that ended: ``throttled`` or ``failing``."""
+    paused_for: float
+    """Seconds since the state began."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Closed(_Base):
     """The batcher closed; the last event it publishes."""
 
@@ -118,6 +143,8 @@ Event = (
     | RecordsDeadLettered
     | RecordsDropped
     | BufferFilled
+    | Paused
+    | Resumed
     | Closed
 )
 

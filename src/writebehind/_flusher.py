@@ -2,7 +2,8 @@
 
 Each time it wakes, it asks :func:`writebehind._flush.decide` whether to cut a batch, cuts
 it from the :class:`~writebehind._buffer.Intake`, and starts one delivery task per batch (at
-most ``max_in_flight`` at once; ``direct`` writes run beside them). It also turns the
+most the adaptive concurrency, itself at most ``max_in_flight``, at once; ``direct`` writes
+run beside them). It also turns the
 intake's "the buffer was full" notices into events, answers ``flush()`` requests, and, at
 close, drains or abandons what is in flight.
 """
@@ -87,7 +88,7 @@ class Flusher:
                 now=clock.monotonic(), pending=pending, oldest_at=oldest_at,
                 max_batch=opts.max_batch, linger=opts.linger, forced=self._forced,
                 closing=self.closing, batches_in_flight=len(self.writing),
-                max_in_flight=opts.max_in_flight,
+                max_in_flight=self.delivery.health.concurrency.current,
             )  # fmt: skip
             if d.reason is not None:
                 self._cut(d.reason)

@@ -22,14 +22,18 @@ T = TypeVar("T")
 class RetryPolicy:
     """How a failed write is retried.
 
-    ``max_attempts`` counts every try, the first included (1 means never retry).
-    ``deadline`` (seconds, optional) bounds the total time spent on one batch's retries.
+    ``max_attempts`` counts every try that failed with an error, the first included (1 means
+    never retry). A throttled try (the sink said "retry after N s") does not count: the batch
+    waits as long as the sink asks, up to ``max_throttle_wait`` seconds in all. ``deadline``
+    (seconds, optional) bounds the total time spent on one batch, throttles included.
+    Past any of these bounds the batch's records are dead-lettered.
     """
 
     base: float = 0.1
     cap: float = 10.0
     max_attempts: int = 6
     deadline: float | None = None
+    max_throttle_wait: float = 300.0
 
     def __post_init__(self) -> None:
         if not self.base > 0:
@@ -39,6 +43,11 @@ class RetryPolicy:
         if not (isinstance(self.max_attempts, int) and self.max_attempts >= 1):
             raise ConfigError(
                 f"RetryPolicy.max_attempts: must be an integer >= 1, got {self.max_attempts!r}"
+            )
+        if not self.max_throttle_wait >= 0:
+            raise ConfigError(
+                "RetryPolicy.max_throttle_wait: must be >= 0 seconds, got "
+                f"{self.max_throttle_wait!r}"
             )
         if self.deadline is not None and not self.deadline > 0:
             raise ConfigError(f"RetryPolicy.deadline: must be > 0 or None, got {self.deadline!r}")

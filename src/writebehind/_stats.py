@@ -39,9 +39,22 @@ class Stats:
     """Batches split in two to isolate records that fail permanently."""
     write_errors: int = 0
     """Sink writes that raised (retriable or not)."""
+    timeouts: int = 0
+    """Sink writes that did not answer within ``write_timeout`` (also in ``write_errors``)."""
+    throttled: int = 0
+    """Sink writes refused with "retry after N s" (also in ``write_errors``)."""
+    pauses: int = 0
+    """Times the batcher left the healthy state: paused by a throttle, or failing."""
+    dead_letter_errors: int = 0
+    """Dead-lettered records the dead-letter store failed to keep (logged at ERROR)."""
     lost: int = 0
     """Records still pending or in flight when close() reached its deadline (0 while open)."""
     closed: bool = False
+    sink_state: str = "healthy"
+    """``healthy``, ``throttled`` (paused until the sink's retry-after) or ``failing``
+    (retriable errors; one probing write at a time)."""
+    concurrency: int = 1
+    """Batches that may be written at once now (adaptive, at most ``max_in_flight``)."""
     dropped_by_reason: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
 
     @property

@@ -18,6 +18,7 @@ from ._engine import AsyncBatcher
 from ._errors import WriteBehindError
 from ._events import Event
 from ._receipt import Receipt
+from ._instrument import Instrument
 from ._stats import CloseReport, Stats
 
 __all__ = ["Batcher"]
@@ -106,6 +107,10 @@ class Batcher:
     def stats(self) -> Stats:
         """A frozen snapshot of every counter."""
         return self._core.stats()
+
+    def add_instrument(self, instrument: Instrument) -> None:
+        """See ``AsyncBatcher.add_instrument``."""
+        self._core.add_instrument(instrument)
 
     def close(self, timeout: float | None = None) -> CloseReport:
         """Close the engine (see ``AsyncBatcher.close``), then stop the loop thread."""
