@@ -300,7 +300,9 @@ async def test_canary_password_never_appears(caplog: pytest.LogCaptureFixture, t
     sink = wb.PostgresSink(dsn, table=table, key="id", version="updated_at")
     seen.append(repr(sink))
     letters: list[wb.DeadLetterEntry] = []
-    async with wb.AsyncBatcher(sink, key="id", version="updated_at", dead_letter=letters.extend) as b:
+    async with wb.AsyncBatcher(
+        sink, key="id", version="updated_at", dead_letter=letters.extend
+    ) as b:
         b.add_nowait({"id": uuid.uuid4(), "updated_at": "not a time"})  # a permanent error
         b.add_nowait({"id": uuid.uuid4(), "updated_at": T0, "nosuch": 1})
         await b.flush()

@@ -17,8 +17,8 @@ from typing import Any, Self, TypeVar
 from ._engine import AsyncBatcher
 from ._errors import WriteBehindError
 from ._events import Event
-from ._receipt import Receipt
 from ._instrument import Instrument
+from ._receipt import Receipt
 from ._stats import CloseReport, Stats
 
 __all__ = ["Batcher"]
