@@ -8,6 +8,8 @@ fail or stall on demand.
   that ``poison`` picks, with the error you choose.
 - :class:`SlowSink`: takes ``delay`` seconds per write (``math.inf``: never answers).
 - :class:`GatedSink`: holds every write until the test calls ``open()``.
+- :class:`ThrottlingSink`: accepts at most ``rate`` records per second and answers "retry
+  after N s" above it, the way a provisioned database or a rate-limited API does.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from ._clock import Clock, MonotonicClock
 from ._errors import PermanentSinkError, RetriableSinkError
 
-__all__ = ["FlakySink", "GatedSink", "ManualClock", "MemorySink", "SlowSink"]
+__all__ = ["FlakySink", "GatedSink", "ManualClock", "MemorySink", "SlowSink", "ThrottlingSink"]
 
 
 class ManualClock:
@@ -199,4 +202,46 @@ class GatedSink(MemorySink):
                     self._event.clear()
         finally:
             self.waiting -= 1
+        await super().write(batch)
+
+
+class ThrottlingSink(MemorySink):
+    """Accepts at most ``rate`` records per second, like a provisioned database.
+
+    A token bucket holding up to ``burst`` records (default: a tenth of a second's worth, at
+    least one record) refills at ``rate`` per second. A write that finds too few tokens
+    raises ``RetriableSinkError`` with ``retry_after`` set to the time until there are
+    enough; a batch larger than ``burst`` can never fit and fails with
+    ``PermanentSinkError`` (the batcher then splits it). ``throttles`` counts refusals.
+    Pass the batcher's ``clock`` to run it on a :class:`ManualClock`.
+    """
+
+    def __init__(self, rate: float, *, burst: float | None = None, clock: Clock | None = None):
+        super().__init__()
+        if not rate > 0:
+            raise ValueError(f"rate: must be > 0 records per second, got {rate!r}")
+        self.rate = float(rate)
+        self.burst = float(burst) if burst is not None else max(1.0, self.rate / 10)
+        self.clock: Clock = clock or MonotonicClock()
+        self.tokens = self.burst
+        self._at: float | None = None
+        self.throttles = 0
+
+    async def write(self, batch: list[Any]) -> None:
+        now = self.clock.monotonic()
+        if self._at is not None:
+            self.tokens = min(self.burst, self.tokens + (now - self._at) * self.rate)
+        self._at = now
+        n = len(batch)
+        if n > self.burst:
+            raise PermanentSinkError(
+                f"a batch of {n} records is larger than the burst ({self.burst:g}) (ThrottlingSink)"
+            )
+        if n > self.tokens:
+            self.throttles += 1
+            raise RetriableSinkError(
+                f"throttled: {self.rate:g} records/s (ThrottlingSink)",
+                retry_after=(n - self.tokens) / self.rate,
+            )
+        self.tokens -= n
         await super().write(batch)
