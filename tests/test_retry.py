@@ -67,3 +67,22 @@ def test_split_halves() -> None:
     """A batch splits into two halves that together hold every record once."""
     assert split([1, 2, 3, 4, 5]) == ([1, 2], [3, 4, 5])
     assert split([1, 2]) == ([1], [2])
+
+
+def test_a_policy_can_override_the_classification() -> None:
+    """``classify`` answers first; None falls back to the sink's own mapping."""
+
+    def classify(exc: BaseException) -> bool | None:
+        if isinstance(exc, KeyError):
+            return True
+        if isinstance(exc, wb.RetriableSinkError):
+            return False
+        return None
+
+    policy = wb.RetryPolicy(classify=classify)
+    assert is_retriable(KeyError("x"), policy)
+    assert not is_retriable(wb.RetriableSinkError("deadlock"), policy)
+    assert is_retriable(OSError("reset"), policy)  # None: the default mapping
+    assert not is_retriable(ValueError("bad"), policy)
+    with pytest.raises(wb.ConfigError, match="classify"):
+        wb.RetryPolicy(classify=42)  # type: ignore[arg-type]

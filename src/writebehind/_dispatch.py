@@ -89,7 +89,7 @@ class Delivery:
                     self._unwatch(watch, "committed", None, duration)
                 return
             self.intake.count(write_errors=1)
-            retriable = is_retriable(error)
+            retriable = is_retriable(error, retry)
             events.publish(
                 BatchFailed, size=len(records), error=type(error).__name__, attempt=tries,
                 retriable=retriable,

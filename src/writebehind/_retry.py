@@ -7,7 +7,7 @@ Backoff is exponential with full jitter, bounded below by ``base``: the wait bef
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -27,6 +27,10 @@ class RetryPolicy:
     waits as long as the sink asks, up to ``max_throttle_wait`` seconds in all. ``deadline``
     (seconds, optional) bounds the total time spent on one batch, throttles included.
     Past any of these bounds the batch's records are dead-lettered.
+
+    ``classify`` overrides which errors are retriable: called with each error a write
+    raised, it returns True (retry), False (permanent: split and dead-letter) or None (use
+    the sink's own mapping, see :func:`is_retriable`).
     """
 
     base: float = 0.1
@@ -34,6 +38,7 @@ class RetryPolicy:
     max_attempts: int = 6
     deadline: float | None = None
     max_throttle_wait: float = 300.0
+    classify: Callable[[BaseException], bool | None] | None = None
 
     def __post_init__(self) -> None:
         if not self.base > 0:
@@ -48,6 +53,10 @@ class RetryPolicy:
             raise ConfigError(
                 "RetryPolicy.max_throttle_wait: must be >= 0 seconds, got "
                 f"{self.max_throttle_wait!r}"
+            )
+        if self.classify is not None and not callable(self.classify):
+            raise ConfigError(
+                f"RetryPolicy.classify: must be callable or None, got {self.classify!r}"
             )
         if self.deadline is not None and not self.deadline > 0:
             raise ConfigError(f"RetryPolicy.deadline: must be > 0 or None, got {self.deadline!r}")
@@ -64,12 +73,17 @@ def schedule(policy: RetryPolicy, rng: random.Random | None = None) -> list[floa
     return [backoff(policy, n, rng) for n in range(1, policy.max_attempts)]
 
 
-def is_retriable(exc: BaseException) -> bool:
+def is_retriable(exc: BaseException, policy: RetryPolicy | None = None) -> bool:
     """Whether writing the same batch again may succeed.
 
-    A ``SinkError`` says so itself. Otherwise connection and timeout errors (``OSError``,
+    The policy's ``classify`` decides first, if it has one and gives an answer. A
+    ``SinkError`` says so itself. Otherwise connection and timeout errors (``OSError``,
     ``TimeoutError``) are retriable and anything else, a bug or bad data, is not.
     """
+    if policy is not None and policy.classify is not None:
+        verdict = policy.classify(exc)
+        if verdict is not None:
+            return bool(verdict)
     if isinstance(exc, SinkError):
         return exc.retriable
     return isinstance(exc, OSError | TimeoutError)
