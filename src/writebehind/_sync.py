@@ -9,6 +9,7 @@ record hops threads; the loop is woken only when a flush trigger fires.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Coroutine, Iterator
 from types import TracebackType
@@ -143,6 +144,23 @@ class Batcher:
         loop, thread = self._loop, self._thread
         if loop is None or thread is None:
             return
+        if thread.is_alive() and threading.current_thread() is not thread:
+            # tasks others started on this loop (an endpoint, a metrics refresher) get a
+            # moment to finish after the close, then are cancelled, as asyncio.run does
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(_wind_down(), loop).result(timeout=3)
         loop.call_soon_threadsafe(loop.stop)
         thread.join()
         loop.close()
+
+
+async def _wind_down(grace: float = 1.0) -> None:
+    me = asyncio.current_task()
+    tasks = [t for t in asyncio.all_tasks() if t is not me]
+    if tasks:
+        _, left = await asyncio.wait(tasks, timeout=grace)
+        for task in left:
+            task.cancel()
+        if left:
+            await asyncio.wait(left, timeout=grace)
+    await asyncio.get_running_loop().shutdown_asyncgens()
