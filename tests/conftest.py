@@ -120,6 +120,12 @@ async def api(request: pytest.FixtureRequest) -> AsyncIterator[Open]:
         await d.close(timeout=2)
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test runs in its own directory: the default dead-letter file lands there."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock()

@@ -38,11 +38,23 @@ from ._receipt import Outcome, Receipt
 from ._retry import RetryPolicy
 from ._stats import CloseReport, Stats
 from ._sync import Batcher
+from .dlq import (
+    PostgresDeadLetter,
+    RecordNotReplayable,
+    ReplayReport,
+    SQLiteDeadLetter,
+    StoredEntry,
+)
 from .sinks import CallableSink, PostgresSink, Sink, SQLiteSink
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "StoredEntry",
+    "SQLiteDeadLetter",
+    "ReplayReport",
+    "RecordNotReplayable",
+    "PostgresDeadLetter",
     "AsyncBatcher",
     "BatchCommitted",
     "BatchFailed",

@@ -77,7 +77,7 @@ DeadLetterSpec = (
 
 _URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^:/?#@\s]*:)[^@/\s]*@")
 _KV_PASSWORD = re.compile(
-    r"(?i)\b(password|passwd|pwd|secret|token)(\s*[=:]\s*)('[^']*'|\"[^\"]*\"|\S+)"
+    r"(?i)\b(password|passwd|pwd|pw|secret|token)(\s*[=:]\s*)('[^']*'|\"[^\"]*\"|\S+)"
 )
 
 

@@ -63,10 +63,12 @@ class AsyncBatcher:
             (retriable, outcome unknown; default 30).
         close_timeout: the default deadline of :meth:`close` (default 15).
         retry: a :class:`RetryPolicy`.
-        dead_letter: where records that can never be written go: a :class:`DeadLetter`
-            store (``writebehind.SQLiteDeadLetter``, ``PostgresDeadLetter``), a callable
-            taking a list of :class:`DeadLetterEntry` (sync or async), a path (a SQLite
-            dead-letter file), or None (counted, logged and published as events only).
+        dead_letter: where records that can never be written go: a path (a SQLite
+            dead-letter file; default ``dead_letters.db`` in the working directory, created
+            at the first dead letter, closed with the batcher), a :class:`DeadLetter` store
+            (``writebehind.SQLiteDeadLetter``, ``PostgresDeadLetter``), a callable taking a
+            list of :class:`DeadLetterEntry` (sync or async), or None (counted, logged and
+            published as events only).
         latency_target: seconds; a write slower than this halves the concurrency
             (default: ``write_timeout / 2``).
         instruments: objects with a ``write(attempt)`` context manager, entered around
@@ -90,7 +92,7 @@ class AsyncBatcher:
         write_timeout: float = 30.0,
         close_timeout: float = 15.0,
         retry: RetryPolicy | None = None,
-        dead_letter: DeadLetterSpec | None = None,
+        dead_letter: DeadLetterSpec | None = "dead_letters.db",
         latency_target: float | None = None,
         instruments: tuple[Instrument, ...] | list[Instrument] = (),
         clock: Clock | None = None,
@@ -129,6 +131,7 @@ class AsyncBatcher:
             dead_letter=_dead_letter_store(dead_letter), name=name, events=self._events,
             health=self._health,
         )  # fmt: skip
+        self._owns_dead_letter = isinstance(dead_letter, str | os.PathLike)
         for instrument in instruments:
             self.add_instrument(instrument)
         self.name = name
@@ -324,6 +327,12 @@ class AsyncBatcher:
                     await sink_close()
             except Exception:
                 log.exception("writebehind[%s]: closing the sink failed", self.name)
+        store = self._delivery.dead_letter
+        if self._owns_dead_letter and store is not None:
+            try:
+                await store.close()  # type: ignore[attr-defined]
+            except Exception:
+                log.exception("writebehind[%s]: closing the dead-letter store failed", self.name)
         stats = self.stats()
         report = CloseReport(
             stats=stats, lost=stats.lost, timed_out=timed_out, duration=time.monotonic() - started
@@ -347,10 +356,9 @@ def _dead_letter_store(spec: DeadLetterSpec | None) -> DeadLetter | None:
     if spec is None:
         return None
     if isinstance(spec, str | os.PathLike):
-        from .dlq import SQLiteDeadLetter  # type: ignore[attr-defined,unused-ignore]
+        from .dlq import SQLiteDeadLetter
 
-        store: DeadLetter = SQLiteDeadLetter(spec)
-        return store
+        return SQLiteDeadLetter(spec)
     if callable(getattr(spec, "put", None)):
         return spec  # type: ignore[return-value]
     if callable(spec):

@@ -1,14 +1,317 @@
-"""``writebehind dlq``: placeholder, being built."""
+"""``writebehind dlq``: read, replay and purge a dead-letter store.
+
+``list``, ``show ID``, ``replay`` and ``purge`` read a SQLite store (``--db PATH``, default
+``dead_letters.db``) or a PostgreSQL one (``--dsn DSN``). Exit codes: 0 done; 1 a replay
+did not write every record it selected, ``show`` found no such id, or the store failed; 2 a
+usage error, a missing store file or table, or ``purge`` without ``--yes`` when it cannot ask.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import datetime as dt
+import json
+import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from .._errors import ConfigError, WriteBehindError
+from ..sinks._ident import validate
+
 __all__ = ["register"]
+
+_MESSAGE_WIDTH = 60
 
 
 def register(commands: Any) -> None:
     """Add the ``dlq`` subcommand to the ``writebehind`` parser's subcommands."""
-    parser: argparse.ArgumentParser = commands.add_parser("dlq", help="(being built)")
-    parser.set_defaults(command=lambda args: 2, command_name="dlq")
+    dlq: argparse.ArgumentParser = commands.add_parser(
+        "dlq",
+        help="list, show, replay or purge dead letters",
+        description="Read, replay and purge the records a batcher dead-lettered.",
+    )
+    dlq.set_defaults(command=lambda args: _usage(dlq), command_name="dlq")
+    sub = dlq.add_subparsers(title="dlq commands", metavar="COMMAND")
+
+    ls = sub.add_parser("list", help="list entries, oldest first")
+    _source(ls, table="--table", schema="--schema")
+    ls.add_argument("--limit", type=_count, default=100, help="at most N (default: 100)")
+    ls.add_argument("--after", type=_count, default=None, metavar="ID", help="ids above ID")
+    ls.add_argument("--error", help="only this error class, e.g. PermanentSinkError")
+    ls.add_argument("--batcher", help="only entries from the batcher with this name")
+    ls.add_argument("--json", action="store_true", help="one JSON object per line")
+    ls.set_defaults(command=_list)
+
+    show = sub.add_parser("show", help="one entry in full, its record as JSON")
+    show.add_argument("id", type=_count, metavar="ID")
+    _source(show, table="--table", schema="--schema")
+    show.set_defaults(command=_show)
+
+    replay = sub.add_parser(
+        "replay",
+        help="add stored records to a batcher writing to a sink; delete what got through",
+        description=(
+            "Replay dead letters into a SQLite (--to-db) or PostgreSQL (--to-dsn) table. An "
+            "entry is deleted when its record commits (or is superseded, or is dead-lettered "
+            "again: the fresh entry replaces it); otherwise it stays. Exit 1 unless every "
+            "selected record was written."
+        ),
+    )
+    _source(replay, table="--dlq-table", schema="--dlq-schema")
+    target = replay.add_mutually_exclusive_group()
+    target.add_argument("--to-db", metavar="PATH", help="the SQLite file to write (SQLiteSink)")
+    target.add_argument("--to-dsn", metavar="DSN", help="the PostgreSQL to write (PostgresSink)")
+    replay.add_argument("--table", type=_ident("table"), help="the table to write")
+    replay.add_argument("--schema", type=_ident("schema"), default="public", help="(PostgreSQL)")
+    replay.add_argument("--key", type=_names("key"), help="key column(s), comma separated")
+    replay.add_argument("--version", type=_names("version"), help="the version column")
+    replay.add_argument("--ids", type=_ids, help="only these ids, comma separated")
+    replay.add_argument("--limit", type=_count, default=None, help="at most N entries")
+    replay.add_argument("--dry-run", action="store_true", help="decode only; change nothing")
+    replay.set_defaults(command=_replay)
+
+    purge = sub.add_parser("purge", help="delete entries (asks for --yes)")
+    _source(purge, table="--table", schema="--schema")
+    what = purge.add_mutually_exclusive_group(required=True)
+    what.add_argument("--ids", type=_ids, help="these ids, comma separated")
+    what.add_argument("--before", type=_time, metavar="ISO-TIME", help="older than this (UTC)")
+    what.add_argument("--all", action="store_true", help="every entry")
+    purge.add_argument("--yes", action="store_true", help="do not ask")
+    purge.set_defaults(command=_purge)
+
+
+# -- arguments -------------------------------------------------------------------------
+def _source(parser: argparse.ArgumentParser, *, table: str, schema: str) -> None:
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--db", metavar="PATH", help="the SQLite dead-letter file (default: dead_letters.db)"
+    )
+    where.add_argument("--dsn", help="read a PostgreSQL dead-letter table instead")
+    parser.add_argument(
+        table,
+        dest="dlq_table",
+        type=_ident("table"),
+        help="the store's table (default: dead_letters, or writebehind_dead_letters with --dsn)",
+    )
+    parser.add_argument(
+        schema,
+        dest="dlq_schema",
+        type=_ident("schema"),
+        default="public",
+        help="the store's schema, with --dsn (default: public)",
+    )
+
+
+def _ident(what: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        try:
+            return validate(text, what)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
+def _names(what: str) -> Callable[[str], str | tuple[str, ...]]:
+    one = _ident(what)
+
+    def parse(text: str) -> str | tuple[str, ...]:
+        names = tuple(one(n.strip()) for n in text.split(","))
+        return names[0] if len(names) == 1 else names
+
+    return parse
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _ids(text: str) -> list[int]:
+    return [_count(part.strip()) for part in text.split(",") if part.strip()]
+
+
+def _time(text: str) -> dt.datetime:
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not an ISO 8601 time: {text!r} (e.g. 2024-05-01T12:00:00Z)"
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+# -- running ---------------------------------------------------------------------------
+def _store(args: argparse.Namespace) -> Any:
+    from ..dlq import PostgresDeadLetter, SQLiteDeadLetter
+
+    if args.dsn:
+        table = args.dlq_table or "writebehind_dead_letters"
+        return PostgresDeadLetter(args.dsn, table=table, schema=args.dlq_schema)
+    return SQLiteDeadLetter(args.db or "dead_letters.db", table=args.dlq_table or "dead_letters",
+                            create=False)  # fmt: skip
+
+
+def _run(args: argparse.Namespace, body: Callable[[Any], Awaitable[int]]) -> int:
+    """Open the store, run ``body(store)``, close; store failures print and exit 1."""
+
+    async def go() -> int:
+        store = _store(args)
+        try:
+            return await body(store)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(go())
+    except ConfigError:
+        raise  # main prints it; exit 2
+    except WriteBehindError as exc:
+        print(f"writebehind dlq: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _when(at: float) -> str:
+    return (
+        dt.datetime.fromtimestamp(at, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    )
+
+
+def _one_line(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _list(args: argparse.Namespace) -> int:
+    async def body(store: Any) -> int:
+        entries = await store.list(
+            limit=args.limit, after=args.after, batcher=args.batcher, error=args.error
+        )
+        if args.json:
+            for e in entries:
+                print(json.dumps(e.to_dict(), ensure_ascii=False, sort_keys=True))
+            return 0
+        rows = [("id", "time", "batcher", "error", "message")]
+        rows += [
+            (str(e.id), _when(e.at), e.batcher, e.error, _one_line(e.message, _MESSAGE_WIDTH))
+            for e in entries
+        ]
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        for r in rows:
+            cells = [r[0].rjust(widths[0])]
+            cells += [c.ljust(w) for c, w in zip(r[1:4], widths[1:], strict=True)]
+            print("  ".join([*cells, r[4]]).rstrip())
+        total = await store.count()
+        print(f"{len(entries)} shown, {total} in the store", file=sys.stderr)
+        return 0
+
+    return _run(args, body)
+
+
+def _show(args: argparse.Namespace) -> int:
+    async def body(store: Any) -> int:
+        entry = await store.get(args.id)
+        if entry is None:
+            print(f"writebehind dlq: no entry with id {args.id}", file=sys.stderr)
+            return 1
+        fields = [
+            ("id", entry.id),
+            ("time", _when(entry.at)),
+            ("batcher", entry.batcher),
+            ("sink", entry.sink),
+            ("error", entry.error),
+            ("message", entry.message),
+            ("attempts", entry.attempts),
+            ("type", entry.record_type),
+            ("encoding", entry.encoding),
+        ]
+        for name, value in fields:
+            print(f"{name + ':':<10}{value}")
+        stored = json.loads(entry.record_json)
+        if entry.replayable:
+            print("record:")
+            print(json.dumps(stored, indent=2, ensure_ascii=False))
+        else:
+            print("record:   (its repr; it could not be encoded as JSON, so it cannot be replayed)")
+            print(stored)
+        return 0
+
+    return _run(args, body)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    if not args.dry_run and not ((args.to_db or args.to_dsn) and args.table):
+        raise ConfigError("replay: give the target, --to-db PATH or --to-dsn DSN, and --table")
+    if args.version and not args.key:
+        raise ConfigError("replay: --version needs --key")
+
+    async def body(store: Any) -> int:
+        if args.dry_run:
+            report = await store.replay(None, ids=args.ids, limit=args.limit, dry_run=True)
+        else:
+            report = await _replay_into(store, args)
+        for line in report.lines():
+            print(line)
+        if report.refused_ids:
+            ids = ",".join(map(str, report.refused_ids))
+            print(f"refused ids (stored as repr, not replayable): {ids}", file=sys.stderr)
+        if args.dry_run:
+            return 0
+        written = report.committed + report.coalesced
+        return 0 if written == report.selected else 1
+
+    return _run(args, body)
+
+
+async def _replay_into(store: Any, args: argparse.Namespace) -> Any:
+    from .. import AsyncBatcher, PostgresSink, SQLiteSink
+
+    key, version = args.key, args.version
+    if args.to_db:
+        sink: Any = SQLiteSink(args.to_db, table=args.table, key=key, version=version)
+    else:
+        sink = PostgresSink(
+            args.to_dsn, table=args.table, schema=args.schema, key=key, version=version
+        )
+    # records the sink refuses again go back to this store (a fresh entry each)
+    batcher = AsyncBatcher(sink, key=key, version=version, dead_letter=store, name="dlq-replay")
+    async with batcher:
+        return await store.replay(batcher, ids=args.ids, limit=args.limit)
+
+
+def _purge(args: argparse.Namespace) -> int:
+    if args.all:
+        what = "every entry"
+    elif args.ids is not None:
+        what = f"{len(set(args.ids))} entr{'y' if len(set(args.ids)) == 1 else 'ies'} by id"
+    else:
+        what = f"every entry older than {args.before.isoformat()}"
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print(f"writebehind dlq purge: would delete {what}; add --yes", file=sys.stderr)
+            return 2
+        answer = input(f"delete {what}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing deleted", file=sys.stderr)
+            return 1
+
+    async def body(store: Any) -> int:
+        if args.ids is not None:
+            n = await store.delete(args.ids)
+        else:
+            n = await store.purge(before=args.before, all=args.all)
+        print(f"deleted {n}")
+        return 0
+
+    return _run(args, body)

@@ -1,0 +1,207 @@
+"""The dead-letter record codec: tagged JSON, never pickle.
+
+JSON carries dicts with string keys, lists, strings, ints, bools and ``None`` as they are.
+Everything else is a one-key object whose key is a tag:
+
+- ``{"$dt": "..."}``: ``datetime`` (ISO 8601, with its offset when aware);
+  ``{"$date": ...}``, ``{"$time": ...}`` likewise
+- ``{"$uuid": "..."}``: ``UUID``; ``{"$dec": "..."}``: ``Decimal``
+- ``{"$bytes": "..."}``: ``bytes`` / ``bytearray`` (base64)
+- ``{"$tuple": [...]}``: ``tuple``
+- ``{"$float": "..."}``: a float that JSON (or PostgreSQL's ``jsonb``, which turns ``1e300``
+  into an integer) would not keep: ``nan``, ``inf``, ``-0.0``, or one with an exponent
+- ``{"$str": [...]}``: a string holding NUL characters (``jsonb`` refuses them), as its parts
+- ``{"$pairs": [[key, value], ...]}``: a dict with a key that is not a plain string
+- ``{"$map": {...}}``: a user dict whose single key starts with ``$`` (escaped, so it is
+  never mistaken for a tag)
+- ``{"$obj": [T, {...}]}``: a dataclass, a msgspec-like struct (``__struct_fields__``) or an
+  object with ``__dict__``: its type name ``T`` and its fields; it decodes to a plain dict
+
+An enum member is stored as its value. A record that cannot be encoded (a set, a socket, a
+cycle) is still stored: as its ``repr``, with the encoding ``"repr"``; :func:`decode`
+refuses it with :class:`RecordNotReplayable`.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as dt
+import decimal
+import enum
+import json
+import math
+import types
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from .._errors import WriteBehindError
+
+__all__ = ["JSON", "REPR", "RecordNotReplayable", "decode", "encode", "type_name"]
+
+JSON = "json"
+"""The encoding of a record stored as tagged JSON."""
+REPR = "repr"
+"""The encoding of a record that could not be encoded: its ``repr``, as a JSON string."""
+
+_MAX_DEPTH = 200
+
+
+class RecordNotReplayable(WriteBehindError):
+    """A dead-lettered record was stored as its ``repr`` (it could not be encoded as JSON),
+    so it cannot be turned back into a record and replayed."""
+
+
+class _Unencodable(Exception):
+    pass
+
+
+def type_name(obj: Any) -> str:
+    """``module.QualName`` of ``obj``'s type (just the name for builtins)."""
+    cls = type(obj)
+    module = getattr(cls, "__module__", "")
+    qualname = getattr(cls, "__qualname__", cls.__name__)
+    return qualname if module in ("builtins", "") else f"{module}.{qualname}"
+
+
+def encode(record: Any) -> tuple[str, str, str]:
+    """``(json_text, encoding, type_name)`` for ``record``; never raises.
+
+    ``encoding`` is :data:`JSON`, or :data:`REPR` when the record held something the codec
+    cannot carry (then ``json_text`` is its ``repr`` as a JSON string).
+    """
+    name = type_name(record)
+    try:
+        return json.dumps(_enc(record, 0), ensure_ascii=False, allow_nan=False), JSON, name
+    except (_Unencodable, ValueError, TypeError, RecursionError):
+        pass
+    try:
+        text = repr(record)
+    except Exception as exc:  # a broken __repr__ must not lose the entry
+        text = f"<{name} object; repr() failed: {type(exc).__name__}>"
+    return json.dumps(text, ensure_ascii=False), REPR, name
+
+
+def decode(text: str, encoding: str = JSON) -> Any:
+    """The record stored as ``text``; objects come back as dicts of their fields.
+
+    Raises :class:`RecordNotReplayable` for a record stored as its ``repr``.
+    """
+    if encoding != JSON:
+        raise RecordNotReplayable(
+            f"the record was stored as its repr (encoding {encoding!r}) because it could not "
+            f"be encoded as JSON, so it cannot be replayed; read it with 'writebehind dlq show' "
+            f"and re-add it yourself"
+        )
+    return _dec(json.loads(text))
+
+
+def _float(value: float) -> Any:
+    text = repr(value)
+    if not math.isfinite(value) or "e" in text or (value == 0.0 and math.copysign(1, value) < 0):
+        return {"$float": text}
+    return value
+
+
+def _enc(value: Any, depth: int) -> Any:
+    if depth > _MAX_DEPTH:
+        raise _Unencodable("too deep (a cycle?)")
+    # exact types first: bool before int, and subclasses (IntEnum, str enums) go to repr
+    # unless they are one of the plain types below
+    t = type(value)
+    if value is None or t is bool or t is int:
+        return value
+    if t is str:
+        return {"$str": value.split("\x00")} if "\x00" in value else value
+    if t is float:
+        return _float(value)
+    if t is dict:
+        return _enc_dict(value, depth + 1)
+    if t is list:
+        return [_enc(v, depth + 1) for v in value]
+    if t is tuple:
+        return {"$tuple": [_enc(v, depth + 1) for v in value]}
+    simple = _SIMPLE.get(t)
+    if simple is not None:
+        return simple(value)
+    if isinstance(value, enum.Enum):  # as its value, the way JSON encoders treat enums
+        return _enc(value.value, depth + 1)
+    return _enc_object(value, depth + 1)
+
+
+def _enc_dict(value: dict[Any, Any], depth: int) -> Any:
+    if all(type(k) is str and "\x00" not in k for k in value):
+        out = {k: _enc(v, depth) for k, v in value.items()}
+        if len(out) == 1 and next(iter(out)).startswith("$"):
+            return {"$map": out}
+        return out
+    return {"$pairs": [[_enc(k, depth), _enc(v, depth)] for k, v in value.items()]}
+
+
+def _enc_object(value: Any, depth: int) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    elif isinstance(getattr(type(value), "__struct_fields__", None), tuple):  # msgspec.Struct
+        fields = {f: getattr(value, f) for f in type(value).__struct_fields__}
+    elif (
+        isinstance(getattr(value, "__dict__", None), dict)
+        and not callable(value)
+        and not isinstance(value, types.ModuleType)
+    ):
+        fields = dict(vars(value))
+    else:
+        raise _Unencodable(type_name(value))
+    return {"$obj": [type_name(value), _enc_dict(fields, depth)]}
+
+
+def _iso(value: dt.date | dt.time) -> str:
+    return value.isoformat()
+
+
+_SIMPLE: dict[type, Callable[[Any], Any]] = {
+    dt.datetime: lambda v: {"$dt": _iso(v)},
+    dt.date: lambda v: {"$date": _iso(v)},
+    dt.time: lambda v: {"$time": _iso(v)},
+    uuid.UUID: lambda v: {"$uuid": str(v)},
+    decimal.Decimal: lambda v: {"$dec": str(v)},
+    bytes: lambda v: {"$bytes": base64.b64encode(v).decode("ascii")},
+    bytearray: lambda v: {"$bytes": base64.b64encode(bytes(v)).decode("ascii")},
+}
+
+
+def _dec(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_dec(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if len(value) != 1:
+        return {k: _dec(v) for k, v in value.items()}
+    ((tag, body),) = value.items()
+    if not tag.startswith("$"):
+        return {tag: _dec(body)}
+    decoder = _TAGS.get(tag)
+    if decoder is None:
+        raise ValueError(f"unknown tag {tag!r} in a stored dead-letter record")
+    return decoder(body)
+
+
+def _dec_obj(body: list[Any]) -> Any:
+    _name, fields = body
+    return _dec(fields)
+
+
+_TAGS: dict[str, Callable[[Any], Any]] = {
+    "$dt": dt.datetime.fromisoformat,
+    "$date": dt.date.fromisoformat,
+    "$time": dt.time.fromisoformat,
+    "$uuid": uuid.UUID,
+    "$dec": decimal.Decimal,
+    "$bytes": lambda b: base64.b64decode(b.encode("ascii")),
+    "$tuple": lambda b: tuple(_dec(v) for v in b),
+    "$float": float,
+    "$str": "\x00".join,
+    "$pairs": lambda b: {_dec(k): _dec(v) for k, v in b},
+    "$map": lambda b: {k: _dec(v) for k, v in b.items()},
+    "$obj": _dec_obj,
+}

@@ -1,0 +1,555 @@
+"""Dead-letter stores: the record codec, the SQLite and PostgreSQL stores, and replay."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import decimal
+import enum
+import math
+import os
+import sqlite3
+import stat
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import writebehind as wb
+from writebehind._deadletter import DeadLetterEntry, scrub_secrets
+from writebehind.dlq import (
+    PostgresDeadLetter,
+    RecordNotReplayable,
+    SQLiteDeadLetter,
+    StoredEntry,
+)
+from writebehind.dlq._codec import JSON, REPR, decode, encode
+from writebehind.testing import FlakySink, MemorySink
+
+from .pg import DSN
+
+CANARY = "canary-pw-7f3a9"
+
+
+def entry(record: Any, **kw: Any) -> DeadLetterEntry:
+    fields: dict[str, Any] = {
+        "error": "PermanentSinkError",
+        "message": "boom",
+        "sink": "MemorySink()",
+        "batcher": "hb",
+        "attempts": 1,
+        "at": time.time(),
+    }
+    fields.update(kw)
+    return DeadLetterEntry(record=record, **fields)
+
+
+def round_trip(value: Any) -> Any:
+    text, encoding, _ = encode(value)
+    assert encoding == JSON, text
+    return decode(text)
+
+
+# -- the codec -------------------------------------------------------------------------
+@dataclasses.dataclass
+class Heartbeat:
+    id: uuid.UUID
+    at: dt.datetime
+
+
+class Plain:
+    def __init__(self) -> None:
+        self.name = "x"
+        self.when = dt.date(2024, 5, 1)
+
+
+class StructLike:
+    """Looks like a msgspec.Struct: slots and ``__struct_fields__``."""
+
+    __slots__ = ("a", "b")
+    __struct_fields__ = ("a", "b")
+
+    def __init__(self, a: Any, b: Any) -> None:
+        self.a, self.b = a, b
+
+
+class Color(enum.Enum):
+    RED = "red"
+
+
+AWARE = dt.datetime(2024, 5, 1, 12, 30, 15, 123456, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+VALUES = [
+    {"a": 1, "b": [1, 2.5, None, True, False, "s"]},
+    (1, "two", (3.0,)),
+    "text",
+    "nul\x00inside",
+    12345678901234567890123,
+    -0.5,
+    1e300,
+    5e-324,
+    True,
+    None,
+    AWARE,
+    dt.datetime(2024, 5, 1, 12, 30, 15, 123456),
+    dt.date(2024, 5, 1),
+    dt.time(12, 30, 15, 5),
+    dt.time(12, 30, tzinfo=dt.UTC),
+    uuid.UUID("12345678-1234-5678-1234-567812345678"),
+    decimal.Decimal("1.10"),
+    decimal.Decimal("-1E+30"),
+    b"\x00\xffbytes",
+    {1: "int key", (1, 2): "tuple key", None: 0},
+    {"nested": {"t": (AWARE, [b"x"])}},
+]
+
+
+@pytest.mark.parametrize("value", VALUES, ids=lambda v: type(v).__name__)
+def test_codec_round_trips_each_type(value: Any) -> None:
+    """Every supported type comes back equal and of the same type."""
+    back = round_trip(value)
+    assert back == value
+    assert type(back) is type(value)
+
+
+def test_codec_keeps_special_floats() -> None:
+    """NaN, infinities and negative zero survive (JSON and jsonb would not keep them)."""
+    back = round_trip([math.nan, math.inf, -math.inf, -0.0])
+    assert math.isnan(back[0])
+    assert back[1:3] == [math.inf, -math.inf]
+    assert back[3] == 0.0
+    assert math.copysign(1, back[3]) < 0
+
+
+def test_codec_bytearray_comes_back_as_bytes() -> None:
+    """A bytearray is stored as bytes."""
+    assert round_trip(bytearray(b"ab")) == b"ab"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"$dt": "2024-01-01"},
+        {"$map": {"a": 1}},
+        {"$obj": ["x", {}]},
+        {"$unknown": 1},
+        {"$dt": "x", "other": 2},
+        [{"$tuple": [1]}],
+        {"k": {"$bytes": "not base64!"}},
+    ],
+)
+def test_codec_escapes_user_dicts_that_look_like_tags(value: Any) -> None:
+    """A user's dict whose keys look like tags comes back as the same dict."""
+    assert round_trip(value) == value
+
+
+def test_codec_objects_become_dicts_with_their_type_recorded() -> None:
+    """Dataclasses, objects with __dict__ and struct-likes decode to dicts of their fields,
+    and the stored type name says what they were."""
+    hb = Heartbeat(uuid.uuid4(), AWARE)
+    text, encoding, name = encode(hb)
+    assert (encoding, name) == (JSON, f"{__name__}.Heartbeat")
+    assert decode(text) == {"id": hb.id, "at": AWARE}
+    assert round_trip(Plain()) == {"name": "x", "when": dt.date(2024, 5, 1)}
+    assert encode(StructLike(1, 2))[2] == f"{__name__}.StructLike"
+    assert round_trip([StructLike(1, (2,))]) == [{"a": 1, "b": (2,)}]
+    assert round_trip({"c": Color.RED}) == {"c": "red"}
+
+
+def test_codec_stores_unencodable_records_as_repr() -> None:
+    """A record the codec cannot carry is kept as its repr, and refused on decode."""
+    cyclic: list[Any] = []
+    cyclic.append(cyclic)
+    for record in ({1, 2}, {"s": {3}}, cyclic, object()):
+        text, encoding, _ = encode(record)
+        assert encoding == REPR
+        with pytest.raises(RecordNotReplayable, match="repr"):
+            decode(text, encoding)
+
+
+def test_codec_survives_a_broken_repr() -> None:
+    """Even a record whose repr raises is stored (as a placeholder)."""
+
+    class Bad:
+        __slots__ = ()
+
+        def __repr__(self) -> str:
+            raise RuntimeError("no")
+
+    text, encoding, name = encode(Bad())
+    assert encoding == REPR
+    assert "Bad" in text
+    assert name.endswith("Bad")
+
+
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.text()
+    | st.binary()
+    | st.datetimes()
+    | st.datetimes(timezones=st.just(dt.UTC))
+    | st.dates()
+    | st.times()
+    | st.uuids()
+    | st.decimals(allow_nan=False)
+)
+_keys = st.text() | st.integers() | st.sampled_from(["$dt", "$map", "$tuple", "$obj", "$x"])
+_values = st.recursive(
+    _scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.lists(inner, max_size=4).map(tuple)
+        | st.dictionaries(_keys, inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@given(_values)
+def test_codec_round_trip_property(value: Any) -> None:
+    """Any nesting of the supported types round-trips."""
+    assert round_trip(value) == value
+
+
+# -- both stores -----------------------------------------------------------------------
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.server)])
+async def store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[SQLiteDeadLetter | PostgresDeadLetter]:
+    """A fresh, empty store of each kind (the PostgreSQL table is dropped afterwards)."""
+    if request.param == "sqlite":
+        s: SQLiteDeadLetter | PostgresDeadLetter = SQLiteDeadLetter(tmp_path / "dl.db")
+        yield s
+        await s.close()
+        return
+    table = f"dl_{uuid.uuid4().hex[:12]}"
+    s = PostgresDeadLetter(DSN, table=table)
+    yield s
+    await s.close()
+    conn = await asyncpg.connect(DSN)
+    try:
+        await conn.execute(f"DROP TABLE IF EXISTS {table}")
+    finally:
+        await conn.close()
+
+
+async def test_store_put_list_get_count(store: Any) -> None:
+    """Entries come back whole, oldest first, filtered by batcher and error, paged by id."""
+    t0 = time.time()
+    await store.put([entry({"id": 1}, at=t0), entry({"id": 2}, at=t0, batcher="other")])
+    await store.put([entry((1, AWARE), error="RetriableSinkError", attempts=6, at=t0 + 1)])
+    assert await store.count() == 3
+    entries = await store.list()
+    assert [e.record() for e in entries] == [{"id": 1}, {"id": 2}, (1, AWARE)]
+    first = entries[0]
+    assert isinstance(first, StoredEntry)
+    assert (first.batcher, first.sink, first.error, first.message, first.attempts) == (
+        "hb",
+        "MemorySink()",
+        "PermanentSinkError",
+        "boom",
+        1,
+    )
+    assert first.at == pytest.approx(t0, abs=1e-3)
+    assert entries[2].record_type == "tuple"
+    assert [e.record() for e in await store.list(batcher="other")] == [{"id": 2}]
+    assert [e.attempts for e in await store.list(error="RetriableSinkError")] == [6]
+    assert [e.id for e in await store.list(after=first.id, limit=1)] == [entries[1].id]
+    assert await store.get(entries[1].id) == entries[1]
+    assert await store.get(10**9) is None
+
+
+async def test_store_delete_and_purge(store: Any) -> None:
+    """delete removes by id; purge removes by age or everything, and says how many."""
+    now = time.time()
+    await store.put([entry({"i": i}, at=now - 100 * i) for i in range(5)])
+    ids = [e.id for e in await store.list()]
+    assert await store.delete([ids[0], ids[0], 10**9]) == 1
+    assert await store.count() == 4
+    assert await store.purge(before=now - 250) == 2  # the entries 300 and 400 s old
+    assert await store.purge(before=dt.datetime.fromtimestamp(now - 150, dt.UTC)) == 1
+    assert [e.record() for e in await store.list()] == [{"i": 1}]
+    with pytest.raises(wb.ConfigError, match="exactly one"):
+        await store.purge()
+    assert await store.purge(all=True) == 1
+    assert await store.count() == 0
+
+
+async def test_store_keeps_unencodable_records_and_refuses_to_replay_them(store: Any) -> None:
+    """A set is stored as its repr, shown, and refused (and kept) by replay."""
+    await store.put([entry({"tags": {"a"}}), entry({"ok": 1})])
+    bad, good = await store.list()
+    assert (bad.encoding, bad.replayable, good.replayable) == ("repr", False, True)
+    assert "{'a'}" in bad.to_dict()["record"]
+    with pytest.raises(RecordNotReplayable):
+        bad.record()
+    sink = MemorySink()
+    async with wb.AsyncBatcher(sink, dead_letter=store) as batcher:
+        report = await store.replay(batcher)
+    assert (report.refused, report.committed, report.refused_ids) == (1, 1, [bad.id])
+    assert sink.records == [{"ok": 1}]
+    assert [e.id for e in await store.list()] == [bad.id]
+
+
+async def test_store_replay_commits_and_deletes(store: Any) -> None:
+    """Replayed records that commit leave the store; a superseded one counts as coalesced."""
+    records = [{"id": 1, "v": 1}, {"id": 2, "v": 1}, {"id": 1, "v": 2}]
+    await store.put([entry(r) for r in records])
+    sink = MemorySink()
+    async with wb.AsyncBatcher(sink, key="id", version="v", dead_letter=store) as batcher:
+        report = await store.replay(batcher)
+    assert sorted(sink.records, key=lambda r: r["id"]) == records[1:][::-1]
+    assert (report.selected, report.committed, report.coalesced) == (3, 2, 1)
+    assert (report.deleted, report.kept) == (3, 0)
+    assert await store.count() == 0
+
+
+async def test_store_replay_into_a_refusing_sink_keeps_one_entry_per_record(store: Any) -> None:
+    """When the sink still refuses, the engine writes a fresh entry and the old one goes:
+    exactly one entry per record, with new ids; the good record commits."""
+    await store.put([entry({"id": i}) for i in range(4)])
+    old_ids = {e.id for e in await store.list()}
+    sink = FlakySink(poison=lambda r: r["id"] % 2 == 0)
+    async with wb.AsyncBatcher(sink, key="id", dead_letter=store, name="again") as batcher:
+        report = await store.replay(batcher)
+    left = await store.list()
+    assert sorted(e.record()["id"] for e in left) == [0, 2]
+    assert not old_ids & {e.id for e in left}
+    assert {e.batcher for e in left} == {"again"}
+    assert (report.committed, report.dead_lettered, report.deleted) == (2, 2, 4)
+    assert sorted(r["id"] for r in sink.records) == [1, 3]
+
+
+async def test_store_replay_keeps_dead_letters_that_have_nowhere_else_to_go(store: Any) -> None:
+    """Replaying into a batcher without a dead-letter store keeps refused records' entries."""
+    await store.put([entry({"id": 0}), entry({"id": 1})])
+    sink = FlakySink(poison=lambda r: r["id"] == 0)
+    async with wb.AsyncBatcher(sink, key="id", dead_letter=None) as batcher:
+        report = await store.replay(batcher)
+    assert (report.dead_lettered, report.deleted, report.kept) == (1, 1, 1)
+    assert [e.record() for e in await store.list()] == [{"id": 0}]
+
+
+async def test_store_replay_by_ids_limit_and_dry_run(store: Any) -> None:
+    """ids and limit select; a dry run changes nothing; absent ids count as missing."""
+    await store.put([entry({"id": i}) for i in range(5)])
+    ids = [e.id for e in await store.list()]
+    dry = await store.replay(None, dry_run=True, limit=3)
+    assert (dry.selected, dry.replayable, dry.dry_run) == (3, 3, True)
+    assert await store.count() == 5
+    sink = MemorySink()
+    async with wb.AsyncBatcher(sink, dead_letter=store) as batcher:
+        by_id = await store.replay(batcher, ids=[ids[4], 10**9])
+        first_two = await store.replay(batcher, limit=2)
+    assert (by_id.selected, by_id.missing, by_id.committed) == (2, 1, 1)
+    assert first_two.committed == 2
+    assert sink.records == [{"id": 4}, {"id": 0}, {"id": 1}]
+    assert [e.record() for e in await store.list()] == [{"id": 2}, {"id": 3}]
+
+
+async def test_store_replay_through_the_sync_batcher(store: Any) -> None:
+    """A sync Batcher works as the replay target (its calls run in a worker thread)."""
+    await store.put([entry({"id": i}) for i in range(3)])
+    sink = MemorySink()
+    batcher = wb.Batcher(sink, key="id")
+    await asyncio.to_thread(batcher.start)
+    try:
+        report = await store.replay(batcher)
+    finally:
+        await asyncio.to_thread(batcher.close)
+    assert report.committed == 3
+    assert await store.count() == 0
+
+
+async def test_store_does_not_add_secrets(store: Any) -> None:
+    """What the engine scrubbed stays scrubbed: the store writes nothing else that could
+    carry a password (the stored bytes and every column are checked)."""
+    message = scrub_secrets(f"could not connect to postgresql://u:{CANARY}@db/x")
+    assert CANARY not in message
+    await store.put([entry({"id": 1}, message=message)])
+    (stored,) = await store.list()
+    assert stored.message == message
+    assert CANARY not in repr(stored)
+    if isinstance(store, SQLiteDeadLetter):
+        await store.close()
+        for name in os.listdir(os.path.dirname(store.path)):
+            data = (Path(store.path).parent / name).read_bytes()
+            assert CANARY.encode() not in data
+
+
+async def test_end_to_end_engine_writes_entries_into_a_sqlite_path(tmp_path: Path) -> None:
+    """AsyncBatcher(dead_letter=path) keeps each poisoned record with its error class,
+    message, attempts, sink and batcher name, in a 0600 file."""
+    path = tmp_path / "dl.db"
+    sink = FlakySink(poison=lambda r: r["id"] in (3, 5))
+    async with wb.AsyncBatcher(sink, key="id", dead_letter=path, name="agents") as batcher:
+        receipts = [await batcher.add({"id": i, "at": AWARE}) for i in range(8)]
+        await batcher.flush()
+        outcomes = [await r for r in receipts]
+        store = batcher.dead_letter
+    assert isinstance(store, SQLiteDeadLetter)
+    try:
+        entries = await store.list()
+    finally:
+        await store.close()
+    assert [o is wb.Outcome.DEAD_LETTERED for o in outcomes].count(True) == 2
+    assert [e.record() for e in entries] == [{"id": 3, "at": AWARE}, {"id": 5, "at": AWARE}]
+    for e in entries:
+        assert e.error == "PermanentSinkError"
+        assert "poison" in e.message
+        assert e.attempts >= 1
+        assert e.sink == repr(sink)
+        assert e.batcher == "agents"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+# -- SQLite only -----------------------------------------------------------------------
+async def test_sqlite_store_is_lazy_and_private(tmp_path: Path) -> None:
+    """Constructing does no I/O; the first put creates the file and its WAL files 0600,
+    whatever the umask."""
+    path = tmp_path / "sub" / "dl.db"
+    store = SQLiteDeadLetter(path)
+    assert not path.parent.exists()
+    path.parent.mkdir()
+    assert list(path.parent.iterdir()) == []
+    old = os.umask(0)
+    try:
+        await store.put([entry({"id": 1})])
+        files = sorted(p.name for p in path.parent.iterdir())
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in path.parent.iterdir()}
+    finally:
+        os.umask(old)
+        await store.close()
+    assert "dl.db" in files
+    assert set(modes.values()) == {0o600}, modes
+    with sqlite3.connect(path) as conn:
+        cols = [r[1] for r in conn.execute("PRAGMA table_info(dead_letters)")]
+    for col in ("id", "at", "batcher", "sink", "error", "message", "attempts", "record"):
+        assert col in cols
+    assert "encoding" in cols
+
+
+async def test_sqlite_store_default_path_is_relative_and_unopened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default is dead_letters.db in the working directory, created on first use only."""
+    monkeypatch.chdir(tmp_path)
+    store = SQLiteDeadLetter()
+    assert store.path == "dead_letters.db"
+    assert not (tmp_path / "dead_letters.db").exists()
+    assert await store.count() == 0
+    await store.close()
+    assert (tmp_path / "dead_letters.db").exists()
+
+
+async def test_sqlite_store_read_only_mode_refuses_a_missing_file(tmp_path: Path) -> None:
+    """With create=False, a missing file or table is a ConfigError and nothing is created."""
+    store = SQLiteDeadLetter(tmp_path / "nope.db", create=False)
+    with pytest.raises(wb.ConfigError, match="no dead-letter file"):
+        await store.count()
+    await store.close()
+    assert not (tmp_path / "nope.db").exists()
+    sqlite3.connect(tmp_path / "other.db").close()
+    other = SQLiteDeadLetter(tmp_path / "other.db", create=False)
+    with pytest.raises(wb.ConfigError, match="no dead-letter table"):
+        await other.count()
+    await other.close()
+
+
+def test_sqlite_store_validates_its_table_name(tmp_path: Path) -> None:
+    """A table name that is not a plain identifier is refused at construction."""
+    with pytest.raises(wb.ConfigError, match="table"):
+        SQLiteDeadLetter(tmp_path / "x.db", table="x; DROP TABLE y")
+
+
+# -- PostgreSQL only -------------------------------------------------------------------
+def _with_password(dsn: str, password: str) -> str:
+    scheme, rest = dsn.split("://", 1)
+    userinfo, host = rest.rsplit("@", 1)
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:{password}@{host}"
+
+
+@pytest.mark.server
+async def test_pg_store_never_shows_the_password(pg: asyncpg.Connection) -> None:
+    """The DSN's password is in no repr, no stored row and no error (a server refusing the
+    connection, a schema that does not exist)."""
+    table = f"dl_{uuid.uuid4().hex[:12]}"
+    store = PostgresDeadLetter(_with_password(DSN, CANARY), table=table)
+    assert CANARY not in repr(store)
+    try:
+        await store.put([entry({"id": 1}, message=scrub_secrets(f"password={CANARY}"))])
+        row = await pg.fetchval(f"SELECT string_agg({table}::text, '') FROM {table}")
+        assert row is not None
+        assert CANARY not in row
+    finally:
+        await store.close()
+        await pg.execute(f"DROP TABLE IF EXISTS {table}")
+    closed = PostgresDeadLetter(f"postgresql://u:{CANARY}@127.0.0.1:1/x")
+    with pytest.raises(wb.SinkError) as refused:
+        await closed.count()
+    await closed.close()
+    bad_schema = PostgresDeadLetter(_with_password(DSN, CANARY), schema="no_such_schema_x")
+    with pytest.raises(wb.SinkError) as missing:
+        await bad_schema.count()
+    await bad_schema.close()
+    for info in (refused, missing):
+        text = "".join(str(e) for e in (info.value, info.value.__cause__) if e is not None)
+        assert CANARY not in text
+        assert "dead-letter store" in str(info.value)
+
+
+@pytest.mark.server
+async def test_pg_store_shares_a_postgres_sinks_server(pg: asyncpg.Connection) -> None:
+    """Given a PostgresSink, the store writes to the same server with its own pool; given a
+    pool, it uses it and leaves it open."""
+    table = f"dl_{uuid.uuid4().hex[:12]}"
+    sink = wb.PostgresSink(DSN, table="unused", key="id")
+    store = PostgresDeadLetter(sink, table=table)
+    pool = await asyncpg.create_pool(DSN, min_size=1, max_size=1)
+    try:
+        await store.put([entry({"id": 1})])
+        assert await pg.fetchval(f"SELECT count(*) FROM {table}") == 1
+        shared = PostgresDeadLetter(pool, table=table)
+        assert await shared.count() == 1
+        await shared.close()
+        assert await pool.fetchval("SELECT 1") == 1  # still open
+        assert (
+            await pg.fetchval(
+                "SELECT data_type FROM information_schema.columns "
+                "WHERE table_name = $1 AND column_name = 'record'",
+                table,
+            )
+            == "jsonb"
+        )
+    finally:
+        await store.close()
+        await pool.close()
+        await pg.execute(f"DROP TABLE IF EXISTS {table}")
+
+
+async def test_pg_store_without_asyncpg_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A missing driver is a ConfigError that says what to install."""
+    monkeypatch.setitem(sys.modules, "asyncpg", None)
+    store = PostgresDeadLetter("postgresql://u@127.0.0.1:1/x")
+    with pytest.raises(wb.ConfigError, match=r"pip install 'writebehind\[postgres\]'"):
+        await store.count()
+
+
+def test_pg_store_validates_names_and_source() -> None:
+    """Bad identifiers, pool sizes and sources are refused at construction."""
+    with pytest.raises(wb.ConfigError, match="schema"):
+        PostgresDeadLetter(DSN, schema="a.b")
+    with pytest.raises(wb.ConfigError, match="pool_size"):
+        PostgresDeadLetter(DSN, pool_size=5)
+    with pytest.raises(wb.ConfigError, match="DSN"):
+        PostgresDeadLetter(42)
