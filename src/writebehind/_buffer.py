@@ -29,17 +29,16 @@ from typing import Any
 
 from ._errors import BatcherClosed, BufferFull, RecordError, WriteBehindError
 from ._keys import FieldSpec, fast_getter, make_getter
+from ._overflow import WHEN_FULL, compact, when_full
 from ._receipt import Batch, Outcome, Receipt
 from ._stats import Stats
 
 __all__ = ["WHEN_FULL", "Intake"]
 
 _UUID = uuid.UUID
-_DROP_LOG_EVERY = 10.0  # seconds between two WARNINGs about dropped records
 
 log = logging.getLogger("writebehind")
 
-WHEN_FULL = ("block", "raise", "drop_newest", "drop_oldest", "direct")
 
 _NEW, _OPEN, _CLOSING = 0, 1, 2
 
@@ -212,66 +211,9 @@ class Intake:
         except BufferFull:
             return None
 
-    def _full(self, k: Any, r: Receipt) -> Receipt:
-        """Apply ``when_full`` to a record that needs a new slot (lock held)."""
-        policy = self.when_full
-        if not self._notice:  # the flusher publishes BufferFilled/RecordsDropped events
-            self._notice = True
-            self._call_in_loop(self._wake)
-        if policy == "block" or policy == "raise":
-            raise BufferFull(
-                f"buffer full: {self.max_pending} records held (max_pending); the record was "
-                f"not accepted. Use add() to wait for room, or another when_full policy"
-            )
-        self.accepted += 1
-        if policy == "drop_oldest" and self._pending:
-            first = next(iter(self._pending))
-            self._pending.pop(first)._outcome = Outcome.DROPPED
-            self.dropped_oldest += 1
-            self._log_drops()
-            self._pending[k] = r
-            self._drops_since_compact += 1
-            if self._drops_since_compact > len(self._pending):
-                self._compact()
-            if self._change is not None:  # someone awaits a pending receipt: it may be this one
-                self._call_in_loop(self._notify_change)
-            return r
-        if policy == "direct":
-            self.in_flight += 1
-            assert self.loop is not None
-            r._batch = batch = Batch([r], "direct", self.loop)
-            if threading.get_ident() == self.loop_thread:
-                self.loop.call_soon(self._direct, batch)
-            else:
-                self.loop.call_soon_threadsafe(self._direct, batch)
-            return r
-        r._outcome = Outcome.DROPPED  # drop_newest, or drop_oldest with nothing pending
-        self.dropped_newest += 1
-        self._log_drops()
-        return r
-
-    def _compact(self) -> None:
-        """Rebuild the pending dict in place, dropping the empty slots that popping from its
-        front leaves behind (they would make finding the oldest record O(n))."""
-        items = list(self._pending.items())
-        self._pending.clear()
-        self._pending.update(items)
-        self._drops_since_compact = 0
-
-    def _log_drops(self) -> None:
-        """One WARNING per ``_DROP_LOG_EVERY`` seconds while records are being dropped."""
-        now = time.monotonic()
-        if now >= self._drop_log_due:
-            self._drop_log_due = now + _DROP_LOG_EVERY
-            log.warning(
-                "writebehind: buffer full (max_pending=%d, when_full=%s): %d record(s) "
-                "dropped so far (%d newest, %d oldest)",
-                self.max_pending,
-                self.when_full,
-                self.dropped_newest + self.dropped_oldest,
-                self.dropped_newest,
-                self.dropped_oldest,
-            )
+    # the overflow policies, applied only when the buffer is full: see _overflow.py
+    _full = when_full
+    _compact = compact
 
     def put_blocking(self, record: Any, timeout: float | None) -> Receipt:
         """Thread API: wait (at most ``timeout`` s) for room under ``when_full="block"``."""

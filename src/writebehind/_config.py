@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ._buffer import WHEN_FULL
 from ._errors import ConfigError
 from ._keys import FieldSpec
+from ._overflow import WHEN_FULL
 
 __all__ = ["Options"]
 
