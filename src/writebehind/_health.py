@@ -77,6 +77,7 @@ class SinkHealth:
         self.since = 0.0  # when the current non-healthy state began
         self.resume_at = float("-inf")  # no write starts before this clock time
         self.failures = 0  # consecutive retriable failures: the lane's backoff step
+        self.refused = 0  # writes failed or throttled since the state left healthy
         self.limiter = LogLimiter(clock)
         self._probe = asyncio.Lock()
 
@@ -138,6 +139,7 @@ class SinkHealth:
         self.failures = 0  # the sink answered
         if self.state != "throttled":
             self._enter("throttled", now, type(error).__name__, seconds)
+        self.refused += 1
         self.limiter(
             "throttled", logging.WARNING,
             "writebehind[%s]: the sink throttled (%s); pausing writes for %.2f s, "
@@ -154,6 +156,7 @@ class SinkHealth:
         self.resume_at = max(self.resume_at, now + wait)
         if self.state != "failing":
             self._enter("failing", now, type(error).__name__, wait)
+        self.refused += 1
         self.limiter(
             "failing", logging.WARNING,
             "writebehind[%s]: sink write failed (%s); retrying one write at a time, next in "
@@ -164,6 +167,7 @@ class SinkHealth:
     def _enter(self, state: str, now: float, error: str, seconds: float) -> None:
         if self.state == "healthy":
             self.since = now
+            self.refused = 0
             self.count(pauses=1)
         self.events.publish(Paused, reason=state, error=error, seconds=seconds)
         self.state = state
@@ -178,8 +182,9 @@ class SinkHealth:
         self.events.publish(Resumed, reason=was, paused_for=now - self.since)
         self.limiter(
             "recovered", logging.WARNING,
-            "writebehind[%s]: the sink is writing again (it was %s for %.2f s)",
-            self.name, was, now - self.since,
+            "writebehind[%s]: the sink is writing again (it was %s for %.2f s, %d writes "
+            "refused)",
+            self.name, was, now - self.since, self.refused,
         )  # fmt: skip
 
 

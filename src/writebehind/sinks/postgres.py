@@ -14,12 +14,17 @@ temporary staging table and one ``INSERT ... SELECT ... ON CONFLICT`` instead
 asyncpg was chosen by measurement (docs/postgres.md): its ``unnest`` upsert beat psycopg 3's
 best method (executemany in pipeline mode) by 1.3-1.6x on this machine. The driver is
 imported when the sink starts.
+
+A write that is cancelled (``write_timeout``, or the batcher's close deadline) has its
+connection terminated and its server backend ended (``pg_terminate_backend``), so a statement
+stuck on a lock neither lingers on the server nor commits late (docs/reliability.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 from .._errors import ConfigError, PermanentSinkError
@@ -30,7 +35,11 @@ from ._upsert import on_conflict
 
 __all__ = ["PostgresSink"]
 
+log = logging.getLogger("writebehind")
+
 _METHODS = ("auto", "unnest", "copy")
+_REAP_TIMEOUT = 1.0  # seconds to end the server side of an abandoned write
+_CLOSE_TIMEOUT = 2.0  # seconds the pool gets to close gracefully before it is terminated
 
 
 class PostgresSink:
@@ -91,6 +100,7 @@ class PostgresSink:
         self._target = f"{quote(self.schema)}.{quote(self.table)}"
         self.statements = 0
         """Statements that wrote records (one per batch, or per record shape in a batch)."""
+        self._reapers: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return f"PostgresSink({self._where!r}, table={self.schema}.{self.table}, key={self.key!r})"
@@ -106,16 +116,22 @@ class PostgresSink:
             ) from exc
         if self._pool is None:
             try:
+                # min_size=0: asyncpg >= 0.32 keeps a pool's floor with a background task
+                # that reconnects on its own schedule while the server is down, outside the
+                # batcher's backoff (and logs a traceback each time). Without a floor, every
+                # connection attempt is a write's, paced by the batcher.
                 self._pool = await asyncpg.create_pool(
-                    self._dsn, min_size=1, max_size=self.pool_size, reset=_no_reset
+                    self._dsn, min_size=0, max_size=self.pool_size, reset=_no_reset
                 )
             except Exception as exc:
                 raise self._error(exc) from None  # the driver's error may quote the DSN
         try:
-            await self._read_catalog()
-        except BaseException:
+            await self._read_catalog()  # the first connection is made here (min_size=0)
+        except BaseException as exc:
             await self.close()  # our own pool: do not leak its connections
-            raise
+            if isinstance(exc, ConfigError) or not isinstance(exc, Exception):
+                raise
+            raise self._error(exc) from None  # the driver's error may quote the DSN
 
     async def _read_catalog(self) -> None:
         async with self._pool.acquire() as conn:
@@ -140,10 +156,31 @@ class PostgresSink:
             )
 
     async def close(self) -> None:
-        """Close the sink's own pool (a pool you passed in is left open)."""
+        """Close the sink's own pool (a pool you passed in is left open).
+
+        Waits (briefly) for the server side of abandoned writes to be ended first. The pool
+        gets ``_CLOSE_TIMEOUT`` s to close gracefully; then, or if this call is cancelled (the
+        batcher's close deadline), its connections are terminated, so none is left behind.
+        """
         pool, self._pool = self._pool, (None if self._own_pool else self._pool)
-        if self._own_pool and pool is not None:
-            await pool.close()
+        reapers = set(self._reapers)
+        try:
+            if reapers:
+                await asyncio.wait(reapers, timeout=_REAP_TIMEOUT)
+            if self._own_pool and pool is not None:
+                try:
+                    async with asyncio.timeout(_CLOSE_TIMEOUT):
+                        await pool.close()
+                except TimeoutError:
+                    log.warning("PostgresSink: the pool did not close in time; terminated it")
+                    pool.terminate()
+        except BaseException:
+            if self._own_pool and pool is not None:
+                pool.terminate()
+            raise
+        finally:
+            for task in reapers:
+                task.cancel()
 
     def _error(self, exc: BaseException) -> Exception:
         return map_error(exc, self._secrets)
@@ -167,7 +204,9 @@ class PostgresSink:
                             for shape, (names, rows) in enumerate(groups.items()):
                                 await self._write_rows(conn, names, rows, shape)
                 except BaseException as exc:
-                    if is_client_error(exc) or isinstance(exc, OSError | asyncio.CancelledError):
+                    if isinstance(exc, asyncio.CancelledError):
+                        self._abandon(conn)
+                    elif is_client_error(exc) or isinstance(exc, OSError):
                         conn.terminate()  # never hand a half-broken connection back to the pool
                     raise
         except PermanentSinkError:
@@ -177,6 +216,22 @@ class PostgresSink:
             if any(s in str(exc) for s in self._secrets):
                 raise error from None
             raise error from exc
+
+    def _abandon(self, conn: Any) -> None:
+        """A write was cancelled (``write_timeout`` or the close deadline) with its statement
+        possibly still running, e.g. waiting on a lock. Closing our socket does not stop the
+        server: a backend blocked on a lock notices only once it gets the lock, and then it
+        may still commit. asyncpg's own cancel request is cancelled by ``terminate()``, so we
+        terminate the connection now (it is never reused) and end its backend from another
+        connection, in the background (``close()`` waits for that, briefly)."""
+        pid = conn.get_server_pid()
+        pool = self._pool
+        conn.terminate()
+        if pool is None or not pid:
+            return
+        task = asyncio.get_running_loop().create_task(_terminate_backend(pool, pid))
+        self._reapers.add(task)
+        task.add_done_callback(self._reapers.discard)
 
     def _group(self, batch: list[Any]) -> Rows:
         groups = group_rows(batch)
@@ -253,6 +308,14 @@ class PostgresSink:
             select = f"SELECT {cols} FROM {source} ORDER BY {', '.join(quote(k) for k in self.key)}"
         sql = f"INSERT INTO {self._target} AS t ({cols}) {select}"
         return sql + on_conflict(names, self.key, self.version, "t")
+
+
+async def _terminate_backend(pool: Any, pid: int) -> None:
+    try:
+        async with asyncio.timeout(_REAP_TIMEOUT):
+            await pool.execute("SELECT pg_terminate_backend($1)", pid)
+    except Exception as exc:  # the server is gone too, or the pool closed: nothing to end
+        log.debug("PostgresSink: could not end backend %d: %s", pid, type(exc).__name__)
 
 
 async def _no_reset(conn: Any) -> None:

@@ -1,0 +1,1 @@
+"""Fault tests against real servers: poison records, restarts, outages, locks."""
