@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import coalescing, hot_path, memory, postgres_e2e, sqlite_e2e
+from . import coalescing, hot_path, memory, observability, postgres_e2e, sqlite_e2e
 from ._common import BenchmarkError, Section
 from ._report import ROOT, markdown, text
 
@@ -32,6 +32,7 @@ BENCHMARKS: dict[str, Callable[[bool], Section]] = {
     "coalescing": coalescing.measure,
     "memory": memory.measure,
     "postgres_e2e": postgres_e2e.measure,
+    "observability": observability.measure,
 }
 DOC = ROOT / "docs" / "benchmarks.md"
 

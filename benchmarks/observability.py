@@ -1,0 +1,267 @@
+"""(f) Observability: what watching a batcher costs its writers.
+
+Each variant runs an ``AsyncBatcher`` (key and version, ``max_batch=500``) into
+``writebehind.testing.MemorySink`` and hands it the same records with ``add_nowait`` in
+chunks of 500, yielding to the loop between chunks (as the hot-path benchmark does), then
+closes it. Variants: everything off; 100 event readers (tasks following ``events()``), one of
+them stuck (subscribed, never reading); and everything on: the readers, a
+``PrometheusCollector`` (histograms, a background refresher) scraped by a thread with
+``generate_latest``, and ``OTelTracing`` with an SDK ``TracerProvider`` and a
+``BatchSpanProcessor`` feeding an exporter that does nothing. Everything on is run twice:
+scraped once a second, as a Prometheus server would, and scraped every 10 ms, a stress case.
+Only the ``add_nowait`` calls are timed for the per-record cost; end-to-end throughput is the
+records divided by the time from the first add to ``close()`` returning (every record
+committed). After a short warm-up run, variants are interleaved, in an order rotated
+every repeat, the garbage collector on; each figure is the best of
+several repeats, with the spread (worst / best) beside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from time import perf_counter_ns
+from typing import Any
+
+import writebehind as wb
+from writebehind.testing import MemorySink
+
+from ._common import Section, Table, Target, check, fmt_int, fmt_ratio, fmt_us
+
+__all__ = ["measure"]
+
+CHUNK = 500
+READERS = 100
+TARGET = 1.10  # all on, scraped once a second: add_nowait within 10% of all off
+
+
+@dataclass(frozen=True)
+class Plan:
+    key: str
+    label: str
+    readers: bool = False
+    metrics: bool = False
+    tracing: bool = False
+    scrape_every: float = 1.0
+
+
+PLANS = [
+    Plan("off", "all off"),
+    Plan("readers", f"{READERS} event readers (one stuck)", readers=True),
+    Plan("all_on", "all on: readers + Prometheus (scraped every 1 s) + OTel", True, True, True),
+    Plan(
+        "all_on_stress",
+        "all on, scraped every 10 ms (stress)",
+        True,
+        True,
+        True,
+        scrape_every=0.01,
+    ),
+]
+
+
+@dataclass(frozen=True)
+class Run:
+    add_ns: int
+    e2e_ns: int
+    n: int
+    scrapes: int
+    spans: int
+
+
+class _NullExporter:
+    """A SpanExporter that does nothing but count."""
+
+    def __init__(self) -> None:
+        self.exported = 0
+
+    def export(self, spans: Sequence[Any]) -> Any:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        self.exported += len(spans)
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        return None
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return True
+
+
+class _Scraper:
+    """A thread that renders the registry's exposition every ``every`` seconds."""
+
+    def __init__(self, registry: Any, every: float) -> None:
+        self.registry, self.every, self.scrapes = registry, every, 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, name="bench-scraper", daemon=True)
+
+    def run(self) -> None:
+        from prometheus_client import generate_latest
+
+        while not self.stop.wait(self.every):
+            check(b"writebehind_records_accepted_total" in generate_latest(self.registry),
+                  "the scrape lacks the accepted counter")  # fmt: skip
+            self.scrapes += 1
+
+
+async def _reader(sub: wb.Subscription) -> int:
+    return len([e async for e in sub])
+
+
+async def _run(plan: Plan, records: list[dict[str, Any]]) -> Run:
+    sink = MemorySink()
+    instruments: list[Any] = []
+    provider = exporter = None
+    if plan.tracing:
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        from writebehind.integrations.otel import OTelTracing
+
+        exporter = _NullExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(BatchSpanProcessor(exporter))  # type: ignore[arg-type]
+        instruments.append(OTelTracing(tracer_provider=provider))
+    batcher = wb.AsyncBatcher(
+        sink, key="id", version="v", instruments=instruments, dead_letter=None
+    )
+    collector = scraper = None
+    if plan.metrics:
+        from prometheus_client import CollectorRegistry
+
+        from writebehind.integrations.prometheus import PrometheusCollector
+
+        registry = CollectorRegistry()
+        collector = PrometheusCollector(
+            batcher, registry=registry, refresh_interval=1.0, refreshers={"bench_value": _one}
+        )
+        scraper = _Scraper(registry, plan.scrape_every)
+    await batcher.start()
+    readers: list[asyncio.Task[int]] = []
+    stuck = None
+    if plan.readers:
+        readers = [asyncio.create_task(_reader(batcher.events())) for _ in range(READERS - 1)]
+        stuck = batcher.events()  # subscribed, never read
+    if scraper is not None:
+        scraper.thread.start()
+    await asyncio.sleep(0)
+    add = batcher.add_nowait
+    add_ns = 0
+    start = perf_counter_ns()
+    for i in range(0, len(records), CHUNK):
+        part = records[i : i + CHUNK]
+        t0 = perf_counter_ns()
+        for r in part:
+            add(r)
+        add_ns += perf_counter_ns() - t0
+        await asyncio.sleep(0)
+    await batcher.close()
+    e2e_ns = perf_counter_ns() - start
+    scrapes = 0
+    if scraper is not None:
+        scraper.stop.set()
+        scraper.thread.join()
+        scrapes = scraper.scrapes
+    if collector is not None:
+        collector.close()
+    seen = await asyncio.gather(*readers)
+    del stuck
+    spans = 0
+    if provider is not None and exporter is not None:
+        provider.shutdown()  # flushes the span queue, joins the worker thread
+        spans = exporter.exported
+    n, s = len(records), batcher.stats()
+    check(s.committed == n and len(sink.records) == n, f"{plan.key}: committed {s.committed}/{n}")
+    check(all(k == seen[0] for k in seen), f"{plan.key}: readers saw {set(seen)} events")
+    check(not plan.tracing or spans == sink.writes, f"{plan.key}: {spans} spans for "
+          f"{sink.writes} writes")  # fmt: skip
+    return Run(add_ns, e2e_ns, n, scrapes, spans)
+
+
+def _one() -> float:
+    return 1.0
+
+
+def _records(n: int) -> list[dict[str, Any]]:
+    return [{"id": i, "v": i, "name": "agent", "state": "online"} for i in range(n)]
+
+
+def measure(quick: bool = False) -> Section:
+    n = 30_000 if quick else 300_000
+    repeats = 2 if quick else 7
+    records = _records(n)
+    runs: dict[str, list[Run]] = {p.key: [] for p in PLANS}
+    asyncio.run(_run(PLANS[-1], records[: 10 * CHUNK]))  # warm up: imports, first threads
+    for rep in range(repeats):  # interleaved and rotated, so drift and order hit all alike
+        for plan in PLANS[rep % len(PLANS) :] + PLANS[: rep % len(PLANS)]:
+            gc.collect()
+            runs[plan.key].append(asyncio.run(_run(plan, records)))
+
+    def add_us(key: str) -> list[float]:
+        return sorted(r.add_ns / r.n for r in runs[key])
+
+    def rate(key: str) -> list[float]:
+        return sorted((r.n / (r.e2e_ns / 1e9) for r in runs[key]), reverse=True)
+
+    base, base_rate = add_us("off")[0], rate("off")[0]
+    table = Table(
+        "add_nowait cost and end-to-end throughput, observability off and on",
+        ["variant", "µs/record", "worst / best", "vs all off", "records/s end to end",
+         "vs all off", "scrapes", "spans"],
+    )  # fmt: skip
+    for plan in PLANS:
+        a, r = add_us(plan.key), rate(plan.key)
+        scrapes = sum(x.scrapes for x in runs[plan.key])
+        spans = sum(x.spans for x in runs[plan.key])
+        table.rows.append(
+            [plan.label, fmt_us(a[0]), fmt_ratio(a[-1] / a[0]), fmt_ratio(a[0] / base),
+             fmt_int(r[0]), f"{r[0] / base_rate:.0%}", fmt_int(scrapes), fmt_int(spans)]
+        )  # fmt: skip
+    table.caption = (
+        f"{n:,} records per run, chunks of {CHUNK}, best of {repeats} interleaved repeats (GC "
+        "on); scrapes and spans are totals over every repeat of the variant."
+    )
+    on = add_us("all_on")[0]
+    targets = [
+        Target(
+            "add_nowait with everything on (Prometheus scraped every 1 s, OTel, 100 event "
+            "readers) within 10% of everything off",
+            on <= TARGET * base,
+            f"{fmt_us(on)} µs vs {fmt_us(base)} µs: {fmt_ratio(on / base)}",
+        )
+    ]
+    run_s = sum(x.e2e_ns for x in runs["all_on"]) / len(runs["all_on"]) / 1e9
+    notes = [
+        f"A run with everything on lasts {run_s:.2f} s on average, and the scraper thread "
+        "starts with each run, so scraping once a second fires only a few times in all (the "
+        "scrapes column); the 10 ms variant is the one that shows what scraping costs.",
+        "End to end, into a sink that costs nothing, the 100 readers dominate: every batch "
+        f"publishes an event that wakes {READERS - 1} reader tasks, against about "
+        f"{CHUNK} records' worth of `add_nowait` per batch. Into a real sink, whose write "
+        "takes milliseconds, the same wake-ups are a small share.",
+        "Readers, the collector and tracing work per batch, never per record: the timed "
+        "`add_nowait` calls do the same work in every variant, and the differences come from "
+        "what runs between chunks (readers, the span and histogram per write) and from the "
+        "scrape, refresh and span-export threads competing for the GIL.",
+        "Run to run spread on this 2-core machine is large (the worst / best column); "
+        "compare the ratios within one run, not across runs.",
+    ]
+    return Section(
+        key="observability",
+        title="Observability: the cost of watching",
+        method=__doc__ or "",
+        tables=[table],
+        targets=targets,
+        notes=notes,
+        data={
+            "records": n,
+            "repeats": repeats,
+            "add_ns_per_record": {k: [x.add_ns / x.n for x in v] for k, v in runs.items()},
+            "records_per_s": {k: [x.n / (x.e2e_ns / 1e9) for x in v] for k, v in runs.items()},
+            "scrapes": {k: sum(x.scrapes for x in v) for k, v in runs.items()},
+        },
+    )

@@ -1,0 +1,469 @@
+"""Prometheus metrics: a collector over ``stats()``, per-write histograms, and values too
+expensive to read on a scrape, refreshed in the background. Needs
+``pip install 'writebehind[prometheus]'``; importing writebehind never imports
+``prometheus_client``.
+
+A scrape reads ``stats()`` (a snapshot under the buffer's lock: microseconds) and the
+collector's own histogram buckets; it never waits on a database. Expensive values (the
+dead-letter store's ``count()``, and your ``refreshers``) are read by a daemon thread every
+``refresh_interval`` seconds, each bounded by ``refresh_timeout``; a scrape serves the last
+values and ``writebehind_metrics_last_updated_timestamp_seconds``, the wall-clock time of the
+last round in which every value was refreshed, so staleness shows. Coroutine refreshers run
+on the batcher's event loop (asyncpg pools are bound to their loop); plain callables run in
+a thread of their own, so a slow one never stalls the batcher. A refresher that hangs keeps
+its last value and is not called again until it returns: calls never pile up.
+
+Labels come only from closed sets: ``batcher`` (the batcher's name), ``reason`` (a drop
+policy), ``outcome`` (how a write attempt ended) and ``state`` (the sink's health). No
+record data ever reaches a metric.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import concurrent.futures as cf
+import inspect
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext, suppress
+from types import TracebackType
+from typing import Any, Self
+
+from .._deadletter import scrub_secrets
+from .._errors import ConfigError, WriteBehindError
+from .._instrument import WriteAttempt
+
+__all__ = ["LATENCY_BUCKETS", "OUTCOMES", "SIZE_BUCKETS", "PrometheusCollector"]
+
+log = logging.getLogger("writebehind")
+
+OUTCOMES = ("committed", "retry", "split", "dead_lettered", "cancelled", "other")
+"""The ``outcome`` label of the histograms (``other``: an outcome this version does not know)."""
+DROP_REASONS = ("drop_newest", "drop_oldest")
+SINK_STATES = ("healthy", "throttled", "failing")
+SIZE_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+"""Upper bounds of the batch-size histogram (records)."""
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5, 10, 30)
+"""Upper bounds of the write-latency histogram (seconds)."""
+
+_P = "writebehind_"
+COUNTERS: Mapping[str, tuple[str, str]] = {
+    "accepted": ("records_accepted", "Records add()/add_nowait() took."),
+    "committed": ("records_committed", "Records the sink committed."),
+    "coalesced": ("records_coalesced", "Records superseded by a newer one with their key."),
+    "dead_lettered": ("records_dead_lettered", "Records that can never be written."),
+    "lost": ("records_lost", "Records still pending or in flight at the close deadline."),
+    "batches": ("batches_committed", "Sink writes that committed."),
+    "retried": ("writes_retried", "Sink writes that failed and were tried again."),
+    "write_errors": ("write_errors", "Sink writes that raised (retriable or not)."),
+    "splits": ("batch_splits", "Batches split to isolate records that fail permanently."),
+    "timeouts": ("write_timeouts", "Sink writes that did not answer within write_timeout."),
+    "throttled": ("writes_throttled", "Sink writes refused with 'retry after'."),
+    "pauses": ("pauses", "Times the batcher left the healthy state (throttled or failing)."),
+    "dead_letter_errors": ("dead_letter_errors", "Dead letters the store failed to keep."),
+}
+"""``Stats`` field -> (counter name after ``writebehind_``, help); ``_total`` is appended."""
+GAUGES: Mapping[str, tuple[str, str]] = {
+    "pending": ("records_pending", "Records waiting in the buffer."),
+    "in_flight": ("records_in_flight", "Records in a batch being written (or retried)."),
+    "concurrency": ("concurrency", "Batches that may be written at once now (adaptive)."),
+    "closed": ("closed", "1 once the batcher is closing or closed."),
+}
+"""``Stats`` field -> (gauge name after ``writebehind_``, help)."""
+SPECIAL = frozenset({"dropped", "dropped_by_reason", "sink_state"})
+"""``Stats`` fields exported by hand: ``dropped`` by reason, ``sink_state`` as a state set."""
+
+_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+_POLL = 0.25  # seconds between checks for a closed batcher in the refresh thread
+
+
+def _require() -> Any:
+    try:
+        import prometheus_client
+    except ImportError as exc:
+        raise ConfigError(
+            "PrometheusCollector needs prometheus_client: pip install 'writebehind[prometheus]'"
+        ) from exc
+    return prometheus_client
+
+
+class _Histogram:
+    """Bucket counters written by the batcher's loop only; read (racily, harmlessly) by
+    scrapes. ``counts[i]`` counts values in bucket ``i`` (not cumulative; the last is +Inf)."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(float(b) for b in bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def cumulative(self) -> tuple[list[tuple[str, float]], float]:
+        counts, total = list(self.counts), self.total  # copy first: a write may land meanwhile
+        out, running = [], 0
+        for bound, n in zip((*self.bounds, float("inf")), counts, strict=True):
+            running += n
+            out.append(("+Inf" if bound == float("inf") else _fmt(bound), float(running)))
+        return out, total
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if x == int(x) else repr(x)
+
+
+class _Observation:
+    """The context manager one write attempt gets: records its size and duration on exit."""
+
+    __slots__ = ("attempt", "hists")
+
+    def __init__(self, hists: Mapping[str, tuple[_Histogram, _Histogram]], attempt: Any) -> None:
+        self.hists, self.attempt = hists, attempt
+
+    def __enter__(self) -> Any:
+        return self.attempt
+
+    def __exit__(self, *exc: object) -> None:
+        a = self.attempt
+        size, latency = self.hists.get(a.outcome) or self.hists["other"]
+        size.observe(a.size)
+        latency.observe(a.duration)
+
+
+class _Source:
+    """One expensive value: a callable, its last value, and its call still in progress."""
+
+    def __init__(self, name: str, fn: Callable[[], Any], batcher: Any) -> None:
+        self.name, self.fn, self.batcher = name, fn, batcher
+        self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+            getattr(fn, "__call__", None)  # noqa: B004 - an object with an async __call__
+        )
+        self.value: float | None = None
+        self.pending: cf.Future[Any] | None = None
+        self.failing = False
+
+
+class PrometheusCollector:
+    """Exposes one or more batchers' counters, gauges and write histograms to Prometheus.
+
+    ``PrometheusCollector(batcher)`` registers itself in ``registry`` (the default
+    ``prometheus_client.REGISTRY``) and as an instrument on each batcher (``AsyncBatcher``
+    or the sync ``Batcher``); ``close()`` (or leaving ``with``) unregisters it and stops the
+    refresh thread, which also stops by itself once every batcher has closed. Create it
+    after the batcher (before or after it starts); each batcher needs a distinct ``name``.
+
+    Args:
+        batcher: one batcher, or a sequence of them (the lanes of a service), each labelled
+            by its ``name``.
+        registry: where to register (``None``: ``prometheus_client.REGISTRY``).
+        refresh_interval: seconds between background refreshes of the expensive values.
+        refresh_timeout: seconds one refresh may take; past it the last value stays.
+        refreshers: extra gauges, ``metric name -> callable`` returning a number, sync or
+            ``async def`` (run on the batcher's loop). They carry no labels.
+        histograms: observe each write attempt's size and duration (default True).
+    """
+
+    def __init__(
+        self,
+        batcher: Any,
+        *,
+        registry: Any = None,
+        refresh_interval: float = 15.0,
+        refresh_timeout: float = 5.0,
+        refreshers: Mapping[str, Callable[[], Any]] | None = None,
+        histograms: bool = True,
+    ) -> None:
+        pc = _require()
+        self._mc = pc.metrics_core
+        given = list(batcher) if isinstance(batcher, Sequence) else [batcher]
+        self._engines = [getattr(b, "engine", b) for b in given]
+        names = [e.name for e in self._engines]
+        if not names or len(set(names)) != len(names):
+            raise ConfigError(f"batcher: give one or more batchers with distinct names: {names}")
+        for arg, value in (
+            ("refresh_interval", refresh_interval),
+            ("refresh_timeout", refresh_timeout),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise ConfigError(f"{arg}: must be a number of seconds > 0, got {value!r}")
+        self._interval, self._timeout = float(refresh_interval), float(refresh_timeout)
+        self._sources: list[_Source] = []
+        for e in self._engines:
+            count = getattr(getattr(e, "dead_letter", None), "count", None)
+            if callable(count):
+                self._sources.append(_Source("dead_letter_records", count, e))
+        for name, fn in (refreshers or {}).items():
+            if not (isinstance(name, str) and _METRIC_NAME.fullmatch(name)) or name.startswith(_P):
+                raise ConfigError(
+                    f"refreshers: {name!r} is not a valid metric name of your own: use "
+                    f"[a-zA-Z_:][a-zA-Z0-9_:]* without the '{_P}' prefix"
+                )
+            if not callable(fn):
+                raise ConfigError(f"refreshers: {name!r} must map to a callable, got {fn!r}")
+            self._sources.append(_Source(name, fn, self._engines[0]))
+        self._hists = {
+            n: {o: (_Histogram(SIZE_BUCKETS), _Histogram(LATENCY_BUCKETS)) for o in OUTCOMES}
+            for n in names
+        }
+        self._updated: float | None = None
+        self._refresh_failures = 0
+        self._round = threading.Lock()
+        self._stop = threading.Event()
+        self._halt: cf.Future[None] = cf.Future()  # done at close(): ends a waiting round
+        self._thread: threading.Thread | None = None
+        self._registry = pc.REGISTRY if registry is None else registry
+        try:
+            self._registry.register(self)
+        except ValueError as exc:
+            raise ConfigError(
+                f"registry: metrics for batcher(s) {names} are already registered there ({exc}); "
+                "close() the other collector, or pass one collector all the batchers"
+            ) from exc
+        if histograms:
+            for e in self._engines:
+                e.add_instrument(self)
+        if self._sources:
+            self._thread = threading.Thread(
+                target=self._run, name=f"writebehind-metrics[{','.join(names)}]", daemon=True
+            )
+            self._thread.start()
+
+    # -- the instrument: one cheap observation per write attempt --------------------------
+    def write(self, attempt: WriteAttempt) -> AbstractContextManager[Any]:
+        """The :class:`~writebehind.Instrument` hook: sizes and times one write attempt."""
+        hists = self._hists.get(attempt.batcher)
+        return nullcontext() if hists is None else _Observation(hists, attempt)
+
+    # -- scrapes ------------------------------------------------------------------------------
+    def describe(self) -> list[Any]:
+        """The metric families (so a registry can refuse duplicate names)."""
+        return list(self.collect())
+
+    def collect(self) -> Iterator[Any]:
+        """Build every metric family from ``stats()``, the histograms and the last refreshed
+        values. Never waits on a refresh."""
+        mc, lb = self._mc, ["batcher"]
+        snaps = [(e.name, e.stats()) for e in self._engines]
+        for field, (name, doc) in COUNTERS.items():
+            fam = mc.CounterMetricFamily(_P + name, doc, labels=lb)
+            for n, s in snaps:
+                if hasattr(s, field):
+                    fam.add_metric([n], float(getattr(s, field)))
+            yield fam
+        fam = mc.CounterMetricFamily(
+            _P + "records_dropped", "Records a drop policy dropped.", labels=["batcher", "reason"]
+        )
+        for n, s in snaps:
+            by = dict(s.dropped_by_reason)
+            for reason in DROP_REASONS:
+                fam.add_metric([n, reason], float(by.get(reason, 0)))
+            rest = s.dropped - sum(by.get(r, 0) for r in DROP_REASONS)
+            if rest:
+                fam.add_metric([n, "other"], float(rest))
+        yield fam
+        for field, (name, doc) in GAUGES.items():
+            fam = mc.GaugeMetricFamily(_P + name, doc, labels=lb)
+            for n, s in snaps:
+                if hasattr(s, field):
+                    fam.add_metric([n], float(getattr(s, field)))
+            yield fam
+        fam = mc.GaugeMetricFamily(
+            _P + "sink_state", "1 for the sink's current health state.", labels=["batcher", "state"]
+        )
+        for n, s in snaps:
+            state = getattr(s, "sink_state", "healthy")
+            for st in SINK_STATES:
+                fam.add_metric([n, st], 1.0 if state == st else 0.0)
+        yield fam
+        yield from self._histograms()
+        yield from self._refreshed()
+
+    def _histograms(self) -> Iterator[Any]:
+        mc, lb = self._mc, ["batcher", "outcome"]
+        for index, name, doc in (
+            (0, "batch_size_records", "Records per sink write attempt."),
+            (1, "write_duration_seconds", "Seconds per sink write attempt."),
+        ):
+            fam = mc.HistogramMetricFamily(_P + name, doc, labels=lb)
+            for batcher, by_outcome in self._hists.items():
+                for outcome, pair in by_outcome.items():
+                    buckets, total = pair[index].cumulative()
+                    if buckets[-1][1] or outcome == "committed":
+                        fam.add_metric([batcher, outcome], buckets, total)
+            yield fam
+
+    def _refreshed(self) -> Iterator[Any]:
+        if not self._sources:
+            return
+        mc = self._mc
+        fam = mc.GaugeMetricFamily(
+            _P + "dead_letter_records",
+            "Records held in the dead-letter store (refreshed in the background).",
+            labels=["batcher"],
+        )
+        own, stores = [], False
+        for src in self._sources:
+            if src.name == "dead_letter_records":
+                stores = True
+                if src.value is not None:
+                    fam.add_metric([src.batcher.name], src.value)
+            else:
+                own.append(src)
+        if stores:
+            yield fam
+        for src in own:
+            g = mc.GaugeMetricFamily(src.name, f"{src.name} (refreshed in the background).")
+            if src.value is not None:
+                g.add_metric([], src.value)
+            yield g
+        yield mc.GaugeMetricFamily(
+            _P + "metrics_last_updated_timestamp_seconds",
+            "When every background-refreshed value was last refreshed (Unix time; 0: never).",
+            value=self._updated or 0.0,
+        )
+        yield mc.CounterMetricFamily(
+            _P + "metrics_refresh_failures",
+            "Background refreshes that raised or did not answer within refresh_timeout.",
+            value=float(self._refresh_failures),
+        )
+
+    # -- background refresh -----------------------------------------------------------------
+    @property
+    def last_updated(self) -> float | None:
+        """Unix time of the last round in which every value was refreshed (None: never)."""
+        return self._updated
+
+    def refresh(self) -> bool:
+        """Run one refresh round now, in this thread, bounded by ``refresh_timeout``. True if
+        every value was refreshed; False at once if another round is still running. Do not
+        call it on the batcher's own event loop (its coroutine refreshers run there)."""
+        loops = {e.loop for e in self._engines if getattr(e, "loop", None) is not None}
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not None and running in loops:
+            raise WriteBehindError(
+                "PrometheusCollector.refresh() called on the batcher's event loop would block "
+                "it; use 'await asyncio.to_thread(collector.refresh)'"
+            )
+        if not self._round.acquire(blocking=False):
+            return False
+        try:
+            return self._refresh_round()
+        finally:
+            self._round.release()
+
+    def _refresh_round(self) -> bool:
+        deadline = time.monotonic() + self._timeout
+        ok, started = True, []
+        for src in self._sources:
+            if src.pending is not None and not src.pending.done():
+                ok = False  # the call of an earlier round still hangs: no pile-up
+                continue
+            src.pending = self._start(src)
+            if src.pending is None:
+                ok = False
+            else:
+                started.append(src)
+        waiting = {s.pending for s in started if s.pending is not None}
+        while waiting and not self._halt.done() and (left := deadline - time.monotonic()) > 0:
+            waiting = cf.wait({*waiting, self._halt}, left, cf.FIRST_COMPLETED).not_done
+            waiting.discard(self._halt)
+        for src in started:
+            fut = src.pending
+            assert fut is not None
+            if self._halt.done() and not fut.done():
+                fut.cancel()  # closing (perhaps on the batcher's loop): do not wait for it
+                return False
+            if not fut.done():
+                ok = False
+                self._failed(src, f"no answer within refresh_timeout={self._timeout} s")
+                continue
+            src.pending = None
+            try:
+                value = float(fut.result())
+            except (Exception, cf.CancelledError) as exc:  # anything a user callable raises
+                ok = False
+                self._failed(src, f"{type(exc).__name__}: {scrub_secrets(str(exc))}")
+                continue
+            src.value = value
+            if src.failing:
+                src.failing = False
+                log.info("writebehind metrics: refreshing %s works again", src.name)
+        if ok:
+            self._updated = time.time()
+        return ok
+
+    def _start(self, src: _Source) -> cf.Future[Any] | None:
+        if src.is_async:
+            loop = getattr(src.batcher, "loop", None)
+            if loop is None or loop.is_closed():
+                return None  # not started yet, or gone: the value stays as it was
+            try:
+                return asyncio.run_coroutine_threadsafe(_bounded(src.fn, self._timeout), loop)
+            except RuntimeError:
+                return None
+        fut: cf.Future[Any] = cf.Future()
+
+        def call() -> None:
+            if fut.set_running_or_notify_cancel():
+                try:
+                    fut.set_result(src.fn())
+                except BaseException as exc:  # delivered to the waiting round
+                    fut.set_exception(exc)
+
+        threading.Thread(target=call, name=f"writebehind-refresh[{src.name}]", daemon=True).start()
+        return fut
+
+    def _failed(self, src: _Source, why: str) -> None:
+        self._refresh_failures += 1
+        level = logging.DEBUG if src.failing else logging.WARNING
+        src.failing = True
+        log.log(level, "writebehind metrics: refreshing %s failed (%s); keeping the last value",
+                src.name, why)  # fmt: skip
+
+    def _run(self) -> None:
+        next_round = time.monotonic()
+        while not self._stop.is_set():
+            if all(e.stats().closed for e in self._engines):
+                return
+            if time.monotonic() >= next_round:
+                ok = self.refresh()
+                # until the first full refresh (the batcher's loop may not be running yet),
+                # try again soon rather than a whole interval later
+                wait = self._interval if ok or self._updated else min(self._interval, 1.0)
+                next_round = time.monotonic() + wait
+            self._stop.wait(min(_POLL, max(0.0, next_round - time.monotonic())))
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def close(self, timeout: float = 5.0) -> None:
+        """Unregister from the registry and stop the refresh thread (waiting up to
+        ``timeout`` s). The batchers keep calling the (now unregistered) instrument, cheaply."""
+        self._stop.set()
+        if not self._halt.done():
+            self._halt.set_result(None)
+        with suppress(KeyError):  # already unregistered
+            self._registry.unregister(self)
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+async def _bounded(fn: Callable[[], Any], timeout: float) -> Any:
+    async with asyncio.timeout(timeout):
+        return await fn()
