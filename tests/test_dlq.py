@@ -553,3 +553,13 @@ def test_pg_store_validates_names_and_source() -> None:
         PostgresDeadLetter(DSN, pool_size=5)
     with pytest.raises(wb.ConfigError, match="DSN"):
         PostgresDeadLetter(42)
+
+
+async def test_reading_an_absent_default_store_creates_no_file(tmp_path: Path) -> None:
+    """count() on a store nothing was dead-lettered into (a metrics scrape) answers 0
+    without creating the file."""
+    path = tmp_path / "dead_letters.db"
+    store = SQLiteDeadLetter(path)
+    assert await store.count() == 0
+    assert not path.exists()
+    await store.close()

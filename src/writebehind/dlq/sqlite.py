@@ -76,6 +76,14 @@ class SQLiteDeadLetter(DeadLetterStore):
     def __repr__(self) -> str:
         return f"SQLiteDeadLetter({self.path!r}, table={self.table!r})"
 
+    def _absent(self) -> bool:
+        """No file yet (nothing was dead-lettered): a count is 0 without making one."""
+        return self._conn is None and self.create and not os.path.exists(self.path)
+
+    async def count(self) -> int:
+        """How many entries the store holds (0, without creating the file, if it is absent)."""
+        return 0 if self._absent() else await super().count()
+
     # -- the backend -----------------------------------------------------------------------
     def _param(self, n: int) -> str:
         return "?"
