@@ -447,7 +447,9 @@ async def test_sqlite_store_default_path_is_relative_and_unopened(
     store = SQLiteDeadLetter()
     assert store.path == "dead_letters.db"
     assert not (tmp_path / "dead_letters.db").exists()
-    assert await store.count() == 0
+    assert await store.count() == 0  # counting an absent store creates nothing
+    assert not (tmp_path / "dead_letters.db").exists()
+    assert await store.list() == []  # any other use opens (and creates) it
     await store.close()
     assert (tmp_path / "dead_letters.db").exists()
 
