@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from .._errors import ConfigError
 from ..sinks._ident import quote, validate
 from ..sinks._pg import map_error, password_of, redact_dsn
+from ..sinks.postgres import PostgresSink
 from ._store import DeadLetterStore, rowcount
 
 __all__ = ["PostgresDeadLetter"]
@@ -70,10 +71,9 @@ class PostgresDeadLetter(DeadLetterStore):
             raise ConfigError(f"pool_size: must be 1 or 2, got {pool_size!r}")
         self.pool_size = pool_size
         source = dsn_or_pool_or_sink
-        if type(source).__name__ == "PostgresSink":
+        if isinstance(source, PostgresSink):
             # the sink's DSN (a pool of our own on the same server) or the pool it was given
-            dsn = getattr(source, "_dsn", None)
-            source = dsn if dsn is not None else getattr(source, "_pool", None)
+            source = source.source
             if source is None:
                 raise ConfigError("dsn_or_pool_or_sink: the PostgresSink has no DSN or pool")
         if isinstance(source, str):

@@ -102,6 +102,13 @@ class PostgresSink:
         """Statements that wrote records (one per batch, or per record shape in a batch)."""
         self._reapers: set[asyncio.Task[None]] = set()
 
+    @property
+    def source(self) -> Any:
+        """What the sink connects with: the DSN it was given (password included: never log
+        it) or the caller's pool. For tools that reach the same server, such as
+        :class:`~writebehind.PostgresDeadLetter`."""
+        return self._dsn if self._dsn is not None else self._pool
+
     def __repr__(self) -> str:
         return f"PostgresSink({self._where!r}, table={self.schema}.{self.table}, key={self.key!r})"
 
