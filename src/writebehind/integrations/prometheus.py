@@ -16,30 +16,25 @@ its last value and is not called again until it returns: calls never pile up.
 Labels come only from closed sets: ``batcher`` (the batcher's name), ``reason`` (a drop
 policy), ``outcome`` (how a write attempt ended) and ``state`` (the sink's health). No
 record data ever reaches a metric.
+
+This module builds the metric families; the background refresh is in ``_refresh``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import bisect
-import concurrent.futures as cf
-import inspect
-import logging
 import re
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext, suppress
 from types import TracebackType
 from typing import Any, Self
 
-from .._deadletter import scrub_secrets
-from .._errors import ConfigError, WriteBehindError
+from .._errors import ConfigError
 from .._instrument import WriteAttempt
+from ._refresh import Refresher, Source
 
 __all__ = ["LATENCY_BUCKETS", "OUTCOMES", "SIZE_BUCKETS", "PrometheusCollector"]
-
-log = logging.getLogger("writebehind")
 
 OUTCOMES = ("committed", "retry", "split", "dead_lettered", "cancelled", "other")
 """The ``outcome`` label of the histograms (``other``: an outcome this version does not know)."""
@@ -78,7 +73,6 @@ SPECIAL = frozenset({"dropped", "dropped_by_reason", "sink_state"})
 """``Stats`` fields exported by hand: ``dropped`` by reason, ``sink_state`` as a state set."""
 
 _METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
-_POLL = 0.25  # seconds between checks for a closed batcher in the refresh thread
 
 
 def _require() -> Any:
@@ -137,19 +131,6 @@ class _Observation:
         latency.observe(a.duration)
 
 
-class _Source:
-    """One expensive value: a callable, its last value, and its call still in progress."""
-
-    def __init__(self, name: str, fn: Callable[[], Any], batcher: Any) -> None:
-        self.name, self.fn, self.batcher = name, fn, batcher
-        self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-            getattr(fn, "__call__", None)  # noqa: B004 - an object with an async __call__
-        )
-        self.value: float | None = None
-        self.pending: cf.Future[Any] | None = None
-        self.failing = False
-
-
 class PrometheusCollector:
     """Exposes one or more batchers' counters, gauges and write histograms to Prometheus.
 
@@ -193,12 +174,11 @@ class PrometheusCollector:
         ):
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                 raise ConfigError(f"{arg}: must be a number of seconds > 0, got {value!r}")
-        self._interval, self._timeout = float(refresh_interval), float(refresh_timeout)
-        self._sources: list[_Source] = []
+        self._sources: list[Source] = []
         for e in self._engines:
             count = getattr(getattr(e, "dead_letter", None), "count", None)
             if callable(count):
-                self._sources.append(_Source("dead_letter_records", count, e))
+                self._sources.append(Source("dead_letter_records", count, e))
         for name, fn in (refreshers or {}).items():
             if not (isinstance(name, str) and _METRIC_NAME.fullmatch(name)) or name.startswith(_P):
                 raise ConfigError(
@@ -207,17 +187,17 @@ class PrometheusCollector:
                 )
             if not callable(fn):
                 raise ConfigError(f"refreshers: {name!r} must map to a callable, got {fn!r}")
-            self._sources.append(_Source(name, fn, self._engines[0]))
+            self._sources.append(Source(name, fn, self._engines[0]))
         self._hists = {
             n: {o: (_Histogram(SIZE_BUCKETS), _Histogram(LATENCY_BUCKETS)) for o in OUTCOMES}
             for n in names
         }
-        self._updated: float | None = None
-        self._refresh_failures = 0
-        self._round = threading.Lock()
-        self._stop = threading.Event()
-        self._halt: cf.Future[None] = cf.Future()  # done at close(): ends a waiting round
-        self._thread: threading.Thread | None = None
+        self._refresher = Refresher(
+            self._engines,
+            self._sources,
+            interval=float(refresh_interval),
+            timeout=float(refresh_timeout),
+        )
         self._registry = pc.REGISTRY if registry is None else registry
         try:
             self._registry.register(self)
@@ -229,11 +209,7 @@ class PrometheusCollector:
         if histograms:
             for e in self._engines:
                 e.add_instrument(self)
-        if self._sources:
-            self._thread = threading.Thread(
-                target=self._run, name=f"writebehind-metrics[{','.join(names)}]", daemon=True
-            )
-            self._thread.start()
+        self._refresher.start(name=f"writebehind-metrics[{','.join(names)}]")
 
     # -- the instrument: one cheap observation per write attempt --------------------------
     def write(self, attempt: WriteAttempt) -> AbstractContextManager[Any]:
@@ -326,134 +302,39 @@ class PrometheusCollector:
         yield mc.GaugeMetricFamily(
             _P + "metrics_last_updated_timestamp_seconds",
             "When every background-refreshed value was last refreshed (Unix time; 0: never).",
-            value=self._updated or 0.0,
+            value=self._refresher.updated or 0.0,
         )
         yield mc.CounterMetricFamily(
             _P + "metrics_refresh_failures",
             "Background refreshes that raised or did not answer within refresh_timeout.",
-            value=float(self._refresh_failures),
+            value=float(self._refresher.failures),
         )
 
     # -- background refresh -----------------------------------------------------------------
     @property
     def last_updated(self) -> float | None:
         """Unix time of the last round in which every value was refreshed (None: never)."""
-        return self._updated
+        return self._refresher.updated
+
+    @property
+    def _thread(self) -> threading.Thread | None:
+        """The refresh thread (``None``: nothing to refresh)."""
+        return self._refresher.thread
 
     def refresh(self) -> bool:
         """Run one refresh round now, in this thread, bounded by ``refresh_timeout``. True if
         every value was refreshed; False at once if another round is still running. Do not
         call it on the batcher's own event loop (its coroutine refreshers run there)."""
-        loops = {e.loop for e in self._engines if getattr(e, "loop", None) is not None}
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is not None and running in loops:
-            raise WriteBehindError(
-                "PrometheusCollector.refresh() called on the batcher's event loop would block "
-                "it; use 'await asyncio.to_thread(collector.refresh)'"
-            )
-        if not self._round.acquire(blocking=False):
-            return False
-        try:
-            return self._refresh_round()
-        finally:
-            self._round.release()
-
-    def _refresh_round(self) -> bool:
-        deadline = time.monotonic() + self._timeout
-        ok, started = True, []
-        for src in self._sources:
-            if src.pending is not None and not src.pending.done():
-                ok = False  # the call of an earlier round still hangs: no pile-up
-                continue
-            src.pending = self._start(src)
-            if src.pending is None:
-                ok = False
-            else:
-                started.append(src)
-        waiting = {s.pending for s in started if s.pending is not None}
-        while waiting and not self._halt.done() and (left := deadline - time.monotonic()) > 0:
-            waiting = cf.wait({*waiting, self._halt}, left, cf.FIRST_COMPLETED).not_done
-            waiting.discard(self._halt)
-        for src in started:
-            fut = src.pending
-            assert fut is not None
-            if self._halt.done() and not fut.done():
-                fut.cancel()  # closing (perhaps on the batcher's loop): do not wait for it
-                return False
-            if not fut.done():
-                ok = False
-                self._failed(src, f"no answer within refresh_timeout={self._timeout} s")
-                continue
-            src.pending = None
-            try:
-                value = float(fut.result())
-            except (Exception, cf.CancelledError) as exc:  # anything a user callable raises
-                ok = False
-                self._failed(src, f"{type(exc).__name__}: {scrub_secrets(str(exc))}")
-                continue
-            src.value = value
-            if src.failing:
-                src.failing = False
-                log.info("writebehind metrics: refreshing %s works again", src.name)
-        if ok:
-            self._updated = time.time()
-        return ok
-
-    def _start(self, src: _Source) -> cf.Future[Any] | None:
-        if src.is_async:
-            loop = getattr(src.batcher, "loop", None)
-            if loop is None or loop.is_closed():
-                return None  # not started yet, or gone: the value stays as it was
-            try:
-                return asyncio.run_coroutine_threadsafe(_bounded(src.fn, self._timeout), loop)
-            except RuntimeError:
-                return None
-        fut: cf.Future[Any] = cf.Future()
-
-        def call() -> None:
-            if fut.set_running_or_notify_cancel():
-                try:
-                    fut.set_result(src.fn())
-                except BaseException as exc:  # delivered to the waiting round
-                    fut.set_exception(exc)
-
-        threading.Thread(target=call, name=f"writebehind-refresh[{src.name}]", daemon=True).start()
-        return fut
-
-    def _failed(self, src: _Source, why: str) -> None:
-        self._refresh_failures += 1
-        level = logging.DEBUG if src.failing else logging.WARNING
-        src.failing = True
-        log.log(level, "writebehind metrics: refreshing %s failed (%s); keeping the last value",
-                src.name, why)  # fmt: skip
-
-    def _run(self) -> None:
-        next_round = time.monotonic()
-        while not self._stop.is_set():
-            if all(e.stats().closed for e in self._engines):
-                return
-            if time.monotonic() >= next_round:
-                ok = self.refresh()
-                # until the first full refresh (the batcher's loop may not be running yet),
-                # try again soon rather than a whole interval later
-                wait = self._interval if ok or self._updated else min(self._interval, 1.0)
-                next_round = time.monotonic() + wait
-            self._stop.wait(min(_POLL, max(0.0, next_round - time.monotonic())))
+        return self._refresher.refresh()
 
     # -- lifecycle ----------------------------------------------------------------------------
     def close(self, timeout: float = 5.0) -> None:
         """Unregister from the registry and stop the refresh thread (waiting up to
         ``timeout`` s). The batchers keep calling the (now unregistered) instrument, cheaply."""
-        self._stop.set()
-        if not self._halt.done():
-            self._halt.set_result(None)
+        self._refresher.halt()
         with suppress(KeyError):  # already unregistered
             self._registry.unregister(self)
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
+        self._refresher.join(timeout)
 
     def __enter__(self) -> Self:
         return self
@@ -462,8 +343,3 @@ class PrometheusCollector:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-
-
-async def _bounded(fn: Callable[[], Any], timeout: float) -> Any:
-    async with asyncio.timeout(timeout):
-        return await fn()

@@ -19,29 +19,25 @@ stalled for ``stall_timeout`` seconds is disconnected). Requests are bounded (li
 count and size, time to send them) and clients are capped at ``max_clients``. The server
 closes its connections on ``close()`` and when the batcher closes. There is no
 authentication: it binds to 127.0.0.1 unless told otherwise, and logs a WARNING when told.
+
+This module is the server's lifecycle and routes; the HTTP it speaks is in ``_http`` and the
+JSON it sends in ``_wire``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import enum
-import ipaddress
-import json
 import logging
-import math
-import re
-import socket
 import threading
-import time
-from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
-from urllib.parse import parse_qsl, urlsplit
 
 from .._errors import ConfigError, WriteBehindError
 from .._events import SubscriberLagged
+from . import _http
+from ._http import CLOSE_GRACE, HttpError, Request, is_loopback
+from ._wire import SCHEMA, LineCache, document, jsonable, lagged_line, snapshot
 
 if TYPE_CHECKING:
     from .._engine import AsyncBatcher
@@ -51,86 +47,11 @@ __all__ = ["SCHEMA", "StatsServer", "SyncStatsServer", "jsonable", "serve", "ser
 
 log = logging.getLogger("writebehind")
 
-SCHEMA = 1
-"""Version of the JSON documents; it rises when a field changes meaning or goes away."""
-
-_MAX_LINE = 4096  # bytes in the request line or one header line
-_MAX_HEADERS = 32
-_MAX_HEADER_BYTES = 8192
-_REQUEST_TIMEOUT = 5.0  # seconds a client has to send its request
-_CLOSE_GRACE = 1.0  # seconds a connection gets to close before it is aborted
-_SEND_BUFFER = 64 * 1024  # bytes of kernel send buffer per connection
-_LINE_CACHE = 4096  # encoded event lines kept, shared by every stream
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    408: "Request Timeout",
-    414: "URI Too Long",
-    431: "Request Header Fields Too Large",
-    503: "Service Unavailable",
-}
 _ROUTES = {"/health": (), "/stats": (), "/events": ("since", "follow")}
-_STATES = {"healthy": "running", "throttled": "paused", "failing": "failing"}
-_STATE_EVENTS = {
-    "BatchCommitted": "running",
-    "BatchFailed": "failing",
-    "Paused": "paused",
-    "Resumed": "running",
-}
-
-
-class _HttpError(Exception):
-    def __init__(self, status: int, message: str, headers: tuple[str, ...] = ()) -> None:
-        super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Request:
-    path: str
-    query: dict[str, str]
-
-
-def jsonable(value: Any) -> Any:
-    """``value`` as plain JSON data: dataclasses (events get ``"type"``), mappings, enums;
-    non-finite floats become ``None``, callables their name, anything else its ``str``."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        out: dict[str, Any] = {}
-        if hasattr(value, "index") and hasattr(value, "at"):
-            out["type"] = type(value).__name__
-        for f in dataclasses.fields(value):
-            out[f.name] = jsonable(getattr(value, f.name))
-        return out
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, enum.Enum):
-        return jsonable(value.value)
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [jsonable(v) for v in value]
-    if callable(value):
-        return f"<callable {getattr(value, '__qualname__', type(value).__name__)}>"
-    return str(value)
 
 
 def _loop_of(engine: AsyncBatcher) -> asyncio.AbstractEventLoop | None:
     return engine.loop
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class StatsServer:
@@ -142,12 +63,12 @@ class StatsServer:
     ) -> None:
         self._engine = engine
         self._bind_host = host
-        self._loopback = _is_loopback(host)
+        self._loopback = is_loopback(host)
         self._max_clients = max_clients
         self._stall_timeout = stall_timeout
         self._server: asyncio.Server | None = None
         self._conns: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
-        self._lines: dict[int, bytes] = {}
+        self._lines = LineCache()
         self._watcher: asyncio.Task[None] | None = None
         self._stopping = False
         self._closing = False  # the open connections are being aborted
@@ -173,7 +94,7 @@ class StatsServer:
 
     async def _start(self, port: int) -> None:
         self._server = await asyncio.start_server(
-            self._handle, self._bind_host, port, limit=_MAX_LINE
+            self._handle, self._bind_host, port, limit=_http.MAX_LINE
         )
         sockname = self._server.sockets[0].getsockname()
         self.host, self.port = str(sockname[0]), int(sockname[1])
@@ -190,7 +111,7 @@ class StatsServer:
     async def close(self) -> None:
         """Stop listening, close every connection, and return when all are gone (after the
         batcher closed, streams first get a moment to send its ``Closed`` event)."""
-        await self._shutdown(grace=_CLOSE_GRACE if self._engine.stats().closed else 0.0)
+        await self._shutdown(grace=CLOSE_GRACE if self._engine.stats().closed else 0.0)
 
     async def wait_closed(self) -> None:
         """Return once the server has closed (by :meth:`close`, or the batcher closing)."""
@@ -224,50 +145,27 @@ class StatsServer:
                     break
             except SubscriberLagged as lag:
                 sub = self._engine.events(since=lag.resume_from)
-        await self._shutdown(grace=_CLOSE_GRACE)
-
-    def _snapshot(self) -> dict[str, Any]:
-        engine = self._engine
-        stats = engine.stats()
-        doc = jsonable(stats)
-        sink_state = str(getattr(stats, "sink_state", "healthy"))
-        doc["held"] = stats.held
-        return {
-            "schema": SCHEMA,
-            "batcher": engine.name,
-            "state": "closed" if stats.closed else _STATES.get(sink_state, sink_state),
-            "at": time.time(),
-            "stats": doc,
-            "config": jsonable(engine.options),
-            "events": {
-                "oldest": engine.events(since=0).started_at,
-                "next": engine.events(since=None).started_at,
-            },
-        }
+        await self._shutdown(grace=CLOSE_GRACE)
 
     # -- HTTP -----------------------------------------------------------------------------
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._conns[task] = writer
-        sock = writer.get_extra_info("socket")
-        if sock is not None:  # a stalled reader backs up here soon, not in megabytes of kernel
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SEND_BUFFER)
+        _http.limit_send_buffer(writer)
         try:
             if self._stopping:
                 return
             try:
-                async with asyncio.timeout(_REQUEST_TIMEOUT):
-                    request = await self._read_request(reader)
+                async with asyncio.timeout(_http.REQUEST_TIMEOUT):
+                    request = await _http.read_request(reader, _ROUTES, loopback=self._loopback)
             except TimeoutError:
-                raise _HttpError(408, "the request took too long to arrive") from None
+                raise HttpError(408, "the request took too long to arrive") from None
             if len(self._conns) > self._max_clients:  # answered after reading: no reset
-                raise _HttpError(503, f"too many clients (max_clients={self._max_clients})")
+                raise HttpError(503, f"too many clients (max_clients={self._max_clients})")
             await self._route(request, writer)
-        except _HttpError as exc:
-            body = f"{exc.status} {_REASONS[exc.status]}: {exc.message}\n".encode()
-            with contextlib.suppress(ConnectionError, TimeoutError):
-                await self._send(writer, exc.status, "text/plain; charset=utf-8", body, exc.headers)
+        except HttpError as exc:
+            await _http.send_error(writer, exc, stall_timeout=self._stall_timeout)
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
             pass  # the client went away, or stopped reading for stall_timeout
         except asyncio.CancelledError:
@@ -276,94 +174,23 @@ class StatsServer:
             # close() cancelled us: end quietly (asyncio's streams log a cancelled handler)
         finally:
             try:
-                await _finish(writer, graceful=not self._closing)
+                await _http.finish(writer, graceful=not self._closing)
             finally:
                 del self._conns[task]
 
-    async def _read_request(self, reader: asyncio.StreamReader) -> _Request:
-        line = await _read_line(reader, 414, "the request line is too long")
-        parts = line.split(b" ")
-        if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]):
-            raise _HttpError(400, "malformed request line")
-        method, target, version = parts
-        if version not in (b"HTTP/1.1", b"HTTP/1.0"):
-            raise _HttpError(400, "only HTTP/1.1 and HTTP/1.0 are spoken here")
-        headers: dict[bytes, bytes] = {}
-        size = count = 0
-        while True:
-            line = await _read_line(reader, 431, "a header line is too long")
-            if not line:
-                break
-            size, count = size + len(line), count + 1
-            if count > _MAX_HEADERS or size > _MAX_HEADER_BYTES:
-                raise _HttpError(431, "too many or too large headers")
-            name, sep, value = line.partition(b":")
-            if not sep or not _TOKEN.fullmatch(name):
-                raise _HttpError(400, "malformed header line")
-            name = name.lower()
-            if name in headers and name == b"host":
-                raise _HttpError(400, "more than one Host header")
-            headers[name] = value.strip(b" \t")
-        if method != b"GET":
-            raise _HttpError(405, "only GET is allowed", ("Allow: GET",))
-        if b"transfer-encoding" in headers or headers.get(b"content-length", b"0") != b"0":
-            raise _HttpError(400, "a GET request has no body")
-        host = headers.get(b"host")
-        if host is None and version == b"HTTP/1.1":
-            raise _HttpError(400, "HTTP/1.1 needs a Host header")
-        if host is not None and self._loopback and not _loopback_host(host):
-            raise _HttpError(403, "this endpoint answers only to a loopback Host")
-        if not target.startswith(b"/") or not target.isascii():
-            raise _HttpError(400, "the target must be an absolute path")
-        url = urlsplit(target.decode("ascii"))
-        if url.path not in _ROUTES:
-            raise _HttpError(404, f"no route {url.path}; try /stats, /events or /health")
-        try:
-            pairs = parse_qsl(url.query, keep_blank_values=True, strict_parsing=bool(url.query))
-        except ValueError:
-            raise _HttpError(400, "malformed query string") from None
-        query = dict(pairs)
-        unknown = sorted(set(query) - set(_ROUTES[url.path]))
-        if unknown or len(query) != len(pairs):
-            allowed = ", ".join(_ROUTES[url.path]) or "none"
-            raise _HttpError(400, f"unknown or repeated parameter(s); allowed: {allowed}")
-        return _Request(url.path, query)
-
-    async def _route(self, request: _Request, writer: asyncio.StreamWriter) -> None:
+    async def _route(self, request: Request, writer: asyncio.StreamWriter) -> None:
         if request.path == "/events":
-            since = _int_param(request.query, "since")
+            since = _http.int_param(request.query, "since")
             follow = request.query.get("follow", "1")
             if follow not in ("0", "1"):
-                raise _HttpError(400, "follow: must be 0 or 1")
+                raise HttpError(400, "follow: must be 0 or 1")
             await self._stream(writer, since, follow == "1")
             return
         if request.path == "/health":
             doc: dict[str, Any] = {"schema": SCHEMA, "status": "ok", "batcher": self._engine.name}
         else:
-            doc = self._snapshot()
-        body = json.dumps(doc, separators=(",", ":")).encode() + b"\n"
-        await self._send(writer, 200, "application/json", body)
-
-    async def _send(
-        self,
-        writer: asyncio.StreamWriter,
-        status: int,
-        content_type: str,
-        body: bytes | None,
-        extra: tuple[str, ...] = (),
-    ) -> None:
-        lines = [
-            f"HTTP/1.1 {status} {_REASONS[status]}",
-            f"Content-Type: {content_type}",
-            "Cache-Control: no-store",
-            "Connection: close",
-            *extra,
-        ]
-        if body is not None:
-            lines.append(f"Content-Length: {len(body)}")
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b""))
-        async with asyncio.timeout(self._stall_timeout):
-            await writer.drain()
+            doc = snapshot(self._engine)
+        await self._send(writer, 200, "application/json", document(doc))
 
     async def _stream(self, writer: asyncio.StreamWriter, since: int | None, follow: bool) -> None:
         """One subscription; the body ends when the connection closes (HTTP/1.1 §6.3)."""
@@ -373,65 +200,20 @@ class StatsServer:
             try:
                 chunk = await sub.next_chunk() if follow else sub.drain()
             except SubscriberLagged as lag:
-                missed = {"type": "SubscriberLagged", "missed": lag.missed}
-                line = {**missed, "resume_from": lag.resume_from}
-                writer.write(json.dumps(line).encode() + b"\n")
+                writer.write(lagged_line(lag))
                 sub = self._engine.events(since=lag.resume_from)
                 continue
             if chunk:
-                writer.write(b"".join(map(self._line, chunk)))
+                writer.write(b"".join(map(self._lines.line, chunk)))
                 async with asyncio.timeout(self._stall_timeout):
                     await writer.drain()
             if not chunk or not follow:
                 return
 
-    def _line(self, event: Any) -> bytes:
-        """The encoded line of ``event``, shared by every stream that sends it."""
-        line = self._lines.get(event.index)
-        if line is None:
-            line = json.dumps(jsonable(event), separators=(",", ":")).encode() + b"\n"
-            if len(self._lines) >= _LINE_CACHE:
-                del self._lines[next(iter(self._lines))]
-            self._lines[event.index] = line
-        return line
-
-
-async def _read_line(reader: asyncio.StreamReader, status: int, too_long: str) -> bytes:
-    try:
-        line = await reader.readuntil(b"\r\n")
-    except asyncio.LimitOverrunError:
-        raise _HttpError(status, too_long) from None
-    return line[:-2]
-
-
-def _loopback_host(host: bytes) -> bool:
-    name = host.decode("latin-1").lower()
-    name = name[1:].partition("]")[0] if name.startswith("[") else name.rpartition(":")[0] or name
-    return _is_loopback(name)
-
-
-def _int_param(query: dict[str, str], name: str) -> int | None:
-    text = query.get(name)
-    if text is None:
-        return None
-    if not (text.isascii() and text.isdigit() and len(text) <= 18):
-        raise _HttpError(400, f"{name}: must be an integer >= 0")
-    return int(text)
-
-
-async def _finish(writer: asyncio.StreamWriter, *, graceful: bool) -> None:
-    """Close a connection: politely if we may, else abort; never wait long."""
-    if graceful:
-        writer.close()
-    else:
-        writer.transport.abort()
-    try:
-        async with asyncio.timeout(_CLOSE_GRACE):
-            await writer.wait_closed()
-    except TimeoutError:
-        writer.transport.abort()
-    except Exception:  # a reset while closing changes nothing
-        pass
+    async def _send(
+        self, writer: asyncio.StreamWriter, status: int, content_type: str, body: bytes | None
+    ) -> None:
+        await _http.send(writer, status, content_type, body, stall_timeout=self._stall_timeout)
 
 
 def _check(host: str, port: int, max_clients: int, stall_timeout: float) -> None:
@@ -471,7 +253,7 @@ async def serve(
         )
     if batcher.stats().closed:
         raise WriteBehindError("serve(): the batcher is closed")
-    if not _is_loopback(host):
+    if not is_loopback(host):
         log.warning(
             "writebehind[%s]: the stats endpoint listens on %r, beyond this machine; it has no "
             "authentication, so anyone who can reach it can read the counters and events",
