@@ -565,3 +565,35 @@ async def test_reading_an_absent_default_store_creates_no_file(tmp_path: Path) -
     assert await store.count() == 0
     assert not path.exists()
     await store.close()
+
+
+class _Name(str):
+    pass
+
+
+class _Count(int):
+    pass
+
+
+class _Rec(dict):  # type: ignore[type-arg]
+    pass
+
+
+def test_subclasses_of_plain_types_keep_their_contents() -> None:
+    """Dict subclasses, named tuples and str/int/float/list subclasses keep their contents
+    (as the plain type), never an empty object."""
+    import collections
+
+    point = collections.namedtuple("point", "x y")
+    for record, expected in [
+        (collections.OrderedDict(id=1, v="x"), {"id": 1, "v": "x"}),
+        (collections.Counter(a=2), {"a": 2}),
+        (_Rec(id=3), {"id": 3}),
+        (point(1, 2), {"x": 1, "y": 2}),
+        ({"name": _Name("bob"), "n": _Count(7)}, {"name": "bob", "n": 7}),
+        ([_Name("a"), (_Count(1),)], ["a", (1,)]),
+    ]:
+        text, encoding, _ = encode(record)
+        assert encoding == JSON
+        assert decode(text) == expected
+        assert type(decode(text)) is type(expected)

@@ -310,3 +310,88 @@ async def test_a_failing_dead_letter_store_is_counted(api: Open, clock: ManualCl
         s = b.stats()
     assert (s.dead_lettered, s.dead_letter_errors) == (1, 1)
     assert_conserved(s)
+
+
+async def test_a_classify_that_raises_falls_back_to_the_default(
+    api: Open, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A user's ``classify`` that raises is logged and ignored: nothing is lost."""
+
+    def classify(exc: BaseException) -> bool | None:
+        raise KeyError("oops")
+
+    sink = FlakySink(fail_first=1)
+    policy = wb.RetryPolicy(base=1, cap=1, classify=classify)
+    async with api(sink, max_batch=2, linger=FAR, clock=clock, retry=policy) as b:
+        b.add_nowait({"n": 0})
+        b.add_nowait({"n": 1})
+        await drive(clock, b.flush(), step=0.25)
+        s = b.stats()
+    assert (s.committed, s.retried, s.lost) == (2, 1, 0)
+    assert "classify raised" in caplog.text
+
+
+@pytest.mark.parametrize("hint", ["soon", float("nan"), -3, float("inf"), "2"])
+async def test_a_bad_or_huge_retry_after_cannot_stall_the_batcher(
+    clock: ManualClock, hint: object
+) -> None:
+    """A retry-after that is not a finite positive number is no hint (ordinary backoff);
+    a usable one is capped at ``max_throttle_wait`` ("inf" would otherwise pause for ever)."""
+    sink = FlakySink(fail_first=1, error=lambda: wb.RetriableSinkError("busy", retry_after=hint))  # type: ignore[arg-type]
+    policy = wb.RetryPolicy(base=1, cap=1, max_throttle_wait=5)
+    async with wb.AsyncBatcher(sink, max_batch=1, linger=FAR, clock=clock, retry=policy) as b:
+        b.add_nowait({"n": 0})
+        await drive(clock, b.flush(), step=0.25, limit=30)
+        s = b.stats()
+    assert (s.committed, s.lost, s.dead_lettered) == (1, 0, 0)
+    assert clock.monotonic() <= 5.5  # never the hour (or eternity) a bad hint asked for
+
+
+async def test_a_huge_retry_after_is_capped_at_max_throttle_wait(clock: ManualClock) -> None:
+    """``retry_after=3600`` with ``max_throttle_wait=1``: the pause lasts 1 s, not an hour."""
+    sink = FlakySink(fail_first=1, error=lambda: wb.RetriableSinkError("later", retry_after=3600))
+    policy = wb.RetryPolicy(max_throttle_wait=1)
+    async with wb.AsyncBatcher(sink, max_batch=1, linger=FAR, clock=clock, retry=policy) as b:
+        b.add_nowait({"n": 0})
+        await drive(clock, b.flush(), step=0.25, limit=30)
+        s = b.stats()
+    assert (s.committed, s.throttled) == (1, 1)
+    assert clock.monotonic() <= 2
+
+
+async def test_an_unexpected_error_in_delivery_dead_letters_instead_of_losing(
+    api: Open, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If delivering a batch raises (a bug), its records are dead-lettered and counted,
+    never left in flight for ever."""
+    import writebehind._dispatch as dispatch
+
+    def broken(exc: BaseException, policy: object = None) -> bool:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(dispatch, "is_retriable", broken)
+    letters: list[wb.DeadLetterEntry] = []
+    sink = FlakySink(fail_first=1)
+    async with api(sink, max_batch=2, linger=FAR, clock=clock, dead_letter=letters.extend) as b:
+        receipts = [b.add_nowait({"n": i}) for i in range(2)]
+        await b.flush(timeout=5)
+        s = b.stats()
+    assert (s.dead_lettered, s.in_flight, s.lost) == (2, 0, 0)
+    assert [r.outcome for r in receipts] == [wb.Outcome.DEAD_LETTERED] * 2
+    assert [e.error for e in letters] == ["RuntimeError", "RuntimeError"]
+
+
+async def test_failure_log_lines_scrub_secrets(
+    clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A password in a sink's error never reaches the log."""
+    caplog.set_level(logging.INFO, logger="writebehind")
+    sink = FlakySink(
+        fail_first=1,
+        error=lambda: wb.RetriableSinkError("connect redis://:hunter2@cache:6379/0 refused"),
+    )
+    async with wb.AsyncBatcher(sink, max_batch=1, linger=FAR, clock=clock) as b:
+        b.add_nowait({"n": 0})
+        await drive(clock, b.flush(), step=0.25)
+    assert "refused" in caplog.text
+    assert "hunter2" not in caplog.text

@@ -168,6 +168,10 @@ async def test_the_exception_message_has_secrets_scrubbed(
     message = s.events[0].attributes["exception.message"]  # type: ignore[index]
     assert "hunter2" not in message
     assert "postgresql://app:***@db" in message
+    everything = repr([(e.name, dict(e.attributes or {})) for e in s.events])
+    everything += repr(dict(s.attributes or {})) + repr(s.status)
+    assert "hunter2" not in everything  # the stack trace included
+    assert "exception.stacktrace" in everything
 
 
 def test_error_type_is_the_canonical_class_name() -> None:

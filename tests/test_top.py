@@ -268,6 +268,22 @@ async def test_too_many_clients_get_503() -> None:
             writer.close()
 
 
+async def test_streams_of_clients_that_hung_up_free_their_slots() -> None:
+    """Following clients that hang up on an idle batcher (no event to write) are noticed at
+    once, so they do not hold ``max_clients`` slots and /stats answers again."""
+    async with wb.AsyncBatcher(MemorySink()) as batcher, await serve(batcher, max_clients=2) as s:
+        streams = [await open_stream(s) for _ in range(2)]
+        for _, writer in streams:
+            writer.close()
+            await writer.wait_closed()
+        async with asyncio.timeout(5):
+            while s.connections:  # noqa: ASYNC110 - the server's own tasks end them
+                await asyncio.sleep(0.01)
+        status, _, _ = await raw(s, b"GET /stats HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert status == 200
+        assert batcher.stats().accepted == 0  # no event came to reveal the hang-ups
+
+
 async def test_close_leaves_no_tasks_or_sockets() -> None:
     """``close()`` ends open streams, stops listening, and leaves no task behind."""
     before = asyncio.all_tasks()

@@ -75,9 +75,10 @@ DeadLetterSpec = (
 )
 """What ``AsyncBatcher(dead_letter=...)`` takes: a store, a callable, or a SQLite path."""
 
-_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^:/?#@\s]*:)[^@/\s]*@")
+# userinfo up to the last "@" of the URL: a password may itself hold "/" or "@"
+_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^:/?#@\s]*:)\S*@")
 _KV_PASSWORD = re.compile(
-    r"(?i)\b(password|passwd|pwd|pw|secret|token)(\s*[=:]\s*)('[^']*'|\"[^\"]*\"|\S+)"
+    r"(?i)(password|passwd|pwd|pw|secret|token)(\s*[=:]\s*)('[^']*'|\"[^\"]*\"|\S+)"
 )
 
 

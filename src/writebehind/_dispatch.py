@@ -27,7 +27,7 @@ from ._events import (
 from ._health import SinkHealth
 from ._instrument import Instrument, WriteAttempt
 from ._receipt import Outcome, Receipt
-from ._retry import RetryPolicy, is_retriable, split
+from ._retry import RetryPolicy, is_retriable, retry_after, split
 
 __all__ = ["Delivery"]
 
@@ -96,7 +96,7 @@ class Delivery:
             )  # fmt: skip
             wait = health.failed(error, retriable, began, probe)
             if retriable:
-                if getattr(error, "retry_after", None):
+                if retry_after(error) is not None:
                     throttled_for += wait
                 else:
                     failures += 1
@@ -121,7 +121,7 @@ class Delivery:
                 return
             if watch is not None:
                 self._unwatch(watch, "dead_lettered", error, duration)
-            await self._condemn(receipts, records, error, tries, direct)
+            await self.condemn(receipts, records, error, tries, direct)
             return
 
     async def _write(self, records: list[Any]) -> BaseException | None:
@@ -168,7 +168,7 @@ class Delivery:
             log.exception("writebehind[%s]: an instrument failed", self.name)
 
     # -- dead letters -----------------------------------------------------------------------
-    async def _condemn(
+    async def condemn(
         self,
         receipts: list[Receipt],
         records: list[Any],

@@ -124,6 +124,15 @@ class Flusher:
     async def _deliver(self, batch: Batch, *, direct: bool) -> None:
         try:
             await self.delivery.deliver(batch.receipts, reason=batch.reason, direct=direct)
+        except Exception as exc:  # a bug, or a user hook that raised: never lose silently
+            log.exception(
+                "writebehind[%s]: delivering a batch failed unexpectedly; its unsettled "
+                "records are dead-lettered",
+                self.opts.name,
+            )
+            left = [r for r in batch.receipts if r.outcome is None]
+            if left:
+                await self.delivery.condemn(left, [r.record for r in left], exc, 0, direct)
         finally:
             batch.finish()
             task = asyncio.current_task()

@@ -19,10 +19,11 @@ import logging
 from typing import Any
 
 from ._clock import Clock
+from ._deadletter import scrub_secrets
 from ._errors import WriteTimeout
 from ._events import EventBuffer, Paused, Resumed
 from ._limit import AdaptiveConcurrency
-from ._retry import RetryPolicy, backoff
+from ._retry import RetryPolicy, backoff, retry_after
 
 __all__ = ["LOG_INTERVAL", "LogLimiter", "SinkHealth"]
 
@@ -121,11 +122,12 @@ class SinkHealth:
         now = self.clock.monotonic()
         try:
             if not retriable:  # the sink answered: whatever is wrong is the data's fault
-                self._recover(now)
+                if self.state != "throttled" or began >= self.since:
+                    self._recover(now)
                 return 0.0
-            retry_after = getattr(error, "retry_after", None)
-            if retry_after is not None and retry_after > 0:
-                self._throttled(error, float(retry_after), began, now)
+            hint = retry_after(error)
+            if hint is not None:  # bounded: a sink cannot stall the batcher for ever
+                self._throttled(error, min(hint, self.retry.max_throttle_wait), began, now)
             else:
                 self._failing(error, began, now)
             return max(0.0, self.resume_at - now)
@@ -189,4 +191,4 @@ class SinkHealth:
 
 
 def _describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"
+    return f"{type(error).__name__}: {scrub_secrets(str(error))}"

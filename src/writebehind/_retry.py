@@ -6,6 +6,8 @@ Backoff is exponential with full jitter, bounded below by ``base``: the wait bef
 
 from __future__ import annotations
 
+import logging
+import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -13,9 +15,11 @@ from typing import TypeVar
 
 from ._errors import ConfigError, SinkError
 
-__all__ = ["RetryPolicy", "backoff", "is_retriable", "schedule", "split"]
+__all__ = ["RetryPolicy", "backoff", "is_retriable", "retry_after", "schedule", "split"]
 
 T = TypeVar("T")
+
+log = logging.getLogger("writebehind")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -81,7 +85,11 @@ def is_retriable(exc: BaseException, policy: RetryPolicy | None = None) -> bool:
     ``TimeoutError``) are retriable and anything else, a bug or bad data, is not.
     """
     if policy is not None and policy.classify is not None:
-        verdict = policy.classify(exc)
+        try:
+            verdict = policy.classify(exc)
+        except Exception:
+            log.exception("writebehind: RetryPolicy.classify raised; using the default answer")
+            verdict = None
         if verdict is not None:
             return bool(verdict)
     if isinstance(exc, SinkError):
@@ -93,3 +101,16 @@ def split(items: Sequence[T]) -> tuple[list[T], list[T]]:
     """Halve a batch to isolate the records that fail permanently (bisection)."""
     mid = len(items) // 2
     return list(items[:mid]), list(items[mid:])
+
+
+def retry_after(exc: BaseException) -> float | None:
+    """The sink's "retry after N s" hint on ``exc``: a finite number of seconds > 0, or None
+    (absent, or not a usable number: a raw header string, NaN, a negative value)."""
+    raw = getattr(exc, "retry_after", None)
+    if raw is None:
+        return None
+    try:
+        seconds = float(raw)
+    except (TypeError, ValueError):
+        return None
+    return seconds if math.isfinite(seconds) and seconds > 0 else None

@@ -127,6 +127,14 @@ def _enc(value: Any, depth: int) -> Any:
         return simple(value)
     if isinstance(value, enum.Enum):  # as its value, the way JSON encoders treat enums
         return _enc(value.value, depth + 1)
+    if isinstance(value, tuple) and hasattr(value, "_asdict"):  # a named tuple: its fields
+        return {"$obj": [type_name(value), _enc_dict(dict(value._asdict()), depth + 1)]}
+    if isinstance(value, dict):  # OrderedDict, Counter, a user's dict subclass: its items
+        return {"$obj": [type_name(value), _enc_dict(dict(value), depth + 1)]}
+    plain: type[Any]
+    for plain in (list, tuple, str, int, float):  # other subclasses of the plain types
+        if isinstance(value, plain):
+            return _enc(plain(value), depth + 1)
     return _enc_object(value, depth + 1)
 
 

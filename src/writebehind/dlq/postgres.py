@@ -157,8 +157,11 @@ class PostgresDeadLetter(DeadLetterStore):
                 raise ConfigError(
                     "PostgresDeadLetter needs asyncpg: pip install 'writebehind[postgres]'"
                 ) from exc
-            self._pool = await asyncpg.create_pool(self._dsn, min_size=0, max_size=self.pool_size)
-            self._pool_loop = loop
+            pool = await asyncpg.create_pool(self._dsn, min_size=0, max_size=self.pool_size)
+            if self._pool is None:
+                self._pool, self._pool_loop = pool, loop
+            else:  # two first uses raced (batches dead-lettered at once): keep one pool
+                await pool.close()
         return self._pool
 
     async def _create_table(self, conn: Any) -> None:

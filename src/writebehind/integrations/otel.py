@@ -30,6 +30,7 @@ event whose message has secrets scrubbed.
 
 from __future__ import annotations
 
+import traceback
 from typing import Any
 
 from .._deadletter import scrub_secrets
@@ -129,8 +130,14 @@ class _Span:
                 kind = "cancelled" if error is None else error_type(error)
                 span.set_attribute("error.type", kind)
                 if error is not None:
+                    # the SDK would add the raw message again inside exception.stacktrace
+                    trace = "".join(traceback.format_exception(error))
                     span.record_exception(
-                        error, attributes={"exception.message": scrub_secrets(str(error))}
+                        error,
+                        attributes={
+                            "exception.message": scrub_secrets(str(error)),
+                            "exception.stacktrace": scrub_secrets(trace),
+                        },
                     )
                 span.set_status(t._trace.Status(t._error, kind))
         finally:

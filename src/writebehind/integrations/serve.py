@@ -163,7 +163,7 @@ class StatsServer:
                 raise HttpError(408, "the request took too long to arrive") from None
             if len(self._conns) > self._max_clients:  # answered after reading: no reset
                 raise HttpError(503, f"too many clients (max_clients={self._max_clients})")
-            await self._route(request, writer)
+            await self._route(request, reader, writer)
         except HttpError as exc:
             await _http.send_error(writer, exc, stall_timeout=self._stall_timeout)
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
@@ -178,13 +178,15 @@ class StatsServer:
             finally:
                 del self._conns[task]
 
-    async def _route(self, request: Request, writer: asyncio.StreamWriter) -> None:
+    async def _route(
+        self, request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         if request.path == "/events":
             since = _http.int_param(request.query, "since")
             follow = request.query.get("follow", "1")
             if follow not in ("0", "1"):
                 raise HttpError(400, "follow: must be 0 or 1")
-            await self._stream(writer, since, follow == "1")
+            await self._stream(reader, writer, since, follow == "1")
             return
         if request.path == "/health":
             doc: dict[str, Any] = {"schema": SCHEMA, "status": "ok", "batcher": self._engine.name}
@@ -192,23 +194,47 @@ class StatsServer:
             doc = snapshot(self._engine)
         await self._send(writer, 200, "application/json", document(doc))
 
-    async def _stream(self, writer: asyncio.StreamWriter, since: int | None, follow: bool) -> None:
-        """One subscription; the body ends when the connection closes (HTTP/1.1 §6.3)."""
+    async def _stream(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        since: int | None,
+        follow: bool,
+    ) -> None:
+        """One subscription; the body ends when the connection closes (HTTP/1.1 §6.3).
+        A following stream also ends as soon as the client hangs up, even while no event
+        comes, so gone clients never hold a ``max_clients`` slot."""
         await self._send(writer, 200, "application/x-ndjson", None)
         sub = self._engine.events(since)
-        while True:
-            try:
-                chunk = await sub.next_chunk() if follow else sub.drain()
-            except SubscriberLagged as lag:
-                writer.write(lagged_line(lag))
-                sub = self._engine.events(since=lag.resume_from)
-                continue
-            if chunk:
-                writer.write(b"".join(map(self._lines.line, chunk)))
-                async with asyncio.timeout(self._stall_timeout):
-                    await writer.drain()
-            if not chunk or not follow:
-                return
+        gone = asyncio.ensure_future(reader.read(1)) if follow else None
+        try:
+            while True:
+                try:
+                    chunk = await self._next(sub, gone) if follow else sub.drain()
+                except SubscriberLagged as lag:
+                    writer.write(lagged_line(lag))
+                    sub = self._engine.events(since=lag.resume_from)
+                    continue
+                if chunk:
+                    writer.write(b"".join(map(self._lines.line, chunk)))
+                    async with asyncio.timeout(self._stall_timeout):
+                        await writer.drain()
+                if not chunk or not follow:
+                    return
+        finally:
+            if gone is not None:
+                gone.cancel()
+
+    @staticmethod
+    async def _next(sub: Any, gone: asyncio.Future[bytes] | None) -> list[Any]:
+        """The next events, or [] once the client has hung up (or sent anything more)."""
+        nxt = asyncio.ensure_future(sub.next_chunk())
+        assert gone is not None
+        await asyncio.wait({nxt, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if nxt.done():
+            return list(nxt.result())
+        nxt.cancel()
+        return []
 
     async def _send(
         self, writer: asyncio.StreamWriter, status: int, content_type: str, body: bytes | None
