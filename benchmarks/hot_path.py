@@ -21,7 +21,7 @@ import threading
 import time
 import timeit
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from time import perf_counter_ns
 from typing import Any
@@ -32,6 +32,7 @@ from writebehind.testing import MemorySink
 from ._common import (
     BASE_TIME,
     BenchmarkError,
+    NullExporter,
     Section,
     Table,
     Target,
@@ -164,29 +165,10 @@ def _otel_spans(n: int) -> list[Any]:
     return spans
 
 
-class _NullExporter:
-    """A SpanExporter that does nothing but count."""
-
-    def __init__(self) -> None:
-        self.exported = 0
-
-    def export(self, spans: Sequence[Any]) -> Any:
-        from opentelemetry.sdk.trace.export import SpanExportResult
-
-        self.exported += len(spans)
-        return SpanExportResult.SUCCESS
-
-    def shutdown(self) -> None:
-        return None
-
-    def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        return True
-
-
 async def _otel_on_end(spans: list[Any], n: int) -> Run:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    exporter = _NullExporter()
+    exporter = NullExporter()
     # A queue that holds every span: the drop path (which logs a warning per span) is not
     # what is being compared. Other settings are the SDK's defaults.
     processor = BatchSpanProcessor(exporter, max_queue_size=n + 1)  # type: ignore[arg-type]

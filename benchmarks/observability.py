@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass
 from time import perf_counter_ns
 from typing import Any
@@ -29,7 +28,7 @@ from typing import Any
 import writebehind as wb
 from writebehind.testing import MemorySink
 
-from ._common import Section, Table, Target, check, fmt_int, fmt_ratio, fmt_us
+from ._common import NullExporter, Section, Table, Target, check, fmt_int, fmt_ratio, fmt_us
 
 __all__ = ["measure"]
 
@@ -72,25 +71,6 @@ class Run:
     spans: int
 
 
-class _NullExporter:
-    """A SpanExporter that does nothing but count."""
-
-    def __init__(self) -> None:
-        self.exported = 0
-
-    def export(self, spans: Sequence[Any]) -> Any:
-        from opentelemetry.sdk.trace.export import SpanExportResult
-
-        self.exported += len(spans)
-        return SpanExportResult.SUCCESS
-
-    def shutdown(self) -> None:
-        return None
-
-    def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        return True
-
-
 class _Scraper:
     """A thread that renders the registry's exposition every ``every`` seconds."""
 
@@ -122,7 +102,7 @@ async def _run(plan: Plan, records: list[dict[str, Any]]) -> Run:
 
         from writebehind.integrations.otel import OTelTracing
 
-        exporter = _NullExporter()
+        exporter = NullExporter()
         provider = TracerProvider()
         provider.add_span_processor(BatchSpanProcessor(exporter))  # type: ignore[arg-type]
         instruments.append(OTelTracing(tracer_provider=provider))

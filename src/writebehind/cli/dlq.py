@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .._errors import ConfigError, WriteBehindError
-from ..sinks._ident import validate
+from ._args import identifier, integer
 
 __all__ = ["register"]
 
@@ -103,14 +103,7 @@ def _source(parser: argparse.ArgumentParser, *, table: str, schema: str) -> None
     )
 
 
-def _ident(what: str) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        try:
-            return validate(text, what)
-        except ConfigError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    return parse
+_ident = identifier
 
 
 def _names(what: str) -> Callable[[str], str | tuple[str, ...]]:
@@ -123,14 +116,7 @@ def _names(what: str) -> Callable[[str], str | tuple[str, ...]]:
     return parse
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+_count = integer(0)
 
 
 def _ids(text: str) -> list[int]:

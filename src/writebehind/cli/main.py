@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 
 from .. import ConfigError, __version__
-from ..sinks._ident import validate
+from ._args import identifier, integer, non_negative_float, positive_float
 
 __all__ = ["build_parser", "main"]
 
@@ -67,13 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--duration",
-        type=_positive_float,
+        type=positive_float,
         default=5.0,
         help="seconds to send heartbeats for (default: 5)",
     )
     demo.add_argument(
         "--interval",
-        type=_positive_float,
+        type=positive_float,
         default=0.5,
         help="seconds between one agent's heartbeats (default: 0.5)",
     )
@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--linger",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=2.0,
         help="seconds a heartbeat may wait before a flush (default: 2.0)",
     )
@@ -162,50 +162,13 @@ def _exit_code(code: object) -> int:
     return 1
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+_positive_int = integer(1)
+_table_name = identifier("table")
 
 
 def _max_batch(text: str) -> int | None:
     """``auto`` (None: the demo picks) or an integer >= 1."""
     return None if text.strip().lower() == "auto" else _positive_int(text)
-
-
-def _table_name(text: str) -> str:
-    try:
-        return validate(text, "table")
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = _number(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = _number(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
 
 
 if __name__ == "__main__":

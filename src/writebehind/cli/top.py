@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from ._args import positive_float
+
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
@@ -367,10 +369,7 @@ def _port(text: str) -> int:
 
 
 def _interval(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value < 3600:
+    value = positive_float(text)
+    if value >= 3600:
         raise argparse.ArgumentTypeError(f"must be seconds > 0 (and < 3600), got {text}")
     return value
