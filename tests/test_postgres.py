@@ -254,10 +254,11 @@ async def test_terminated_backends_lose_and_duplicate_nothing(
     )
     policy = wb.RetryPolicy(base=0.01, cap=0.2, max_attempts=50)
     killed = 0
+    done = asyncio.Event()
 
-    async def killer() -> None:  # 25 kills, about one every 50 ms
+    async def killer() -> None:  # up to 25 kills, about one every 50 ms, while writing
         nonlocal killed
-        while killed < 25:
+        while killed < 25 and not done.is_set():
             killed += await pg.fetchval(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                 "WHERE application_name = $1",
@@ -280,9 +281,10 @@ async def test_terminated_backends_lose_and_duplicate_nothing(
             for a in agents:
                 receipts.append(await b.add(heartbeat(a, second, str(second))))
         await b.flush()
+        done.set()  # the pool keeps no idle minimum: after the run there may be none to kill
         await task
     s = b.stats()
-    assert killed > 0
+    assert killed >= 5, killed
     assert s.retried > 0
     assert s.lost == s.dead_lettered == 0
     assert all(r.outcome in (wb.Outcome.COMMITTED, wb.Outcome.COALESCED) for r in receipts)
