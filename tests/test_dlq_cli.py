@@ -247,12 +247,18 @@ def test_dlq_without_a_subcommand_prints_help(capsys: pytest.CaptureFixture[str]
 
 
 @pytest.mark.server
-def test_list_and_purge_a_postgres_store(capsys: pytest.CaptureFixture[str]) -> None:
-    """--dsn with --table reads and purges a PostgreSQL store."""
+def test_list_and_purge_a_postgres_store(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--dsn with --table reads and purges a PostgreSQL store; env:NAME reads the DSN from
+    the environment."""
     table = f"dl_{uuid.uuid4().hex[:12]}"
     put(PostgresDeadLetter(DSN, table=table), [({"id": "a"}, "hb", "PermanentSinkError")])
+    monkeypatch.setenv("WB_TEST_DLQ_DSN", DSN)
     try:
-        code, out, _ = run(capsys, "list", "--dsn", DSN, "--table", table, "--json")
+        code, out, _ = run(
+            capsys, "list", "--dsn", "env:WB_TEST_DLQ_DSN", "--table", table, "--json"
+        )
         assert code == 0
         assert json.loads(out)["record"] == {"id": "a"}
         code, out, _ = run(capsys, "purge", "--dsn", DSN, "--table", table, "--all", "--yes")
@@ -286,6 +292,15 @@ def test_postgres_errors_do_not_show_the_password(capsys: pytest.CaptureFixture[
     assert code == 1
     assert "dead-letter store" in err
     assert "sekrit-canary" not in err
+
+
+def test_a_dsn_from_an_unset_environment_variable_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``--dsn env:NAME`` with NAME unset exits 2 naming the variable."""
+    code, _, err = run(capsys, "list", "--dsn", "env:WB_SURELY_UNSET_VARIABLE")
+    assert code == 2
+    assert "WB_SURELY_UNSET_VARIABLE" in err
 
 
 async def _sql(query: str) -> Any:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from collections.abc import Callable
 
 from .._errors import ConfigError
 from ..sinks._ident import validate
 
-__all__ = ["identifier", "integer", "non_negative_float", "number", "positive_float"]
+__all__ = ["dsn", "identifier", "integer", "non_negative_float", "number", "positive_float"]
 
 
 def integer(low: int) -> Callable[[str], int]:
@@ -64,4 +65,16 @@ def non_negative_float(text: str) -> float:
     value = number(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def dsn(text: str) -> str:
+    """A DSN, or ``env:NAME`` to read it from the environment variable NAME (so a password
+    need not appear on the command line, where ``ps`` shows it)."""
+    if not text.startswith("env:"):
+        return text
+    name = text[4:]
+    value = os.environ.get(name)
+    if not name or not value:
+        raise argparse.ArgumentTypeError(f"environment variable {name!r} is not set or empty")
     return value

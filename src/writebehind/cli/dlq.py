@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .._errors import ConfigError, WriteBehindError
-from ._args import identifier, integer
+from ._args import dsn, identifier, integer
 
 __all__ = ["register"]
 
@@ -61,7 +61,12 @@ def register(commands: Any) -> None:
     _source(replay, table="--dlq-table", schema="--dlq-schema")
     target = replay.add_mutually_exclusive_group()
     target.add_argument("--to-db", metavar="PATH", help="the SQLite file to write (SQLiteSink)")
-    target.add_argument("--to-dsn", metavar="DSN", help="the PostgreSQL to write (PostgresSink)")
+    target.add_argument(
+        "--to-dsn",
+        metavar="DSN",
+        type=dsn,
+        help="the PostgreSQL to write (PostgresSink); env:NAME reads it from $NAME",
+    )
     replay.add_argument("--table", type=_ident("table"), help="the table to write")
     replay.add_argument("--schema", type=_ident("schema"), default="public", help="(PostgreSQL)")
     replay.add_argument("--key", type=_names("key"), help="key column(s), comma separated")
@@ -87,7 +92,14 @@ def _source(parser: argparse.ArgumentParser, *, table: str, schema: str) -> None
     where.add_argument(
         "--db", metavar="PATH", help="the SQLite dead-letter file (default: dead_letters.db)"
     )
-    where.add_argument("--dsn", help="read a PostgreSQL dead-letter table instead")
+    where.add_argument(
+        "--dsn",
+        type=dsn,
+        help=(
+            "read a PostgreSQL dead-letter table instead; env:NAME reads the DSN from $NAME "
+            "(keeps a password out of the process list)"
+        ),
+    )
     parser.add_argument(
         table,
         dest="dlq_table",
