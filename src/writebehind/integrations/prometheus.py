@@ -225,14 +225,9 @@ class PrometheusCollector:
     def collect(self) -> Iterator[Any]:
         """Build every metric family from ``stats()``, the histograms and the last refreshed
         values. Never waits on a refresh."""
-        mc, lb = self._mc, ["batcher"]
+        mc = self._mc
         snaps = [(e.name, e.stats()) for e in self._engines]
-        for field, (name, doc) in COUNTERS.items():
-            fam = mc.CounterMetricFamily(_P + name, doc, labels=lb)
-            for n, s in snaps:
-                if hasattr(s, field):
-                    fam.add_metric([n], float(getattr(s, field)))
-            yield fam
+        yield from _per_batcher(mc.CounterMetricFamily, COUNTERS, snaps)
         fam = mc.CounterMetricFamily(
             _P + "records_dropped", "Records a drop policy dropped.", labels=["batcher", "reason"]
         )
@@ -244,12 +239,7 @@ class PrometheusCollector:
             if rest:
                 fam.add_metric([n, "other"], float(rest))
         yield fam
-        for field, (name, doc) in GAUGES.items():
-            fam = mc.GaugeMetricFamily(_P + name, doc, labels=lb)
-            for n, s in snaps:
-                if hasattr(s, field):
-                    fam.add_metric([n], float(getattr(s, field)))
-            yield fam
+        yield from _per_batcher(mc.GaugeMetricFamily, GAUGES, snaps)
         fam = mc.GaugeMetricFamily(
             _P + "sink_state", "1 for the sink's current health state.", labels=["batcher", "state"]
         )
@@ -343,3 +333,14 @@ class PrometheusCollector:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _per_batcher(
+    family: Any, fields: dict[str, tuple[str, str]], snaps: list[tuple[str, Any]]
+) -> Iterator[Any]:
+    """One family per ``stats()`` field in ``fields``, one sample per batcher."""
+    for field, (name, doc) in fields.items():
+        fam = family(_P + name, doc, labels=["batcher"])
+        for batcher, stats in snaps:
+            fam.add_metric([batcher], float(getattr(stats, field)))
+        yield fam
