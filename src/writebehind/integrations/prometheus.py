@@ -336,7 +336,7 @@ class PrometheusCollector:
 
 
 def _per_batcher(
-    family: Any, fields: dict[str, tuple[str, str]], snaps: list[tuple[str, Any]]
+    family: Any, fields: Mapping[str, tuple[str, str]], snaps: list[tuple[str, Any]]
 ) -> Iterator[Any]:
     """One family per ``stats()`` field in ``fields``, one sample per batcher."""
     for field, (name, doc) in fields.items():
