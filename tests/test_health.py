@@ -14,8 +14,8 @@ from typing import Any, TypeVar
 import pytest
 
 import writebehind as wb
-from writebehind._health import LogLimiter
-from writebehind._limit import AdaptiveConcurrency
+from writebehind._aimd import AdaptiveConcurrency
+from writebehind._health import LogGate
 from writebehind.testing import FlakySink, ManualClock, MemorySink, SlowSink, ThrottlingSink
 
 from .conftest import Open, assert_conserved, settle
@@ -167,7 +167,7 @@ def test_log_limiter_holds_repeats_and_counts_them(caplog: pytest.LogCaptureFixt
     """One line per key per interval; the next line says how many were held back."""
     caplog.set_level(logging.INFO, logger="writebehind")
     clock = ManualClock()
-    limit = LogLimiter(clock, interval=10)
+    limit = LogGate(clock, interval=10)
     assert limit("a", logging.WARNING, "first %d", 1)
     assert not limit("a", logging.WARNING, "second")
     assert limit("b", logging.WARNING, "other key")
@@ -364,7 +364,7 @@ async def test_an_unexpected_error_in_delivery_dead_letters_instead_of_losing(
 ) -> None:
     """If delivering a batch raises (a bug), its records are dead-lettered and counted,
     never left in flight for ever."""
-    import writebehind._dispatch as dispatch
+    import writebehind._delivery as dispatch
 
     def broken(exc: BaseException, policy: object = None) -> bool:
         raise RuntimeError("a bug")

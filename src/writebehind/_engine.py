@@ -1,9 +1,9 @@
 """``AsyncBatcher``: the engine. The flusher task, flush(), close() and the thread entry.
 
-One flusher task per batcher asks :func:`writebehind._flush.decide` what to do each time it
-wakes, cuts batches from the :class:`~writebehind._buffer.Intake`, and starts one delivery
+One flusher task per batcher asks :func:`writebehind._decide.decide` what to do each time it
+wakes, cuts batches from the :class:`~writebehind._intake.Intake`, and starts one delivery
 task per batch (at most ``max_in_flight`` at once). Everything per record happens in the
-intake; everything per batch happens here and in :mod:`writebehind._dispatch`.
+intake; everything per batch happens here and in :mod:`writebehind._delivery`.
 """
 
 from __future__ import annotations
@@ -17,18 +17,18 @@ from dataclasses import replace
 from types import TracebackType
 from typing import Any, Self
 
-from ._buffer import Intake
+from ._aimd import AdaptiveConcurrency
 from ._clock import Clock, MonotonicClock
 from ._config import Options
 from ._deadletter import CallableDeadLetter, DeadLetter, DeadLetterSpec
-from ._dispatch import Delivery
+from ._delivery import Delivery
 from ._errors import BufferFull, ConfigError, WriteBehindError
 from ._events import Closed, EventBuffer, Subscription
 from ._flusher import Flusher
 from ._health import SinkHealth
 from ._instrument import Instrument
+from ._intake import Intake
 from ._keys import FieldSpec
-from ._limit import AdaptiveConcurrency
 from ._receipt import Receipt
 from ._retry import RetryPolicy
 from ._stats import CloseReport, Stats

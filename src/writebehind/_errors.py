@@ -7,7 +7,8 @@
     ├── BatcherClosed        add() after close() began
     └── SinkError            a sink's write failed; ``retriable``: may trying again help?
         ├── RetriableSinkError   connection lost, timeout, throttled, deadlock, ...
-        │   └── WriteTimeout     no answer within ``write_timeout`` (outcome unknown)
+        │   ├── WriteTimeout     no answer within ``write_timeout`` (outcome unknown)
+        │   └── SinkMisconfigured  no record can cause it: table or column gone, privilege
         └── PermanentSinkError   bad data, constraint violation, unknown column, ...
 
 ``ConfigError`` and ``RecordError`` are also ``ValueError``s.
@@ -28,6 +29,7 @@ __all__ = [
     "RecordError",
     "RetriableSinkError",
     "SinkError",
+    "SinkMisconfigured",
     "WriteBehindError",
     "WriteTimeout",
 ]
@@ -87,6 +89,14 @@ class RetriableSinkError(SinkError):
 
 class WriteTimeout(RetriableSinkError):
     """The write did not finish within ``write_timeout``; it may or may not have committed."""
+
+
+class SinkMisconfigured(RetriableSinkError):
+    """The sink cannot take *any* record as it stands: its table or a column was dropped or
+    retyped, or the login lost a privilege. No record caused it, so the batch is not split
+    to hunt for a bad one: the batcher pauses as failing and retries with backoff (logged as
+    a configuration problem) until an operator repairs the schema or ``max_attempts`` is
+    used up."""
 
 
 class PermanentSinkError(SinkError):

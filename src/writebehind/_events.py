@@ -229,7 +229,7 @@ class Subscription(AsyncIterator[Any]):
     """``async for event in batcher.events(since=...)``; ``started_at`` is the first index."""
 
     def __init__(self, buffer: EventBuffer, start: int) -> None:
-        self._buffer = buffer
+        self._intake = buffer
         self._next = start
         self.started_at = start
         self._ready: deque[Any] = deque()
@@ -240,17 +240,17 @@ class Subscription(AsyncIterator[Any]):
     async def next_chunk(self) -> list[Any]:
         """Every event available now (waiting for at least one); [] at the end."""
         while True:
-            events = self._buffer.take(self._next)
+            events = self._intake.take(self._next)
             if events:
                 self._next = events[-1].index + 1
                 return events
-            if self._buffer.closed:
+            if self._intake.closed:
                 return []
-            await self._buffer._changed()
+            await self._intake._changed()
 
     def drain(self) -> list[Any]:
         """Every event held from here on, without waiting (for a stopped loop)."""
-        events = self._buffer.take(self._next)
+        events = self._intake.take(self._next)
         if events:
             self._next = events[-1].index + 1
         return events

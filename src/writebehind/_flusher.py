@@ -1,7 +1,7 @@
 """``Flusher``: one batcher's flush loop and the delivery tasks it starts.
 
-Each time it wakes, it asks :func:`writebehind._flush.decide` whether to cut a batch, cuts
-it from the :class:`~writebehind._buffer.Intake`, and starts one delivery task per batch (at
+Each time it wakes, it asks :func:`writebehind._decide.decide` whether to cut a batch, cuts
+it from the :class:`~writebehind._intake.Intake`, and starts one delivery task per batch (at
 most the adaptive concurrency, itself at most ``max_in_flight``, at once; ``direct`` writes
 run beside them). It also turns the
 intake's "the buffer was full" notices into events, answers ``flush()`` requests, and, at
@@ -13,12 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from ._buffer import Intake
 from ._clock import Clock
 from ._config import Options
-from ._dispatch import Delivery
+from ._decide import decide
+from ._delivery import Delivery
 from ._events import BufferFilled, EventBuffer, RecordsDropped
-from ._flush import decide
+from ._intake import Intake
 from ._receipt import Batch, Outcome
 
 __all__ = ["Flusher"]

@@ -7,7 +7,7 @@ probes with one write at a time, one per backoff step (no retry storm however ma
 batches are waiting), and the first success makes it healthy again.
 
 Every state change is an event (``Paused``/``Resumed``) and a log line; repeated failures
-are logged through :class:`LogLimiter`, one line per kind per interval with a count of the
+are logged through :class:`LogGate`, one line per kind per interval with a count of the
 lines it held back, so a sink that is down for an hour writes a few hundred lines, not one
 per batch.
 """
@@ -18,14 +18,14 @@ import asyncio
 import logging
 from typing import Any
 
+from ._aimd import AdaptiveConcurrency
 from ._clock import Clock
 from ._deadletter import scrub_secrets
 from ._errors import WriteTimeout
 from ._events import EventBuffer, Paused, Resumed
-from ._limit import AdaptiveConcurrency
 from ._retry import RetryPolicy, backoff, retry_after
 
-__all__ = ["LOG_INTERVAL", "LogLimiter", "SinkHealth"]
+__all__ = ["LOG_INTERVAL", "LogGate", "SinkHealth"]
 
 log = logging.getLogger("writebehind")
 
@@ -33,7 +33,7 @@ LOG_INTERVAL = 30.0
 """Seconds between two log lines of the same kind (the ones in between are counted)."""
 
 
-class LogLimiter:
+class LogGate:
     """At most one log line per key per ``interval``; the next one says how many were held."""
 
     def __init__(self, clock: Clock, interval: float = LOG_INTERVAL) -> None:
@@ -79,7 +79,7 @@ class SinkHealth:
         self.resume_at = float("-inf")  # no write starts before this clock time
         self.failures = 0  # consecutive retriable failures: the lane's backoff step
         self.refused = 0  # writes failed or throttled since the state left healthy
-        self.limiter = LogLimiter(clock)
+        self.limiter = LogGate(clock)
         self._probe = asyncio.Lock()
 
     async def admit(self) -> bool:

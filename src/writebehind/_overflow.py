@@ -4,7 +4,7 @@
 record), ``drop_newest`` (accept and drop it), ``drop_oldest`` (drop the oldest pending
 record to make room) or ``direct`` (write it alone, now, beside the batches). These run with
 the intake's lock held and only when the buffer is full, so they live apart from the hot
-path; :class:`~writebehind._buffer.Intake` binds them as its methods.
+path; :class:`~writebehind._intake.Intake` binds them as its methods.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from ._errors import BufferFull
 from ._receipt import Batch, Outcome, Receipt
 
 if TYPE_CHECKING:
-    from ._buffer import Intake
+    from ._intake import Intake
 
 __all__ = ["WHEN_FULL", "compact", "log_drops", "when_full"]
 

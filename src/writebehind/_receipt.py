@@ -16,7 +16,7 @@ from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._buffer import Intake
+    from ._intake import Intake
 
 __all__ = ["Batch", "Outcome", "Receipt"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from writebehind._flush import Decision, decide
+from writebehind._decide import Decision, decide
 
 
 def d(**kw: Any) -> Decision:

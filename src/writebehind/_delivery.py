@@ -13,7 +13,6 @@ import time
 from contextlib import ExitStack
 from typing import Any
 
-from ._buffer import Intake
 from ._clock import Clock
 from ._deadletter import DeadLetter, DeadLetterEntry, scrub_secrets, sink_name
 from ._errors import WriteTimeout
@@ -26,6 +25,7 @@ from ._events import (
 )
 from ._health import SinkHealth
 from ._instrument import Instrument, WriteAttempt
+from ._intake import Intake
 from ._receipt import Outcome, Receipt
 from ._retry import RetryPolicy, is_retriable, retry_after, split
 
