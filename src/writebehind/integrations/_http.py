@@ -2,11 +2,13 @@
 
 :func:`read_request` reads one ``GET`` request within the limits below (request line,
 header count and size; the caller bounds the time with :data:`REQUEST_TIMEOUT`) and checks
-it against the routes it is given: method, body, ``Host`` (a loopback one when the server
-is bound to loopback), target and query parameters. Anything else raises
-:class:`HttpError` with the status to answer. :func:`send` writes a response head (always
-``Connection: close``, ``Cache-Control: no-store``) and optional body; :func:`finish` closes
-a connection without ever waiting long. Stdlib only; no state of its own.
+it: method, body, ``Host`` (a loopback one when the server is bound to loopback), then
+target and query parameters with :func:`route`, which the ASGI and WSGI apps use too (with
+:func:`events_params` and :func:`error_body`), so that every form of the endpoint answers a
+request alike. Anything else raises :class:`HttpError` with the status to answer.
+:func:`send` writes a response head (always ``Connection: close``, ``Cache-Control:
+no-store``) and optional body; :func:`finish` closes a connection without ever waiting
+long. Stdlib only; no state of its own.
 """
 
 from __future__ import annotations
@@ -18,8 +20,14 @@ import ipaddress
 import re
 import socket
 from collections.abc import Mapping
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
 
+ROUTES: Mapping[str, tuple[str, ...]] = {
+    "/health": (),
+    "/stats": (),
+    "/events": ("since", "follow"),
+}
+"""Every route of the stats endpoint and the query parameters it takes."""
 MAX_LINE = 4096  # bytes in the request line or one header line
 MAX_HEADERS = 32
 MAX_HEADER_BYTES = 8192
@@ -111,21 +119,44 @@ async def read_request(
         raise HttpError(400, "HTTP/1.1 needs a Host header")
     if host is not None and loopback and not _loopback_host(host):
         raise HttpError(403, "this endpoint answers only to a loopback Host")
-    if not target.startswith(b"/") or not target.isascii():
+    if not target.isascii():
         raise HttpError(400, "the target must be an absolute path")
-    url = urlsplit(target.decode("ascii"))
-    if url.path not in routes:
-        raise HttpError(404, f"no route {url.path}; try /stats, /events or /health")
+    path, _, query = target.decode("ascii").partition("?")
+    return route(path, query, routes)
+
+
+def route(path: str, query: str, routes: Mapping[str, tuple[str, ...]]) -> Request:
+    """Check a request's ``path`` and raw ``query`` string against ``routes`` (each path
+    and its allowed parameters). Shared by the standalone server and the ASGI and WSGI
+    apps, so every form answers the same request the same way."""
+    if not path.startswith("/") or "#" in path or "#" in query:
+        raise HttpError(400, "the target must be an absolute path")
+    if path not in routes:
+        raise HttpError(404, f"no route {path}; try /stats, /events or /health")
     try:
-        pairs = parse_qsl(url.query, keep_blank_values=True, strict_parsing=bool(url.query))
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
     except ValueError:
         raise HttpError(400, "malformed query string") from None
-    query = dict(pairs)
-    unknown = sorted(set(query) - set(routes[url.path]))
-    if unknown or len(query) != len(pairs):
-        allowed = ", ".join(routes[url.path]) or "none"
+    params = dict(pairs)
+    unknown = sorted(set(params) - set(routes[path]))
+    if unknown or len(params) != len(pairs):
+        allowed = ", ".join(routes[path]) or "none"
         raise HttpError(400, f"unknown or repeated parameter(s); allowed: {allowed}")
-    return Request(url.path, query)
+    return Request(path, params)
+
+
+def events_params(query: Mapping[str, str]) -> tuple[int | None, bool]:
+    """``since`` and ``follow`` of an ``/events`` request (``follow`` defaults to on)."""
+    since = int_param(query, "since")
+    follow = query.get("follow", "1")
+    if follow not in ("0", "1"):
+        raise HttpError(400, "follow: must be 0 or 1")
+    return since, follow == "1"
+
+
+def error_body(exc: HttpError) -> bytes:
+    """The one-line text body that answers ``exc``."""
+    return f"{exc.status} {REASONS[exc.status]}: {exc.message}\n".encode()
 
 
 async def _read_line(reader: asyncio.StreamReader, status: int, too_long: str) -> bytes:
@@ -142,7 +173,7 @@ def _loopback_host(host: bytes) -> bool:
     return is_loopback(name)
 
 
-def int_param(query: dict[str, str], name: str) -> int | None:
+def int_param(query: Mapping[str, str], name: str) -> int | None:
     """The query parameter ``name`` as an integer >= 0 (``None`` if absent)."""
     text = query.get(name)
     if text is None:
@@ -179,7 +210,7 @@ async def send(
 
 async def send_error(writer: asyncio.StreamWriter, exc: HttpError, *, stall_timeout: float) -> None:
     """Answer with ``exc`` as a one-line text body; a client gone meanwhile is ignored."""
-    body = f"{exc.status} {REASONS[exc.status]}: {exc.message}\n".encode()
+    body = error_body(exc)
     with contextlib.suppress(ConnectionError, TimeoutError):
         await send(
             writer,

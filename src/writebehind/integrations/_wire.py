@@ -1,7 +1,8 @@
-"""The JSON the stats endpoint sends: :func:`jsonable` turns stats, options and events into
-plain JSON data; :func:`snapshot` builds the ``/stats`` document (versioned by
-:data:`SCHEMA`); :class:`LineCache` encodes each event's ``/events`` line once for every
-stream. Stdlib only.
+"""The JSON the stats endpoint sends, in every form (the standalone server, the ASGI and
+the WSGI app): :func:`jsonable` turns stats, options and events into plain JSON data;
+:func:`snapshot` builds the ``/stats`` document (versioned by :data:`SCHEMA`) and
+:func:`health` the ``/health`` one; :class:`LineCache` encodes each event's ``/events``
+line once for every stream. Stdlib only.
 """
 
 from __future__ import annotations
@@ -75,6 +76,20 @@ def snapshot(engine: AsyncBatcher) -> dict[str, Any]:
             "next": engine.events(since=None).started_at,
         },
     }
+
+
+def health(engine: AsyncBatcher) -> tuple[int, dict[str, Any]]:
+    """The ``/health`` answer: 200 and ``"status": "ok"`` while the batcher runs; 503 with
+    ``"not started"`` or ``"closed"`` otherwise (the apps mounted in a web server can see
+    both; the standalone server lives exactly as long as its batcher)."""
+    if engine.loop is None:
+        status = "not started"
+    elif engine.stats().closed:
+        status = "closed"
+    else:
+        status = "ok"
+    doc = {"schema": SCHEMA, "status": status, "batcher": engine.name}
+    return (200 if status == "ok" else 503), doc
 
 
 def lagged_line(lag: SubscriberLagged) -> bytes:

@@ -37,7 +37,7 @@ from .._errors import ConfigError, WriteBehindError
 from .._events import SubscriberLagged
 from . import _http
 from ._http import CLOSE_GRACE, HttpError, Request, is_loopback
-from ._wire import SCHEMA, LineCache, document, jsonable, lagged_line, snapshot
+from ._wire import SCHEMA, LineCache, document, health, jsonable, lagged_line, snapshot
 
 if TYPE_CHECKING:
     from .._engine import AsyncBatcher
@@ -46,8 +46,6 @@ if TYPE_CHECKING:
 __all__ = ["SCHEMA", "StatsServer", "SyncStatsServer", "jsonable", "serve", "serve_sync"]
 
 log = logging.getLogger("writebehind")
-
-_ROUTES = {"/health": (), "/stats": (), "/events": ("since", "follow")}
 
 
 def _loop_of(engine: AsyncBatcher) -> asyncio.AbstractEventLoop | None:
@@ -158,7 +156,9 @@ class StatsServer:
                 return
             try:
                 async with asyncio.timeout(_http.REQUEST_TIMEOUT):
-                    request = await _http.read_request(reader, _ROUTES, loopback=self._loopback)
+                    request = await _http.read_request(
+                        reader, _http.ROUTES, loopback=self._loopback
+                    )
             except TimeoutError:
                 raise HttpError(408, "the request took too long to arrive") from None
             if len(self._conns) > self._max_clients:  # answered after reading: no reset
@@ -182,17 +182,12 @@ class StatsServer:
         self, request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         if request.path == "/events":
-            since = _http.int_param(request.query, "since")
-            follow = request.query.get("follow", "1")
-            if follow not in ("0", "1"):
-                raise HttpError(400, "follow: must be 0 or 1")
-            await self._stream(reader, writer, since, follow == "1")
+            since, follow = _http.events_params(request.query)
+            await self._stream(reader, writer, since, follow)
             return
-        if request.path == "/health":
-            doc: dict[str, Any] = {"schema": SCHEMA, "status": "ok", "batcher": self._engine.name}
-        else:
-            doc = snapshot(self._engine)
-        await self._send(writer, 200, "application/json", document(doc))
+        status, doc = health(self._engine) if request.path == "/health" else (200, None)
+        body = document(doc if doc is not None else snapshot(self._engine))
+        await self._send(writer, status, "application/json", body)
 
     async def _stream(
         self,
