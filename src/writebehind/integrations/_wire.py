@@ -11,6 +11,7 @@ import dataclasses
 import enum
 import json
 import math
+import threading
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -99,18 +100,21 @@ def lagged_line(lag: SubscriberLagged) -> bytes:
 
 
 class LineCache:
-    """The encoded ``/events`` lines of the last ``size`` events, shared by every stream."""
+    """The encoded ``/events`` lines of the last ``size`` events, shared by every stream
+    (safe from several threads: a WSGI server's)."""
 
     def __init__(self, size: int = LINE_CACHE) -> None:
         self._size = size
         self._lines: dict[int, bytes] = {}
+        self._lock = threading.Lock()
 
     def line(self, event: Any) -> bytes:
         """The encoded line of ``event``, encoded once for every stream that sends it."""
         line = self._lines.get(event.index)
         if line is None:
             line = json.dumps(jsonable(event), separators=(",", ":")).encode() + b"\n"
-            if len(self._lines) >= self._size:
-                del self._lines[next(iter(self._lines))]
-            self._lines[event.index] = line
+            with self._lock:
+                if len(self._lines) >= self._size:
+                    del self._lines[next(iter(self._lines))]
+                self._lines[event.index] = line
         return line
