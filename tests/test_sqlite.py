@@ -191,3 +191,31 @@ async def test_locked_database_is_retried(heartbeat_db: Path) -> None:
         assert await receipt is wb.Outcome.COMMITTED
     blocker.close()
     assert rows(heartbeat_db)["a"] == ("x", 1)
+
+
+@dataclass
+class Beat:
+    id: str
+    name: str
+    updated_at: int
+
+
+@dataclass
+class BeatWithNote(Beat):
+    note: str
+
+
+async def test_records_of_different_shapes_keep_every_field(api: Open, tmp_path: Path) -> None:
+    """A dataclass and its subclass with an extra field, in one batch, both write every
+    field (issue 9, item 2: the extra field was dropped while reported committed)."""
+    path = tmp_path / "shapes.db"
+    with sqlite3.connect(path) as c:
+        c.execute("CREATE TABLE agents (id TEXT PRIMARY KEY, name TEXT, updated_at, note TEXT)")
+    sink = wb.SQLiteSink(path, table="agents", key="id", version="updated_at")
+    async with api(sink, key="id", version="updated_at") as b:
+        plain = b.add_nowait(Beat("a", "x", 1))
+        noted = b.add_nowait(BeatWithNote("b", "y", 1, "hello"))
+        await b.flush()
+        assert await b.outcome(plain) is wb.Outcome.COMMITTED
+        assert await b.outcome(noted) is wb.Outcome.COMMITTED
+    assert rows(path) == {"a": ("x", 1, None), "b": ("y", 1, "hello")}

@@ -1,4 +1,10 @@
-"""Reading a record's fields: mappings, dataclasses, msgspec Structs, named tuples, objects."""
+"""Reading a record's fields: mappings, dataclasses, msgspec Structs, named tuples, objects.
+
+Records of one batch may have different shapes (a dataclass and its subclass, objects with
+an optional attribute set on some only, dicts with different keys): each record is read with
+its *own* field names, and the rows are grouped by shape, so no field is ever dropped. The
+common case, one shape for the whole batch, takes a C-level fast path.
+"""
 
 from __future__ import annotations
 
@@ -12,69 +18,134 @@ from .._errors import PermanentSinkError
 
 __all__ = ["adapt_columns", "check_shape", "field_names", "group_rows", "row_getter"]
 
+Getter = Callable[[Any], tuple[Any, ...]]
+Rows = dict[tuple[str, ...], list[tuple[Any, ...]]]
+_DICT = {dict}
+
 
 def field_names(record: Any) -> tuple[str, ...]:
     """The names of a record's fields, in order."""
+    return _shape(record)[0]
+
+
+def _shape(record: Any) -> tuple[tuple[str, ...], bool]:
+    """A record's field names, and whether every instance of its class has those same
+    names (dataclasses, msgspec Structs and named tuples do; mappings and plain objects
+    need not)."""
     if isinstance(record, Mapping):
-        return tuple(record)
+        return tuple(record), False
     if dataclasses.is_dataclass(record) and not isinstance(record, type):
-        return tuple(f.name for f in dataclasses.fields(record))
+        return tuple(f.name for f in dataclasses.fields(record)), True
     names = getattr(type(record), "__struct_fields__", None) or getattr(record, "_fields", None)
     if names is not None:
-        return tuple(names)
+        return tuple(names), True
     if hasattr(record, "__dict__"):
-        return tuple(k for k in vars(record) if not k.startswith("_"))
+        return tuple(k for k in vars(record) if not k.startswith("_")), False
     raise PermanentSinkError(
         f"cannot read fields from a {type(record).__name__}; records must be mappings, "
         f"dataclasses, msgspec Structs, named tuples or plain objects"
     )
 
 
-def row_getter(record: Any, names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
-    """A function that reads ``names`` from records shaped like ``record``."""
-    if isinstance(record, Mapping):
-        return lambda r: tuple(r[n] for n in names)
-    return lambda r: tuple(getattr(r, n) for n in names)
+def row_getter(record: Any, names: tuple[str, ...]) -> Getter:
+    """A function that reads ``names`` from records shaped like ``record``, as a tuple."""
+    return _getter(names, isinstance(record, Mapping))
 
 
-Rows = dict[tuple[str, ...], list[tuple[Any, ...]]]
+def _getter(names: tuple[str, ...], mapping: bool) -> Getter:
+    if not names:
+        return _no_fields
+    get = operator.itemgetter(*names) if mapping else operator.attrgetter(*names)
+    if len(names) == 1:
+        return lambda r: (get(r),)
+    return get
+
+
+def _no_fields(record: Any) -> tuple[Any, ...]:
+    return ()
 
 
 def group_rows(batch: list[Any]) -> Rows:
     """Turn records into value tuples, grouped by their field names (one group when all
-    records share a shape, as they usually do).
+    records share a shape, as they usually do). Every record is read with its own names.
 
-    Plain dicts shaped like the first record take a C fast path (``operator.itemgetter``):
-    a dict with as many keys as the first and all of its names has exactly its keys.
+    Fast paths, for records shaped like the first one: a plain dict with as many keys as
+    the first and all of its names has exactly its keys (``operator.itemgetter``); an
+    instance of the first record's class has its fields when the class fixes them
+    (dataclass, Struct, named tuple); a plain object or other mapping whose keys equal the
+    first one's has its names (``operator.attrgetter``/``itemgetter``). Anything else is
+    read on its own and joins the group of its shape.
     """
-    groups: Rows = {}
     first = batch[0]
-    names = field_names(first)
+    names, fixed = _shape(first)
+    groups: Rows = {}
     rows = groups[names] = []
+    append = rows.append
+    other = _Others(groups)
     if type(first) is dict and names:
         width = len(names)
         get = operator.itemgetter(*names)
         one = width == 1
+        if not one and set(map(type, batch)) == _DICT and set(map(len, batch)) == {width}:
+            try:  # every record a dict with exactly the first one's keys: C-level passes
+                rows.extend(map(get, batch))
+                return groups
+            except KeyError:  # a dict with as many keys, but other ones
+                rows.clear()
         for r in batch:
             if type(r) is dict and len(r) == width:
                 try:
-                    rows.append((get(r),) if one else get(r))
+                    append((get(r),) if one else get(r))
                     continue
                 except KeyError:
                     pass
-            other = field_names(r)
-            groups.setdefault(other, []).append(row_getter(r, other)(r))
-    else:
-        get_row = row_getter(first, names)
-        mapping = isinstance(first, Mapping)
-        keys = first.keys() if mapping else None
+            other.add(r)
+        return groups
+    kind = type(first)
+    get_row = _getter(names, isinstance(first, Mapping))
+    if fixed:
         for r in batch:
-            if mapping and (not isinstance(r, Mapping) or r.keys() != keys):
-                other = field_names(r)
-                groups.setdefault(other, []).append(row_getter(r, other)(r))
-                continue
-            rows.append(get_row(r))
-    return {k: v for k, v in groups.items() if v}
+            if type(r) is kind:
+                append(get_row(r))
+            else:
+                other.add(r)
+        return groups
+    mapping = isinstance(first, Mapping)
+    keys = first.keys() if mapping else getattr(first, "__dict__", {}).keys()
+    for r in batch:
+        if type(r) is kind and (r.keys() if mapping else r.__dict__.keys()) == keys:
+            append(get_row(r))
+        else:
+            other.add(r)
+    return groups
+
+
+class _Others:
+    """Reads the records not shaped like the first, each with its own names (the getter
+    cached per class when the class fixes the fields)."""
+
+    def __init__(self, groups: Rows) -> None:
+        self.groups = groups
+        self.fixed: dict[type, tuple[tuple[str, ...], Getter]] = {}
+
+    def add(self, record: Any) -> None:
+        if type(record) is dict:
+            names: tuple[str, ...] = tuple(record)
+            row: tuple[Any, ...] = tuple(record.values())
+        else:
+            hit = self.fixed.get(type(record))
+            if hit is None:
+                names, fixed = _shape(record)
+                get = _getter(names, isinstance(record, Mapping))
+                if fixed:
+                    self.fixed[type(record)] = (names, get)
+            else:
+                names, get = hit
+            row = get(record)
+        rows = self.groups.get(names)
+        if rows is None:
+            rows = self.groups[names] = []
+        rows.append(row)
 
 
 def adapt_columns(
