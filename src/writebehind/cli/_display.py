@@ -1,8 +1,13 @@
-"""What the demo shows while it runs and when it ends: a live rich table, or plain lines.
+"""How the CLI shows things: a live rich view, or plain lines, for ``demo`` and ``top``.
 
 ``rich`` is imported only here, only when a rich display is asked for, and only if it is
-installed (the ``writebehind[cli]`` extra); otherwise :func:`make_display` returns the plain
-display, which prints one line a second and a plain two-column table at the end.
+installed (the ``writebehind[cli]`` extra); otherwise the plain form is used. This is the
+one place that falls back from rich to plain, and that drives a ``rich.live.Live``.
+
+- :func:`make_display`: the demo's progress line and final table (the plain display prints
+  one line a second and a plain two-column table at the end).
+- :func:`make_screen`: a :class:`Screen` that shows a :class:`View` (something that renders
+  as text lines and as a rich renderable) once, or live, refreshed in place (``top``).
 """
 
 from __future__ import annotations
@@ -12,12 +17,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TextIO
 
 if TYPE_CHECKING:
-    from rich.console import Console
+    from rich.console import Console, RenderableType
     from rich.live import Live
     from rich.table import Table
     from rich.text import Text
 
-__all__ = ["Display", "Progress", "Row", "make_display"]
+__all__ = ["Display", "Progress", "Row", "Screen", "View", "make_display", "make_screen"]
 
 Row = tuple[str, str]
 """One line of the final table: (label, value)."""
@@ -60,6 +65,89 @@ def make_display(*, plain: bool, out: TextIO | None = None) -> Display:
         except ImportError:
             pass
     return _PlainDisplay(out)
+
+
+class View(Protocol):
+    """What a :class:`Screen` shows: the same content as text lines and as rich."""
+
+    def lines(self) -> list[str]: ...
+
+    def renderable(self) -> RenderableType: ...
+
+
+class Screen(Protocol):
+    """Shows a :class:`View`: printed once, or live (refreshed in place)."""
+
+    def show(self, view: View) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def make_screen(*, plain: bool, live: bool, out: TextIO | None = None) -> Screen:
+    """A rich screen, or the plain one when ``plain`` is set or rich is missing. ``live``:
+    each :meth:`Screen.show` replaces the last (rich) or follows it after a blank line."""
+    if not plain:
+        try:
+            return _RichScreen(out, live=live)
+        except ImportError:
+            pass
+    return _PlainScreen(out, live=live)
+
+
+class _PlainScreen:
+    def __init__(self, out: TextIO | None, *, live: bool) -> None:
+        self._out, self._live = out, live
+
+    def show(self, view: View) -> None:
+        text = "\n".join(view.lines()) + ("\n" if self._live else "")
+        print(text, file=self._out or sys.stdout, flush=True)
+
+    def stop(self) -> None:
+        pass
+
+
+class _LiveSlot:
+    """One ``rich.live.Live`` on a console: started by the first update, refreshed on each
+    one (no auto-refresh thread), stopped once."""
+
+    def __init__(self, console: Console) -> None:
+        from rich.live import Live
+
+        self._live_type: type[Live] = Live
+        self._console = console
+        self._live: Live | None = None
+
+    def update(self, renderable: RenderableType) -> None:
+        if self._live is None:
+            self._live = self._live_type(renderable, console=self._console, auto_refresh=False)
+            self._live.start(refresh=True)
+        else:
+            self._live.update(renderable, refresh=True)
+
+    def stop(self) -> None:
+        live, self._live = self._live, None
+        if live is not None:
+            live.stop()
+            if not self._console.is_terminal:
+                self._console.line()  # a terminal gets its newline from Live
+
+
+class _RichScreen:
+    def __init__(self, out: TextIO | None, *, live: bool) -> None:
+        from rich.console import Console
+
+        self._console = Console(file=out)
+        self._slot = _LiveSlot(self._console) if live else None
+
+    def show(self, view: View) -> None:
+        if self._slot is None:
+            self._console.print(view.renderable())
+        else:
+            self._slot.update(view.renderable())
+
+    def stop(self) -> None:
+        if self._slot is not None:
+            self._slot.stop()
 
 
 _COLUMNS = ("elapsed", "sent", "pending", "in flight", "committed", "statements", "coalesced")
@@ -117,15 +205,14 @@ class _PlainDisplay:
 class _RichDisplay:
     def __init__(self, out: TextIO | None) -> None:
         from rich.console import Console
-        from rich.live import Live
         from rich.table import Table
         from rich.text import Text
 
+        self._started = False
         self._text_type: type[Text] = Text
         self._table_type: type[Table] = Table
-        self._live_type: type[Live] = Live
         self._console: Console = Console(file=out)
-        self._live: Live | None = None
+        self._slot = _LiveSlot(self._console)
         self._title = ""
 
     def _progress_table(self, p: Progress | None) -> Table:
@@ -137,21 +224,16 @@ class _RichDisplay:
 
     def start(self, title: str) -> None:
         self._title = title
-        self._live = self._live_type(
-            self._progress_table(None), console=self._console, auto_refresh=False
-        )
-        self._live.start(refresh=True)
+        self._started = True
+        self._slot.update(self._progress_table(None))
 
     def update(self, progress: Progress) -> None:
-        if self._live is not None:
-            self._live.update(self._progress_table(progress), refresh=True)
+        if self._started:
+            self._slot.update(self._progress_table(progress))
 
     def stop(self) -> None:
-        live, self._live = self._live, None
-        if live is not None:
-            live.stop()
-            if not self._console.is_terminal:
-                self._console.line()  # a terminal gets its newline from Live
+        self._started = False
+        self._slot.stop()
 
     def note(self, text: str) -> None:
         self._console.print(text, highlight=False, markup=False)
