@@ -4,17 +4,19 @@ The engine builds one :class:`DeadLetterEntry` per condemned record and hands th
 batch, to a :class:`DeadLetter` store: a SQLite file by default (``dead_letters.db``), a
 table in PostgreSQL, or the user's callable (:class:`CallableDeadLetter`). The stores live in
 :mod:`writebehind.dlq`; this module holds what the engine needs: the entry, the protocol,
-the callable adaptor, and the scrubbing of secrets from error messages.
+the callable adaptor, and (re-exported from :mod:`._redact`) the scrubbing of secrets
+from error messages.
 """
 
 from __future__ import annotations
 
 import inspect
 import os
-import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
+
+from ._redact import scrub_secrets  # re-exported: the engine and integrations import it here
 
 __all__ = [
     "CallableDeadLetter",
@@ -74,21 +76,6 @@ DeadLetterSpec = (
     DeadLetter | Callable[[list[DeadLetterEntry]], Awaitable[None] | None] | str | os.PathLike[str]
 )
 """What ``AsyncBatcher(dead_letter=...)`` takes: a store, a callable, or a SQLite path."""
-
-# userinfo up to the last "@" of the URL: a password may itself hold "/" or "@"
-_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^:/?#@\s]*:)\S*@")
-_KV_PASSWORD = re.compile(
-    r"(?i)(password|passwd|pwd|pw|secret|token)(\s*[=:]\s*)('[^']*'|\"[^\"]*\"|\S+)"
-)
-
-
-def scrub_secrets(text: str, secrets: Sequence[str] = ()) -> str:
-    """``text`` with URL passwords, ``password=...``-style values and ``secrets`` masked."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    text = _URL_PASSWORD.sub(r"\1***@", text)
-    return _KV_PASSWORD.sub(r"\1\2***", text)
 
 
 def sink_name(sink: Any) -> str:

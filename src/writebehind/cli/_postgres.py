@@ -16,8 +16,8 @@ import uuid
 from typing import Any
 
 from .. import ConfigError, PostgresSink
+from .._redact import describe, may_quote_password, redact_dsn, secrets_of
 from ..sinks._ident import quote
-from ..sinks._pg import password_of, redact_dsn, scrub
 from ._display import Row
 from ._naive import CHECK_EVERY, COLUMNS, NaiveResult, heartbeats, upsert_sql
 from ._target import Fleet, check_rows
@@ -44,8 +44,7 @@ class PostgresTarget:
         self._dsn = dsn
         self._table = table
         self._naive = quote(f"{table[:57]}_naive")
-        secret = password_of(dsn)
-        self._secrets: tuple[str, ...] = (secret,) if secret else ()
+        self._secrets = secrets_of(dsn)
         self.where = f"{redact_dsn(dsn)}, table {table}"
         self._conn: Any = None
 
@@ -57,7 +56,8 @@ class PostgresTarget:
         try:
             return await asyncpg.connect(self._dsn, timeout=_CONNECT_TIMEOUT)
         except Exception as exc:  # the driver's message may quote the DSN
-            message = scrub(f"{type(exc).__name__}: {exc}", self._secrets)
+            withhold = may_quote_password(self._dsn, exc)
+            message = describe(exc, self._secrets, withhold=withhold)
             raise ConfigError(
                 f"cannot connect to PostgreSQL at {redact_dsn(self._dsn)}: {message}"
             ) from None

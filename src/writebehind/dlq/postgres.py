@@ -14,8 +14,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from .._errors import ConfigError
+from .._redact import may_quote_password, redact_dsn, secrets_of
 from ..sinks._ident import quote, validate
-from ..sinks._pg import map_error, password_of, redact_dsn
+from ..sinks._pg import map_error
 from ..sinks.postgres import PostgresSink
 from ._store import DeadLetterStore, rowcount
 
@@ -78,8 +79,7 @@ class PostgresDeadLetter(DeadLetterStore):
                 raise ConfigError("dsn_or_pool_or_sink: the PostgresSink has no DSN or pool")
         if isinstance(source, str):
             self._dsn: str | None = source
-            secret = password_of(source)
-            self._secrets: tuple[str, ...] = (secret,) if secret else ()
+            self._secrets: tuple[str, ...] = secrets_of(source)
             self._where = redact_dsn(source)
             self._pool: Any = None
         elif callable(getattr(source, "acquire", None)):
@@ -137,7 +137,9 @@ class PostgresDeadLetter(DeadLetterStore):
         except ConfigError:
             raise
         except Exception as exc:
-            error = map_error(exc, self._secrets)
+            # a parse error of the DSN (raised at the first connection) may quote a piece
+            withhold = not self._ready and may_quote_password(self._dsn, exc)
+            error = map_error(exc, self._secrets, withhold=withhold)
             error.args = (f"dead-letter store {self._where}: {error.args[0]}",)
             if any(s in str(exc) for s in self._secrets):
                 raise error from None  # the driver's error quoted the DSN

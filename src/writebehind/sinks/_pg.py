@@ -1,4 +1,5 @@
-"""PostgreSQL helpers: SQLSTATE classification, DSN redaction, catalog queries.
+"""PostgreSQL helpers: SQLSTATE classification and catalog queries (DSN redaction lives in
+:mod:`writebehind._redact`).
 
 Errors are mapped once, here. Retriable SQLSTATE classes: ``08`` connection exception,
 ``40`` transaction rollback (serialization failure, deadlock), ``53`` insufficient resources
@@ -11,11 +12,11 @@ outcome unknown; the replay is safe because the upsert is idempotent.
 
 from __future__ import annotations
 
-import re
+from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from .._errors import PermanentSinkError, RetriableSinkError, SinkError
+from .._redact import describe, password_of, redact_dsn, scrub  # redact_dsn: benchmarks use it
 
 __all__ = [
     "COLUMNS_SQL",
@@ -45,50 +46,12 @@ GROUP BY i.indexrelid
 """
 
 
-def redact_dsn(dsn: str) -> str:
-    """The DSN with any password replaced by ``***`` (URL or key=value form)."""
-    if "://" in dsn:
-        try:
-            parts = urlsplit(dsn)
-        except ValueError:
-            return "<unparsable DSN>"
-        netloc = parts.netloc
-        if "@" in netloc:
-            userinfo, host = netloc.rsplit("@", 1)
-            user = userinfo.split(":", 1)[0]
-            netloc = f"{user}:***@{host}" if ":" in userinfo else f"{user}@{host}"
-        query = re.sub(r"(?i)(password=)[^&]*", r"\1***", parts.query)
-        return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
-    return re.sub(r"(?i)(password\s*=\s*)('[^']*'|\S+)", r"\1***", dsn)
-
-
-def password_of(dsn: str) -> str | None:
-    """The password in a DSN, to scrub it from any text that might carry it."""
-    if "://" in dsn:
-        try:
-            parts = urlsplit(dsn)
-        except ValueError:
-            return None
-        if parts.password:
-            return parts.password
-        m = re.search(r"(?i)password=([^&]*)", parts.query)
-        return m.group(1) if m else None
-    m = re.search(r"(?i)password\s*=\s*('([^']*)'|\S+)", dsn)
-    if not m:
-        return None
-    return m.group(2) if m.group(2) is not None else m.group(1)
-
-
-def scrub(text: str, secrets: tuple[str, ...]) -> str:
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
-
-
-def map_error(exc: BaseException, secrets: tuple[str, ...]) -> SinkError:
-    """Classify a driver error as retriable or permanent, with secrets scrubbed."""
-    message = scrub(f"{type(exc).__name__}: {exc}", secrets)
+def map_error(
+    exc: BaseException, secrets: Sequence[str] = (), *, withhold: bool = False
+) -> SinkError:
+    """Classify a driver error as retriable or permanent, with secrets scrubbed (and the
+    driver's message withheld with ``withhold``, see :func:`writebehind._redact.describe`)."""
+    message = describe(exc, secrets, withhold=withhold)
     sqlstate: Any = getattr(exc, "sqlstate", None)
     if isinstance(sqlstate, str) and len(sqlstate) == 5:
         message = f"{message} (SQLSTATE {sqlstate})"

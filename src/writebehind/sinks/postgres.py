@@ -28,8 +28,9 @@ import logging
 from typing import Any
 
 from .._errors import ConfigError, PermanentSinkError
+from .._redact import may_quote_password, redact_dsn, secrets_of
 from ._ident import quote, validate
-from ._pg import COLUMNS_SQL, UNIQUE_SQL, is_client_error, map_error, password_of, redact_dsn
+from ._pg import COLUMNS_SQL, UNIQUE_SQL, is_client_error, map_error
 from ._records import Rows, check_shape, group_rows
 from ._upsert import on_conflict
 
@@ -86,8 +87,7 @@ class PostgresSink:
         if isinstance(dsn_or_pool, str):
             self._dsn: str | None = dsn_or_pool
             self._pool: Any = None
-            secret = password_of(dsn_or_pool)
-            self._secrets: tuple[str, ...] = (secret,) if secret else ()
+            self._secrets: tuple[str, ...] = secrets_of(dsn_or_pool)
             self._where = redact_dsn(dsn_or_pool)
         else:
             self._dsn, self._pool, self._secrets = None, dsn_or_pool, ()
@@ -131,14 +131,14 @@ class PostgresSink:
                     self._dsn, min_size=0, max_size=self.pool_size, reset=_no_reset
                 )
             except Exception as exc:
-                raise self._error(exc) from None  # the driver's error may quote the DSN
+                raise self._error(exc, connecting=True) from None  # it may quote the DSN
         try:
             await self._read_catalog()  # the first connection is made here (min_size=0)
         except BaseException as exc:
             await self.close()  # our own pool: do not leak its connections
             if isinstance(exc, ConfigError) or not isinstance(exc, Exception):
                 raise
-            raise self._error(exc) from None  # the driver's error may quote the DSN
+            raise self._error(exc, connecting=True) from None  # it may quote the DSN
 
     async def _read_catalog(self) -> None:
         async with self._pool.acquire() as conn:
@@ -189,8 +189,14 @@ class PostgresSink:
             for task in reapers:
                 task.cancel()
 
-    def _error(self, exc: BaseException) -> Exception:
-        return map_error(exc, self._secrets)
+    def _error(self, exc: BaseException, *, connecting: bool = False) -> Exception:
+        """``exc`` mapped into the error tree, secrets scrubbed; while connecting, a parse
+        error of a DSN with a password has its message withheld (it may quote a piece)."""
+        withhold = connecting and may_quote_password(self._dsn, exc)
+        error = map_error(exc, self._secrets, withhold=withhold)
+        if connecting:
+            error.args = (f"cannot start on PostgreSQL at {self._where}: {error.args[0]}",)
+        return error
 
     # -- writing --------------------------------------------------------------------------
     async def write(self, batch: list[Any]) -> None:
