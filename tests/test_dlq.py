@@ -468,6 +468,50 @@ async def test_sqlite_store_read_only_mode_refuses_a_missing_file(tmp_path: Path
     await other.close()
 
 
+async def _fill_up(store: SQLiteDeadLetter) -> None:
+    """Make the store's file full: one entry in, then no page more than it holds now."""
+    await store.put([entry({"id": 0})])
+    pages = await store._run(lambda c: c.execute("PRAGMA page_count").fetchone()[0])
+    await store._run(lambda c: c.execute(f"PRAGMA max_page_count = {pages}"))
+
+
+async def test_sqlite_store_reports_a_full_disk_as_what_it_is(tmp_path: Path) -> None:
+    """A full disk is reported as "database or disk is full" (retriable: no entry causes
+    it), not as the "cannot rollback" of a ROLLBACK SQLite had already done; the store keeps
+    working once there is room again."""
+    store = SQLiteDeadLetter(tmp_path / "dl.db")
+    try:
+        await _fill_up(store)
+        with pytest.raises(wb.RetriableSinkError) as info:
+            await store.put([entry({"id": i, "pad": "x" * 5000}) for i in range(50)])
+        assert "database or disk is full" in str(info.value)
+        assert "cannot rollback" not in str(info.value)
+        assert "database or disk is full" in str(info.value.__cause__)
+        await store._run(lambda c: c.execute("PRAGMA max_page_count = 1000000"))
+        await store.put([entry({"id": 1})])  # not left inside a transaction
+        assert [e.record() for e in await store.list()] == [{"id": 0}, {"id": 1}]
+    finally:
+        await store.close()
+
+
+async def test_engine_logs_the_full_disk_of_its_dead_letter_store(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Through the engine, the store's real error reaches the log line and the records are
+    counted in dead_letter_errors."""
+    store = SQLiteDeadLetter(tmp_path / "dl.db")
+    await _fill_up(store)
+    sink = FlakySink(poison=lambda r: True)
+    async with wb.AsyncBatcher(sink, dead_letter=store, max_batch=10) as batcher:
+        for i in range(10):
+            batcher.add_nowait({"id": i, "pad": "x" * 5000})
+        await batcher.flush()
+    await store.close()
+    assert batcher.stats().dead_letter_errors == 10
+    assert "database or disk is full" in caplog.text
+    assert "cannot rollback" not in caplog.text
+
+
 def test_sqlite_store_validates_its_table_name(tmp_path: Path) -> None:
     """A table name that is not a plain identifier is refused at construction."""
     with pytest.raises(wb.ConfigError, match="table"):

@@ -8,6 +8,7 @@ blocks on SQLite. Each ``put`` is one transaction.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 import threading
@@ -101,7 +102,7 @@ class SQLiteDeadLetter(DeadLetterStore):
                 conn.executemany(sql, rows)
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                _rollback(conn)
                 raise
 
         await self._run(run)
@@ -124,10 +125,12 @@ class SQLiteDeadLetter(DeadLetterStore):
     def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         try:
             return fn(self._connection())
+        except ConfigError:
+            raise
         except sqlite3.Error as exc:
+            raise _mapped(exc, f"dead-letter store {self.path!r}") from exc
+        except (ValueError, TypeError, OverflowError) as exc:  # a value sqlite3 cannot bind
             text = f"dead-letter store {self.path!r}: {type(exc).__name__}: {exc}"
-            if any(m in str(exc).lower() for m in ("locked", "busy", "disk i/o")):
-                raise RetriableSinkError(text) from exc
             raise PermanentSinkError(text) from exc
 
     def _connection(self) -> sqlite3.Connection:
@@ -176,3 +179,30 @@ class SQLiteDeadLetter(DeadLetterStore):
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
+
+
+# errors no entry can cause: the file is busy, full, unreadable or unwritable
+_STORE_ERRORS = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL", "SQLITE_IOERR", "SQLITE_CANTOPEN",
+                 "SQLITE_READONLY", "SQLITE_PROTOCOL", "SQLITE_NOMEM")  # fmt: skip
+_STORE_MESSAGES = ("locked", "busy", "disk i/o", "disk is full", "unable to open", "readonly")
+
+
+def _mapped(exc: sqlite3.Error, where: str) -> PermanentSinkError | RetriableSinkError:
+    """``exc`` as a store error that says what it is: retriable when no entry can cause it
+    (a locked, full or failing disk), with SQLite's own name for it."""
+    name = getattr(exc, "sqlite_errorname", None)
+    text = f"{where}: {type(exc).__name__}: {exc}" + (f" ({name})" if name else "")
+    if (name and name.startswith(_STORE_ERRORS)) or any(
+        m in str(exc).lower() for m in _STORE_MESSAGES
+    ):
+        return RetriableSinkError(text)
+    return PermanentSinkError(text)
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back the transaction a failed statement left open, if SQLite has not already
+    (it rolls back by itself on a full disk or an I/O error). A failing rollback never
+    replaces the error that caused it."""
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
