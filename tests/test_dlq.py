@@ -10,16 +10,19 @@ import stat
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import writebehind as wb
 from writebehind._deadletter import DeadLetterEntry, scrub_secrets
 from writebehind.dlq import (
+    EntriesNotStored,
     PostgresDeadLetter,
     RecordNotReplayable,
     SQLiteDeadLetter,
@@ -28,6 +31,7 @@ from writebehind.dlq import (
 from writebehind.testing import FlakySink, MemorySink
 
 from .pg import DSN
+from .test_codec import ANY_TEXT
 
 CANARY = "canary-pw-7f3a9"
 AWARE = dt.datetime(2024, 5, 1, 12, 30, 15, 123456, tzinfo=dt.timezone(dt.timedelta(hours=2)))
@@ -210,6 +214,125 @@ async def test_store_does_not_add_secrets(store: Any) -> None:
         for name in os.listdir(os.path.dirname(store.path)):
             data = (Path(store.path).parent / name).read_bytes()
             assert CANARY.encode() not in data
+
+
+FILE_NAME = os.fsdecode(b"report-\xe9t\xe9.txt")  # lone surrogates: not UTF-8 on disk
+
+
+async def test_store_keeps_a_batch_that_holds_a_lone_surrogate(store: Any) -> None:
+    """One record with a lone surrogate (a file name that is not UTF-8) no longer makes the
+    store refuse the whole put: all 100 are stored, that one round-trips exactly (replayable),
+    and a message quoting it is stored with the surrogate escaped."""
+    records = [{"id": i, "path": f"file-{i}.txt"} for i in range(100)]
+    records[37]["path"] = FILE_NAME
+    message = f"PermanentSinkError: cannot write {FILE_NAME}\x00"
+    await store.put([entry(r, message=message if r["id"] == 37 else "boom") for r in records])
+    stored = await store.list(limit=None)
+    assert len(stored) == 100
+    odd = stored[37]
+    assert odd.replayable
+    assert odd.record() == {"id": 37, "path": FILE_NAME}
+    assert odd.message == "PermanentSinkError: cannot write report-\\udce9t\\udce9.txt\\x00"
+
+
+async def test_engine_dead_letters_a_batch_with_a_surrogate_record_whole(store: Any) -> None:
+    """Through the engine, a batch of 100 dead-lettered whole (retries used up) with one
+    surrogate record among them: 100 stored (it was 0), none in dead_letter_errors."""
+    sink = FlakySink(fail_first=10**9)
+    retry = wb.RetryPolicy(max_attempts=1)
+    async with wb.AsyncBatcher(sink, dead_letter=store, max_batch=100, retry=retry) as batcher:
+        for i in range(100):
+            batcher.add_nowait({"id": i, "path": FILE_NAME if i == 5 else "ok"})
+        await batcher.flush()
+    assert batcher.stats().dead_lettered == 100
+    assert batcher.stats().dead_letter_errors == 0
+    assert await store.count() == 100
+
+
+async def test_one_entry_the_store_refuses_does_not_sink_the_others(
+    store: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An entry whose row the store refuses (an attempts count no integer column holds) is
+    kept in its plainest form, its record as a repr (logged); the others are stored as they
+    were."""
+    good = [entry({"id": i}) for i in range(5)]
+    odd = entry({"id": 99}, attempts=2**70)
+    await store.put([*good[:2], odd, *good[2:]])
+    stored = await store.list()
+    assert [e.record() for e in stored if e.replayable] == [{"id": i} for i in range(5)]
+    (kept,) = [e for e in stored if not e.replayable]
+    assert "99" in kept.to_dict()["record"]
+    assert kept.attempts == 2**31 - 1
+    assert "refused 1 of 6 entries as written" in caplog.text
+
+
+async def test_entries_not_stored_in_any_form_are_counted_and_reported(
+    store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An entry refused as written and as a repr is counted (store.unstored) and reported by
+    EntriesNotStored, raised after the others are stored."""
+    insert = store._insert
+
+    async def refusing(sql: str, rows: list[tuple[Any, ...]]) -> None:
+        if any("poison" in str(row) for row in rows):
+            raise wb.PermanentSinkError("refused")
+        await insert(sql, rows)
+
+    monkeypatch.setattr(store, "_insert", refusing)
+    with pytest.raises(EntriesNotStored) as info:
+        await store.put([entry({"id": 1}), entry({"id": 2}, message="poison"), entry({"id": 3})])
+    assert (info.value.stored, info.value.unstored, store.unstored) == (2, 1, 1)
+    assert "1 of 3 entries could not be stored" in str(info.value)
+    assert [e.record() for e in await store.list()] == [{"id": 1}, {"id": 3}]
+
+
+@pytest.mark.usefixtures("_drop_any_text_table")
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.server)])
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],  # the store is per example
+)
+@given(texts=st.lists(ANY_TEXT, min_size=1, max_size=4))
+def test_both_stores_round_trip_any_text(kind: str, tmp_path: Path, texts: list[str]) -> None:
+    """Any str (lone surrogates, NUL) stored in either store comes back exactly, as a value
+    and as a dict key, and a message holding it is stored (escaped)."""
+    record = {"texts": texts, "keyed": {t: i for i, t in enumerate(texts)}}
+
+    async def go() -> Any:
+        if kind == "sqlite":
+            s: Any = SQLiteDeadLetter(tmp_path / "any.db")
+        else:
+            _ANY_TEXT_TABLE_USED.append(True)
+            s = PostgresDeadLetter(DSN, table=_ANY_TEXT_TABLE)
+        try:
+            await s.put([entry(record, message=texts[0])])
+            return await s.get(await s.max_id())
+        finally:
+            await s.close()
+
+    stored = asyncio.run(go())
+    assert stored.record() == record
+
+
+_ANY_TEXT_TABLE = f"dl_any_{uuid.uuid4().hex[:10]}"
+_ANY_TEXT_TABLE_USED: list[bool] = []
+
+
+@pytest.fixture(scope="module")
+def _drop_any_text_table() -> Iterator[None]:
+    yield
+    if not _ANY_TEXT_TABLE_USED:
+        return
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(DSN)
+        try:
+            await conn.execute(f"DROP TABLE IF EXISTS {_ANY_TEXT_TABLE}")
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
 
 
 async def test_end_to_end_engine_writes_entries_into_a_sqlite_path(tmp_path: Path) -> None:

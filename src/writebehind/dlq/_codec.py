@@ -10,16 +10,24 @@ Everything else is a one-key object whose key is a tag:
 - ``{"$tuple": [...]}``: ``tuple``
 - ``{"$float": "..."}``: a float that JSON (or PostgreSQL's ``jsonb``, which turns ``1e300``
   into an integer) would not keep: ``nan``, ``inf``, ``-0.0``, or one with an exponent
-- ``{"$str": [...]}``: a string holding NUL characters (``jsonb`` refuses them), as its parts
+- ``{"$chars": [...]}``: a string holding a NUL (``jsonb`` refuses it) or a lone surrogate
+  (``os.fsdecode`` of a file name that is not UTF-8: no UTF-8 encoder, so neither SQLite nor
+  PostgreSQL, takes it), as runs of plain text and the code points of those characters, in
+  order: ``"a\\x00b"`` is ``{"$chars": ["a", 0, "b"]}``. Dict keys likewise (through
+  ``$pairs``). Older stores hold ``{"$str": [...]}`` (NUL-joined parts); it still decodes.
 - ``{"$pairs": [[key, value], ...]}``: a dict with a key that is not a plain string
 - ``{"$map": {...}}``: a user dict whose single key starts with ``$`` (escaped, so it is
   never mistaken for a tag)
-- ``{"$obj": [T, {...}]}``: a dataclass, a msgspec-like struct (``__struct_fields__``) or an
-  object with ``__dict__``: its type name ``T`` and its fields; it decodes to a plain dict
+- ``{"$obj": [T, {...}]}``: a dataclass, a msgspec-like struct (``__struct_fields__``), an
+  object with ``__slots__`` (every slot set, along the MRO) or with ``__dict__``: its type
+  name ``T`` and its fields; it decodes to a plain dict
 
 An enum member is stored as its value. A record that cannot be encoded (a set, a socket, a
-cycle) is still stored: as its ``repr``, with the encoding ``"repr"``; :func:`decode`
-refuses it with :class:`RecordNotReplayable`.
+cycle) is still stored: as its ``repr`` (NUL and lone surrogates escaped), with the encoding
+``"repr"``; :func:`decode` refuses it with :class:`RecordNotReplayable`.
+
+Every text the stores keep beside the record (the error message, the sink's name, ...) goes
+through :func:`storable_text`, which escapes the same two kinds of character.
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ import decimal
 import enum
 import json
 import math
+import re
+import sys
 import types
 import uuid
 from collections.abc import Callable
@@ -38,7 +48,15 @@ from typing import Any
 
 from .._errors import WriteBehindError
 
-__all__ = ["JSON", "REPR", "RecordNotReplayable", "decode", "encode", "type_name"]
+__all__ = [
+    "JSON",
+    "REPR",
+    "RecordNotReplayable",
+    "decode",
+    "encode",
+    "storable_text",
+    "type_name",
+]
 
 JSON = "json"
 """The encoding of a record stored as tagged JSON."""
@@ -46,6 +64,7 @@ REPR = "repr"
 """The encoding of a record that could not be encoded: its ``repr``, as a JSON string."""
 
 _MAX_DEPTH = 200
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # NUL (jsonb, PostgreSQL text), surrogates
 
 
 class RecordNotReplayable(WriteBehindError):
@@ -62,7 +81,15 @@ def type_name(obj: Any) -> str:
     cls = type(obj)
     module = getattr(cls, "__module__", "")
     qualname = getattr(cls, "__qualname__", cls.__name__)
-    return qualname if module in ("builtins", "") else f"{module}.{qualname}"
+    return storable_text(qualname if module in ("builtins", "") else f"{module}.{qualname}")
+
+
+def storable_text(text: str) -> str:
+    """``text`` with NUL and lone surrogates escaped (``\\x00``, ``\\udce9``): what every
+    store's text columns take (PostgreSQL refuses NUL; no UTF-8 encoder takes a surrogate)."""
+    if _UNSTORABLE.search(text) is None:
+        return text
+    return _UNSTORABLE.sub(lambda m: ascii(m.group())[1:-1], text)
 
 
 def encode(record: Any) -> tuple[str, str, str]:
@@ -76,11 +103,21 @@ def encode(record: Any) -> tuple[str, str, str]:
         return json.dumps(_enc(record, 0), ensure_ascii=False, allow_nan=False), JSON, name
     except (_Unencodable, ValueError, TypeError, RecursionError):
         pass
+    return encode_repr(record)
+
+
+def encode_repr(record: Any, *, ascii_only: bool = False) -> tuple[str, str, str]:
+    """``(json_text, REPR, type_name)``: ``record`` kept as its ``repr`` (never raises).
+    ``ascii_only`` escapes everything outside ASCII too (the stores' last resort)."""
+    name = type_name(record)
     try:
         text = repr(record)
     except Exception as exc:  # a broken __repr__ must not lose the entry
         text = f"<{name} object; repr() failed: {type(exc).__name__}>"
-    return json.dumps(text, ensure_ascii=False), REPR, name
+    if not isinstance(text, str):  # pragma: no cover - repr() always returns a str
+        text = f"<{name} object>"
+    text = ascii(text)[1:-1] if ascii_only else storable_text(text)
+    return json.dumps(text, ensure_ascii=ascii_only), REPR, name
 
 
 def decode(text: str, encoding: str = JSON) -> Any:
@@ -113,7 +150,7 @@ def _enc(value: Any, depth: int) -> Any:
     if value is None or t is bool or t is int:
         return value
     if t is str:
-        return {"$str": value.split("\x00")} if "\x00" in value else value
+        return value if _UNSTORABLE.search(value) is None else _chars(value)
     if t is float:
         return _float(value)
     if t is dict:
@@ -138,8 +175,27 @@ def _enc(value: Any, depth: int) -> Any:
     return _enc_object(value, depth + 1)
 
 
+def _chars(value: str) -> Any:
+    """``{"$chars": [...]}``: runs of plain text, and the code point of each NUL or lone
+    surrogate between them."""
+    parts: list[str | int] = []
+    start = 0
+    for m in _UNSTORABLE.finditer(value):
+        if m.start() > start:
+            parts.append(value[start : m.start()])
+        parts.append(ord(m.group()))
+        start = m.end()
+    if start < len(value):
+        parts.append(value[start:])
+    return {"$chars": parts}
+
+
+def _dec_chars(body: list[Any]) -> str:
+    return "".join(p if isinstance(p, str) else chr(p) for p in body)
+
+
 def _enc_dict(value: dict[Any, Any], depth: int) -> Any:
-    if all(type(k) is str and "\x00" not in k for k in value):
+    if all(type(k) is str and _UNSTORABLE.search(k) is None for k in value):
         out = {k: _enc(v, depth) for k, v in value.items()}
         if len(out) == 1 and next(iter(out)).startswith("$"):
             return {"$map": out}
@@ -152,15 +208,43 @@ def _enc_object(value: Any, depth: int) -> Any:
         fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
     elif isinstance(getattr(type(value), "__struct_fields__", None), tuple):  # msgspec.Struct
         fields = {f: getattr(value, f) for f in type(value).__struct_fields__}
-    elif (
-        isinstance(getattr(value, "__dict__", None), dict)
-        and not callable(value)
-        and not isinstance(value, types.ModuleType)
-    ):
-        fields = dict(vars(value))
-    else:
+    elif callable(value) or isinstance(value, types.ModuleType):
         raise _Unencodable(type_name(value))
+    else:
+        slots = _slot_fields(value)
+        attrs = getattr(value, "__dict__", None)
+        if slots is None and not isinstance(attrs, dict):
+            raise _Unencodable(type_name(value))
+        fields = {**(slots or {}), **(attrs if isinstance(attrs, dict) else {})}
     return {"$obj": [type_name(value), _enc_dict(fields, depth)]}
+
+
+def _slot_fields(value: Any) -> dict[str, Any] | None:
+    """The slots set on ``value``, read along its MRO (bases first) by each class's own slot
+    descriptor, under their declared names; None when no class declares a slot, or when a
+    standard-library class does (a socket is not a record)."""
+    fields: dict[str, Any] = {}
+    declared = False
+    for cls in reversed(type(value).__mro__):
+        names = cls.__dict__.get("__slots__", ())
+        names = (names,) if isinstance(names, str) else tuple(names)
+        names = tuple(n for n in names if n not in ("__dict__", "__weakref__"))
+        if not names:
+            continue
+        if cls.__module__.split(".")[0] in sys.stdlib_module_names:
+            return None
+        declared = True
+        for name in names:
+            private = name.startswith("__") and not name.endswith("__")
+            attr = f"_{cls.__name__.lstrip('_')}{name}" if private else name
+            slot = cls.__dict__.get(attr)
+            if slot is None or not hasattr(slot, "__get__"):
+                continue
+            try:
+                fields[name] = slot.__get__(value, type(value))
+            except AttributeError:  # a slot never set
+                continue
+    return fields if declared else None
 
 
 def _iso(value: dt.date | dt.time) -> str:
@@ -208,7 +292,8 @@ _TAGS: dict[str, Callable[[Any], Any]] = {
     "$bytes": lambda b: base64.b64decode(b.encode("ascii")),
     "$tuple": lambda b: tuple(_dec(v) for v in b),
     "$float": float,
-    "$str": "\x00".join,
+    "$str": "\x00".join,  # written by older versions (NUL only)
+    "$chars": _dec_chars,
     "$pairs": lambda b: {_dec(k): _dec(v) for k, v in b},
     "$map": lambda b: {k: _dec(v) for k, v in b.items()},
     "$obj": _dec_obj,

@@ -7,18 +7,22 @@ from __future__ import annotations
 import abc
 import datetime as dt
 import json
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .._deadletter import DeadLetterEntry
-from .._errors import ConfigError
-from ._codec import JSON, decode, encode
+from .._errors import ConfigError, PermanentSinkError
+from ._codec import JSON, decode
+from ._rows import plain_row, to_row
 
 if TYPE_CHECKING:
     from ._replay import ReplayReport
 
-__all__ = ["DeadLetterStore", "StoredEntry"]
+__all__ = ["DeadLetterStore", "EntriesNotStored", "StoredEntry"]
+
+log = logging.getLogger("writebehind")
 
 COLUMNS = (
     "at",
@@ -93,20 +97,16 @@ class StoredEntry:
         }
 
 
-def to_row(entry: DeadLetterEntry) -> tuple[Any, ...]:
-    """The column values (in :data:`COLUMNS` order, ``at`` as a float) for ``entry``."""
-    text, encoding, name = encode(entry.record)
-    return (
-        float(entry.at),
-        str(entry.batcher),
-        str(entry.sink),
-        str(entry.error),
-        str(entry.message),
-        int(entry.attempts),
-        text,
-        encoding,
-        name,
-    )
+class EntriesNotStored(PermanentSinkError):
+    """Some entries of one ``put`` could not be stored in any form; the others were.
+
+    ``stored`` and ``unstored`` count them.
+    """
+
+    def __init__(self, message: str, *, stored: int, unstored: int) -> None:
+        super().__init__(message)
+        self.stored = stored
+        self.unstored = unstored
 
 
 def timestamp(when: float | dt.datetime) -> float:
@@ -128,6 +128,8 @@ class DeadLetterStore(abc.ABC):
 
     _table: str
     _record_select = "record"
+    unstored: int = 0
+    """Entries this store could not keep in any form, since it was made (see :meth:`put`)."""
     _json_cast = ""
 
     # -- what a backend provides -----------------------------------------------------------
@@ -161,18 +163,78 @@ class DeadLetterStore(abc.ABC):
 
     # -- the protocol the engine calls ----------------------------------------------------
     async def put(self, entries: Sequence[DeadLetterEntry]) -> None:
-        """Keep ``entries`` (one batch's) in one transaction."""
+        """Keep ``entries`` (one batch's) in one transaction.
+
+        One entry the store refuses never sinks the others: if the transaction fails for a
+        reason an entry can cause (a :class:`~writebehind.PermanentSinkError`), each entry
+        is stored on its own, and one refused as written is kept in its plainest form (its
+        record as an ASCII repr, not replayable; logged). Entries refused even so are
+        counted in :attr:`unstored` and reported by :class:`EntriesNotStored`, raised after
+        the others are stored. A store that is down, full or locked raises as it is
+        (retriable) and stores nothing.
+        """
         if not entries:
             return
-        rows = [to_row(e) for e in entries]
-        for i, row in enumerate(rows):
-            rows[i] = (self._at_param(row[0]), *row[1:])
+        sql = self._insert_sql()
+        rows = [self._row(e) for e in entries]
+        try:
+            await self._insert(sql, rows)
+        except PermanentSinkError as exc:
+            await self._put_each(sql, entries, rows, exc)
+
+    def _insert_sql(self) -> str:
         marks = ", ".join(self._param(i) for i in range(1, len(COLUMNS) + 1))
         if self._json_cast:
             idx = COLUMNS.index("record") + 1
             marks = marks.replace(self._param(idx), self._param(idx) + self._json_cast, 1)
-        sql = f"INSERT INTO {self._table} ({', '.join(COLUMNS)}) VALUES ({marks})"
-        await self._insert(sql, rows)
+        return f"INSERT INTO {self._table} ({', '.join(COLUMNS)}) VALUES ({marks})"
+
+    def _row(self, entry: DeadLetterEntry, *, plain: bool = False) -> tuple[Any, ...]:
+        try:
+            row = plain_row(entry) if plain else to_row(entry)
+            return (self._at_param(row[0]), *row[1:])
+        except Exception:
+            if plain:  # pragma: no cover - plain_row never raises and its ``at`` is finite
+                raise
+            return self._row(entry, plain=True)
+
+    async def _put_each(
+        self,
+        sql: str,
+        entries: Sequence[DeadLetterEntry],
+        rows: list[tuple[Any, ...]],
+        error: PermanentSinkError,
+    ) -> None:
+        """Store each entry on its own after the batch's transaction failed with ``error``."""
+        plain: list[int] = []
+        lost: list[int] = []
+        for i, (entry, row) in enumerate(zip(entries, rows, strict=True)):
+            try:
+                await self._insert(sql, [row])
+                continue
+            except PermanentSinkError as exc:
+                error = exc
+            try:
+                await self._insert(sql, [self._row(entry, plain=True)])
+                plain.append(i)
+            except PermanentSinkError as exc:
+                error = exc
+                lost.append(i)
+        if plain:
+            log.warning(
+                "writebehind: dead-letter store %r refused %d of %d entries as written (%s); "
+                "kept them as the repr of their records (not replayable)",
+                self, len(plain), len(entries), error,
+            )  # fmt: skip
+        if lost:
+            self.unstored += len(lost)
+            raise EntriesNotStored(
+                f"dead-letter store {self!r}: {len(lost)} of {len(entries)} entries could not "
+                f"be stored in any form ({error}); the other {len(entries) - len(lost)} are "
+                "stored",
+                stored=len(entries) - len(lost),
+                unstored=len(lost),
+            ) from error
 
     # -- reading ---------------------------------------------------------------------------
     def _select(self) -> str:
