@@ -531,6 +531,22 @@ async def test_pg_store_shares_a_postgres_sinks_server(pg: asyncpg.Connection) -
         await pg.execute(f"DROP TABLE IF EXISTS {table}")
 
 
+@pytest.mark.server
+async def test_pg_store_makes_a_dropped_table_again(pg: asyncpg.Connection) -> None:
+    """The store's table dropped while it is in use (an undefined table, no entry's fault)
+    is made again, and the put that met it stores its entries."""
+    table = f"dl_{uuid.uuid4().hex[:12]}"
+    store = PostgresDeadLetter(DSN, table=table)
+    try:
+        await store.put([entry({"id": 1})])
+        await pg.execute(f"DROP TABLE {table}")
+        await store.put([entry({"id": 2})])
+        assert [e.record() for e in await store.list()] == [{"id": 2}]
+    finally:
+        await store.close()
+        await pg.execute(f"DROP TABLE IF EXISTS {table}")
+
+
 async def test_pg_store_without_asyncpg_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     """A missing driver is a ConfigError that says what to install."""
     monkeypatch.setitem(sys.modules, "asyncpg", None)

@@ -133,7 +133,14 @@ class PostgresDeadLetter(DeadLetterStore):
             async with pool.acquire() as conn:
                 if not self._ready:
                     await self._create_table(conn)
-                return await fn(conn)
+                try:
+                    return await fn(conn)
+                except Exception as exc:
+                    if getattr(exc, "sqlstate", None) != "42P01":
+                        raise
+                    # the table was dropped since it was made: make it again, once
+                    await self._create_table(conn)
+                    return await fn(conn)
         except ConfigError:
             raise
         except Exception as exc:

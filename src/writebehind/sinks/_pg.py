@@ -4,10 +4,20 @@
 Errors are mapped once, here. Retriable SQLSTATE classes: ``08`` connection exception,
 ``40`` transaction rollback (serialization failure, deadlock), ``53`` insufficient resources
 (too many connections), ``55`` object not in prerequisite state (lock not available), ``57``
-operator intervention (admin shutdown, query canceled), ``58`` system error. Everything else
-(``22`` data exception, ``23`` integrity constraint violation, ``42`` undefined column, ...)
-is permanent. A connection that drops mid-write, COMMIT included, is retriable and its
-outcome unknown; the replay is safe because the upsert is idempotent.
+operator intervention (admin shutdown, query canceled), ``58`` system error.
+
+Errors no record can cause, because the sink's SQL is built from the table as it was at
+start, are :class:`~writebehind.SinkMisconfigured` (retriable: the batcher pauses as failing
+and probes once per backoff step, instead of splitting every batch into dead letters):
+``42P01`` undefined table, ``42703`` undefined column, ``42804`` datatype mismatch (a column
+retyped), ``42883`` undefined function (an operator a retyped column lacks), ``42501``
+insufficient privilege, ``3F000`` invalid schema name, ``42P10`` no unique index matching the
+``ON CONFLICT`` (it was dropped). asyncpg's ``InvalidCachedStatementError`` (after an
+``ALTER``) is retriable: the next attempt prepares afresh.
+
+Everything else (``22`` data exception, ``23`` integrity constraint violation, ...) is
+permanent: the record's fault. A connection that drops mid-write, COMMIT included, is
+retriable and its outcome unknown; the replay is safe because the upsert is idempotent.
 """
 
 from __future__ import annotations
@@ -15,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .._errors import PermanentSinkError, RetriableSinkError, SinkError
+from .._errors import PermanentSinkError, RetriableSinkError, SinkError, SinkMisconfigured
 from .._redact import describe, password_of, redact_dsn, scrub  # redact_dsn: benchmarks use it
 
 __all__ = [
@@ -29,6 +39,13 @@ __all__ = [
 ]
 
 RETRIABLE_CLASSES = frozenset({"08", "40", "53", "55", "57", "58"})
+MISCONFIGURED = frozenset({"42P01", "42703", "42804", "42883", "42501", "3F000", "42P10"})
+"""SQLSTATEs no record can cause: the table, a column, a privilege changed under the sink."""
+_MISCONFIGURED_HINT = (
+    "; no record can cause this: the table, a column or a privilege changed under the sink "
+    "(a configuration problem), so writes pause and are retried with backoff until it is "
+    "repaired"
+)
 
 COLUMNS_SQL = """
 SELECT a.attname, format_type(a.atttypid, a.atttypmod), t.typcategory::text
@@ -55,7 +72,9 @@ def map_error(
     sqlstate: Any = getattr(exc, "sqlstate", None)
     if isinstance(sqlstate, str) and len(sqlstate) == 5:
         message = f"{message} (SQLSTATE {sqlstate})"
-        if sqlstate[:2] in RETRIABLE_CLASSES:
+        if sqlstate in MISCONFIGURED:
+            return SinkMisconfigured(message + _MISCONFIGURED_HINT)
+        if sqlstate[:2] in RETRIABLE_CLASSES or type(exc).__name__ == "InvalidCachedStatementError":
             return RetriableSinkError(message)
         return PermanentSinkError(message)
     if isinstance(exc, ValueError | TypeError):
