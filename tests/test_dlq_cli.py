@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 import sqlite3
 import time
 import uuid
@@ -136,6 +137,86 @@ def test_missing_file_is_a_clear_error_and_creates_nothing(
         assert code == 2, argv
         assert "no dead-letter file at" in err
     assert not missing.exists()
+
+
+def test_a_store_must_be_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """There is no default store: without --db or --dsn every subcommand is a usage error
+    (exit 2) that says how to name one, and a dead_letters.db in the working directory is
+    neither read nor touched."""
+    here = tmp_path / "dead_letters.db"  # tests run in tmp_path
+    put(SQLiteDeadLetter(here), [({"id": "a"}, "hb", "PermanentSinkError")])
+    before = here.read_bytes()
+    for argv in (
+        ["list"],
+        ["show", "1"],
+        ["replay", "--dry-run"],
+        ["replay", "--to-db", "x.db", "--table", "t"],
+        ["purge", "--all", "--yes"],
+    ):
+        code, out, err = run(capsys, *argv)
+        assert code == 2, argv
+        assert "name the dead-letter store: --db PATH" in err, argv
+        assert "--dsn DSN" in err
+        assert out == ""
+    assert here.read_bytes() == before
+
+
+CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+HOSTILE = "boom \x1b[2J\x1b]0;pwned\x07 \x9b31m \u202eevil\rover"
+
+
+@pytest.fixture
+def hostile(tmp_path: Path) -> Path:
+    """A store whose entry holds terminal escape sequences in every text and the record."""
+    path = tmp_path / "hostile.db"
+
+    async def go() -> None:
+        store = SQLiteDeadLetter(path)
+        await store.put(
+            [
+                DeadLetterEntry(
+                    record={"id": "\x1b[31mred", "note": "\x9b2J", "multi": "a\nb"},
+                    error="Permanent\x1b[8mSinkError",
+                    message=HOSTILE + "\nsecond line",
+                    sink="Sink(\x1b]8;;http://x\x07)",
+                    batcher="hb\x1b[1m",
+                    attempts=1,
+                    at=NOW,
+                )
+            ]
+        )
+        await store.close()
+
+    asyncio.run(go())
+    return path
+
+
+def test_human_output_escapes_terminal_controls(
+    hostile: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """list and show print no terminal control from stored data (ESC, C1, BEL, CR, bidi
+    overrides): each is shown escaped; show keeps a multi-line message under its label."""
+    code, out, _ = run(capsys, "list", "--db", str(hostile))
+    assert code == 0
+    assert not CONTROLS.search(out), repr(out)
+    assert "\\x1b[2J" in out
+    assert len(out.splitlines()) == 2  # the header and one entry: no forged lines
+    code, out, _ = run(capsys, "show", "1", "--db", str(hostile))
+    assert code == 0
+    assert not CONTROLS.search(out), repr(out)
+    for shown in ("\\x1b[2J", "\\x9b31m", "\\u202eevil", "\\rover", "hb\\x1b[1m"):
+        assert shown in out, shown
+    assert "\n          second line" in out
+
+
+def test_list_json_stays_exact(hostile: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--json is for programs: the stored texts come back exactly, controls included."""
+    code, out, _ = run(capsys, "list", "--db", str(hostile), "--json")
+    assert code == 0
+    (row,) = [json.loads(line) for line in out.splitlines()]
+    assert row["message"] == HOSTILE + "\nsecond line"
+    assert row["batcher"] == "hb\x1b[1m"
+    assert row["record"]["id"] == "\x1b[31mred"
 
 
 def test_replay_into_sqlite(db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

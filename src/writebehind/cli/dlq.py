@@ -1,9 +1,14 @@
 """``writebehind dlq``: read, replay and purge a dead-letter store.
 
-``list``, ``show ID``, ``replay`` and ``purge`` read a SQLite store (``--db PATH``, default
-``dead_letters.db``) or a PostgreSQL one (``--dsn DSN``). Exit codes: 0 done; 1 a replay
-did not write every record it selected, ``show`` found no such id, or the store failed; 2 a
-usage error, a missing store file or table, or ``purge`` without ``--yes`` when it cannot ask.
+``list``, ``show ID``, ``replay`` and ``purge`` read the store they are told to: a SQLite
+file (``--db PATH``) or a PostgreSQL table (``--dsn DSN``). There is no default store (a
+batcher keeps dead letters only where its ``dead_letter=`` option says), so naming neither
+is a usage error. Exit codes: 0 done; 1 a replay did not write every record it selected,
+``show`` found no such id, or the store failed; 2 a usage error, a missing store file or
+table, or ``purge`` without ``--yes`` when it cannot ask.
+
+Stored messages and records are printed with terminal controls escaped (see
+:mod:`._text`); ``list --json`` prints them exactly.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any
 
 from .._errors import ConfigError, WriteBehindError
 from ._args import dsn, identifier, integer
+from ._text import printable
 
 __all__ = ["register"]
 
@@ -90,7 +96,7 @@ def register(commands: Any) -> None:
 def _source(parser: argparse.ArgumentParser, *, table: str, schema: str) -> None:
     where = parser.add_mutually_exclusive_group()
     where.add_argument(
-        "--db", metavar="PATH", help="the SQLite dead-letter file (default: dead_letters.db)"
+        "--db", metavar="PATH", help="the SQLite dead-letter file (no default: name it)"
     )
     where.add_argument(
         "--dsn",
@@ -151,14 +157,24 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 
 # -- running ---------------------------------------------------------------------------
+def _named_store(args: argparse.Namespace) -> None:
+    """Refuse to guess the store: it is named with --db or --dsn, or it is a usage error."""
+    if not (args.db or args.dsn):
+        raise ConfigError(
+            "name the dead-letter store: --db PATH (a SQLite file) or --dsn DSN (PostgreSQL); "
+            "there is no default store (a batcher keeps dead letters only where its "
+            "dead_letter= option says)"
+        )
+
+
 def _store(args: argparse.Namespace) -> Any:
     from ..dlq import PostgresDeadLetter, SQLiteDeadLetter
 
+    _named_store(args)
     if args.dsn:
         table = args.dlq_table or "writebehind_dead_letters"
         return PostgresDeadLetter(args.dsn, table=table, schema=args.dlq_schema)
-    return SQLiteDeadLetter(args.db or "dead_letters.db", table=args.dlq_table or "dead_letters",
-                            create=False)  # fmt: skip
+    return SQLiteDeadLetter(args.db, table=args.dlq_table or "dead_letters", create=False)
 
 
 def _run(args: argparse.Namespace, body: Callable[[Any], Awaitable[int]]) -> int:
@@ -176,7 +192,7 @@ def _run(args: argparse.Namespace, body: Callable[[Any], Awaitable[int]]) -> int
     except ConfigError:
         raise  # main prints it; exit 2
     except WriteBehindError as exc:
-        print(f"writebehind dlq: error: {exc}", file=sys.stderr)
+        print(f"writebehind dlq: error: {printable(str(exc))}", file=sys.stderr)
         return 1
 
 
@@ -187,7 +203,7 @@ def _when(at: float) -> str:
 
 
 def _one_line(text: str, width: int) -> str:
-    text = " ".join(text.split())
+    text = printable(" ".join(text.split()))
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
@@ -202,7 +218,13 @@ def _list(args: argparse.Namespace) -> int:
             return 0
         rows = [("id", "time", "batcher", "error", "message")]
         rows += [
-            (str(e.id), _when(e.at), e.batcher, e.error, _one_line(e.message, _MESSAGE_WIDTH))
+            (
+                str(e.id),
+                _when(e.at),
+                printable(e.batcher),
+                printable(e.error),
+                _one_line(e.message, _MESSAGE_WIDTH),
+            )
             for e in entries
         ]
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
@@ -234,21 +256,23 @@ def _show(args: argparse.Namespace) -> int:
             ("type", entry.record_type),
             ("encoding", entry.encoding),
         ]
-        for name, value in fields:
-            print(f"{name + ':':<10}{value}")
+        for name, value in fields:  # a multi-line message stays under its label
+            text = printable(str(value), lines=True).replace("\n", "\n" + " " * 10)
+            print(f"{name + ':':<10}{text}")
         stored = json.loads(entry.record_json)
         if entry.replayable:
             print("record:")
-            print(json.dumps(stored, indent=2, ensure_ascii=False))
+            print(printable(json.dumps(stored, indent=2, ensure_ascii=False), lines=True))
         else:
             print("record:   (its repr; it could not be encoded as JSON, so it cannot be replayed)")
-            print(stored)
+            print(printable(str(stored), lines=True))
         return 0
 
     return _run(args, body)
 
 
 def _replay(args: argparse.Namespace) -> int:
+    _named_store(args)
     if not args.dry_run and not ((args.to_db or args.to_dsn) and args.table):
         raise ConfigError("replay: give the target, --to-db PATH or --to-dsn DSN, and --table")
     if args.version and not args.key:
@@ -289,6 +313,7 @@ async def _replay_into(store: Any, args: argparse.Namespace) -> Any:
 
 
 def _purge(args: argparse.Namespace) -> int:
+    _named_store(args)
     if args.all:
         what = "every entry"
     elif args.ids is not None:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from .. import ConfigError, __version__
 from ._args import identifier, integer, non_negative_float, positive_float
+from ._text import printable
 
 __all__ = ["build_parser", "main"]
 
@@ -31,8 +32,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return command(args)
-    except ConfigError as exc:
-        print(f"writebehind {args.command_name}: error: {exc}", file=sys.stderr)
+    except ConfigError as exc:  # its message may quote stored data or a path: escaped
+        print(f"writebehind {args.command_name}: error: {printable(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"writebehind {args.command_name}: interrupted", file=sys.stderr)
