@@ -1,6 +1,6 @@
 """Dead-letter stores: where records that can never be written are kept, and replayed from.
 
-- :class:`SQLiteDeadLetter`: a local file (the default, ``dead_letters.db``), mode 0600.
+- :class:`SQLiteDeadLetter`: a local SQLite file, mode 0600.
 - :class:`PostgresDeadLetter`: a table in PostgreSQL.
 
 Both take what the engine hands them (``await store.put(entries)``, one transaction per

@@ -1,4 +1,4 @@
-"""``SQLiteDeadLetter``: dead letters in a local SQLite file (the default store).
+"""``SQLiteDeadLetter``: dead letters in a local SQLite file.
 
 Constructing one does no I/O: the file is created (mode 0600, before SQLite opens it) and
 the table made on first use, on the store's own worker thread, so the event loop never
