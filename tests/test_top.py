@@ -16,6 +16,8 @@ import pytest
 
 import writebehind as wb
 from tests.conftest import assert_conserved
+from writebehind.cli._top_client import Client, Unreachable
+from writebehind.cli._top_model import Endpoint, sum_docs
 from writebehind.cli.main import main
 from writebehind.integrations.serve import SCHEMA, StatsServer, jsonable, serve, serve_sync
 from writebehind.testing import FlakySink, MemorySink
@@ -380,3 +382,121 @@ def test_top_unreachable_is_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
     assert "Traceback" not in err
     assert main(["top", "--once", "--url", "ftp://x"]) == 2
     assert main(["top", "--once"]) == 2
+
+
+# -- several endpoints ----------------------------------------------------------------------
+def test_top_sums_several_endpoints(capsys: pytest.CaptureFixture[str]) -> None:
+    """``top URL1 --url URL2`` shows the sum of two batchers (one per "worker") and one line
+    for each, in plain text and in the rich view."""
+    with (
+        wb.Batcher(MemorySink(), key="id", linger=0.01, name="w1") as b1,
+        wb.Batcher(MemorySink(), key="id", linger=0.01, name="w2") as b2,
+        serve_sync(b1) as s1,
+        serve_sync(b2) as s2,
+    ):
+        for i in range(30):
+            b1.add({"id": i})
+        for i in range(45):
+            b2.add({"id": i})
+        b1.flush()
+        b2.flush()
+        args = ["top", "--once", "--interval", "0.05", s1.url, "--url", s2.url]
+        assert main([*args, "--plain"]) == 0
+        out = capsys.readouterr().out
+        assert "2 batchers (running), sum of 2 of 2 endpoints up" in out
+        assert "accepted 75  committed 75" in out
+        assert "pending    [....................] 0 / 5,000" in out  # 2 x 2,500
+        assert f"[1] {s1.url}  running  w1  accepted 30  committed 30" in out
+        assert f"[2] {s2.url}  running  w2  accepted 45  committed 45" in out
+        assert main(args) == 0
+        out = capsys.readouterr().out
+        assert "endpoints" in out
+        assert "accepted 75" in out
+
+
+def test_top_all_endpoints_down_is_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
+    """When no endpoint answers, each is named with its reason and the exit code is 1."""
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    assert (
+        main(
+            [
+                "top",
+                "--once",
+                "--interval",
+                "0.01",
+                "--port",
+                str(ports[0]),
+                "--port",
+                str(ports[1]),
+            ]
+        )
+        == 1
+    )
+    err = capsys.readouterr().err
+    for port in ports:
+        assert f"cannot read the stats endpoint at http://127.0.0.1:{port}: Connection" in err
+
+
+def test_sum_docs_adds_counters_and_keeps_what_agrees() -> None:
+    """Integers add up (also inside mappings), booleans are all-of, other values are kept
+    when they agree and "mixed" otherwise."""
+    a = {"accepted": 3, "closed": False, "sink_state": "healthy", "dropped_by_reason": {"x": 1}}
+    b = {"accepted": 4, "closed": True, "sink_state": "failing", "dropped_by_reason": {"y": 2}}
+    assert sum_docs([a, b]) == {
+        "accepted": 7,
+        "closed": False,
+        "sink_state": "mixed",
+        "dropped_by_reason": {"x": 1, "y": 2},
+    }
+    assert sum_docs([a]) == a
+
+
+class FakeClient(Client):
+    """A client that answers from a list of documents and event lists."""
+
+    def __init__(self, docs: list[dict[str, Any]]) -> None:
+        super().__init__("http://127.0.0.1:1")
+        self.docs = docs
+        self.asked: list[int] = []
+
+    def stats(self) -> dict[str, Any]:
+        if not self.docs:
+            raise Unreachable("ConnectionRefusedError: gone")
+        self.last = self.docs.pop(0)
+        return self.last
+
+    def events(self, since: int) -> list[dict[str, Any]]:
+        """The last event held (index ``next - 1``)."""
+        self.asked.append(since)
+        index = self.last["events"]["next"] - 1
+        return [{"type": "BatchCommitted", "index": index, "duration": 0.001, "size": 1}]
+
+
+def doc(accepted: int, nxt: int) -> dict[str, Any]:
+    return {
+        "schema": 1,
+        "state": "running",
+        "stats": {"accepted": accepted, "committed": 0},
+        "events": {"oldest": 1, "next": nxt},
+    }
+
+
+def test_an_endpoint_restarted_or_gone() -> None:
+    """An endpoint whose counters went down (its process restarted) has no rate and reads its
+    events from the new process's start; one that stops answering is down, with why."""
+    client = FakeClient([doc(10, 50), doc(20, 60), doc(5, 3)])
+    endpoint = Endpoint(client)
+    endpoint.poll()
+    endpoint.poll()
+    assert endpoint.rates() is not None
+    endpoint.poll()
+    assert endpoint.rates() is None
+    assert client.asked == [1, 50, 1]  # after the restart, from the new process's first event
+    assert len(endpoint.commits) == 3
+    endpoint.poll()
+    assert not endpoint.up
+    assert endpoint.error == "ConnectionRefusedError: gone"
