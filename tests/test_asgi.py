@@ -26,6 +26,7 @@ import writebehind as wb
 from writebehind.cli.main import main
 from writebehind.integrations._apps import sub_path
 from writebehind.integrations.asgi import StatsASGIApp, asgi_app
+from writebehind.integrations.asgi import mount as asgi_mount
 from writebehind.integrations.serve import serve
 from writebehind.testing import FlakySink, MemorySink
 
@@ -424,3 +425,28 @@ def test_top_sums_two_worker_processes_and_shows_a_down_one(
     assert "accepted 7  committed" in out
     assert "accepted 12  committed" in out
     assert f"[3] {down}  down  ConnectionRefusedError" in out
+
+
+async def test_mount_sends_the_prefix_to_the_stats_app_and_the_rest_to_the_app() -> None:
+    """``mount(app, "/writebehind", stats)`` (for Django's asgi.py): requests under the
+    prefix reach the stats app, others and the lifespan reach the application."""
+    seen: list[str] = []
+
+    async def application(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(f"{scope['type']} {scope.get('path', '')}")
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 204, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+
+    async with wb.AsyncBatcher(MemorySink(), name="mounted") as b:
+        both = asgi_mount(application, "/writebehind", asgi_app(b))
+        async with uvicorn_serving(both) as base:
+            status, _, body = await aget(base + "/writebehind/stats")
+            assert status == 200
+            assert json.loads(body)["batcher"] == "mounted"
+            assert (await aget(base + "/writebehind/nope"))[0] == 404
+            assert (await aget(base + "/writebehindx/stats"))[0] == 204
+            assert (await aget(base + "/other"))[0] == 204
+    assert seen == ["lifespan ", "http /writebehindx/stats", "http /other"]
+    with pytest.raises(wb.ConfigError, match="prefix"):
+        asgi_mount(application, "/writebehind/", asgi_app(b))

@@ -8,6 +8,7 @@ on the application's port. A plain ASGI 3 callable, stdlib only::
 
     app.mount("/writebehind", asgi_app(batcher))               # FastAPI, Starlette
     app.mount("/writebehind", asgi_app(lambda: state.batcher))  # opened in the lifespan
+    application = mount(get_asgi_application(), "/writebehind", asgi_app(b))  # Django
 
 Differences from the standalone server, all from living in someone else's server:
 
@@ -44,12 +45,13 @@ from ._wire import LineCache
 if TYPE_CHECKING:
     from ._apps import BatcherSource
 
-__all__ = ["StatsASGIApp", "asgi_app"]
+__all__ = ["StatsASGIApp", "asgi_app", "mount"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class StatsASGIApp:
@@ -176,6 +178,25 @@ async def _lifespan(receive: Receive, send: Send) -> None:
         elif message["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})
             return
+
+
+def mount(app: ASGIApp, prefix: str, stats: ASGIApp) -> ASGIApp:
+    """An ASGI app that sends HTTP requests under ``prefix`` (e.g. ``"/writebehind"``) to
+    ``stats`` (with ``prefix`` added to ``root_path``) and everything else, lifespan
+    included, to ``app``: for Django's ``asgi.py``, or any ASGI app that cannot mount."""
+    if not (prefix.startswith("/") and not prefix.endswith("/")):
+        raise ConfigError(f"prefix: must start with '/' and not end with it, got {prefix!r}")
+
+    async def dispatch(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            root = scope.get("root_path") or ""
+            path = sub_path(scope.get("path") or "/", root)
+            if path == prefix or path.startswith(prefix + "/"):
+                await stats({**scope, "root_path": root + prefix}, receive, send)
+                return
+        await app(scope, receive, send)
+
+    return dispatch
 
 
 def asgi_app(
