@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 import writebehind as wb
+from writebehind._errors import SinkMisconfigured  # not exported (yet)
 
 from .conftest import Open, rows
 
@@ -219,3 +220,63 @@ async def test_records_of_different_shapes_keep_every_field(api: Open, tmp_path:
         assert await b.outcome(plain) is wb.Outcome.COMMITTED
         assert await b.outcome(noted) is wb.Outcome.COMMITTED
     assert rows(path) == {"a": ("x", 1, None), "b": ("y", 1, "hello")}
+
+
+async def test_values_sqlite_cannot_bind_are_permanent_errors(heartbeat_db: Path) -> None:
+    """An int beyond 64 bits, or a str with a lone surrogate, is a PermanentSinkError (the
+    record is isolated and dead-lettered), not a bare OverflowError or UnicodeEncodeError."""
+    sink = wb.SQLiteSink(heartbeat_db, table="agents", key="id", version="updated_at")
+    await sink.start()
+    try:
+        with pytest.raises(wb.PermanentSinkError, match="too large"):
+            await sink.write([{"id": "a", "name": "x", "updated_at": 2**64}])
+        with pytest.raises(wb.PermanentSinkError, match="surrogate"):
+            await sink.write([{"id": "a", "name": "\udce9", "updated_at": 1}])
+    finally:
+        await sink.close()
+    assert rows(heartbeat_db) == {}
+
+
+# -- the unique index the upsert needs (issue 9, item 14) -------------------------------------
+@pytest.mark.parametrize(
+    ("index", "why"),
+    [
+        ("CREATE UNIQUE INDEX t_live ON t (id) WHERE v > 0", "partial"),
+        ("CREATE UNIQUE INDEX t_live ON t (lower(id))", "expression"),
+    ],
+)
+async def test_unusable_unique_index_is_refused_at_start(
+    tmp_path: Path, index: str, why: str
+) -> None:
+    """A partial UNIQUE index, or one on an expression, cannot serve ON CONFLICT: refused
+    at start with a ConfigError naming the index and how to fix it."""
+    path = tmp_path / "x.db"
+    with sqlite3.connect(path) as c:
+        c.execute("CREATE TABLE t (id TEXT, v INTEGER)")
+        c.execute(index)
+    sink = wb.SQLiteSink(path, table="t", key="id", version="v")
+    with pytest.raises(wb.ConfigError, match="UNIQUE") as info:
+        async with wb.AsyncBatcher(sink, key="id", version="v"):
+            pass
+    assert "'t_live'" in str(info.value)
+    assert why in str(info.value)
+    assert "CREATE UNIQUE INDEX" in str(info.value)
+
+
+# -- the schema changed while running ---------------------------------------------------------
+@pytest.mark.parametrize("change", ["DROP TABLE agents", "ALTER TABLE agents DROP COLUMN name"])
+async def test_table_or_column_dropped_while_running_is_misconfigured(
+    heartbeat_db: Path, change: str
+) -> None:
+    """A table or column dropped after start fails the write with SinkMisconfigured (the
+    batcher pauses and retries), not a permanent error that bisects the batch."""
+    sink = wb.SQLiteSink(heartbeat_db, table="agents", key="id", version="updated_at")
+    await sink.start()
+    try:
+        await sink.write([{"id": "a", "name": "x", "updated_at": 1}])
+        with sqlite3.connect(heartbeat_db) as c:
+            c.execute(change)
+        with pytest.raises(SinkMisconfigured):
+            await sink.write([{"id": "a", "name": "y", "updated_at": 2}])
+    finally:
+        await sink.close()

@@ -2,10 +2,12 @@
 
 The connection lives on one worker thread of the sink's own, so the event loop never
 blocks on SQLite. The table's columns are read when the batcher starts; a missing table,
-a missing key or version column, or a key without a PRIMARY KEY/UNIQUE index raises
+a missing key or version column, or a key without a PRIMARY KEY/UNIQUE index that
+``ON CONFLICT`` can use (a partial index or one on an expression cannot) raises
 ``ConfigError`` there. Each batch runs ``INSERT ... ON CONFLICT (key) DO UPDATE SET ...
 WHERE excluded.version >= table.version`` through ``executemany`` inside ``BEGIN IMMEDIATE``
-... ``COMMIT``, so an older record never overwrites a newer row, whoever writes it.
+... ``COMMIT``, so an older record never overwrites a newer row, whoever writes it. Errors
+are classed by SQLite's result code (``_sqlite_errors``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import asyncio
 import datetime as dt
 import decimal
 import json
+import logging
 import os
 import sqlite3
 import uuid
@@ -21,12 +24,16 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .._errors import ConfigError, PermanentSinkError, RetriableSinkError, SinkError
+from .._errors import ConfigError, PermanentSinkError, RetriableSinkError
 from ._ident import quote, validate
 from ._records import Rows, adapt_columns, check_shape, group_rows
+from ._sqlite_errors import map_error
+from ._sqlite_schema import inspect
 from ._upsert import on_conflict
 
 __all__ = ["SQLiteSink"]
+
+log = logging.getLogger("writebehind")
 
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 _ADAPT: dict[type, Callable[[Any], Any]] = {
@@ -37,7 +44,6 @@ _ADAPT: dict[type, Callable[[Any], Any]] = {
     dict: json.dumps,
     list: json.dumps,
 }
-_RETRIABLE_MESSAGES = ("locked", "busy", "disk i/o", "unable to open")
 
 
 class SQLiteSink:
@@ -102,39 +108,15 @@ class SQLiteSink:
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
-            info = conn.execute(f"PRAGMA table_info({quote(self.table)})").fetchall()
-            if not info:
-                raise ConfigError(f"table: {self.table!r} does not exist in {self.path!r}")
-            self.columns = tuple(row[1] for row in info)
-            for col in (*self.key, *((self.version,) if self.version else ())):
-                if col not in self.columns:
-                    raise ConfigError(
-                        f"column {col!r} is not in table {self.table!r} (it has "
-                        f"{', '.join(self.columns)})"
-                    )
-            if self.key and not self._has_unique(conn, info):
-                raise ConfigError(
-                    f"key: table {self.table!r} has no PRIMARY KEY or UNIQUE index on "
-                    f"({', '.join(self.key)}); the upsert needs one"
-                )
+            table = inspect(conn, self.path, self.table, self.key, self.version)
         except sqlite3.Error as exc:
             conn.close()
-            raise _map_error(exc) from exc
+            raise map_error(exc) from exc
         except BaseException:
             conn.close()
             raise
+        self.columns = table.columns
         self._conn = conn
-
-    def _has_unique(self, conn: sqlite3.Connection, info: list[Any]) -> bool:
-        wanted = set(self.key)
-        if {row[1] for row in info if row[5]} == wanted:
-            return True
-        for index in conn.execute(f"PRAGMA index_list({quote(self.table)})").fetchall():
-            if index[2]:  # unique
-                cols = conn.execute(f"PRAGMA index_info({quote(index[1])})").fetchall()
-                if {c[2] for c in cols} == wanted:
-                    return True
-        return False
 
     async def close(self) -> None:
         """Close the connection (after any write still running) and stop the worker thread."""
@@ -172,10 +154,12 @@ class SQLiteSink:
                     self.statements += 1
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                _rollback(conn)
                 raise
         except sqlite3.Error as exc:
-            raise _map_error(exc) from exc
+            raise map_error(exc) from exc
+        except (OverflowError, ValueError) as exc:  # an int beyond 64 bits, a lone surrogate
+            raise PermanentSinkError(f"{type(exc).__name__}: {exc}") from exc
 
     def _group(self, batch: list[Any]) -> Rows:
         groups = group_rows(batch)
@@ -200,15 +184,12 @@ class SQLiteSink:
         return sql + on_conflict(names, self.key, self.version, t)
 
 
-def _map_error(exc: sqlite3.Error) -> SinkError:
-    message = f"{type(exc).__name__}: {exc}"
-    if isinstance(exc, sqlite3.OperationalError):
-        text = str(exc).lower()
-        if any(m in text for m in _RETRIABLE_MESSAGES):
-            return RetriableSinkError(message)
-        return PermanentSinkError(message)
-    if isinstance(exc, sqlite3.IntegrityError | sqlite3.DataError | sqlite3.ProgrammingError):
-        return PermanentSinkError(message)
-    if isinstance(exc, sqlite3.InterfaceError):
-        return PermanentSinkError(message)  # a value of a type SQLite cannot bind
-    return RetriableSinkError(message)
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back if a transaction is still open (SQLite ends it itself on a full disk or
+    an interrupt); a failing rollback never replaces the error being raised."""
+    if not conn.in_transaction:
+        return
+    try:
+        conn.execute("ROLLBACK")
+    except sqlite3.Error as exc:
+        log.warning("writebehind: SQLiteSink: ROLLBACK failed: %s", exc)

@@ -1,0 +1,74 @@
+"""Classing SQLite's errors into writebehind's tree, by result code rather than message.
+
+``sqlite3.Error.sqlite_errorcode`` (Python 3.11) carries SQLite's extended result code; its
+low byte is the primary code. Errors no record can cause (a file that became read-only or
+corrupt, a table or column dropped while running) are ``SinkMisconfigured``: the batcher
+pauses and retries instead of splitting the batch to hunt for a bad record. A full disk, an
+I/O error, a busy lock or a lack of memory may pass: ``RetriableSinkError``. Errors a record
+causes (a constraint, a type mismatch, a value too big) are ``PermanentSinkError``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from .._errors import PermanentSinkError, RetriableSinkError, SinkError, SinkMisconfigured
+
+__all__ = ["SQLITE_BUSY", "error_code", "map_error"]
+
+SQLITE_BUSY = 5
+# SQLite's primary result codes (https://sqlite.org/rescode.html)
+_RETRIABLE = {
+    4,  # ABORT: a callback asked to abort
+    5,  # BUSY: another connection holds the lock
+    6,  # LOCKED: a conflict within this process
+    7,  # NOMEM
+    9,  # INTERRUPT
+    10,  # IOERR: a read or write failed (the disk, the filesystem)
+    13,  # FULL: the disk, or max_page_count
+    14,  # CANTOPEN: the file, a journal or a temporary file
+    15,  # PROTOCOL: a locking race
+    17,  # SCHEMA: the schema changed under a statement
+    22,  # NOLFS
+}
+_MISCONFIGURED = {
+    3,  # PERM
+    8,  # READONLY: the file or its directory is not writable any more
+    11,  # CORRUPT
+    23,  # AUTH
+    26,  # NOTADB: the file is not a database (replaced?)
+}
+# SQLITE_ERROR (1) is generic; these say the schema no longer fits the sink.
+_SCHEMA_GONE = (
+    "no such table",
+    "no such column",
+    "has no column named",
+    "on conflict clause does not match",
+    "no such function",
+    "no such collation",
+)
+
+
+def error_code(exc: sqlite3.Error) -> int | None:
+    """SQLite's primary result code for ``exc``, or None for errors raised by Python's
+    ``sqlite3`` module itself (a parameter it cannot bind, a closed connection)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return None if code is None else code & 0xFF
+
+
+def map_error(exc: sqlite3.Error) -> SinkError:
+    """The ``SinkError`` for a ``sqlite3`` error, its message naming SQLite's code."""
+    name = getattr(exc, "sqlite_errorname", None)
+    message = f"{type(exc).__name__}: {exc}" + (f" ({name})" if name else "")
+    code = error_code(exc)
+    if code is None:
+        if "closed database" in str(exc):
+            return RetriableSinkError(message)
+        return PermanentSinkError(message)  # a value of a type SQLite cannot bind, ...
+    if code in _RETRIABLE:
+        return RetriableSinkError(message)
+    if code in _MISCONFIGURED:
+        return SinkMisconfigured(message)
+    if code == 1 and any(s in str(exc).lower() for s in _SCHEMA_GONE):
+        return SinkMisconfigured(message)
+    return PermanentSinkError(message)  # CONSTRAINT, MISMATCH, TOOBIG, RANGE, ERROR, ...
