@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import decimal
 import sqlite3
+import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import writebehind as wb
 from writebehind._errors import SinkMisconfigured  # not exported (yet)
@@ -137,7 +142,8 @@ class Heartbeat:
 
 
 async def test_dataclass_records_and_adapted_types(tmp_path: Path) -> None:
-    """Dataclass records work; UUIDs, datetimes and dicts are stored as text and JSON."""
+    """Dataclass records work; UUIDs, datetimes and dicts are stored as text and JSON (a
+    datetime version as fixed-width UTC text, so that text order is time order)."""
     path = tmp_path / "hb.db"
     with sqlite3.connect(path) as c:
         c.execute("CREATE TABLE hb (id TEXT PRIMARY KEY, seen TEXT, meta TEXT)")
@@ -148,7 +154,7 @@ async def test_dataclass_records_and_adapted_types(tmp_path: Path) -> None:
         for i in range(3):
             b.add_nowait(Heartbeat(agent, t0 + dt.timedelta(seconds=i), {"i": i}))
     stored = rows(path, "hb")
-    assert stored == {str(agent): ((t0 + dt.timedelta(seconds=2)).isoformat(), '{"i": 2}')}
+    assert stored == {str(agent): ("2026-11-23T12:00:02.000000+00:00", '{"i": 2}')}
 
 
 async def test_wal_and_synchronous_settings(heartbeat_db: Path) -> None:
@@ -222,6 +228,139 @@ async def test_records_of_different_shapes_keep_every_field(api: Open, tmp_path:
     assert rows(path) == {"a": ("x", 1, None), "b": ("y", 1, "hello")}
 
 
+# -- versions: SQLite must order them as Python does (issue 9, item 3) ------------------------
+_OFFSETS = st.integers(-23 * 60 - 59, 23 * 60 + 59).map(
+    lambda m: dt.timezone(dt.timedelta(minutes=m))
+)
+_YEARS = {"min_value": dt.datetime(2, 1, 1), "max_value": dt.datetime(9998, 12, 31)}
+_VERSIONS: dict[str, tuple[st.SearchStrategy[Any], tuple[str, ...]]] = {
+    "int": (st.integers(-(2**63), 2**63 - 1), ("INTEGER", "")),
+    "float": (st.floats(allow_nan=False), ("REAL", "")),
+    "aware datetime": (
+        st.datetimes(**_YEARS, timezones=_OFFSETS),  # type: ignore[arg-type]
+        ("TEXT", "TIMESTAMP", ""),
+    ),
+    "naive datetime": (st.datetimes(), ("TEXT", "")),
+    "date": (st.dates(), ("DATE", "")),
+    "Decimal": (
+        st.one_of(
+            st.decimals(-(10**12), 10**12, places=3),
+            st.integers(-(2**63), 2**63 - 1).map(decimal.Decimal),
+        ),
+        ("NUMERIC", ""),
+    ),
+    "str": (st.text(st.characters(codec="utf-8"), max_size=6), ("TEXT", "")),
+}
+
+
+class _VersionTable:
+    """A table ``t (id, v <declared>, seq)`` and a started sink on it, reused by every
+    example of a Hypothesis test (``check`` empties the table first)."""
+
+    def __init__(self, declared: str) -> None:
+        self.declared = declared
+
+    def __enter__(self) -> _VersionTable:
+        self.tmp = tempfile.TemporaryDirectory()
+        self.path = Path(self.tmp.name) / "v.db"
+        with sqlite3.connect(self.path) as c:
+            c.execute(f"CREATE TABLE t (id INTEGER PRIMARY KEY, v {self.declared}, seq INTEGER)")
+        self.loop = asyncio.new_event_loop()
+        self.sink = wb.SQLiteSink(self.path, table="t", key="id", version="v")
+        self.loop.run_until_complete(self.sink.start())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.loop.run_until_complete(self.sink.close())
+        self.loop.close()
+        self.tmp.cleanup()
+
+    def check(self, batches: list[list[tuple[int, Any]]]) -> None:
+        """Write ``batches`` of (key, version); each key's row must hold the record that a
+        plain-dict "newest wins, a tie goes to the later" model keeps."""
+        with contextlib.closing(sqlite3.connect(self.path, isolation_level=None)) as c:
+            c.execute("DELETE FROM t")
+        model: dict[int, tuple[Any, int]] = {}
+        seq = 0
+        for batch in batches:
+            out = []
+            for key, version in batch:
+                seq += 1
+                out.append({"id": key, "v": version, "seq": seq})
+                if key not in model or version >= model[key][0]:
+                    model[key] = (version, seq)
+            self.loop.run_until_complete(self.sink.write(out))
+        stored = {k: r[1] for k, r in rows(self.path, "t").items()}
+        assert stored == {k: s for k, (_, s) in model.items()}
+
+
+@pytest.mark.parametrize(
+    ("kind", "declared"), [(k, d) for k, (_, types) in _VERSIONS.items() for d in types]
+)
+def test_newest_version_wins_per_type(kind: str, declared: str) -> None:
+    """For every supported version type, in a column of the natural type and in an untyped
+    one, the row left for each key is the newest record's, as Python orders the versions
+    (aware datetimes across offsets, Decimals as numbers)."""
+    pairs = st.tuples(st.integers(0, 3), _VERSIONS[kind][0])
+    with _VersionTable(declared) as table:
+
+        @settings(max_examples=100, deadline=None)
+        @given(st.lists(st.lists(pairs, min_size=1, max_size=6), min_size=1, max_size=4))
+        def check(batches: list[list[tuple[int, Any]]]) -> None:
+            table.check(batches)
+
+        check()
+
+
+def test_aware_datetimes_with_offsets_and_decimals_order_as_values() -> None:
+    """The cases from the issue: 10:00+05:00 (05:00Z) does not overwrite 06:00Z, and
+    Decimal("9") does not overwrite Decimal("10")."""
+    six_utc = dt.datetime(2026, 1, 1, 6, 0, tzinfo=dt.UTC)
+    ten_plus5 = dt.datetime(2026, 1, 1, 10, 0, tzinfo=dt.timezone(dt.timedelta(hours=5)))
+    with _VersionTable("TEXT") as table:
+        table.check([[(1, six_utc)], [(1, ten_plus5)]])
+    with _VersionTable("") as table:
+        table.check([[(1, decimal.Decimal("10"))], [(1, decimal.Decimal("9"))]])
+
+
+@pytest.mark.parametrize(
+    ("declared", "first", "then", "match"),
+    [
+        ("TEXT", dt.datetime(2026, 1, 1), dt.datetime(2026, 1, 1, tzinfo=dt.UTC), "aware"),
+        ("TEXT", dt.datetime(2026, 1, 1, tzinfo=dt.UTC), dt.datetime(2026, 1, 2), "naive"),
+        ("", 1, "2", "str version after numbers"),
+        ("", dt.date(2026, 1, 1), dt.datetime(2026, 1, 1), "datetime"),
+        ("INTEGER", 1, float("nan"), "NaN"),
+        ("NUMERIC", 1, decimal.Decimal("1.0000000000000001"), "significant digits"),
+        ("TEXT", None, 5, "TEXT affinity"),
+        ("INTEGER", None, "v2", "NUMERIC|INTEGER"),
+        ("REAL", None, 2**60, "2\\*\\*53"),
+        ("NUMERIC", None, decimal.Decimal(2**64), "64 bits"),
+        ("", None, (1, 2), "tuple"),
+    ],
+)
+async def test_versions_sqlite_cannot_order_are_refused(
+    tmp_path: Path, declared: str, first: Any, then: Any, match: str
+) -> None:
+    """A version SQLite would order differently from Python (mixed kinds, NaN, a Decimal
+    too precise for a float, numbers in a TEXT column, ...) is refused with a
+    PermanentSinkError naming the column, and nothing of its batch is written."""
+    path = tmp_path / "v.db"
+    with sqlite3.connect(path) as c:
+        c.execute(f"CREATE TABLE t (id INTEGER PRIMARY KEY, v {declared})")
+    sink = wb.SQLiteSink(path, table="t", key="id", version="v")
+    await sink.start()
+    try:
+        if first is not None:
+            await sink.write([{"id": 1, "v": first}])
+        with pytest.raises(wb.PermanentSinkError, match=match) as info:
+            await sink.write([{"id": 2, "v": then}])
+        assert "'v'" in str(info.value)
+    finally:
+        await sink.close()
+    assert 2 not in rows(path, "t")
+
+
 async def test_values_sqlite_cannot_bind_are_permanent_errors(heartbeat_db: Path) -> None:
     """An int beyond 64 bits, or a str with a lone surrogate, is a PermanentSinkError (the
     record is isolated and dead-lettered), not a bare OverflowError or UnicodeEncodeError."""
@@ -235,6 +374,23 @@ async def test_values_sqlite_cannot_bind_are_permanent_errors(heartbeat_db: Path
     finally:
         await sink.close()
     assert rows(heartbeat_db) == {}
+
+
+async def test_datetime_versions_are_stored_in_utc_fixed_width(tmp_path: Path) -> None:
+    """An aware datetime version is stored as fixed-width UTC text; a naive one as
+    fixed-width text; other datetime columns keep their ISO form with its offset."""
+    path = tmp_path / "v.db"
+    with sqlite3.connect(path) as c:
+        c.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT, at TEXT)")
+    plus5 = dt.timezone(dt.timedelta(hours=5))
+    at = dt.datetime(2026, 1, 1, 10, 0, tzinfo=plus5)
+    sink = wb.SQLiteSink(path, table="t", key="id", version="v")
+    await sink.start()
+    try:
+        await sink.write([{"id": 1, "v": at, "at": at}])
+    finally:
+        await sink.close()
+    assert rows(path, "t") == {1: ("2026-01-01T05:00:00.000000+00:00", at.isoformat())}
 
 
 # -- the unique index the upsert needs (issue 9, item 14) -------------------------------------

@@ -6,7 +6,8 @@ a missing key or version column, or a key without a PRIMARY KEY/UNIQUE index tha
 ``ON CONFLICT`` can use (a partial index or one on an expression cannot) raises
 ``ConfigError`` there. Each batch runs ``INSERT ... ON CONFLICT (key) DO UPDATE SET ...
 WHERE excluded.version >= table.version`` through ``executemany`` inside ``BEGIN IMMEDIATE``
-... ``COMMIT``, so an older record never overwrites a newer row, whoever writes it. Errors
+... ``COMMIT``, so an older record never overwrites a newer row, whoever writes it;
+versions are stored in a form SQLite orders as Python does (``_sqlite_versions``). Errors
 are classed by SQLite's result code (``_sqlite_errors``).
 """
 
@@ -29,6 +30,7 @@ from ._ident import quote, validate
 from ._records import Rows, adapt_columns, check_shape, group_rows
 from ._sqlite_errors import map_error
 from ._sqlite_schema import inspect
+from ._sqlite_versions import Versions
 from ._upsert import on_conflict
 
 __all__ = ["SQLiteSink"]
@@ -52,10 +54,13 @@ class SQLiteSink:
     Args:
         path: the database file (created if missing; the table must exist).
         table: the table's name.
-        key: the column (or tuple of columns) of a PRIMARY KEY or UNIQUE index; with it,
-            records upsert; without it, they are inserted.
+        key: the column (or tuple of columns) of a PRIMARY KEY or UNIQUE index (not a
+            partial one); with it, records upsert; without it, they are inserted.
         version: the column ordering records with the same key; the upsert only overwrites
-            a row whose version is older or equal.
+            a row whose version is older or equal. Versions are stored so that SQLite orders
+            them as Python does: aware datetimes as fixed-width UTC text, naive ones and
+            dates as fixed-width text, ``Decimal`` as a number; one sink writes one kind of
+            version, and what SQLite could not order is refused (``PermanentSinkError``).
         synchronous: SQLite's ``PRAGMA synchronous`` (``"FULL"``, the default, or
             ``"NORMAL"``, ``"OFF"``, ``"EXTRA"``). The journal is always WAL.
         busy_timeout: seconds a write waits for another connection's lock before failing
@@ -89,6 +94,7 @@ class SQLiteSink:
         self._conn: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._sql: dict[tuple[str, ...], str] = {}
+        self._versions: Versions | None = None
         self.statements = 0
         """Statements executed (one per batch, or per shape of record within a batch)."""
 
@@ -116,6 +122,8 @@ class SQLiteSink:
             conn.close()
             raise
         self.columns = table.columns
+        if self.version:
+            self._versions = Versions(self.version, table.version_type)
         self._conn = conn
 
     async def close(self) -> None:
@@ -163,10 +171,15 @@ class SQLiteSink:
 
     def _group(self, batch: list[Any]) -> Rows:
         groups = group_rows(batch)
-        for names in groups:
+        out: Rows = {}
+        versions, version = self._versions, self.version
+        for names, rows in groups.items():
             if names not in self._sql:
                 check_shape(names, self.columns, self.key, self.table)
-        return {names: adapt_columns(rows, _ADAPT) for names, rows in groups.items()}
+            if versions is not None and version in names:
+                rows = versions.adapt(rows, names.index(version))
+            out[names] = adapt_columns(rows, _ADAPT)
+        return out
 
     def _statement(self, names: tuple[str, ...]) -> str:
         sql = self._sql.get(names)
