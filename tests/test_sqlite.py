@@ -164,12 +164,9 @@ async def test_wal_and_synchronous_settings(heartbeat_db: Path) -> None:
     try:
         assert sink._conn is not None
         conn = sink._conn
-        mode = await asyncio.get_running_loop().run_in_executor(
-            sink._executor, lambda: conn.execute("PRAGMA journal_mode").fetchone()
-        )
-        level = await asyncio.get_running_loop().run_in_executor(
-            sink._executor, lambda: conn.execute("PRAGMA synchronous").fetchone()
-        )
+        assert sink._pool is not None
+        mode = await sink._pool.run(lambda: conn.execute("PRAGMA journal_mode").fetchone())
+        level = await sink._pool.run(lambda: conn.execute("PRAGMA synchronous").fetchone())
     finally:
         await sink.close()
     assert mode == ("wal",)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,107 @@ def _slow_events(path: Path, pad: int = 1000) -> None:
 def _events(path: Path) -> list[int]:
     with sqlite3.connect(path) as c:
         return [n for (n,) in c.execute("SELECT n FROM events ORDER BY n")]
+
+
+# -- abandoned writes (issue 9, item 5) -------------------------------------------------------
+async def test_cancelled_write_is_interrupted_and_rolled_back(tmp_path: Path) -> None:
+    """Cancelling a write interrupts it on its thread: the cancellation is re-raised once
+    the transaction rolled back, promptly, and nothing is in the table afterwards."""
+    path = tmp_path / "ev.db"
+    _slow_events(path)
+    sink = wb.SQLiteSink(path, table="events")
+    await sink.start()
+    try:
+        task = asyncio.create_task(sink.write([{"n": i, "at": "x"} for i in range(50)]))
+        await asyncio.sleep(0.1)
+        t0 = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert time.monotonic() - t0 < 0.5  # interrupted, not run to its end (seconds)
+    finally:
+        await sink.close()
+    await asyncio.sleep(1.5)
+    assert _events(path) == []
+
+
+async def test_cancelled_write_that_committed_returns_normally(tmp_path: Path) -> None:
+    """A write cancelled after its transaction committed on the thread (the result not yet
+    seen by the loop) returns normally: its records are in the table, so whoever cancelled
+    must count them committed, never lost."""
+    path = tmp_path / "ev.db"
+    with sqlite3.connect(path) as c:
+        c.execute("CREATE TABLE events (n INTEGER, at TEXT)")
+    sink = wb.SQLiteSink(path, table="events")
+    await sink.start()
+    try:
+        task = asyncio.create_task(sink.write([{"n": 1, "at": "x"}]))
+        for _ in range(5):  # the write is handed to the sink's thread
+            await asyncio.sleep(0)
+        time.sleep(0.3)  # noqa: ASYNC251 - blocks the loop while the thread commits
+        task.cancel()
+        await task  # no CancelledError: the write committed
+    finally:
+        await sink.close()
+    assert _events(path) == [1]
+
+
+async def test_timed_out_writes_never_commit_later(api: Open, tmp_path: Path) -> None:
+    """Writes abandoned on write_timeout are rolled back before they are retried: a keyless
+    table gets no duplicate, and no record reported DEAD_LETTERED is in it, even seconds
+    later (they used to commit on the executor thread after the engine gave up)."""
+    path = tmp_path / "ev.db"
+    _slow_events(path)
+    letters: list[wb.DeadLetterEntry] = []
+    sink = wb.SQLiteSink(path, table="events")
+    options: dict[str, Any] = {"max_batch": 10, "write_timeout": 0.1, "retry": FAST}
+    async with api(sink, dead_letter=letters.extend, **options) as b:
+        receipts = [b.add_nowait({"n": i, "at": "x"}) for i in range(10)]
+        await b.flush()
+        outcomes = [await b.outcome(r) for r in receipts]
+    assert set(outcomes) == {wb.Outcome.DEAD_LETTERED}
+    assert len(letters) == 10
+    await asyncio.sleep(2.0)
+    assert _events(path) == []
+
+
+async def test_writes_abandoned_at_the_close_deadline_never_commit(
+    api: Open, tmp_path: Path
+) -> None:
+    """A write still running at the close deadline is interrupted: the records reported
+    LOST are not in the table seconds later (once the write would have ended), and none is
+    there twice."""
+    path = tmp_path / "ev.db"
+    _slow_events(path)
+    sink = wb.SQLiteSink(path, table="events")
+    b = api(sink, max_batch=15, linger=0.01)
+    driver = await b.__aenter__()
+    receipts = [driver.add_nowait({"n": i, "at": "x"}) for i in range(15)]
+    await asyncio.sleep(0.2)  # the write has started (it takes about a second)
+    report = await driver.close(timeout=0.2)
+    assert report.lost == 15
+    await asyncio.sleep(4.0)
+    in_table = _events(path)
+    assert len(in_table) == len(set(in_table))
+    lost = {i for i, r in enumerate(receipts) if r.outcome is wb.Outcome.LOST}
+    assert lost
+    assert not lost & set(in_table)
+
+
+async def test_the_sink_thread_is_a_daemon(tmp_path: Path) -> None:
+    """The sink's worker thread is a daemon: a hung write cannot hold up interpreter exit."""
+    path = tmp_path / "ev.db"
+    with sqlite3.connect(path) as c:
+        c.execute("CREATE TABLE events (n INTEGER, at TEXT)")
+    sink = wb.SQLiteSink(path, table="events")
+    await sink.start()
+    try:
+        await sink.write([{"n": 1, "at": "x"}])
+        mine = [t for t in threading.enumerate() if t.name.startswith("writebehind-sqlite")]
+        assert mine
+        assert all(t.daemon for t in mine)
+    finally:
+        await sink.close()
 
 
 # -- a full disk (issue 9, item 10) -----------------------------------------------------------

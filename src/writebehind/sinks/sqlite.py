@@ -1,35 +1,43 @@
 """``SQLiteSink``: the embedded default. One conditional upsert per batch, in one transaction.
 
-The connection lives on one worker thread of the sink's own, so the event loop never
-blocks on SQLite. The table's columns are read when the batcher starts; a missing table,
-a missing key or version column, or a key without a PRIMARY KEY/UNIQUE index that
-``ON CONFLICT`` can use (a partial index or one on an expression cannot) raises
-``ConfigError`` there. Each batch runs ``INSERT ... ON CONFLICT (key) DO UPDATE SET ...
-WHERE excluded.version >= table.version`` through ``executemany`` inside ``BEGIN IMMEDIATE``
-... ``COMMIT``, so an older record never overwrites a newer row, whoever writes it;
-versions are stored in a form SQLite orders as Python does (``_sqlite_versions``). Errors
-are classed by SQLite's result code (``_sqlite_errors``).
+The connection lives on one daemon worker thread of the sink's own (``WorkerThreads``), so
+the event loop never blocks on SQLite and a hung write cannot hold up interpreter exit. The
+table is read when the batcher starts; a missing table, a missing key or version column, or
+a key without a PRIMARY KEY/UNIQUE index that ``ON CONFLICT`` can use (a partial index or
+one on an expression cannot) raises ``ConfigError`` there. Each batch runs ``INSERT ... ON
+CONFLICT (key) DO UPDATE SET ... WHERE excluded.version >= table.version`` through
+``executemany`` inside ``BEGIN IMMEDIATE`` ... ``COMMIT``, so an older record never
+overwrites a newer row, whoever writes it; versions are stored in a form SQLite orders as
+Python does (``_sqlite_versions``).
+
+An abandoned write (``write_timeout``, the close deadline: the engine cancels the task
+awaiting ``write``) is interrupted on its thread, and its outcome is decided only once the
+thread has returned: rolled back, the cancellation propagates; committed already, ``write``
+returns normally.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import decimal
 import json
 import logging
 import os
 import sqlite3
+import threading
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .._errors import ConfigError, PermanentSinkError, RetriableSinkError
+from .._workers import WorkerThreads
 from ._ident import quote, validate
 from ._records import Rows, adapt_columns, check_shape, group_rows
 from ._sqlite_errors import map_error
 from ._sqlite_schema import inspect
+from ._sqlite_thread import Abandoned, Job, begin, settled
 from ._sqlite_versions import Versions
 from ._upsert import on_conflict
 
@@ -46,6 +54,8 @@ _ADAPT: dict[type, Callable[[Any], Any]] = {
     dict: json.dumps,
     list: json.dumps,
 }
+_BUSY_SLICE = 0.05  # s SQLite's own busy handler waits before the sink looks at the job again
+_PROGRESS_OPS = 1000  # SQLite VM steps between looks at whether the write was abandoned
 
 
 class SQLiteSink:
@@ -92,9 +102,11 @@ class SQLiteSink:
         self.busy_timeout = busy_timeout
         self.columns: tuple[str, ...] = ()
         self._conn: sqlite3.Connection | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._pool: WorkerThreads | None = None
         self._sql: dict[tuple[str, ...], str] = {}
         self._versions: Versions | None = None
+        self._lock = threading.Lock()  # guards _current against _abandon's interrupt
+        self._current: Job | None = None  # the write running on the thread
         self.statements = 0
         """Statements executed (one per batch, or per shape of record within a batch)."""
 
@@ -104,70 +116,150 @@ class SQLiteSink:
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
         """Open the connection and check the table (``ConfigError`` if it does not fit)."""
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="writebehind-sqlite")
-        await self._run(self._open)
+        pool = self._pool = WorkerThreads(1, "writebehind-sqlite")
+        try:
+            await pool.run(self._open)
+        except BaseException:
+            self._pool = None
+            pool.shutdown()
+            raise
 
     def _open(self) -> None:
+        """Open the file and read the table, on the sink's thread."""
         conn = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout
-        )
+            self.path, isolation_level=None, check_same_thread=False,
+            timeout=self.busy_timeout,
+        )  # fmt: skip
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
             table = inspect(conn, self.path, self.table, self.key, self.version)
+            # From here SQLite's own busy wait is sliced, so an abandoned write stops waiting.
+            conn.execute(f"PRAGMA busy_timeout = {int(min(self.busy_timeout, _BUSY_SLICE) * 1e3)}")
         except sqlite3.Error as exc:
             conn.close()
             raise map_error(exc) from exc
         except BaseException:
             conn.close()
             raise
+        conn.set_progress_handler(self._progress, _PROGRESS_OPS)
         self.columns = table.columns
-        if self.version:
+        if self.version and (
+            self._versions is None or self._versions.declared != table.version_type
+        ):
             self._versions = Versions(self.version, table.version_type)
+        self._sql.clear()
         self._conn = conn
 
     async def close(self) -> None:
         """Close the connection (after any write still running) and stop the worker thread."""
-        executor, self._executor = self._executor, None
-        if executor is None:
+        pool, self._pool = self._pool, None
+        if pool is None:
             return
-        conn, self._conn = self._conn, None
         try:
-            if conn is not None:  # after any write still queued on the thread
-                await asyncio.get_running_loop().run_in_executor(executor, conn.close)
+            await pool.run(self._shut)  # after any write still queued on the thread
         finally:
-            executor.shutdown(wait=False)
+            pool.shutdown()
 
-    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        if self._executor is None:
-            raise RetriableSinkError("the SQLite sink is not started or already closed")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+    def _shut(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
 
     # -- writing --------------------------------------------------------------------------
     async def write(self, batch: list[Any]) -> None:
-        """Upsert ``batch`` in one transaction."""
-        if batch:
-            await self._run(self._write, batch)
+        """Upsert ``batch`` in one transaction.
 
-    def _write(self, batch: list[Any]) -> None:
-        conn = self._conn
-        if conn is None:
-            raise RetriableSinkError("the SQLite sink is closed")
-        groups = self._group(batch)
+        When the await is cancelled, the write is interrupted on its thread, and the
+        cancellation waits (shielded) for the thread to return: if the transaction rolled
+        back, the ``CancelledError`` propagates; if it had already committed, ``write``
+        returns normally, so the records are counted committed.
+        """
+        if not batch:
+            return
+        pool = self._pool
+        if pool is None:
+            raise RetriableSinkError("the SQLite sink is not started or already closed")
+        job = Job()
+        attempt = asyncio.ensure_future(pool.run(self._write, batch, job))
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for names, rows in groups.items():
-                    conn.executemany(self._statement(names), rows)
-                    self.statements += 1
-                conn.execute("COMMIT")
-            except BaseException:
-                _rollback(conn)
+            await asyncio.shield(attempt)
+        except asyncio.CancelledError:
+            if attempt.done() and attempt.cancelled():
                 raise
+            self._abandon(job)
+            await settled(attempt)
+            if attempt.cancelled() or attempt.exception() is not None:
+                raise  # rolled back (interrupted, or failed anyway): nothing was written
+            # The transaction committed before the interruption could take effect, so the
+            # records are in the table. Swallowing the cancellation is deliberate: returning
+            # normally makes whoever cancelled (write_timeout, the close deadline) count them
+            # committed, never LOST or DEAD_LETTERED.
+            return
+
+    def _abandon(self, job: Job) -> None:
+        """Stop ``job``: the thread looks at ``abandoned`` between statements and in
+        SQLite's progress handler; ``interrupt()`` stops the statement running now."""
+        with self._lock:
+            job.abandoned = True
+            conn = self._conn
+            if self._current is job and conn is not None:
+                with contextlib.suppress(sqlite3.Error):  # closed meanwhile: nothing to stop
+                    conn.interrupt()
+
+    def _progress(self) -> int:
+        job = self._current
+        return 1 if job is not None and job.abandoned else 0
+
+    def _write(self, batch: list[Any], job: Job) -> None:
+        with self._lock:
+            if job.abandoned:
+                raise Abandoned  # cancelled while queued behind another write
+            self._current = job
+        try:
+            conn = self._connection()
+            groups = self._group(batch)
+            self._transaction(conn, groups, job)
         except sqlite3.Error as exc:
             raise map_error(exc) from exc
         except (OverflowError, ValueError) as exc:  # an int beyond 64 bits, a lone surrogate
             raise PermanentSinkError(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        with self._lock:
+            self._current = None
+
+    def _transaction(self, conn: sqlite3.Connection, groups: Rows, job: Job) -> None:
+        try:
+            begin(conn, job, self.busy_timeout)
+            for names, rows in groups.items():
+                conn.executemany(self._statement(names), rows)
+                self.statements += 1
+            if job.abandoned:
+                raise Abandoned
+            conn.execute("COMMIT")
+        except BaseException:
+            self._release()  # no interrupt and no abort may hit the rollback
+            self._rollback(conn)
+            raise
+
+    def _rollback(self, conn: sqlite3.Connection) -> None:
+        """Roll back if a transaction is still open (SQLite ends it itself on a full disk
+        or an interrupt); a failing rollback never replaces the error being raised."""
+        if not conn.in_transaction:
+            return
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            log.warning("writebehind: SQLiteSink(%r): ROLLBACK failed: %s", self.path, exc)
+
+    def _connection(self) -> sqlite3.Connection:
+        conn = self._conn
+        if conn is None:
+            raise RetriableSinkError("the SQLite sink is closed")
+        return conn
 
     def _group(self, batch: list[Any]) -> Rows:
         groups = group_rows(batch)
@@ -195,14 +287,3 @@ class SQLiteSink:
         if not self.key:
             return sql
         return sql + on_conflict(names, self.key, self.version, t)
-
-
-def _rollback(conn: sqlite3.Connection) -> None:
-    """Roll back if a transaction is still open (SQLite ends it itself on a full disk or
-    an interrupt); a failing rollback never replaces the error being raised."""
-    if not conn.in_transaction:
-        return
-    try:
-        conn.execute("ROLLBACK")
-    except sqlite3.Error as exc:
-        log.warning("writebehind: SQLiteSink: ROLLBACK failed: %s", exc)

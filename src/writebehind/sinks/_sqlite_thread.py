@@ -1,0 +1,59 @@
+"""The pieces of ``SQLiteSink``'s write that let a cancelled await stop its thread.
+
+The engine abandons a write by cancelling the task awaiting ``sink.write()``; the SQLite work
+runs on the sink's own thread, which a cancellation does not stop. So each write is a
+:class:`Job` that the awaiter marks ``abandoned``: the thread looks at the mark before it
+starts, in SQLite's progress handler, between statements, while it waits for another
+connection's lock (:func:`begin`, in slices) and before ``COMMIT``. The awaiter then waits
+(:func:`settled`) for the thread to return before deciding the outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from typing import Any
+
+from ._sqlite_errors import SQLITE_BUSY, error_code
+
+__all__ = ["Abandoned", "Job", "begin", "settled"]
+
+
+class Job:
+    """One write handed to the sink's thread; ``abandoned`` once its awaiter is cancelled."""
+
+    __slots__ = ("abandoned",)
+
+    def __init__(self) -> None:
+        self.abandoned = False
+
+
+class Abandoned(Exception):
+    """Raised on the sink's thread to roll back a write whose awaiter was cancelled."""
+
+
+def begin(conn: sqlite3.Connection, job: Job, busy_timeout: float) -> None:
+    """``BEGIN IMMEDIATE``, waiting up to ``busy_timeout`` seconds for another connection's
+    lock. SQLite's own busy wait (set short on the connection) ignores ``interrupt()``, so
+    the wait is made of short ones, and an abandoned job stops between them."""
+    deadline = time.monotonic() + busy_timeout
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if error_code(exc) != SQLITE_BUSY or job.abandoned:
+                raise
+            if time.monotonic() >= deadline:
+                raise
+
+
+async def settled(fut: asyncio.Future[Any]) -> None:
+    """Wait until ``fut`` is done, through any further cancellation: a write's outcome is
+    decided only once its thread has returned."""
+    while not fut.done():
+        try:
+            await asyncio.wait([fut])
+        except asyncio.CancelledError:
+            continue
