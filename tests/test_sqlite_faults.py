@@ -211,3 +211,68 @@ async def test_disk_full_is_retried_until_there_is_room(api: Open, tmp_path: Pat
     assert outcomes == {wb.Outcome.COMMITTED}
     assert letters == []
     assert len(rows(path)) == 100
+
+
+# -- the file deleted while in use (issue 9, item 15) -----------------------------------------
+def _exists(path: Path) -> bool:
+    return path.exists()
+
+
+def _unlink(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+async def test_deleted_file_is_not_written_into(heartbeat_db: Path) -> None:
+    """A database file deleted while the sink has it open is noticed at the next write,
+    which fails (it used to commit into the unlinked file and report success); with the
+    file gone the sink cannot take any record, so it is SinkMisconfigured."""
+    sink = wb.SQLiteSink(heartbeat_db, table="agents", key="id", version="updated_at")
+    await sink.start()
+    try:
+        await sink.write([{"id": "a", "name": "x", "updated_at": 1}])
+        _unlink(heartbeat_db)
+        with pytest.raises(wb.RetriableSinkError, match="deleted or replaced"):
+            await sink.write([{"id": "b", "name": "y", "updated_at": 1}])
+        with pytest.raises(SinkMisconfigured, match="open"):
+            await sink.write([{"id": "b", "name": "y", "updated_at": 1}])
+        assert not _exists(heartbeat_db)  # not recreated empty
+    finally:
+        await sink.close()
+
+
+async def test_replaced_file_is_reopened(api: Open, heartbeat_db: Path) -> None:
+    """Records written after the file was deleted and created again land in the new file
+    (the sink reopens it), none reported committed into the deleted one."""
+    sink = wb.SQLiteSink(heartbeat_db, table="agents", key="id", version="updated_at")
+    policy = wb.RetryPolicy(base=0.05, cap=0.1, max_attempts=50)
+    async with api(sink, key="id", version="updated_at", max_batch=1, retry=policy) as b:
+        assert await b.outcome(await b.add({"id": "a", "name": "x", "updated_at": 1})) is (
+            wb.Outcome.COMMITTED
+        )
+        _unlink(heartbeat_db)
+        receipt = await b.add({"id": "b", "name": "y", "updated_at": 1})
+        deadline = time.monotonic() + 5
+        while b.stats().retried < 2 and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        assert b.stats().retried >= 2
+        assert receipt.outcome is None  # not committed into the deleted file
+        with sqlite3.connect(heartbeat_db) as c:
+            c.execute("CREATE TABLE agents (id TEXT PRIMARY KEY, name TEXT, updated_at INTEGER)")
+        assert await b.outcome(receipt) is wb.Outcome.COMMITTED
+    assert rows(heartbeat_db) == {"b": ("y", 1)}
+
+
+async def test_file_check_cost(heartbeat_db: Path) -> None:
+    """The per-write check that the file is still the one opened (one ``os.stat``) costs a
+    few microseconds at most (about 2 us measured), against a write's hundreds."""
+    sink = wb.SQLiteSink(heartbeat_db, table="agents", key="id")
+    await sink.start()
+    try:
+        n = 2000
+        t0 = time.perf_counter()
+        for _ in range(n):
+            assert not sink._moved()
+        assert (time.perf_counter() - t0) / n < 50e-6
+    finally:
+        await sink.close()

@@ -11,13 +11,14 @@ connection's lock (:func:`begin`, in slices) and before ``COMMIT``. The awaiter 
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import time
 from typing import Any
 
 from ._sqlite_errors import SQLITE_BUSY, error_code
 
-__all__ = ["Abandoned", "Job", "begin", "settled"]
+__all__ = ["Abandoned", "Job", "Moved", "begin", "file_identity", "settled"]
 
 
 class Job:
@@ -31,6 +32,10 @@ class Job:
 
 class Abandoned(Exception):
     """Raised on the sink's thread to roll back a write whose awaiter was cancelled."""
+
+
+class Moved(Exception):
+    """The database file is not the one the sink opened (deleted or replaced)."""
 
 
 def begin(conn: sqlite3.Connection, job: Job, busy_timeout: float) -> None:
@@ -47,6 +52,14 @@ def begin(conn: sqlite3.Connection, job: Job, busy_timeout: float) -> None:
                 raise
             if time.monotonic() >= deadline:
                 raise
+
+
+def file_identity(path: str, where: str) -> tuple[int, int] | None:
+    """The (device, inode) of the database file at ``where``; None for an in-memory one."""
+    if path in ("", ":memory:"):
+        return None
+    st = os.stat(where)
+    return st.st_dev, st.st_ino
 
 
 async def settled(fut: asyncio.Future[Any]) -> None:

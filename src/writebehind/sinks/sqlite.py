@@ -13,7 +13,9 @@ Python does (``_sqlite_versions``).
 An abandoned write (``write_timeout``, the close deadline: the engine cancels the task
 awaiting ``write``) is interrupted on its thread, and its outcome is decided only once the
 thread has returned: rolled back, the cancellation propagates; committed already, ``write``
-returns normally.
+returns normally. Before each commit the sink checks, with one ``os.stat``, that its file is
+still the one it opened: a file deleted or replaced while in use fails the write (retriable)
+and is reopened for the next attempt, instead of committing into an unlinked file.
 """
 
 from __future__ import annotations
@@ -25,19 +27,20 @@ import decimal
 import json
 import logging
 import os
+import pathlib
 import sqlite3
 import threading
 import uuid
 from collections.abc import Callable
 from typing import Any
 
-from .._errors import ConfigError, PermanentSinkError, RetriableSinkError
+from .._errors import ConfigError, PermanentSinkError, RetriableSinkError, SinkMisconfigured
 from .._workers import WorkerThreads
 from ._ident import quote, validate
 from ._records import Rows, adapt_columns, check_shape, group_rows
 from ._sqlite_errors import map_error
 from ._sqlite_schema import inspect
-from ._sqlite_thread import Abandoned, Job, begin, settled
+from ._sqlite_thread import Abandoned, Job, Moved, begin, file_identity, settled
 from ._sqlite_versions import Versions
 from ._upsert import on_conflict
 
@@ -107,6 +110,9 @@ class SQLiteSink:
         self._versions: Versions | None = None
         self._lock = threading.Lock()  # guards _current against _abandon's interrupt
         self._current: Job | None = None  # the write running on the thread
+        self._where = ""  # the file's absolute path, for the identity check
+        self._file: tuple[int, int] | None = None  # (device, inode) when opened
+        self._reopen = False  # the file was deleted or replaced: open it again
         self.statements = 0
         """Statements executed (one per batch, or per shape of record within a batch)."""
 
@@ -124,10 +130,16 @@ class SQLiteSink:
             pool.shutdown()
             raise
 
-    def _open(self) -> None:
-        """Open the file and read the table, on the sink's thread."""
+    def _open(self, again: bool = False) -> None:
+        """Open the file and read the table, on the sink's thread. ``again``: reopen a file
+        that was deleted or replaced, and never create it."""
+        if again:
+            target, uri = pathlib.Path(self._where).as_uri() + "?mode=rw", True
+        else:
+            target, uri = self.path, False
+            self._where = os.path.abspath(self.path)
         conn = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False,
+            target, uri=uri, isolation_level=None, check_same_thread=False,
             timeout=self.busy_timeout,
         )  # fmt: skip
         try:
@@ -136,6 +148,7 @@ class SQLiteSink:
             table = inspect(conn, self.path, self.table, self.key, self.version)
             # From here SQLite's own busy wait is sliced, so an abandoned write stops waiting.
             conn.execute(f"PRAGMA busy_timeout = {int(min(self.busy_timeout, _BUSY_SLICE) * 1e3)}")
+            file = file_identity(self.path, self._where)
         except sqlite3.Error as exc:
             conn.close()
             raise map_error(exc) from exc
@@ -149,7 +162,7 @@ class SQLiteSink:
         ):
             self._versions = Versions(self.version, table.version_type)
         self._sql.clear()
-        self._conn = conn
+        self._conn, self._file = conn, file
 
     async def close(self) -> None:
         """Close the connection (after any write still running) and stop the worker thread."""
@@ -163,6 +176,7 @@ class SQLiteSink:
 
     def _shut(self) -> None:
         conn, self._conn = self._conn, None
+        self._reopen = False
         if conn is not None:
             conn.close()
 
@@ -239,10 +253,18 @@ class SQLiteSink:
                 self.statements += 1
             if job.abandoned:
                 raise Abandoned
+            if self._moved():
+                raise Moved
             conn.execute("COMMIT")
-        except BaseException:
+        except BaseException as exc:
             self._release()  # no interrupt and no abort may hit the rollback
             self._rollback(conn)
+            if isinstance(exc, Moved):
+                self._forget(conn)
+                raise RetriableSinkError(
+                    f"the database file {self.path!r} was deleted or replaced while in use; "
+                    f"nothing was written to it, and the sink opens the file again"
+                ) from None
             raise
 
     def _rollback(self, conn: sqlite3.Connection) -> None:
@@ -253,13 +275,52 @@ class SQLiteSink:
         try:
             conn.execute("ROLLBACK")
         except sqlite3.Error as exc:
-            log.warning("writebehind: SQLiteSink(%r): ROLLBACK failed: %s", self.path, exc)
+            log.warning(
+                "writebehind: SQLiteSink(%r): ROLLBACK failed (%s); reopening the connection",
+                self.path, exc,
+            )  # fmt: skip
+            self._forget(conn)
+
+    def _moved(self) -> bool:
+        """Whether the file at ``path`` is no longer the one the connection has open."""
+        if self._file is None:
+            return False
+        try:
+            st = os.stat(self._where)
+        except FileNotFoundError:
+            return True
+        return (st.st_dev, st.st_ino) != self._file
+
+    def _forget(self, conn: sqlite3.Connection) -> None:
+        """Close ``conn``; the next write opens the file again. Closing checkpoints the WAL
+        into the file the connection has open (deleted or not) and removes its ``-wal`` and
+        ``-shm`` files, so that they are not mistaken for those of a new file at ``path``."""
+        if self._conn is conn:
+            self._conn = None
+            self._reopen = True
+        try:
+            conn.close()
+        except sqlite3.Error as exc:
+            log.debug("writebehind: SQLiteSink(%r): close failed: %s", self.path, exc)
 
     def _connection(self) -> sqlite3.Connection:
         conn = self._conn
-        if conn is None:
+        if conn is not None:
+            return conn
+        if not self._reopen:
             raise RetriableSinkError("the SQLite sink is closed")
-        return conn
+        if not os.path.exists(self._where):
+            raise SinkMisconfigured(
+                f"cannot open {self.path!r} again: the file is gone (deleted while in use?); "
+                f"restore it, or create it with table {self.table!r}"
+            )
+        try:
+            self._open(again=True)
+        except ConfigError as exc:
+            raise SinkMisconfigured(f"opened {self.path!r} again, but: {exc}") from exc
+        assert self._conn is not None  # _open sets it or raises
+        self._reopen = False
+        return self._conn
 
     def _group(self, batch: list[Any]) -> Rows:
         groups = group_rows(batch)
