@@ -358,6 +358,22 @@ async def test_versions_sqlite_cannot_order_are_refused(
     assert 2 not in rows(path, "t")
 
 
+async def test_aware_and_naive_in_one_batch_are_refused(tmp_path: Path) -> None:
+    """Aware and naive datetimes in one batch cannot both be ordered: refused."""
+    path = tmp_path / "v.db"
+    with sqlite3.connect(path) as c:
+        c.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    sink = wb.SQLiteSink(path, table="t", key="id", version="v")
+    await sink.start()
+    try:
+        batch = [{"id": 1, "v": dt.datetime(2026, 1, 1)}, {"id": 2, "v": dt.datetime.now(dt.UTC)}]
+        with pytest.raises(wb.PermanentSinkError, match="aware datetime version after naive"):
+            await sink.write(batch)
+    finally:
+        await sink.close()
+    assert rows(path, "t") == {}
+
+
 async def test_values_sqlite_cannot_bind_are_permanent_errors(heartbeat_db: Path) -> None:
     """An int beyond 64 bits, or a str with a lone surrogate, is a PermanentSinkError (the
     record is isolated and dead-lettered), not a bare OverflowError or UnicodeEncodeError."""

@@ -48,6 +48,8 @@ _INT64 = (-(2**63), 2**63 - 1)
 _NONE = {type(None)}
 _INTS = {int, bool, type(None)}
 _NUMBERS = {int, bool, float, type(None)}
+_AS_IS: dict[type, str] = {str: "str", bytes: "bytes"}
+_DATETIME = {dt.datetime}
 _EXACT_IN_REAL = 2**53
 _DECIMAL_DIGITS = 15  # any decimal with this many significant digits round-trips a float
 _NUMBER_AFFINITIES = ("INTEGER", "REAL", "NUMERIC", "BLOB")
@@ -82,7 +84,8 @@ class Versions:
 
     def adapt(self, rows: list[tuple[Any, ...]], index: int) -> list[tuple[Any, ...]]:
         """``rows`` with the version at ``index`` in its stored form (the same list when
-        nothing changes: integer versions, the common case, cost one C-level pass)."""
+        nothing changes: integer, str or bytes versions, the common cases, cost one C-level
+        pass)."""
         get = operator.itemgetter(index)
         types = set(map(type, map(get, rows)))
         if types <= _INTS:
@@ -91,13 +94,46 @@ class Versions:
                 if self.affinity == "REAL":
                     self._numbers(list(map(get, rows)))
             return rows  # beyond 64 bits, binding raises OverflowError: refused too
+        if len(types - _NONE) == 1 and (kind := _AS_IS.get(next(iter(types - _NONE)))):
+            self._accept(kind)  # exact str or bytes: stored as they are
+            return rows
         values = list(map(get, rows))
         if types <= _NUMBERS:
             self._accept("number")
             self._numbers(values)
             return rows
-        stored = [self._convert(v) for v in values]
-        return [(*r[:index], s, *r[index + 1 :]) for r, s in zip(rows, stored, strict=True)]
+        if types - _NONE == _DATETIME:
+            stored = self._datetimes(values)
+        else:
+            stored = [self._convert(v) for v in values]
+        columns = list(zip(*rows, strict=True))
+        columns[index] = tuple(stored)
+        return list(zip(*columns, strict=True))
+
+    def _datetimes(self, values: list[Any]) -> list[str | None]:
+        """The fast path for a column of plain ``datetime`` objects (and None)."""
+        stored: list[str | None] = []
+        append = stored.append
+        kinds: dict[str, None] = {}  # in order of appearance
+        utc = dt.UTC
+        for v in values:
+            if v is None:
+                append(None)
+            elif v.tzinfo is utc:
+                kinds["aware datetime"] = None
+                append(v.isoformat(timespec="microseconds"))
+            elif v.utcoffset() is None:
+                kinds["naive datetime"] = None
+                append(v.isoformat(timespec="microseconds"))
+            else:
+                kinds["aware datetime"] = None
+                try:
+                    append(v.astimezone(utc).isoformat(timespec="microseconds"))
+                except OverflowError as exc:
+                    raise self._refuse(f"{v!r} is out of range in UTC") from exc
+        for kind in kinds:
+            self._accept(kind)
+        return stored
 
     # -- numbers ------------------------------------------------------------------------
     def _numbers(self, values: list[Any]) -> None:
