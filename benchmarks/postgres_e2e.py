@@ -58,7 +58,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import writebehind as wb
-from writebehind.sinks._pg import redact_dsn
+from writebehind._redact import redact_dsn
 
 from ._common import BASE_TIME, BenchmarkError, Section, Table, Target, check, fmt_int, uuids
 

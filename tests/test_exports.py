@@ -45,6 +45,22 @@ def test_public_classes_show_the_package_name() -> None:
             assert obj.__module__ == "writebehind", name
 
 
+def test_type_hints_resolve_on_every_public_name() -> None:
+    """typing.get_type_hints() works on the public classes and functions (the __module__
+    rewrite made it raise NameError on Stats, RetryPolicy and DeadLetterEntry)."""
+    import typing
+
+    for name in wb.__all__:
+        obj = getattr(wb, name)
+        if isinstance(obj, type) or callable(obj):
+            typing.get_type_hints(obj)
+
+
+def test_all_is_sorted() -> None:
+    """__all__ is sorted, so a missing or doubled name shows in review."""
+    assert list(wb.__all__) == sorted(wb.__all__)
+
+
 def test_errors_share_one_root() -> None:
     """Every exception is a WriteBehindError; usage errors are also ValueErrors."""
     for exc in (
@@ -56,6 +72,10 @@ def test_errors_share_one_root() -> None:
         wb.RetriableSinkError,
         wb.PermanentSinkError,
         wb.WriteTimeout,
+        wb.SinkMisconfigured,
+        wb.EntriesNotStored,
+        wb.SubscriberLagged,
+        wb.RecordNotReplayable,
     ):
         assert issubclass(exc, wb.WriteBehindError)
     assert issubclass(wb.ConfigError, ValueError)

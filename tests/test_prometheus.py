@@ -10,6 +10,7 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -427,12 +428,12 @@ def test_a_missing_prometheus_client_names_the_extra(monkeypatch: pytest.MonkeyP
         PrometheusCollector(wb.AsyncBatcher(MemorySink()))
 
 
-async def test_the_default_sqlite_dead_letter_store_is_counted(
-    api: Open, registry: CollectorRegistry
+async def test_a_sqlite_dead_letter_path_is_counted(
+    api: Open, registry: CollectorRegistry, tmp_path: Path
 ) -> None:
-    """With the default dead-letter file, the refreshed gauge equals the records stored."""
+    """With a dead-letter file path, the refreshed gauge equals the records stored."""
     sink = FlakySink(poison=lambda r: r["n"] in (2, 5))
-    async with api(sink, max_batch=8, linger=FAR) as b:
+    async with api(sink, max_batch=8, linger=FAR, dead_letter=tmp_path / "dl.db") as b:
         with PrometheusCollector(b.batcher, registry=registry, refresh_interval=FAR) as c:
             for n in range(8):
                 b.add_nowait({"n": n})

@@ -16,6 +16,7 @@ from ._errors import (
     RecordError,
     RetriableSinkError,
     SinkError,
+    SinkMisconfigured,
     WriteBehindError,
     WriteTimeout,
 )
@@ -39,6 +40,7 @@ from ._retry import RetryPolicy
 from ._stats import CloseReport, Stats
 from ._sync import Batcher
 from .dlq import (
+    EntriesNotStored,
     PostgresDeadLetter,
     RecordNotReplayable,
     ReplayReport,
@@ -50,11 +52,6 @@ from .sinks import CallableSink, PostgresSink, Sink, SQLiteSink
 __version__ = "0.1.0"
 
 __all__ = [
-    "StoredEntry",
-    "SQLiteDeadLetter",
-    "ReplayReport",
-    "RecordNotReplayable",
-    "PostgresDeadLetter",
     "AsyncBatcher",
     "BatchCommitted",
     "BatchFailed",
@@ -70,25 +67,32 @@ __all__ = [
     "ConfigError",
     "DeadLetter",
     "DeadLetterEntry",
+    "EntriesNotStored",
     "Event",
     "Instrument",
     "MonotonicClock",
     "Outcome",
     "Paused",
     "PermanentSinkError",
+    "PostgresDeadLetter",
     "PostgresSink",
-    "RecordsDeadLettered",
-    "RecordsDropped",
     "Receipt",
     "RecordError",
+    "RecordNotReplayable",
+    "RecordsDeadLettered",
+    "RecordsDropped",
+    "ReplayReport",
     "Resumed",
     "RetriableSinkError",
     "RetryPolicy",
     "RetryScheduled",
+    "SQLiteDeadLetter",
     "SQLiteSink",
     "Sink",
     "SinkError",
+    "SinkMisconfigured",
     "Stats",
+    "StoredEntry",
     "SubscriberLagged",
     "Subscription",
     "WriteAttempt",
@@ -96,8 +100,36 @@ __all__ = [
     "WriteTimeout",
 ]
 
-for _name in __all__:
-    _obj = globals()[_name]
-    if getattr(_obj, "__module__", "").startswith("writebehind."):
-        _obj.__module__ = "writebehind"
-del _name, _obj
+
+def _show_as_public() -> None:
+    """Reprs and docs say ``writebehind.X``. Annotations are resolved first, in the module
+    that wrote them, so ``typing.get_type_hints()`` keeps working on the public classes."""
+    import inspect
+    import sys
+    import typing
+
+    # names some modules import only for type checking (to avoid a cycle) live elsewhere
+    # in the package: resolve against every loaded module of it
+    everything: dict[str, object] = {}
+    for mod_name, mod in list(sys.modules.items()):
+        if mod_name.startswith("writebehind.") and mod is not None:
+            everything.update(
+                {k: v for k, v in vars(mod).items() if isinstance(v, type) or k[:1].isupper()}
+            )
+    for name in __all__:
+        obj = globals()[name]
+        if not getattr(obj, "__module__", "").startswith("writebehind."):
+            continue
+        if isinstance(obj, type):
+            own = inspect.get_annotations(obj)
+            if own:
+                try:
+                    hints = typing.get_type_hints(obj, localns=everything)
+                except NameError as exc:
+                    raise NameError(f"{name}: {exc}") from exc
+                obj.__annotations__ = {k: hints.get(k, v) for k, v in own.items()}
+        obj.__module__ = "writebehind"
+
+
+_show_as_public()
+del _show_as_public

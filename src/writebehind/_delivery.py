@@ -15,7 +15,7 @@ from typing import Any
 
 from ._clock import Clock
 from ._deadletter import DeadLetter, DeadLetterEntry, scrub_secrets, sink_name
-from ._errors import WriteTimeout
+from ._errors import RetriableSinkError, WriteTimeout
 from ._events import (
     BatchCommitted,
     BatchFailed,
@@ -28,6 +28,7 @@ from ._instrument import Instrument, WriteAttempt
 from ._intake import Intake
 from ._receipt import Outcome, Receipt
 from ._retry import RetryPolicy, is_retriable, retry_after, split
+from ._tasks import cancelled_by_batcher
 
 __all__ = ["Delivery"]
 
@@ -89,6 +90,12 @@ class Delivery:
                     self._unwatch(watch, "committed", None, duration)
                 return
             self.intake.count(write_errors=1)
+            if isinstance(error, KeyboardInterrupt | SystemExit):
+                health.release(probe)
+                if watch is not None:
+                    self._unwatch(watch, "dead_lettered", error, duration)
+                await self.condemn(receipts, records, error, tries, direct)
+                raise error  # settled first: now let the process stop as it was asked to
             retriable = is_retriable(error, retry)
             events.publish(
                 BatchFailed, size=len(records), error=type(error).__name__, attempt=tries,
@@ -125,7 +132,14 @@ class Delivery:
             return
 
     async def _write(self, records: list[Any]) -> BaseException | None:
-        """One sink write under ``write_timeout``; the error it raised, or None."""
+        r"""One sink write under ``write_timeout``: the error it raised, or None.
+
+        Whatever the write raised is returned as its error, ``BaseException``\ s included,
+        so the caller settles the batch: a ``CancelledError`` that is not the batcher's own
+        cancellation (an inner task someone cancelled) is a failed write of unknown
+        outcome; ``KeyboardInterrupt``/``SystemExit`` are re-raised by :meth:`deliver` once
+        the batch is settled. Only the batcher's own cancellation propagates.
+        """
         try:
             async with asyncio.timeout(self.write_timeout):
                 await self.sink.write(records)
@@ -136,7 +150,16 @@ class Delivery:
             )
             error.__cause__ = exc
             return error
-        except Exception as exc:
+        except asyncio.CancelledError as exc:
+            if cancelled_by_batcher():
+                raise
+            interrupted = RetriableSinkError(
+                "the sink's write raised CancelledError without the batcher cancelling it "
+                "(an inner task was cancelled?); it may or may not have committed"
+            )
+            interrupted.__cause__ = exc
+            return interrupted
+        except BaseException as exc:
             return exc
         return None
 
@@ -149,7 +172,8 @@ class Delivery:
         for instrument in self.instruments:
             try:
                 stack.enter_context(instrument.write(info))
-            except Exception:
+            except BaseException as exc:
+                _reraise_if_ours(exc)
                 log.exception("writebehind[%s]: instrument %r failed", self.name, instrument)
         return info, stack
 
@@ -164,7 +188,8 @@ class Delivery:
         info.outcome, info.error, info.duration = outcome, error, duration
         try:
             stack.close()
-        except Exception:
+        except BaseException as exc:
+            _reraise_if_ours(exc)
             log.exception("writebehind[%s]: an instrument failed", self.name)
 
     # -- dead letters -----------------------------------------------------------------------
@@ -176,13 +201,20 @@ class Delivery:
         attempts: int,
         direct: bool,
     ) -> None:
+        """Dead-letter ``receipts``: keep them in the store (if any), then settle them.
+
+        They are settled whatever the store does (raises, hangs past ``write_timeout``,
+        raises a ``BaseException``); only the batcher's own cancellation interrupts it."""
         message = scrub_secrets(str(error))
+        store = self.dead_letter
         self.health.limiter(
             "dead_lettered", logging.ERROR,
-            "writebehind[%s]: dead-lettered %d record(s) after %d attempt(s): %s: %s",
+            "writebehind[%s]: dead-lettered %d record(s) after %d attempt(s): %s: %s%s",
             self.name, len(records), attempts, type(error).__name__, message,
+            "" if store is not None else _NO_STORE,
         )  # fmt: skip
-        if self.dead_letter is not None:
+        fatal: BaseException | None = None
+        if store is not None:
             at = time.time()
             entries = [
                 DeadLetterEntry(
@@ -198,17 +230,40 @@ class Delivery:
             ]
             try:
                 async with asyncio.timeout(self.write_timeout):
-                    await self.dead_letter.put(entries)
-            except Exception as exc:
-                self.intake.count(dead_letter_errors=len(records))
+                    await store.put(entries)
+            except BaseException as exc:
+                if isinstance(exc, asyncio.CancelledError) and cancelled_by_batcher():
+                    raise
+                if isinstance(exc, KeyboardInterrupt | SystemExit):
+                    fatal = exc
+                unkept = getattr(exc, "unstored", None)  # a store that kept some of them
+                if not isinstance(unkept, int) or not 0 <= unkept <= len(records):
+                    unkept = len(records)
+                self.intake.count(dead_letter_errors=unkept)
                 self.health.limiter(
                     "dead_letter_store", logging.ERROR,
                     "writebehind[%s]: the dead-letter store %r failed to keep %d record(s) "
                     "(%s: %s); they are counted in dead_lettered and dead_letter_errors only",
-                    self.name, self.dead_letter, len(records), type(exc).__name__,
+                    self.name, store, unkept, type(exc).__name__,
                     scrub_secrets(str(exc)),
                 )  # fmt: skip
         self.intake.settle(receipts, Outcome.DEAD_LETTERED, direct=direct)
         self.events.publish(
             RecordsDeadLettered, count=len(records), error=type(error).__name__, attempts=attempts
         )
+        if fatal is not None:
+            raise fatal
+
+
+_NO_STORE = (
+    " (no dead-letter store is configured, so they are only counted: pass dead_letter= a "
+    "path, a DeadLetter store or a callable to keep them)"
+)
+
+
+def _reraise_if_ours(exc: BaseException) -> None:
+    """Let the batcher's own cancellation and a request to stop the process through."""
+    if isinstance(exc, asyncio.CancelledError) and cancelled_by_batcher():
+        raise exc
+    if isinstance(exc, KeyboardInterrupt | SystemExit):
+        raise exc

@@ -9,6 +9,7 @@ intake; everything per batch happens here and in :mod:`writebehind._delivery`.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import threading
@@ -17,6 +18,7 @@ from dataclasses import replace
 from types import TracebackType
 from typing import Any, Self
 
+from . import _lifecycle
 from ._aimd import AdaptiveConcurrency
 from ._clock import Clock, MonotonicClock
 from ._config import Options
@@ -32,6 +34,7 @@ from ._keys import FieldSpec
 from ._receipt import Receipt
 from ._retry import RetryPolicy
 from ._stats import CloseReport, Stats
+from ._tasks import spawn
 
 __all__ = ["AsyncBatcher"]
 
@@ -64,11 +67,12 @@ class AsyncBatcher:
         close_timeout: the default deadline of :meth:`close` (default 15).
         retry: a :class:`RetryPolicy`.
         dead_letter: where records that can never be written go: a path (a SQLite
-            dead-letter file; default ``dead_letters.db`` in the working directory, created
-            at the first dead letter, closed with the batcher), a :class:`DeadLetter` store
-            (``writebehind.SQLiteDeadLetter``, ``PostgresDeadLetter``), a callable taking a
-            list of :class:`DeadLetterEntry` (sync or async), or None (counted, logged and
-            published as events only).
+            dead-letter file, created at the first dead letter, closed with the batcher), a
+            :class:`DeadLetter` store (``writebehind.SQLiteDeadLetter``,
+            ``PostgresDeadLetter``), a callable taking a list of :class:`DeadLetterEntry`
+            (sync or async), or None, the default: counted, published as events and logged
+            at ERROR (one line per 30 s, naming this option), but kept nowhere. Nothing is
+            written to the working directory unless you ask for it.
         latency_target: seconds; a write slower than this halves the concurrency
             (default: ``write_timeout / 2``).
         instruments: objects with a ``write(attempt)`` context manager, entered around
@@ -92,15 +96,14 @@ class AsyncBatcher:
         write_timeout: float = 30.0,
         close_timeout: float = 15.0,
         retry: RetryPolicy | None = None,
-        dead_letter: DeadLetterSpec | None = "dead_letters.db",
+        dead_letter: DeadLetterSpec | None = None,
         latency_target: float | None = None,
         instruments: tuple[Instrument, ...] | list[Instrument] = (),
         clock: Clock | None = None,
         name: str = "default",
         event_buffer: int = 4096,
     ) -> None:
-        if not callable(getattr(sink, "write", None)):
-            raise ConfigError("sink: must have an 'async def write(self, batch)' method")
+        _check_sink(sink)
         self._opts = opts = Options(
             key=key, version=version, max_batch=max_batch, linger=linger,
             max_pending=max_pending or 0, when_full=when_full, max_in_flight=max_in_flight,
@@ -140,12 +143,15 @@ class AsyncBatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flusher: Flusher | None = None
         self._report: CloseReport | None = None
-        self._close_lock: asyncio.Lock | None = None
-        self._closed = asyncio.Event()  # set when close() has its report
+        self._closing: asyncio.Task[CloseReport] | None = None  # the one close, shared
+        self._forked = False
+        self._facade = False  # a sync Batcher drives it (and handles exit and fork)
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
         """Start the sink and the flusher. ``async with`` calls this for you."""
+        if self._forked:
+            raise self._forked_error()
         if self._loop is not None:
             raise WriteBehindError("the batcher was already started")
         loop = asyncio.get_running_loop()
@@ -153,10 +159,21 @@ class AsyncBatcher:
         if start is not None:
             await start()
         self._loop = loop
-        self._close_lock = asyncio.Lock()
-        flusher = Flusher(self._intake, self._delivery, self._events, self._clock, self._opts, loop)
+        flusher = Flusher(
+            self._intake, self._delivery, self._events, self._clock, self._opts, loop,
+            on_shutdown=self._orphaned,
+        )  # fmt: skip
         self._flusher = flusher
         self._intake.bind(loop, flusher.wake, flusher.start_direct)
+        flusher.start()
+        if not self._facade:
+            _lifecycle.register(self)
+            _lifecycle.watch_loop(loop)
+
+    @property
+    def close_timeout(self) -> float:
+        """The default deadline of :meth:`close`, in seconds."""
+        return self._opts.close_timeout
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -210,17 +227,20 @@ class AsyncBatcher:
 
         ``timeout`` bounds the wait (``BufferFull`` after it). Under ``"raise"`` a full buffer
         raises ``BufferFull`` at once. Under ``"direct"``, a record that found the buffer full
-        is written alone and ``add()`` returns when that write is settled.
+        is written alone and ``add()`` returns when that write is settled; with
+        ``max_pending`` direct writes already in flight it waits for room like ``"block"``.
         """
         try:
             r = self._intake.put_nowait(record)
         except BufferFull:
-            if self._opts.when_full != "block":
+            if self._opts.when_full not in ("block", "direct"):
                 raise
+            self._on_own_loop("add")
             return await self._add_when_room(record, timeout)
         if self._opts.when_full == "direct":  # only this policy attaches a batch at add time
             batch = r.batch
             if batch is not None and batch.reason == "direct":
+                self._on_own_loop("add")
                 await r.wait()
         return r
 
@@ -240,19 +260,19 @@ class AsyncBatcher:
             if r is not None:
                 return r
 
-    def add_from_thread(self, record: Any, *, timeout: float | None = None) -> Receipt:
-        """The thread API of :meth:`add`: blocks this (non-loop) thread instead of awaiting."""
-        self._not_on_loop("add")
-        r = self._intake.put_blocking(record, timeout)
-        if self._opts.when_full == "direct" and r.batch is not None and r.batch.reason == "direct":
-            r.result()
-        return r
-
-    def _not_on_loop(self, what: str) -> None:
-        if threading.get_ident() == self._intake.loop_thread:
+    def _on_own_loop(self, what: str) -> None:
+        """Raise a clear error when awaited on a loop that is not the batcher's own."""
+        if self._forked:
+            raise self._forked_error()
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not self._loop:
             raise WriteBehindError(
-                f"Batcher.{what}() called from the batcher's own event-loop thread (a sink or "
-                f"callback?) would deadlock; use add_nowait() there"
+                f"AsyncBatcher.{what}() awaited on another event loop than the batcher's own "
+                f"(it was started on {self._loop!r}): a batcher lives on one loop. Create one "
+                f"per loop, or use the thread-safe add_nowait() from other threads"
             )
 
     # -- events, flush, stats, close ------------------------------------------------------
@@ -272,13 +292,16 @@ class AsyncBatcher:
 
         ``timeout`` bounds the wait (``TimeoutError``); the flush itself goes on.
         """
+        if self._forked:
+            raise self._forked_error()
         if self._flusher is None:
             raise WriteBehindError("the batcher is not started")
         if self._report is not None:
             return
-        if self._flusher.closing:  # close() flushes everything: wait for it, and its report
+        self._on_own_loop("flush")
+        if self._closing is not None:  # close() flushes everything: wait for it, and its report
             async with asyncio.timeout(timeout):
-                await self._closed.wait()
+                await asyncio.shield(self._closing)
             return
         fut = self._flusher.request_flush()
         async with asyncio.timeout(timeout):
@@ -296,60 +319,149 @@ class AsyncBatcher:
         ``close_timeout`` given at construction), and report.
 
         Records still pending or in flight at the deadline are counted in ``lost``, their
-        receipts resolve ``LOST``, and a WARNING is logged. Calling it again returns the
-        same report.
+        receipts resolve ``LOST``, and a WARNING is logged. Calling it again, or from several
+        tasks at once, returns the same report. The close goes on if the caller is cancelled.
         """
         if self._report is not None:
             return self._report
-        if self._flusher is None or self._close_lock is None:
+        if self._forked:
+            raise self._forked_error()
+        if self._flusher is None:
             self._intake.close()
             self._report = CloseReport(stats=self.stats(), lost=0, timed_out=False, duration=0.0)
             return self._report
-        async with self._close_lock:
-            if self._report is None:
-                self._report = await self._close(
-                    self._opts.close_timeout if timeout is None else timeout
-                )
-                self._closed.set()
-        return self._report
+        self._on_own_loop("close")
+        if self._closing is None:
+            self._closing = self._spawn_close(
+                self._opts.close_timeout if timeout is None else timeout
+            )
+        return await asyncio.shield(self._closing)
+
+    def _spawn_close(self, timeout: float) -> asyncio.Task[CloseReport]:
+        assert self._loop is not None
+        return spawn(self._loop, self._close(timeout), f"writebehind-close[{self.name}]",
+                     self._orphaned)  # fmt: skip
+
+    def _orphaned(self) -> bool:
+        """Its loop is shutting down (``asyncio.run`` returned, Ctrl-C) with the batcher
+        open: close it within ``close_timeout``; the flusher task, which ``asyncio.run``
+        waits for, stays until the close is done. False when already closed."""
+        if self._report is not None or self._flusher is None:
+            return False
+        if self._closing is None:
+            try:
+                _lifecycle.warn_unclosed(self, "its event loop is shutting down")
+            except Exception:  # warnings turned into errors must not break the shutdown
+                log.debug("writebehind[%s]: the ResourceWarning raised", self.name)
+            self._closing = self._spawn_close(self._opts.close_timeout)
+        self._flusher.hold = self._closing
+        return True
 
     async def _close(self, timeout: float) -> CloseReport:
         assert self._flusher is not None
         started = time.monotonic()
+        deadline = started + timeout
         self._intake.close()
         drained = await self._flusher.drain(timeout)
         await self._flusher.stop(abandon=not drained)
-        timed_out = not drained
-        sink_close = getattr(self._sink, "close", None)
-        if sink_close is not None:
-            try:
-                async with asyncio.timeout(max(0.25, timeout - (time.monotonic() - started))):
-                    await sink_close()
-            except Exception:
-                log.exception("writebehind[%s]: closing the sink failed", self.name)
-        store = self._delivery.dead_letter
-        if self._owns_dead_letter and store is not None:
-            try:
-                await store.close()  # type: ignore[attr-defined]
-            except Exception:
-                log.exception("writebehind[%s]: closing the dead-letter store failed", self.name)
+        await self._bounded(self._sink, "close", deadline, "closing the sink")
+        if self._owns_dead_letter:
+            await self._bounded(self._delivery.dead_letter, "close", deadline,
+                                "closing the dead-letter store")  # fmt: skip
+        self._health.limiter.flush()  # summaries still held back
         stats = self.stats()
         report = CloseReport(
-            stats=stats, lost=stats.lost, timed_out=timed_out, duration=time.monotonic() - started
-        )
+            stats=stats, lost=stats.lost, timed_out=not drained,
+            duration=time.monotonic() - started,
+        )  # fmt: skip
+        self._report = report
+        _lifecycle.unregister(self)
         self._events.publish(Closed, report=report)
         self._events.close()
         if report.lost:
             log.warning(
                 "writebehind[%s]: closed after %.1f s with %d record(s) lost (neither committed "
                 "nor dead-lettered): %d pending, %d in flight",
-                self.name,
-                report.duration,
-                report.lost,
-                stats.pending,
-                stats.in_flight,
-            )
+                self.name, report.duration, report.lost, stats.pending, stats.in_flight,
+            )  # fmt: skip
         return report
+
+    async def _bounded(self, obj: Any, method: str, deadline: float, what: str) -> None:
+        """Call ``obj.method()`` if it exists, within the close deadline (at least 0.25 s)."""
+        fn = getattr(obj, method, None)
+        if fn is None:
+            return
+        try:
+            async with asyncio.timeout(max(0.25, deadline - time.monotonic())):
+                await fn()
+        except TimeoutError:
+            log.warning("writebehind[%s]: %s did not finish by the close deadline; left "
+                        "behind", self.name, what)  # fmt: skip
+        except Exception:
+            log.exception("writebehind[%s]: %s failed", self.name, what)
+
+    # -- process lifecycles (see _lifecycle) ------------------------------------------------
+    def _close_unclosed(self, why: str) -> None:
+        """Close from outside the loop (exit, a closing loop); blocks up to the deadline."""
+        loop, flusher = self._loop, self._flusher
+        if self._report is not None or self._forked or loop is None or flusher is None:
+            return
+        try:
+            _lifecycle.warn_unclosed(self, why)
+        except Exception:
+            log.debug("writebehind[%s]: the ResourceWarning raised", self.name)
+        if loop.is_closed():
+            in_flight = [r for b in (*flusher.writing.values(), *flusher.direct.values())
+                         for r in b.receipts]  # fmt: skip
+            self._intake.close()
+            lost = self._intake.abandon(in_flight)
+            self._report = CloseReport(stats=self.stats(), lost=lost, timed_out=True,
+                                       duration=0.0)  # fmt: skip
+            _lifecycle.unregister(self)
+            if lost:
+                log.warning("writebehind[%s]: its event loop was closed with the batcher "
+                            "open: %d record(s) lost", self.name, lost)  # fmt: skip
+            return
+        if loop.is_running():
+            if threading.get_ident() == self._intake.loop_thread:
+                return  # cannot block the loop's own thread; its shutdown closes us
+            fut = asyncio.run_coroutine_threadsafe(self.close(), loop)
+            try:
+                fut.result(self._opts.close_timeout + 1.0)
+            except TimeoutError:
+                log.warning("writebehind[%s]: close did not finish in time", self.name)
+        else:
+            loop.run_until_complete(self._close_here())
+
+    async def _close_here(self) -> CloseReport:
+        if self._closing is None:
+            self._closing = self._spawn_close(self._opts.close_timeout)
+        return await asyncio.shield(self._closing)
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: the loop and the records stay the parent's; refuse use."""
+        self._forked = True
+        self._intake.forked()
+
+    def _forked_error(self) -> WriteBehindError:
+        return WriteBehindError(
+            "this AsyncBatcher was started in the parent process: its event loop and records "
+            "cannot cross os.fork(). Create a new batcher in the child (for example in a "
+            "worker-init hook), or use the sync Batcher, which starts afresh in the child"
+        )
+
+
+def _check_sink(sink: Any) -> None:
+    write = getattr(sink, "write", None)
+    if not callable(write):
+        raise ConfigError("sink: must have an 'async def write(self, batch)' method")
+    plain = inspect.isfunction(write) or inspect.ismethod(write)
+    if plain and not inspect.iscoroutinefunction(write):
+        raise ConfigError(
+            f"sink: {type(sink).__name__}.write is a plain 'def'; the engine awaits it. Make it "
+            f"'async def write(self, batch)', or wrap a sync function in "
+            f"writebehind.CallableSink(fn), which runs it on a worker thread"
+        )
 
 
 def _dead_letter_store(spec: DeadLetterSpec | None) -> DeadLetter | None:

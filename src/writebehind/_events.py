@@ -15,12 +15,10 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from ._errors import WriteBehindError
-
-if TYPE_CHECKING:
-    from ._stats import CloseReport
+from ._stats import CloseReport
 
 __all__ = [
     "BatchCommitted",

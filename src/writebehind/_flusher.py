@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from ._clock import Clock
 from ._config import Options
@@ -20,6 +22,7 @@ from ._delivery import Delivery
 from ._events import BufferFilled, EventBuffer, RecordsDropped
 from ._intake import Intake
 from ._receipt import Batch, Outcome
+from ._tasks import cancelled_by_batcher, spawn
 
 __all__ = ["Flusher"]
 
@@ -39,6 +42,7 @@ class Flusher:
         clock: Clock,
         opts: Options,
         loop: asyncio.AbstractEventLoop,
+        on_shutdown: Callable[[], bool],
     ) -> None:
         self.intake, self.delivery, self.events = intake, delivery, events
         self.clock, self.opts, self.loop = clock, opts, loop
@@ -51,7 +55,16 @@ class Flusher:
         self._flush_waiters: list[asyncio.Future[None]] = []
         self._flush_group: tuple[list[Batch], list[asyncio.Future[None]]] | None = None
         self._aux: set[asyncio.Task[None]] = set()
-        self.task = loop.create_task(self._run(), name=f"writebehind-flusher[{opts.name}]")
+        self._on_shutdown = on_shutdown
+        self.hold: asyncio.Future[Any] | None = None  # the flusher task outlives this
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the flush loop (a task that survives the loop's shutdown: see _tasks)."""
+        self.task = self._spawn(self._run(), f"writebehind-flusher[{self.opts.name}]")
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        return spawn(self.loop, coro, name, self._on_shutdown)
 
     def wake(self) -> None:
         self.event.set()
@@ -66,6 +79,13 @@ class Flusher:
     async def _run(self) -> None:
         try:
             await self._loop()
+        except asyncio.CancelledError:
+            hold = self.hold
+            if hold is not None and not hold.done():
+                # asyncio.run() is shutting down and waits for this task: stay until the
+                # close that the shutdown started has finished (see AsyncBatcher._orphaned)
+                await asyncio.wait([hold])
+            raise
         except Exception:
             log.exception(
                 "writebehind[%s]: the flusher failed; no more batches will be cut", self.opts.name
@@ -96,7 +116,7 @@ class Flusher:
             if self._flush_group is not None and self._forced == 0:
                 batches, waiters = self._flush_group
                 self._flush_group = None
-                aux = self.loop.create_task(_settle_flush(batches, waiters))
+                aux = self._spawn(_settle_flush(batches, waiters), "writebehind-flush")
                 self._aux.add(aux)
                 aux.add_done_callback(self._aux.discard)
             drained = self.closing and pending == 0 and not self.writing and not self.direct
@@ -115,26 +135,43 @@ class Flusher:
         self._forced = max(0, self._forced - len(receipts))
         if self._flush_group is not None:
             self._flush_group[0].append(batch)
-        self.writing[self.loop.create_task(self._deliver(batch, direct=False))] = batch
+        name = f"writebehind-write[{self.opts.name}]"
+        self.writing[self._spawn(self._deliver(batch, direct=False), name)] = batch
 
     def start_direct(self, batch: Batch) -> None:
         """Write a ``when_full="direct"`` record's batch of one, now."""
-        self.direct[self.loop.create_task(self._deliver(batch, direct=True))] = batch
+        name = f"writebehind-direct[{self.opts.name}]"
+        self.direct[self._spawn(self._deliver(batch, direct=True), name)] = batch
 
     async def _deliver(self, batch: Batch, *, direct: bool) -> None:
+        """The delivery boundary: every receipt of ``batch`` is settled when this returns,
+        whatever the write, a hook or the dead-letter store raised, except when the
+        batcher itself cancelled the write (then ``abandon`` counts it as lost)."""
         try:
             await self.delivery.deliver(batch.receipts, reason=batch.reason, direct=direct)
-        except Exception as exc:  # a bug, or a user hook that raised: never lose silently
-            log.exception(
-                "writebehind[%s]: delivering a batch failed unexpectedly; its unsettled "
-                "records are dead-lettered",
-                self.opts.name,
-            )
+        except BaseException as exc:  # a bug, or a user hook that raised: never lose silently
+            if isinstance(exc, asyncio.CancelledError) and cancelled_by_batcher():
+                raise
+            fatal = isinstance(exc, KeyboardInterrupt | SystemExit)
             left = [r for r in batch.receipts if r.outcome is None]
             if left:
-                await self.delivery.condemn(left, [r.record for r in left], exc, 0, direct)
+                log.error(
+                    "writebehind[%s]: delivering a batch failed unexpectedly (%s); its %d "
+                    "unsettled record(s) are dead-lettered",
+                    self.opts.name, type(exc).__name__, len(left), exc_info=exc,
+                )  # fmt: skip
+                try:
+                    await self.delivery.condemn(left, [r.record for r in left], exc, 0, direct)
+                except BaseException as again:  # the store's own fatal error: still settle
+                    if isinstance(again, asyncio.CancelledError) and cancelled_by_batcher():
+                        raise
+                    self.delivery.intake.settle(left, Outcome.DEAD_LETTERED, direct=direct)
+                    fatal = fatal or isinstance(again, KeyboardInterrupt | SystemExit)
+            if fatal:
+                raise
         finally:
-            batch.finish()
+            if all(r.outcome is not None for r in batch.receipts):
+                batch.finish()  # else abandoned: stop() marks them LOST, then finishes it
             task = asyncio.current_task()
             (self.direct if direct else self.writing).pop(task, None)  # type: ignore[arg-type]
             self.event.set()
@@ -163,29 +200,34 @@ class Flusher:
             return False
         return True
 
-    async def stop(self, *, abandon: bool) -> None:
-        """Stop the loop. With ``abandon``: count what is still held as lost (receipts
-        resolve ``LOST``) and cancel the writes, giving them a moment to unwind."""
-        self.task.cancel()
+    async def stop(self, *, abandon: bool) -> int:
+        """Stop the loop. With ``abandon``: cancel the writes still running, give them a
+        moment to unwind (a write that finishes, committed or not, settles as it ends), then
+        count what is still held as lost (receipts resolve ``LOST``). Returns the lost count."""
+        task = self.task
+        assert task is not None
+        me = asyncio.current_task()
+        if task is not me:
+            task.cancel()
         tasks = {**self.writing, **self.direct}
+        lost = 0
         if abandon:
-            self.intake.abandon()
-            for batch in tasks.values():  # before cancelling: finish() lets go of receipts
-                for r in batch.receipts:
-                    if r.outcome is None:
-                        r._outcome = Outcome.LOST
+            in_flight = [r for b in tasks.values() for r in b.receipts]
             for task in tasks:
                 task.cancel()
             if tasks:
                 await asyncio.wait(tasks, timeout=_CANCEL_GRACE)
+            lost = self.intake.abandon(in_flight)
             for batch in tasks.values():
                 batch.finish()
-        await asyncio.wait([self.task], timeout=_CANCEL_GRACE)
+        if task is not me and self.hold is not me:
+            await asyncio.wait([task], timeout=_CANCEL_GRACE)  # type: ignore[type-var]
         for fut in [*self._flush_waiters, *(self._flush_group[1] if self._flush_group else ())]:
             if not fut.done():  # a flush() that raced close(): nothing more will be written
                 fut.set_result(None)
         self._flush_waiters, self._flush_group = [], None
         self.publish_notice()
+        return lost
 
 
 async def _settle_flush(batches: list[Batch], waiters: list[asyncio.Future[None]]) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 from ._aimd import AdaptiveConcurrency
 from ._clock import Clock
 from ._deadletter import scrub_secrets
-from ._errors import WriteTimeout
+from ._errors import SinkMisconfigured, WriteTimeout
 from ._events import EventBuffer, Paused, Resumed
 from ._retry import RetryPolicy, backoff, retry_after
 
@@ -42,10 +42,12 @@ class LogGate:
         self._due: dict[str, float] = {}
         self._last: dict[str, float] = {}
         self._held: dict[str, int] = {}
+        self._level: dict[str, int] = {}
 
     def __call__(self, key: str, level: int, msg: str, *args: Any) -> bool:
         """Log ``msg % args`` unless a ``key`` line went out within the interval."""
         now = self.clock.monotonic()
+        self._level[key] = level
         if now < self._due.get(key, float("-inf")):
             self._held[key] = self._held.get(key, 0) + 1
             return False
@@ -57,6 +59,22 @@ class LogGate:
         self._due[key] = now + self.interval
         self._last[key] = now
         return True
+
+    def forget(self, *keys: str) -> None:
+        """Drop the held-back counts of ``keys`` (a later line summed them up)."""
+        for key in keys:
+            self._held.pop(key, None)
+
+    def flush(self) -> None:
+        """Log how many lines each key held back since its last line (at close)."""
+        now = self.clock.monotonic()
+        for key, held in sorted(self._held.items()):
+            log.log(
+                self._level.get(key, logging.WARNING),
+                "writebehind: %d more %r line(s) like the last one in the last %.0f s",
+                held, key, now - self._last.get(key, now),
+            )  # fmt: skip
+        self._held.clear()
 
 
 class SinkHealth:
@@ -159,6 +177,15 @@ class SinkHealth:
         if self.state != "failing":
             self._enter("failing", now, type(error).__name__, wait)
         self.refused += 1
+        if isinstance(error, SinkMisconfigured):
+            self.limiter(
+                "misconfigured", logging.ERROR,
+                "writebehind[%s]: configuration problem: the sink cannot take any record (%s); "
+                "nothing is dead-lettered for it. Repair the table or the grants; retrying "
+                "one write at a time, next in %.2f s (%d consecutive failures)",
+                self.name, _describe(error), wait, self.failures,
+            )  # fmt: skip
+            return
         self.limiter(
             "failing", logging.WARNING,
             "writebehind[%s]: sink write failed (%s); retrying one write at a time, next in "
@@ -182,6 +209,7 @@ class SinkHealth:
         if was == "failing":  # the waiting writes may go now; a throttle's pause stands
             self.resume_at = min(self.resume_at, now)
         self.events.publish(Resumed, reason=was, paused_for=now - self.since)
+        self.limiter.forget(was, "misconfigured")  # the line below counts the refused writes
         self.limiter(
             "recovered", logging.WARNING,
             "writebehind[%s]: the sink is writing again (it was %s for %.2f s, %d writes "

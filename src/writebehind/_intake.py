@@ -20,16 +20,17 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from types import MappingProxyType
 from typing import Any
 
+from ._counters import Counters
 from ._errors import BatcherClosed, BufferFull, RecordError, WriteBehindError
 from ._keys import FieldSpec, fast_getter, make_getter
-from ._overflow import WHEN_FULL, compact, when_full
+from ._overflow import WHEN_FULL, overflow_action
 from ._receipt import Batch, Outcome, Receipt
 from ._stats import Stats
 
@@ -39,12 +40,18 @@ _UUID = uuid.UUID
 
 log = logging.getLogger("writebehind")
 
+_DROP_LOG_EVERY = 10.0  # seconds between two WARNINGs about dropped records
 
-_NEW, _OPEN, _CLOSING = 0, 1, 2
+_NEW, _OPEN, _CLOSING, _FORKED = 0, 1, 2, 3
 
 
 class Intake:
-    """Holds pending records and every counter. Thread-safe; see the module docstring."""
+    """Holds pending records and every counter. Thread-safe; see the module docstring.
+
+    It is the one owner of a receipt's outcome: records become in flight by :meth:`cut`, and
+    leave it by :meth:`settle` (committed, dead-lettered) or :meth:`abandon` (lost at the
+    close deadline); the overflow policies' drops happen here too.
+    """
 
     def __init__(
         self,
@@ -58,8 +65,8 @@ class Intake:
     ) -> None:
         self._key = make_getter(key, "key")
         self._version = make_getter(version, "version")
-        self._kfast = fast_getter(key) if key is not None else None
-        self._vfast = fast_getter(version) if version is not None else None
+        self._kfast = fast_getter(key, "key") if key is not None else None
+        self._vfast = fast_getter(version, "version") if version is not None else None
         self.max_batch = max_batch
         self.max_pending = max_pending
         self.when_full = when_full
@@ -70,26 +77,10 @@ class Intake:
         self._release = self._lock.release
         self._pending: dict[Any, Receipt] = {}
         self._state = _NEW
+        self._owner_pid = 0
         self.oldest_at: float | None = None
         self._woken = False
-        # counters
-        self.accepted = 0
-        self.committed = 0
-        self.coalesced = 0
-        self.dead_lettered = 0
-        self.dropped_newest = 0
-        self.dropped_oldest = 0
-        self.in_flight = 0
-        self.in_flight_held = 0  # in flight, not counting direct writes
-        self.batches = 0
-        self.retried = 0
-        self.splits = 0
-        self.write_errors = 0
-        self.timeouts = 0
-        self.throttled = 0
-        self.pauses = 0
-        self.dead_letter_errors = 0
-        self.lost = 0
+        self.counts = Counters()
         self._abandoned = False
         self._drop_log_due = 0.0
         self._drops_since_compact = 0
@@ -121,6 +112,14 @@ class Intake:
         self._direct = direct
         with self._lock:
             self._state = _OPEN
+            self._owner_pid = os.getpid()
+
+    def forked(self) -> None:
+        """In a child process after ``os.fork()``: refuse everything from now on (the records
+        and the event loop belong to the parent). No lock: the parent's threads are gone."""
+        self._lock = threading.Lock()
+        self._state = _FORKED
+        self._pending.clear()
 
     def _call_in_loop(self, fn: Callable[..., None], *args: Any) -> None:
         if threading.get_ident() == self.loop_thread:
@@ -136,12 +135,13 @@ class Intake:
 
         It takes a record, applying the overflow policy (``BufferFull`` under block/raise):
         one lock round trip, one Receipt, no clock read (except for the first record of a
-        linger window), and no wake-up unless a trigger fires.
+        linger window), and no wake-up unless a trigger fires. The getters run before the
+        lock is taken, so a slow or raising getter never holds it.
         """
         intake = self
         pending = self._pending
+        counts = self.counts
         kfast, vfast, kslow, vslow = self._kfast, self._vfast, self._key, self._version
-        acquire, release = self._acquire, self._release
         max_batch, max_pending = self.max_batch, self.max_pending
         seq = itertools.count()
         new_receipt = Receipt.bound(self)
@@ -157,22 +157,30 @@ class Intake:
                 v = vslow(record) if vslow is not None else None
             if type(k) is uuid_type:
                 k = k.int  # hashes ~5x faster, equal exactly when the UUIDs are
+            if v is not None and v != v:
+                raise RecordError(
+                    f"version {v!r} is not equal to itself (NaN?): it cannot be ordered, so "
+                    f"no newer version could ever replace it; use a comparable version"
+                )
             r = new_receipt(record, v)
-            acquire()
+            intake._acquire()
             try:
                 if intake._state != _OPEN:
                     raise _not_open(intake._state)
                 if k is None:
                     k = next(seq)
                 else:
-                    old = pending.get(k)
+                    try:
+                        old = pending.get(k)
+                    except TypeError:
+                        raise _unhashable(k) from None
                     if old is not None:
                         return intake._coalesce(k, old, r)
                 n = len(pending)
-                if n + intake.in_flight_held >= max_pending:
+                if n + counts.in_flight_held >= max_pending:
                     return intake._full(k, r)
                 pending[k] = r
-                intake.accepted += 1
+                counts.accepted += 1
                 if n == 0:
                     intake.oldest_at = intake._clock()
                     if intake._woken:
@@ -181,7 +189,7 @@ class Intake:
                     return r
                 intake._woken = True
             finally:
-                release()
+                intake._release()
             intake._call_in_loop(intake._wake)
             return r
 
@@ -195,8 +203,8 @@ class Intake:
             raise RecordError(
                 f"versions {r.version!r} and {old.version!r} cannot be compared"
             ) from exc
-        self.accepted += 1
-        self.coalesced += 1
+        self.counts.accepted += 1
+        self.counts.coalesced += 1
         if newer:
             old._succ = r
             self._pending[k] = r
@@ -211,24 +219,84 @@ class Intake:
         except BufferFull:
             return None
 
-    # the overflow policies, applied only when the buffer is full: see _overflow.py
-    _full = when_full
-    _compact = compact
+    def _full(self, k: Any, r: Receipt) -> Receipt:
+        """Apply ``when_full`` to a record that needs a new slot (lock held; off the hot
+        path: only when the buffer is full)."""
+        counts = self.counts
+        if not self._notice:  # the flusher publishes BufferFilled/RecordsDropped events
+            self._notice = True
+            self._call_in_loop(self._wake)
+        action = overflow_action(
+            self.when_full,
+            has_pending=bool(self._pending),
+            direct_in_flight=counts.in_flight - counts.in_flight_held,
+            max_pending=self.max_pending,
+        )
+        if action == "refuse":
+            more = " and as many direct writes in flight" if self.when_full == "direct" else ""
+            raise BufferFull(
+                f"buffer full: {self.max_pending} records held (max_pending){more}; the record "
+                f"was not accepted. Use add() to wait for room, or another when_full policy"
+            )
+        counts.accepted += 1
+        if action == "direct":
+            counts.in_flight += 1
+            assert self.loop is not None
+            r._batch = batch = Batch([r], "direct", self.loop)
+            self._call_in_loop(self._direct, batch)
+            return r
+        if action == "drop_oldest":
+            first = next(iter(self._pending))
+            self._pending.pop(first)._outcome = Outcome.DROPPED
+            counts.dropped_oldest += 1
+            self._pending[k] = r
+            self._drops_since_compact += 1
+            if self._drops_since_compact > len(self._pending):
+                self._compact()
+            if self._change is not None:  # someone awaits a pending receipt: maybe this one
+                self._call_in_loop(self._notify_change)
+        else:
+            r._outcome = Outcome.DROPPED
+            counts.dropped_newest += 1
+        self._log_drops()
+        return r
+
+    def _compact(self) -> None:
+        """Rebuild the pending dict in place, dropping the empty slots that popping from its
+        front leaves behind (they would make finding the oldest record O(n))."""
+        items = list(self._pending.items())
+        self._pending.clear()
+        self._pending.update(items)
+        self._drops_since_compact = 0
+
+    def _log_drops(self) -> None:
+        """One WARNING per ``_DROP_LOG_EVERY`` seconds while records are being dropped."""
+        now = time.monotonic()
+        if now >= self._drop_log_due:
+            self._drop_log_due = now + _DROP_LOG_EVERY
+            c = self.counts
+            log.warning(
+                "writebehind: buffer full (max_pending=%d, when_full=%s): %d record(s) "
+                "dropped so far (%d newest, %d oldest)",
+                self.max_pending, self.when_full, c.dropped_newest + c.dropped_oldest,
+                c.dropped_newest, c.dropped_oldest,
+            )  # fmt: skip
+
+    def _has_room(self) -> bool:
+        return len(self._pending) + self.counts.in_flight_held < self.max_pending
 
     def put_blocking(self, record: Any, timeout: float | None) -> Receipt:
-        """Thread API: wait (at most ``timeout`` s) for room under ``when_full="block"``."""
+        """Thread API: wait (at most ``timeout`` s) for room under ``when_full="block"``
+        (and ``"direct"``, whose direct writes are bounded too)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             r = self.put(record)
             if r is not None:
                 return r
-            if self.when_full != "block":
+            if self.when_full not in ("block", "direct"):
                 return self.put_nowait(record)  # "raise": raises BufferFull
             with self._room:
-                while (
-                    self._state == _OPEN
-                    and len(self._pending) + self.in_flight_held >= self.max_pending
-                ):
+                while self._state == _OPEN and not self._room_for(self.when_full):
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
                         raise BufferFull(f"no room in the buffer within {timeout} s")
@@ -238,6 +306,12 @@ class Intake:
                     finally:
                         self._thread_waiters -= 1
 
+    def _room_for(self, policy: str) -> bool:
+        c = self.counts
+        if policy == "direct":
+            return self._has_room() or c.in_flight - c.in_flight_held < self.max_pending
+        return self._has_room()
+
     async def wait_room(self) -> None:
         """Async API: return when the buffer may have room (or the intake closed)."""
         assert self.loop is not None
@@ -245,7 +319,7 @@ class Intake:
         with self._lock:
             if self._state != _OPEN:
                 raise _not_open(self._state)
-            if len(self._pending) + self.in_flight_held < self.max_pending:
+            if self._room_for(self.when_full):
                 return
             self._room_futures.append(fut)
         await fut
@@ -264,9 +338,10 @@ class Intake:
             if not self._notice:
                 return None
             self._notice = False
-            newest = self.dropped_newest - self._noticed_newest
-            oldest = self.dropped_oldest - self._noticed_oldest
-            self._noticed_newest, self._noticed_oldest = self.dropped_newest, self.dropped_oldest
+            c = self.counts
+            newest = c.dropped_newest - self._noticed_newest
+            oldest = c.dropped_oldest - self._noticed_oldest
+            self._noticed_newest, self._noticed_oldest = c.dropped_newest, c.dropped_oldest
             return True, newest, oldest
 
     def cut(self, n: int) -> list[Receipt]:
@@ -279,26 +354,31 @@ class Intake:
                 self.oldest_at = None
             else:  # pop from the front; the dict compacts itself as it grows
                 taken = [pending.pop(k) for k in list(itertools.islice(pending, n))]
-            self.in_flight += len(taken)
-            self.in_flight_held += len(taken)
+            self.counts.in_flight += len(taken)
+            self.counts.in_flight_held += len(taken)
         self._notify_change()
         return taken
 
     def settle(self, receipts: list[Receipt], outcome: Outcome, *, direct: bool = False) -> None:
-        """Record the final outcome of in-flight receipts and release their room."""
-        n = len(receipts)
+        """Record the final outcome of in-flight receipts and release their room. A receipt
+        already settled is left as it is (each record is counted once)."""
         with self._lock:
             if self._abandoned:
                 return  # the close deadline already counted these as lost
-            for r in receipts:
+            fresh = [r for r in receipts if getattr(r, "_outcome", None) is None]
+            for r in fresh:
                 r._outcome = outcome
-            self.in_flight -= n
+            n = len(fresh)
+            c = self.counts
+            c.in_flight -= n
             if not direct:
-                self.in_flight_held -= n
+                c.in_flight_held -= n
             if outcome is Outcome.COMMITTED:
-                self.committed += n
+                c.committed += n
             elif outcome is Outcome.DEAD_LETTERED:
-                self.dead_lettered += n
+                c.dead_lettered += n
+            else:
+                raise ValueError(f"settle() takes COMMITTED or DEAD_LETTERED, not {outcome}")
             self._room_freed = True  # released by the flusher, after it cut the next batch
 
     def release_room(self) -> None:
@@ -312,8 +392,7 @@ class Intake:
     def count(self, **deltas: int) -> None:
         """Add to the counters that the engine keeps (batches, retried, splits, ...)."""
         with self._lock:
-            for name, d in deltas.items():
-                setattr(self, name, getattr(self, name) + d)
+            self.counts.add(deltas)
 
     def _release_locked(self) -> None:
         if self._thread_waiters:
@@ -339,19 +418,33 @@ class Intake:
     def close(self) -> None:
         """Stop accepting; wake every waiter so it sees the intake closed."""
         with self._lock:
-            self._state = _CLOSING
+            if self._state != _FORKED:
+                self._state = _CLOSING
             self._release_locked()
 
-    def abandon(self) -> list[Receipt]:
-        """At the close deadline: count everything still held as lost and return it."""
+    @property
+    def closed(self) -> bool:
+        return self._state in (_CLOSING, _FORKED)
+
+    @property
+    def gone(self) -> bool:
+        """The event loop will never run this intake's flusher again (closed, or left in
+        the parent process by a fork)."""
+        return self._state == _FORKED or (self.loop is not None and self.loop.is_closed())
+
+    def abandon(self, in_flight: list[Receipt]) -> int:
+        """At the close deadline: count everything still held as lost (its receipts resolve
+        ``LOST``) and return how many. ``in_flight`` are the receipts of the writes still
+        running; later settlements no longer change anything, so the report is final."""
         with self._lock:
             self._abandoned = True
             left = list(self._pending.values())  # kept in the dict: stats still count them
-            self.lost = len(left) + self.in_flight
-        for r in left:
-            r._outcome = Outcome.LOST
+            self.counts.lost = len(left) + self.counts.in_flight
+            for r in (*left, *in_flight):
+                if getattr(r, "_outcome", None) is None:
+                    r._outcome = Outcome.LOST
         self._notify_change()
-        return left
+        return self.counts.lost
 
     @property
     def pending(self) -> int:
@@ -359,29 +452,7 @@ class Intake:
 
     def stats(self) -> Stats:
         with self._lock:
-            pending = len(self._pending)
-            return Stats(
-                accepted=self.accepted,
-                committed=self.committed,
-                coalesced=self.coalesced,
-                dead_lettered=self.dead_lettered,
-                dropped=self.dropped_newest + self.dropped_oldest,
-                pending=pending,
-                in_flight=self.in_flight,
-                batches=self.batches,
-                retried=self.retried,
-                splits=self.splits,
-                write_errors=self.write_errors,
-                timeouts=self.timeouts,
-                throttled=self.throttled,
-                pauses=self.pauses,
-                dead_letter_errors=self.dead_letter_errors,
-                lost=self.lost,
-                closed=self._state == _CLOSING,
-                dropped_by_reason=MappingProxyType(
-                    {"drop_newest": self.dropped_newest, "drop_oldest": self.dropped_oldest}
-                ),
-            )
+            return self.counts.snapshot(len(self._pending), self._state == _CLOSING)
 
 
 def _not_open(state: int) -> WriteBehindError:
@@ -390,7 +461,20 @@ def _not_open(state: int) -> WriteBehindError:
             "the batcher is not started: use 'async with AsyncBatcher(...)' (or 'with "
             "Batcher(...)'), or call start() first"
         )
+    if state == _FORKED:
+        return WriteBehindError(
+            "this AsyncBatcher was started in the parent process: its event loop and records "
+            "cannot cross os.fork(). Create a new batcher in the child (for example in a "
+            "worker-init hook), or use the sync Batcher, which starts afresh in the child"
+        )
     return BatcherClosed("the batcher is closed and takes no more records")
+
+
+def _unhashable(k: Any) -> RecordError:
+    return RecordError(
+        f"key {k!r} (a {type(k).__name__}) is not hashable, so records cannot be coalesced by "
+        f"it; use a field of str, int, UUID or a tuple of them"
+    )
 
 
 def _nothing() -> None:

@@ -78,7 +78,7 @@ def make_getter(spec: FieldSpec, what: str) -> Callable[[Any], Any] | None:
     )
 
 
-def fast_getter(spec: FieldSpec) -> Callable[[Any], Any]:
+def fast_getter(spec: FieldSpec, what: str) -> Callable[[Any], Any]:
     """A C-speed getter for mapping records (``operator.itemgetter``); it raises ``KeyError``
     or ``TypeError`` on other records, which then take :func:`make_getter`'s getter. A
     callable spec is its own fast getter (wrapped to raise ``RecordError``)."""
@@ -88,6 +88,6 @@ def fast_getter(spec: FieldSpec) -> Callable[[Any], Any]:
         if len(spec) == 1:
             return lambda record: (record[spec[0]],)
         return operator.itemgetter(*spec)
-    getter = make_getter(spec, "key")
+    getter = make_getter(spec, what)
     assert getter is not None
     return getter

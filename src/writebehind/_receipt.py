@@ -3,8 +3,10 @@
 A receipt is the buffer's own entry for a record, so ``add()`` allocates one object per
 record and no future. Waiting is lazy: a receipt in a batch waits on that batch's completion
 (one future per batch, made only when someone awaits); a receipt still in the buffer waits
-for the next cut. A superseded receipt points at its successor and takes its outcome:
-``COALESCED`` if the successor committed, the successor's outcome otherwise.
+for the next cut. A superseded receipt points at its successor and resolves ``COALESCED`` once the
+successor's fate is known (each record's receipt says what its counter says: a superseded
+record is counted ``coalesced``; await the newest receipt to learn whether the newest
+version committed).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import enum
 import threading
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
+
+from ._errors import WriteBehindError
 
 if TYPE_CHECKING:
     from ._intake import Intake
@@ -27,7 +31,8 @@ class Outcome(enum.Enum):
     COMMITTED = "committed"
     """The sink's transaction committed the record."""
     COALESCED = "coalesced"
-    """A newer record with the same key superseded it, and that record committed."""
+    """A newer record with the same key superseded it (resolved once that record's own fate
+    is known)."""
     DEAD_LETTERED = "dead_lettered"
     """It can never be written; it went to the dead-letter store."""
     DROPPED = "dropped"
@@ -115,9 +120,7 @@ class Receipt:
         if getattr(self, "_succ", None) is None:
             return None
         final: Outcome | None = getattr(self._final(), "_outcome", None)
-        if final is None:
-            return None
-        return Outcome.COALESCED if final is Outcome.COMMITTED else final
+        return None if final is None else Outcome.COALESCED
 
     @property
     def done(self) -> bool:
@@ -125,15 +128,24 @@ class Receipt:
 
     async def wait(self) -> Outcome:
         """Wait for the outcome (on the batcher's event loop)."""
+        loop = self._intake.loop
+        if loop is not asyncio.get_running_loop() and self.outcome is None:
+            raise WriteBehindError(
+                "a receipt can be awaited only on its batcher's event loop; from another "
+                "thread use receipt.result(timeout), from another loop "
+                "'await asyncio.to_thread(receipt.result, timeout)'"
+            )
         while True:
             outcome = self.outcome
             if outcome is not None:
                 return outcome
             batch = self._final().batch
-            if batch is not None:
-                await batch.wait()
-            else:
+            if batch is None:
                 await self._intake.next_change()
+            elif batch.done:  # every receipt of a finished batch has its outcome
+                raise WriteBehindError(f"internal error: {self!r} has no outcome after its write")
+            else:
+                await batch.wait()
 
     def __await__(self) -> Generator[Any, None, Outcome]:
         return self.wait().__await__()
@@ -148,15 +160,26 @@ class Receipt:
             return outcome
         loop = self._intake.loop
         if loop is None or threading.get_ident() == self._intake.loop_thread:
-            raise RuntimeError(
+            raise WriteBehindError(
                 "Receipt.result() would block the batcher's own event loop; use 'await receipt'"
             )
-        fut = asyncio.run_coroutine_threadsafe(self.wait(), loop)
+        if self._intake.gone:
+            raise WriteBehindError(
+                "the batcher's event loop is gone (closed, or left behind in the parent "
+                "process by os.fork()): this receipt will never resolve"
+            )
+        try:
+            fut = asyncio.run_coroutine_threadsafe(self.wait(), loop)
+        except RuntimeError as exc:  # the loop closed meanwhile
+            raise WriteBehindError("the batcher's event loop is closed") from exc
         try:
             return fut.result(timeout)
         except TimeoutError:
             fut.cancel()
-            raise
+            raise TimeoutError(
+                f"no outcome within {timeout} s; the record is still "
+                f"{'in flight' if self._final().batch is not None else 'pending'}"
+            ) from None
 
     def __repr__(self) -> str:
         return f"<Receipt {self.outcome.name if self.outcome else 'PENDING'}>"

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
+import time
 from collections.abc import Coroutine, Iterator
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+from . import _lifecycle
 from ._engine import AsyncBatcher
 from ._errors import WriteBehindError
 from ._events import Event
@@ -26,6 +29,8 @@ __all__ = ["Batcher"]
 
 T = TypeVar("T")
 
+log = logging.getLogger("writebehind")
+
 
 class Batcher:
     """Batch records into a sink from sync code (Django, Flask, Celery, scripts, threads).
@@ -33,21 +38,47 @@ class Batcher:
     Takes exactly the arguments of :class:`AsyncBatcher`. Use ``with Batcher(sink, ...) as
     batcher:``; leaving the block closes it. Safe to call from many threads at once.
     Receipts have ``.result(timeout=None)``.
+
+    Left open, it is closed at interpreter exit (and when a ``multiprocessing`` child ends),
+    with a ``ResourceWarning``. After ``os.fork()`` the child's copy starts afresh on first
+    use: empty, with its own thread, loop and sink connections; the parent's records stay
+    the parent's.
     """
 
     def __init__(self, sink: Any, **options: Any) -> None:
+        self._sink, self._options = sink, options
         self._core = AsyncBatcher(sink, **options)
+        self._core._facade = True
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._report: CloseReport | None = None
+        self._lock = threading.Lock()  # start and close, from any thread
+        self._stopping = False
+        self._restart = False  # a forked child starts afresh at first use
 
     @property
     def engine(self) -> AsyncBatcher:
         """The ``AsyncBatcher`` this facade drives."""
         return self._core
 
+    @property
+    def name(self) -> str:
+        return self._core.name
+
+    @property
+    def close_timeout(self) -> float:
+        return self._core.close_timeout
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        return self._loop
+
     def start(self) -> None:
         """Start the loop thread, the sink and the flusher. ``with`` calls this for you."""
+        with self._lock:
+            self._start()
+
+    def _start(self) -> None:
         if self._thread is not None:
             raise WriteBehindError("the batcher was already started")
         loop = asyncio.new_event_loop()
@@ -56,7 +87,18 @@ class Batcher:
         def run() -> None:
             asyncio.set_event_loop(loop)
             loop.call_soon(ready.set)
-            loop.run_forever()
+            while True:
+                try:
+                    loop.run_forever()
+                    break
+                except (KeyboardInterrupt, SystemExit) as exc:
+                    # a sink (or hook) raised it on this thread; the batch was settled
+                    # first. The loop is the batcher's own: keep it serving close().
+                    log.error("writebehind[%s]: %s raised on the batcher's thread; "
+                              "carrying on", self._core.name, type(exc).__name__)  # fmt: skip
+                    if self._stopping:
+                        break
+            _shut_loop(loop)
 
         self._loop = loop
         self._thread = threading.Thread(
@@ -69,6 +111,7 @@ class Batcher:
         except BaseException:
             self._stop_loop()
             raise
+        _lifecycle.register(self)
 
     def __enter__(self) -> Self:
         self.start()
@@ -81,15 +124,33 @@ class Batcher:
 
     def add(self, record: Any, *, timeout: float | None = None) -> Receipt:
         """Take ``record``, blocking this thread for room under ``when_full="block"``."""
-        return self._core.add_from_thread(record, timeout=timeout)
+        if self._restart:
+            self._restart_in_child()
+        self._not_on_loop("add")
+        core = self._core
+        r = core._intake.put_blocking(record, timeout)
+        if (
+            core.options.when_full == "direct"
+            and r.batch is not None
+            and r.batch.reason == "direct"
+        ):
+            r.result()
+        return r
 
     def add_nowait(self, record: Any) -> Receipt:
         """Take ``record`` now or raise ``BufferFull``; never blocks."""
+        if self._restart:
+            self._restart_in_child()
         return self._core.add_nowait(record)
 
     def flush(self, timeout: float | None = None) -> None:
-        """Block until every record accepted before the call is committed or dead-lettered."""
-        self._call(self._core.flush(timeout=timeout))
+        """Block until every record accepted before the call is committed or dead-lettered.
+        After close it returns at once (close flushed everything it could)."""
+        if self._restart:
+            self._restart_in_child()
+        if self._report is not None:
+            return
+        self._call(self._core.flush(timeout=timeout), None if timeout is None else timeout + 1)
 
     def events(self, since: int | None = None) -> Iterator[Event]:
         """The engine's events (see ``AsyncBatcher.events``), as a blocking iterator that
@@ -98,8 +159,12 @@ class Batcher:
         loop, thread = self._loop, self._thread
         if loop is None or thread is None:
             raise WriteBehindError("the batcher is not started: use 'with Batcher(...)'")
-        while thread.is_alive():
-            chunk = asyncio.run_coroutine_threadsafe(subscription.next_chunk(), loop).result()
+        while thread.is_alive() and not loop.is_closed():
+            try:
+                fut = asyncio.run_coroutine_threadsafe(subscription.next_chunk(), loop)
+            except RuntimeError:  # the loop closed meanwhile
+                break
+            chunk = fut.result()
             if not chunk:
                 return
             yield from chunk
@@ -114,44 +179,151 @@ class Batcher:
         self._core.add_instrument(instrument)
 
     def close(self, timeout: float | None = None) -> CloseReport:
-        """Close the engine (see ``AsyncBatcher.close``), then stop the loop thread."""
-        if self._report is not None:
-            return self._report
-        if self._loop is None:
-            return self._call_unstarted()
-        self._report = self._call(self._core.close(timeout))
-        self._stop_loop()
-        return self._report
+        """Close the engine (see ``AsyncBatcher.close``), then stop the loop thread.
 
-    def _call_unstarted(self) -> CloseReport:
+        Thread-safe and idempotent: every caller gets the same report. Returns within the
+        deadline plus a moment even if the sink or the loop hangs."""
+        with self._lock:
+            if self._report is not None:
+                return self._report
+            if self._loop is None:
+                self._report = self._close_unstarted()
+                return self._report
+            deadline = self._core.close_timeout if timeout is None else timeout
+            stuck = False
+            try:
+                self._report = self._call(self._core.close(timeout), deadline + 1.0)
+            except (TimeoutError, WriteBehindError) as exc:
+                # the loop is stuck (a sync call blocking it) or gone: report what is held
+                log.error("writebehind[%s]: close could not run on the batcher's loop (%s); "
+                          "what it holds is reported lost", self._core.name, exc)  # fmt: skip
+                self._report = self._core._report or self._abandon_stuck()
+                stuck = True
+            self._stop_loop(stuck=stuck)
+            _lifecycle.unregister(self)
+            return self._report
+
+    def _abandon_stuck(self) -> CloseReport:
+        core = self._core
+        core._intake.close()
+        flusher = core._flusher
+        in_flight = [] if flusher is None else [
+            r for b in (*flusher.writing.values(), *flusher.direct.values()) for r in b.receipts
+        ]  # fmt: skip
+        lost = core._intake.abandon(in_flight)
+        log.warning("writebehind[%s]: %d record(s) lost", core.name, lost)
+        core._report = CloseReport(stats=core.stats(), lost=lost, timed_out=True, duration=0.0)
+        return core._report
+
+    def _close_unstarted(self) -> CloseReport:
         report: CloseReport = asyncio.run(self._core.close())
-        self._report = report
         return report
 
-    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
-        if self._loop is None:
+    def _not_on_loop(self, what: str) -> None:
+        if threading.current_thread() is self._thread:
+            raise WriteBehindError(
+                f"Batcher.{what}() called from the batcher's own event-loop thread (a sink or "
+                f"callback?) would deadlock; use add_nowait() there"
+            )
+
+    def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run ``coro`` on the loop thread and wait for it: at most ``timeout`` s, and never
+        past the loop thread's death (then ``WriteBehindError``)."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
             coro.close()
             raise WriteBehindError("the batcher is not started: use 'with Batcher(...)'")
-        if threading.current_thread() is self._thread:
+        if threading.current_thread() is thread:
             coro.close()
             raise WriteBehindError(
                 "a Batcher method was called from its own event-loop thread (a sink or "
                 "callback?); that would deadlock"
             )
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        try:
+            fut = asyncio.run_coroutine_threadsafe(coro, loop)
+        except RuntimeError as exc:
+            coro.close()
+            raise WriteBehindError("the batcher's event loop is closed") from exc
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            step = _POLL if deadline is None else min(_POLL, deadline - time.monotonic())
+            if step <= 0:
+                fut.cancel()
+                raise TimeoutError(f"the batcher's loop did not answer within {timeout} s")
+            try:
+                return fut.result(step)
+            except TimeoutError:
+                if fut.done():
+                    raise
+                if not thread.is_alive():
+                    raise WriteBehindError("the batcher's event-loop thread has died") from None
 
-    def _stop_loop(self) -> None:
+    def _stop_loop(self, *, stuck: bool = False) -> None:
         loop, thread = self._loop, self._thread
         if loop is None or thread is None:
             return
-        if thread.is_alive() and threading.current_thread() is not thread:
+        self._stopping = True
+        if not stuck and thread.is_alive() and threading.current_thread() is not thread:
             # tasks others started on this loop (an endpoint, a metrics refresher) get a
             # moment to finish after the close, then are cancelled, as asyncio.run does
             with contextlib.suppress(Exception):
                 asyncio.run_coroutine_threadsafe(_wind_down(), loop).result(timeout=3)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join()
-        loop.close()
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=0.5 if stuck else 5)  # a stuck thread shuts its loop when freed
+
+    # -- process lifecycles (see _lifecycle) ------------------------------------------------
+    def _close_unclosed(self, why: str) -> None:
+        if self._report is not None or self._loop is None or self._restart:
+            return
+        try:
+            _lifecycle.warn_unclosed(self, why)
+        except Exception:
+            log.debug("writebehind[%s]: the ResourceWarning raised", self._core.name)
+        self.close()
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: forget the parent's engine, thread and records; the first
+        call starts a fresh one (lazily, so a fork never waits for a connection)."""
+        self._core._after_fork_in_child()
+        self._lock = threading.Lock()
+        self._loop = self._thread = None
+        self._report = None
+        self._stopping = False
+        after_fork = getattr(self._sink, "after_fork", None)
+        if after_fork is not None:
+            after_fork()  # drop inherited connections without closing the parent's
+        self._core = AsyncBatcher(self._sink, **self._options)
+        self._core._facade = True
+        self._restart = True
+
+    def _restart_in_child(self) -> None:
+        with self._lock:
+            if self._restart:
+                self._restart = False
+                self._start()
+
+    def __del__(self) -> None:
+        started = getattr(self, "_loop", None) is not None
+        if started and self._report is None and not self._restart:
+            # nobody holds it any more: close it on a thread of its own (never in the GC)
+            threading.Thread(target=self._close_unclosed, args=("it was garbage-collected",),
+                             name="writebehind-gc-close", daemon=True).start()  # fmt: skip
+
+
+def _shut_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """On the loop's own thread, once it stopped: end what is left on it, then close it."""
+    with contextlib.suppress(Exception):
+        tasks = asyncio.all_tasks(loop)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            loop.run_until_complete(asyncio.wait(tasks, timeout=1.0))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    loop.close()
+
+
+_POLL = 0.25  # seconds between two looks at the loop thread while waiting on it
 
 
 async def _wind_down(grace: float = 1.0) -> None:

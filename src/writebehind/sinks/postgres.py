@@ -43,6 +43,9 @@ _REAP_TIMEOUT = 1.0  # seconds to end the server side of an abandoned write
 _CLOSE_TIMEOUT = 2.0  # seconds the pool gets to close gracefully before it is terminated
 
 
+_FORKED_AWAY: list[Any] = []  # the parent's pools in a forked child: never finalised
+
+
 class PostgresSink:
     """Write batches to a PostgreSQL table (``pip install 'writebehind[postgres]'``).
 
@@ -121,6 +124,12 @@ class PostgresSink:
             raise ConfigError(
                 "PostgresSink needs asyncpg: pip install 'writebehind[postgres]'"
             ) from exc
+        if getattr(self, "_forked_pool", False):
+            raise ConfigError(
+                "PostgresSink: the pool you passed in was created before os.fork(); its "
+                "connections belong to the parent process. Create the batcher (and its pool) "
+                "in the child, or pass a DSN so the sink opens its own pool there"
+            )
         if self._pool is None:
             try:
                 # min_size=0: asyncpg >= 0.32 keeps a pool's floor with a background task
@@ -188,6 +197,17 @@ class PostgresSink:
         finally:
             for task in reapers:
                 task.cancel()
+
+    def after_fork(self) -> None:
+        """In a forked child: forget the parent's pool without closing it (its connections
+        are the parent's); the next ``start()`` opens a pool of the child's own. A pool you
+        passed in cannot cross a fork: ``start()`` then raises ``ConfigError``."""
+        _FORKED_AWAY.append(self._pool)
+        self._reapers = set()
+        if self._own_pool:
+            self._pool = None
+        else:
+            self._forked_pool = True
 
     def _error(self, exc: BaseException, *, connecting: bool = False) -> Exception:
         """``exc`` mapped into the error tree, secrets scrubbed; while connecting, a parse

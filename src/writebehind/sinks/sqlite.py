@@ -61,6 +61,9 @@ _BUSY_SLICE = 0.05  # s SQLite's own busy handler waits before the sink looks at
 _PROGRESS_OPS = 1000  # SQLite VM steps between looks at whether the write was abandoned
 
 
+_FORKED_AWAY: list[Any] = []  # the parent's connections in a forked child: never finalised
+
+
 class SQLiteSink:
     """Write batches to a SQLite table with one upsert statement per batch.
 
@@ -173,6 +176,12 @@ class SQLiteSink:
             await pool.run(self._shut)  # after any write still queued on the thread
         finally:
             pool.shutdown()
+
+    def after_fork(self) -> None:
+        """In a forked child: forget the parent's connection and thread (never close them:
+        SQLite connections must not cross a fork); the next ``start()`` opens anew."""
+        _FORKED_AWAY.append(self._conn)
+        self._conn, self._pool = None, None
 
     def _shut(self) -> None:
         conn, self._conn = self._conn, None
