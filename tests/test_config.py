@@ -27,6 +27,11 @@ from writebehind.testing import MemorySink
         ({"key": ""}, "key"),
         ({"key": ("a", 3)}, "key"),
         ({"key": 42}, "key"),
+        ({"max_pending": 0}, "max_pending"),
+        ({"linger": float("nan")}, "linger"),
+        ({"max_bach": 5}, "did you mean 'max_batch'"),
+        ({"retry": "fast"}, "retry"),
+        ({"name": ""}, "name"),
     ],
 )
 @pytest.mark.parametrize("cls", [wb.AsyncBatcher, wb.Batcher])
@@ -53,3 +58,35 @@ def test_not_started_batcher_refuses_records() -> None:
     b = wb.AsyncBatcher(MemorySink())
     with pytest.raises(wb.WriteBehindError, match="not started"):
         b.add_nowait({"x": 1})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"base": "1"}, "RetryPolicy.base"),
+        ({"base": float("nan")}, "RetryPolicy.base"),
+        ({"cap": "10"}, "RetryPolicy.cap"),
+        ({"max_attempts": True}, "RetryPolicy.max_attempts"),
+        ({"max_throttle_wait": None}, "RetryPolicy.max_throttle_wait"),
+        ({"deadline": "soon"}, "RetryPolicy.deadline"),
+    ],
+)
+def test_bad_retry_policy(kwargs: dict[str, Any], name: str) -> None:
+    """RetryPolicy uses the same checks: a ConfigError naming the field, never a TypeError."""
+    with pytest.raises(wb.ConfigError, match=name):
+        wb.RetryPolicy(**kwargs)
+
+
+def test_options_are_declared_once() -> None:
+    """The TypedDict both APIs take and the Options that validate them name the same
+    options (a new option added to one only fails here)."""
+    from dataclasses import fields
+
+    from writebehind._config import BatcherOptions, Options
+
+    assert set(BatcherOptions.__annotations__) == {f.name for f in fields(Options)}
+
+
+def test_max_pending_defaults_to_five_batches() -> None:
+    """max_pending=None (the default) is 5 x max_batch; 0 is refused, not a sentinel."""
+    assert wb.AsyncBatcher(MemorySink(), max_batch=7).options.max_pending == 35

@@ -10,6 +10,7 @@ import math
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -136,23 +137,24 @@ def test_a_sink_with_a_plain_def_write_is_refused() -> None:
         wb.Batcher(Plain())
 
 
-class HangingStore:
-    async def put(self, entries: list[wb.DeadLetterEntry]) -> None:
-        pass
-
-    async def close(self) -> None:
-        await asyncio.sleep(60)
-
-
-async def test_close_is_bounded_when_the_sink_close_hangs() -> None:
-    """Every wait inside close() keeps to its deadline: a sink whose close() hangs."""
+async def test_close_is_bounded_when_the_sink_and_the_store_close_hang(
+    tmp_path: Path,
+) -> None:
+    """Every wait inside close() keeps to its deadline: the batcher's own dead-letter store
+    whose close() hangs (a locked file: 4.8 s for close(timeout=1) before), and a sink whose
+    close() hangs."""
 
     class HangingClose(MemorySink):
         async def close(self) -> None:
             await asyncio.sleep(60)
 
-    b = wb.AsyncBatcher(HangingClose(), linger=FAR)
+    async def hang() -> None:
+        await asyncio.sleep(60)
+
+    b = wb.AsyncBatcher(HangingClose(), linger=FAR, dead_letter=tmp_path / "dl.db")
     await b.start()
+    assert b.dead_letter is not None
+    b.dead_letter.close = hang  # type: ignore[attr-defined]
     b.add_nowait({"n": 1})
     started = time.monotonic()
     report = await b.close(timeout=1)

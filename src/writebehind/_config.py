@@ -1,58 +1,113 @@
-"""``Options``: the engine's settings, validated once, frozen."""
+"""The batcher's options, declared once.
+
+:class:`BatcherOptions` (a ``TypedDict``) is what ``AsyncBatcher(sink, **options)`` and
+``Batcher(sink, **options)`` accept: with ``Unpack`` both signatures come from it, so a type
+checker catches ``max_bach=5`` or ``linger="soon"`` in either API. :class:`Options` holds the
+defaults and every check, and nothing else does: the engine reads its settings from the one
+validated, frozen ``Options``. A test keeps the two in step.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import difflib
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, TypedDict
 
+from ._clock import Clock, MonotonicClock
+from ._deadletter import DeadLetterSpec
 from ._errors import ConfigError
+from ._instrument import Instrument
 from ._keys import FieldSpec
-from ._overflow import WHEN_FULL
+from ._overflow import WHEN_FULL, WhenFull
+from ._retry import RetryPolicy, check_number
 
-__all__ = ["Options"]
+__all__ = ["BatcherOptions", "Options", "WhenFull"]
+
+
+class BatcherOptions(TypedDict, total=False):
+    """Every keyword option of ``AsyncBatcher`` and ``Batcher`` (see ``AsyncBatcher``)."""
+
+    key: FieldSpec
+    version: FieldSpec
+    max_batch: int
+    linger: float
+    max_pending: int | None
+    when_full: WhenFull | Literal["spill"]
+    max_in_flight: int
+    write_timeout: float
+    close_timeout: float
+    retry: RetryPolicy | None
+    dead_letter: DeadLetterSpec | None
+    latency_target: float | None
+    instruments: tuple[Instrument, ...] | list[Instrument]
+    clock: Clock | None
+    name: str
+    event_buffer: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Options:
-    """What ``AsyncBatcher`` was configured with (see its docstring). Every bad value raises
-    ``ConfigError`` naming the argument and what is allowed."""
+    """What a batcher was configured with, validated (see ``AsyncBatcher``'s docstring).
+    Every bad value raises ``ConfigError`` naming the option and what is allowed."""
 
     key: FieldSpec = None
     version: FieldSpec = None
     max_batch: int = 500
     linger: float = 5.0
-    max_pending: int = 0  # 0: 5 x max_batch
-    when_full: str = "block"
+    max_pending: int | None = None  # None: 5 x max_batch
+    when_full: WhenFull = "block"
     max_in_flight: int = 1
     write_timeout: float = 30.0
     close_timeout: float = 15.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    dead_letter: DeadLetterSpec | None = None
+    latency_target: float | None = None  # None: write_timeout / 2
+    instruments: tuple[Instrument, ...] = ()
+    clock: Clock = field(default_factory=MonotonicClock)
     name: str = "default"
     event_buffer: int = 4096
-    latency_target: float | None = None  # None: write_timeout / 2
+
+    @classmethod
+    def of(cls, options: dict[str, Any]) -> Options:
+        """Options from keyword arguments; an unknown name is a ``ConfigError`` that names
+        the nearest known one."""
+        known = {f.name for f in fields(cls)}
+        for name in options:
+            if name not in known:
+                near = difflib.get_close_matches(name, sorted(known), n=1)
+                hint = f"; did you mean {near[0]!r}?" if near else ""
+                raise ConfigError(f"{name}: not an option of the batcher{hint}")
+        if options.get("retry") is None:
+            options = {k: v for k, v in options.items() if k != "retry"}
+        if options.get("clock") is None:
+            options = {k: v for k, v in options.items() if k != "clock"}
+        return cls(**options)
+
+    @property
+    def pending_limit(self) -> int:
+        """``max_pending`` with its default applied."""
+        assert self.max_pending is not None  # set in __post_init__
+        return self.max_pending
 
     def __post_init__(self) -> None:
         for arg in ("max_batch", "max_in_flight", "event_buffer"):
             _positive_int(arg, getattr(self, arg))
-        if self.max_pending == 0:
+        if self.max_pending is None:
             object.__setattr__(self, "max_pending", 5 * self.max_batch)
         _positive_int("max_pending", self.max_pending)
-        if self.max_pending < self.max_batch:
+        if self.pending_limit < self.max_batch:
             raise ConfigError(
                 f"max_pending: must be >= max_batch ({self.max_batch}), got {self.max_pending}"
             )
-        if not (_number(self.linger) and self.linger >= 0):
-            raise ConfigError(f"linger: must be a number of seconds >= 0, got {self.linger!r}")
-        for arg in ("write_timeout", "close_timeout"):
-            value = getattr(self, arg)
-            if not (_number(value) and value > 0):
-                raise ConfigError(f"{arg}: must be a number of seconds > 0, got {value!r}")
+        check_number("linger", self.linger, minimum=0)
+        check_number("write_timeout", self.write_timeout, minimum=0, inclusive=False)
+        check_number("close_timeout", self.close_timeout, minimum=0, inclusive=False)
         if self.latency_target is None:
             object.__setattr__(self, "latency_target", self.write_timeout / 2)
-        elif not (_number(self.latency_target) and self.latency_target > 0):
-            raise ConfigError(
-                f"latency_target: must be a number of seconds > 0, got {self.latency_target!r}"
-            )
-        if self.when_full == "spill":
+        else:
+            check_number("latency_target", self.latency_target, minimum=0, inclusive=False)
+        when_full: str = self.when_full
+        if when_full == "spill":
             raise ConfigError(
                 "when_full: 'spill' needs the durable spool, which this version does not have "
                 f"yet; use one of {', '.join(WHEN_FULL)}"
@@ -63,10 +118,18 @@ class Options:
             )
         if self.version is not None and self.key is None:
             raise ConfigError("version: needs a key (versions only order records with one key)")
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+        if not isinstance(self.retry, RetryPolicy):
+            raise ConfigError(f"retry: must be a writebehind.RetryPolicy, got {self.retry!r}")
+        if not callable(getattr(self.clock, "monotonic", None)):
+            raise ConfigError(f"clock: must be a writebehind.Clock, got {self.clock!r}")
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(f"name: must be a non-empty string, got {self.name!r}")
+        try:
+            object.__setattr__(self, "instruments", tuple(self.instruments))
+        except TypeError:
+            raise ConfigError(
+                f"instruments: must be a list or tuple of instruments, got {self.instruments!r}"
+            ) from None
 
 
 def _positive_int(arg: str, value: Any) -> None:

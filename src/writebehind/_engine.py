@@ -16,12 +16,11 @@ import threading
 import time
 from dataclasses import replace
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from . import _lifecycle
 from ._aimd import AdaptiveConcurrency
-from ._clock import Clock, MonotonicClock
-from ._config import Options
+from ._config import BatcherOptions, Options
 from ._deadletter import CallableDeadLetter, DeadLetter, DeadLetterSpec
 from ._delivery import Delivery
 from ._errors import BufferFull, ConfigError, WriteBehindError
@@ -30,11 +29,12 @@ from ._flusher import Flusher
 from ._health import SinkHealth
 from ._instrument import Instrument
 from ._intake import Intake
-from ._keys import FieldSpec
 from ._receipt import Receipt
-from ._retry import RetryPolicy
 from ._stats import CloseReport, Stats
 from ._tasks import spawn
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack for **kwargs is Python 3.12+
 
 __all__ = ["AsyncBatcher"]
 
@@ -82,62 +82,26 @@ class AsyncBatcher:
         event_buffer: how many events :meth:`events` keeps for readers (default 4,096).
     """
 
-    def __init__(
-        self,
-        sink: Any,
-        *,
-        key: FieldSpec = None,
-        version: FieldSpec = None,
-        max_batch: int = 500,
-        linger: float = 5.0,
-        max_pending: int | None = None,
-        when_full: str = "block",
-        max_in_flight: int = 1,
-        write_timeout: float = 30.0,
-        close_timeout: float = 15.0,
-        retry: RetryPolicy | None = None,
-        dead_letter: DeadLetterSpec | None = None,
-        latency_target: float | None = None,
-        instruments: tuple[Instrument, ...] | list[Instrument] = (),
-        clock: Clock | None = None,
-        name: str = "default",
-        event_buffer: int = 4096,
-    ) -> None:
+    def __init__(self, sink: Any, **options: Unpack[BatcherOptions]) -> None:
         _check_sink(sink)
-        self._opts = opts = Options(
-            key=key, version=version, max_batch=max_batch, linger=linger,
-            max_pending=max_pending or 0, when_full=when_full, max_in_flight=max_in_flight,
-            write_timeout=write_timeout, close_timeout=close_timeout, name=name,
-            event_buffer=event_buffer, latency_target=latency_target,
-        )  # fmt: skip
+        self._opts = opts = Options.of(dict(options))
         self._sink = sink
-        self._clock = clock or MonotonicClock()
-        self._intake = Intake(
-            key=key,
-            version=version,
-            max_batch=max_batch,
-            max_pending=opts.max_pending,
-            when_full=when_full,
-            clock=self._clock.monotonic,
-        )
-        self._events = EventBuffer(event_buffer, name)
-        retry = retry or RetryPolicy()
-        if not isinstance(retry, RetryPolicy):
-            raise ConfigError(f"retry: must be a writebehind.RetryPolicy, got {retry!r}")
+        self._clock = opts.clock
+        self._intake = Intake(opts)
+        self._events = EventBuffer(opts.event_buffer, opts.name)
         self._health = SinkHealth(
-            retry=retry, clock=self._clock, events=self._events, name=name,
-            concurrency=AdaptiveConcurrency(max_in_flight, opts.latency_target),
+            retry=opts.retry, clock=self._clock, events=self._events, name=opts.name,
+            concurrency=AdaptiveConcurrency(opts.max_in_flight, opts.latency_target),
             count=self._intake.count,
         )  # fmt: skip
         self._delivery = Delivery(
-            sink, self._intake, retry=retry, write_timeout=write_timeout, clock=self._clock,
-            dead_letter=_dead_letter_store(dead_letter), name=name, events=self._events,
-            health=self._health,
+            sink, self._intake, retry=opts.retry, write_timeout=opts.write_timeout,
+            clock=self._clock, dead_letter=_dead_letter_store(opts.dead_letter),
+            name=opts.name, events=self._events, health=self._health,
         )  # fmt: skip
-        self._owns_dead_letter = isinstance(dead_letter, str | os.PathLike)
-        for instrument in instruments:
+        self._owns_dead_letter = isinstance(opts.dead_letter, str | os.PathLike)
+        for instrument in opts.instruments:
             self.add_instrument(instrument)
-        self.name = name
         # the hot path, without a layer of call: see add_nowait's docstring
         self.add_nowait = self._intake.put_nowait  # type: ignore[method-assign,assignment]
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -169,6 +133,11 @@ class AsyncBatcher:
         if not self._facade:
             _lifecycle.register(self)
             _lifecycle.watch_loop(loop)
+
+    @property
+    def name(self) -> str:
+        """The label given as ``name=`` (logs, events, metrics)."""
+        return self._opts.name
 
     @property
     def close_timeout(self) -> float:
@@ -236,29 +205,13 @@ class AsyncBatcher:
             if self._opts.when_full not in ("block", "direct"):
                 raise
             self._on_own_loop("add")
-            return await self._add_when_room(record, timeout)
+            r = await self._intake.put_waiting(record, timeout)
         if self._opts.when_full == "direct":  # only this policy attaches a batch at add time
             batch = r.batch
             if batch is not None and batch.reason == "direct":
                 self._on_own_loop("add")
                 await r.wait()
         return r
-
-    async def _add_when_room(self, record: Any, timeout: float | None) -> Receipt:
-        intake = self._intake
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise BufferFull(f"no room in the buffer within {timeout} s")
-            try:
-                async with asyncio.timeout(remaining):
-                    await intake.wait_room()
-            except TimeoutError:
-                continue
-            r = intake.put(record)
-            if r is not None:
-                return r
 
     def _on_own_loop(self, what: str) -> None:
         """Raise a clear error when awaited on a loop that is not the batcher's own."""
@@ -287,7 +240,7 @@ class AsyncBatcher:
         """
         return self._events.subscribe(since)
 
-    async def flush(self, *, timeout: float | None = None) -> None:
+    async def flush(self, timeout: float | None = None) -> None:
         """Return when every record accepted before the call is committed or dead-lettered.
 
         ``timeout`` bounds the wait (``TimeoutError``); the flush itself goes on.

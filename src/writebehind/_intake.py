@@ -27,11 +27,13 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from ._config import Options
 from ._counters import Counters
 from ._errors import BatcherClosed, BufferFull, RecordError, WriteBehindError
-from ._keys import FieldSpec, fast_getter, make_getter
+from ._keys import fast_getter, make_getter
 from ._overflow import WHEN_FULL, overflow_action
 from ._receipt import Batch, Outcome, Receipt
+from ._room import Room
 from ._stats import Stats
 
 __all__ = ["WHEN_FULL", "Intake"]
@@ -53,26 +55,18 @@ class Intake:
     close deadline); the overflow policies' drops happen here too.
     """
 
-    def __init__(
-        self,
-        *,
-        key: FieldSpec,
-        version: FieldSpec,
-        max_batch: int,
-        max_pending: int,
-        when_full: str,
-        clock: Callable[[], float],
-    ) -> None:
+    def __init__(self, opts: Options) -> None:
+        key, version = opts.key, opts.version
         self._key = make_getter(key, "key")
         self._version = make_getter(version, "version")
         self._kfast = fast_getter(key, "key") if key is not None else None
         self._vfast = fast_getter(version, "version") if version is not None else None
-        self.max_batch = max_batch
-        self.max_pending = max_pending
-        self.when_full = when_full
-        self._clock = clock
+        self.max_batch = opts.max_batch
+        self.max_pending = opts.pending_limit
+        self.when_full = opts.when_full
+        self._clock = opts.clock.monotonic
         self._lock = threading.Lock()
-        self._room = threading.Condition(self._lock)
+        self.room = Room(self._lock)
         self._acquire = self._lock.acquire
         self._release = self._lock.release
         self._pending: dict[Any, Receipt] = {}
@@ -93,8 +87,6 @@ class Intake:
         self._wake: Callable[[], None] = _nothing
         self._direct: Callable[[Batch], None] = _nothing_b
         self._change: asyncio.Future[None] | None = None
-        self._room_futures: list[asyncio.Future[None]] = []
-        self._thread_waiters = 0
         self.put_nowait: Callable[[Any], Receipt] = self._make_put()
         """Take a record or raise ``BufferFull`` (see :meth:`_make_put`). The hot path."""
 
@@ -285,44 +277,33 @@ class Intake:
     def _has_room(self) -> bool:
         return len(self._pending) + self.counts.in_flight_held < self.max_pending
 
-    def put_blocking(self, record: Any, timeout: float | None) -> Receipt:
-        """Thread API: wait (at most ``timeout`` s) for room under ``when_full="block"``
-        (and ``"direct"``, whose direct writes are bounded too)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            r = self.put(record)
-            if r is not None:
-                return r
-            if self.when_full not in ("block", "direct"):
-                return self.put_nowait(record)  # "raise": raises BufferFull
-            with self._room:
-                while self._state == _OPEN and not self._room_for(self.when_full):
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        raise BufferFull(f"no room in the buffer within {timeout} s")
-                    self._thread_waiters += 1
-                    try:
-                        self._room.wait(remaining)
-                    finally:
-                        self._thread_waiters -= 1
-
-    def _room_for(self, policy: str) -> bool:
+    def _full_for(self, policy: str) -> bool:
+        """No room for one more record under ``policy`` (lock held); False once closed."""
+        if self._state != _OPEN:
+            return False
+        if self._has_room():
+            return False
         c = self.counts
-        if policy == "direct":
-            return self._has_room() or c.in_flight - c.in_flight_held < self.max_pending
-        return self._has_room()
+        return policy != "direct" or c.in_flight - c.in_flight_held >= self.max_pending
 
-    async def wait_room(self) -> None:
-        """Async API: return when the buffer may have room (or the intake closed)."""
-        assert self.loop is not None
-        fut: asyncio.Future[None] = self.loop.create_future()
-        with self._lock:
-            if self._state != _OPEN:
-                raise _not_open(self._state)
-            if self._room_for(self.when_full):
-                return
-            self._room_futures.append(fut)
-        await fut
+    def put_blocking(self, record: Any, timeout: float | None) -> Receipt:
+        """Thread API: take ``record``, waiting (at most ``timeout`` s) for room under
+        ``when_full="block"`` (and ``"direct"``); ``BufferFull`` after the timeout."""
+        if self.when_full not in ("block", "direct"):
+            return self.put_nowait(record)
+        r: Receipt = self.room.wait_in_thread(
+            lambda: self.put(record), lambda: self._full_for(self.when_full), timeout
+        )
+        return r
+
+    async def put_waiting(self, record: Any, timeout: float | None) -> Receipt:
+        """Async API: the same as :meth:`put_blocking`, awaiting on the loop."""
+        if self.when_full not in ("block", "direct"):
+            return self.put_nowait(record)
+        r: Receipt = await self.room.wait_on_loop(
+            lambda: self.put(record), lambda: self._full_for(self.when_full), timeout
+        )
+        return r
 
     # -- the flusher's side (event loop thread) ---------------------------------------------
     def begin_decision(self) -> tuple[int, float | None]:
@@ -395,13 +376,7 @@ class Intake:
             self.counts.add(deltas)
 
     def _release_locked(self) -> None:
-        if self._thread_waiters:
-            self._room.notify_all()
-        if self._room_futures:
-            futures, self._room_futures = self._room_futures, []
-            for f in futures:
-                if not f.done():
-                    f.set_result(None)
+        self.room.release_locked()
 
     def _notify_change(self) -> None:
         fut, self._change = self._change, None

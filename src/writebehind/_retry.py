@@ -15,7 +15,15 @@ from typing import TypeVar
 
 from ._errors import ConfigError, SinkError
 
-__all__ = ["RetryPolicy", "backoff", "is_retriable", "retry_after", "schedule", "split"]
+__all__ = [
+    "RetryPolicy",
+    "backoff",
+    "check_number",
+    "is_retriable",
+    "retry_after",
+    "schedule",
+    "split",
+]
 
 T = TypeVar("T")
 
@@ -45,25 +53,37 @@ class RetryPolicy:
     classify: Callable[[BaseException], bool | None] | None = None
 
     def __post_init__(self) -> None:
-        if not self.base > 0:
-            raise ConfigError(f"RetryPolicy.base: must be > 0 seconds, got {self.base!r}")
-        if not self.cap >= self.base:
-            raise ConfigError(f"RetryPolicy.cap: must be >= base ({self.base}), got {self.cap!r}")
-        if not (isinstance(self.max_attempts, int) and self.max_attempts >= 1):
+        check_number("RetryPolicy.base", self.base, minimum=0, inclusive=False)
+        check_number("RetryPolicy.cap", self.cap, minimum=self.base)
+        if not (
+            isinstance(self.max_attempts, int)
+            and not isinstance(self.max_attempts, bool)
+            and self.max_attempts >= 1
+        ):
             raise ConfigError(
                 f"RetryPolicy.max_attempts: must be an integer >= 1, got {self.max_attempts!r}"
             )
-        if not self.max_throttle_wait >= 0:
-            raise ConfigError(
-                "RetryPolicy.max_throttle_wait: must be >= 0 seconds, got "
-                f"{self.max_throttle_wait!r}"
-            )
+        check_number("RetryPolicy.max_throttle_wait", self.max_throttle_wait, minimum=0)
         if self.classify is not None and not callable(self.classify):
             raise ConfigError(
                 f"RetryPolicy.classify: must be callable or None, got {self.classify!r}"
             )
-        if self.deadline is not None and not self.deadline > 0:
-            raise ConfigError(f"RetryPolicy.deadline: must be > 0 or None, got {self.deadline!r}")
+        if self.deadline is not None:
+            check_number("RetryPolicy.deadline", self.deadline, minimum=0, inclusive=False)
+
+
+def check_number(name: str, value: object, *, minimum: float, inclusive: bool = True) -> None:
+    """``ConfigError`` unless ``value`` is a real number (not a bool, not NaN) above
+    ``minimum`` (or equal to it, when ``inclusive``). The one check of every numeric option."""
+    ok = (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and not math.isnan(value)
+        and (value >= minimum if inclusive else value > minimum)
+    )
+    if not ok:
+        relation = ">=" if inclusive else ">"
+        raise ConfigError(f"{name}: must be a number {relation} {minimum:g}, got {value!r}")
 
 
 def backoff(policy: RetryPolicy, retry: int, rng: random.Random | None = None) -> float:

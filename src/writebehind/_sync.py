@@ -15,15 +15,19 @@ import threading
 import time
 from collections.abc import Coroutine, Iterator
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from . import _lifecycle
+from ._config import BatcherOptions
 from ._engine import AsyncBatcher
 from ._errors import WriteBehindError
 from ._events import Event
 from ._instrument import Instrument
 from ._receipt import Receipt
 from ._stats import CloseReport, Stats
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["Batcher"]
 
@@ -45,7 +49,7 @@ class Batcher:
     the parent's.
     """
 
-    def __init__(self, sink: Any, **options: Any) -> None:
+    def __init__(self, sink: Any, **options: Unpack[BatcherOptions]) -> None:
         self._sink, self._options = sink, options
         self._core = AsyncBatcher(sink, **options)
         self._core._facade = True

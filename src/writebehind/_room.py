@@ -1,0 +1,100 @@
+"""``Room``: waiting for room in a full intake, the one mechanism for threads and the loop.
+
+Under ``when_full="block"`` (and ``"direct"`` with its direct writes at their bound) an
+``add()`` that finds the buffer full waits until settled writes free room, the batcher
+closes, or its own ``timeout`` passes (then ``BufferFull``: the record was not accepted). A
+thread waits on a ``threading.Condition`` over the intake's lock; a coroutine on a future
+resolved by the loop. Both run the same deadline loop (:meth:`Room.wait`), so the two APIs
+cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ._errors import BufferFull
+
+__all__ = ["Room"]
+
+
+class Room:
+    """The waiters for room in one intake. ``lock`` is the intake's lock."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self._cond = threading.Condition(lock)
+        self._futures: list[asyncio.Future[None]] = []
+        self._thread_waiters = 0
+
+    def release_locked(self) -> None:
+        """Wake every waiter (the intake's lock held): room was freed, or the intake closed."""
+        if self._thread_waiters:
+            self._cond.notify_all()
+        if self._futures:
+            futures, self._futures = self._futures, []
+            for f in futures:
+                loop = f.get_loop()
+                if not loop.is_closed():
+                    loop.call_soon_threadsafe(_resolve, f)
+
+    def wait_in_thread(
+        self, take: Callable[[], Any], full: Callable[[], bool], timeout: float | None
+    ) -> Any:
+        """Call ``take()`` (None: no room) until it takes the record; block this thread
+        between tries while ``full()`` (checked under the lock)."""
+        deadline = _deadline(timeout)
+        while True:
+            taken = take()
+            if taken is not None:
+                return taken
+            with self._cond:
+                while full():
+                    remaining = _remaining(deadline, timeout)
+                    self._thread_waiters += 1
+                    try:
+                        self._cond.wait(remaining)
+                    finally:
+                        self._thread_waiters -= 1
+
+    async def wait_on_loop(
+        self, take: Callable[[], Any], full: Callable[[], bool], timeout: float | None
+    ) -> Any:
+        """The same loop as :meth:`wait_in_thread`, awaiting instead of blocking."""
+        deadline = _deadline(timeout)
+        loop = asyncio.get_running_loop()
+        while True:
+            taken = take()
+            if taken is not None:
+                return taken
+            remaining = _remaining(deadline, timeout)
+            fut: asyncio.Future[None] = loop.create_future()
+            with self._cond:
+                if not full():
+                    continue  # room appeared meanwhile: try again at once
+                self._futures.append(fut)
+            try:
+                async with asyncio.timeout(remaining):
+                    await fut
+            except TimeoutError:
+                pass  # the next turn raises BufferFull
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _deadline(timeout: float | None) -> float | None:
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def _remaining(deadline: float | None, timeout: float | None) -> float | None:
+    if deadline is None:
+        return None
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise BufferFull(f"no room in the buffer within {timeout} s; the record was not accepted")
+    return remaining
