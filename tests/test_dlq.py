@@ -387,12 +387,15 @@ async def test_sqlite_store_is_lazy_and_private(tmp_path: Path) -> None:
     assert "encoding" in cols
 
 
-async def test_sqlite_store_default_path_is_relative_and_unopened(
+async def test_sqlite_store_path_is_required_and_unopened(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The default is dead_letters.db in the working directory, created on first use only."""
+    """The path must be named (no file appears where the process runs by default); the
+    file is created on first use only."""
     monkeypatch.chdir(tmp_path)
-    store = SQLiteDeadLetter()
+    with pytest.raises(TypeError):
+        SQLiteDeadLetter()  # type: ignore[call-arg]
+    store = SQLiteDeadLetter("dead_letters.db")
     assert store.path == "dead_letters.db"
     assert not (tmp_path / "dead_letters.db").exists()
     assert await store.count() == 0  # counting an absent store creates nothing

@@ -1,8 +1,9 @@
 """Dead letters: the records that can never be written, kept with why.
 
 The engine builds one :class:`DeadLetterEntry` per condemned record and hands them, per
-batch, to a :class:`DeadLetter` store: a SQLite file by default (``dead_letters.db``), a
-table in PostgreSQL, or the user's callable (:class:`CallableDeadLetter`). The stores live in
+batch, to a :class:`DeadLetter` store when one is configured (``dead_letter=``): a SQLite
+file, a table in PostgreSQL, or the user's callable (:class:`CallableDeadLetter`); with
+none, they are counted, published and logged. The stores live in
 :mod:`writebehind.dlq`; this module holds what the engine needs: the entry, the protocol,
 the callable adaptor, and (re-exported from :mod:`._redact`) the scrubbing of secrets
 from error messages.

@@ -43,8 +43,9 @@ class SQLiteDeadLetter(DeadLetterStore):
     """Keep dead letters in a SQLite file.
 
     Args:
-        path: the file (default ``dead_letters.db``, relative to the working directory).
-            Created with mode 0600 on first use; nothing happens when the store is made.
+        path: the file (required: nothing is written where the process runs unless you
+            name it). Created with mode 0600 on first use; nothing happens when the store
+            is made.
         table: the table's name (default ``dead_letters``), created if missing.
         create: ``False`` to refuse a missing file or table on first use (``ConfigError``)
             instead of creating them; the command line reads stores this way.
@@ -57,7 +58,7 @@ class SQLiteDeadLetter(DeadLetterStore):
 
     def __init__(
         self,
-        path: str | os.PathLike[str] = "dead_letters.db",
+        path: str | os.PathLike[str],
         *,
         table: str = "dead_letters",
         create: bool = True,
