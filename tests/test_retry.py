@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 import writebehind as wb
-from writebehind._retry import backoff, is_retriable, schedule, split
+from writebehind._retry import (
+    Attempts,
+    Condemn,
+    Retry,
+    RetryPolicy,
+    Split,
+    backoff,
+    is_retriable,
+    next_step,
+    schedule,
+    split,
+)
 
 
 @given(
@@ -86,3 +98,34 @@ def test_a_policy_can_override_the_classification() -> None:
     assert not is_retriable(ValueError("bad"), policy)
     with pytest.raises(wb.ConfigError, match="classify"):
         wb.RetryPolicy(classify=42)  # type: ignore[arg-type]
+
+
+_P = RetryPolicy(base=1, cap=1, max_attempts=3, deadline=10, max_throttle_wait=5)
+
+
+@pytest.mark.parametrize(
+    ("spent", "kw", "step", "after"),
+    [
+        # permanent: split a batch, condemn a single record; nothing is spent
+        (Attempts(), {"retriable": False, "throttled": False, "size": 2}, Split(), Attempts()),
+        (Attempts(), {"retriable": False, "throttled": False, "size": 1}, Condemn(), Attempts()),
+        # retriable: an attempt is spent; retried while attempts remain
+        (Attempts(), {"retriable": True, "throttled": False, "size": 5}, Retry(1.0),
+         Attempts(1, 0.0, 0.0)),
+        (Attempts(1), {"retriable": True, "throttled": False, "size": 5}, Retry(1.0),
+         Attempts(2, 0.0, 0.0)),
+        (Attempts(2), {"retriable": True, "throttled": False, "size": 5}, Condemn(),
+         Attempts(3, 0.0, 0.0)),
+        # the deadline: the next wait would pass it
+        (Attempts(0, 0.0, 9.5), {"retriable": True, "throttled": False, "size": 5}, Condemn(),
+         Attempts(1, 0.0, 9.5)),
+        # a throttle spends throttle time, not an attempt, up to max_throttle_wait
+        (Attempts(2), {"retriable": True, "throttled": True, "size": 5}, Retry(1.0),
+         Attempts(2, 1.0, 0.0)),
+        (Attempts(0, 4.5), {"retriable": True, "throttled": True, "size": 5}, Condemn(),
+         Attempts(0, 5.5, 0.0)),
+    ],
+)  # fmt: skip
+def test_next_step_table(spent: Attempts, kw: dict[str, Any], step: Any, after: Attempts) -> None:
+    """The whole retry / split / dead-letter choice, one row per case."""
+    assert next_step(_P, spent, wait=1.0, **kw) == (step, after)

@@ -27,7 +27,7 @@ from ._health import SinkHealth
 from ._instrument import Instrument, WriteAttempt
 from ._intake import Intake
 from ._receipt import Outcome, Receipt
-from ._retry import RetryPolicy, is_retriable, retry_after, split
+from ._retry import Attempts, Retry, RetryPolicy, Split, is_retriable, next_step, split
 from ._tasks import cancelled_by_batcher
 
 __all__ = ["Delivery"]
@@ -61,8 +61,8 @@ class Delivery:
         """Write ``receipts`` until each is committed or dead-lettered."""
         records = [r.record for r in receipts]
         clock, health, events, retry = self.clock, self.health, self.events, self.retry
-        tries = failures = 0
-        throttled_for = 0.0
+        tries = 0
+        spent = Attempts()
         started = clock.monotonic()
         while True:
             probe = await health.admit()
@@ -101,24 +101,19 @@ class Delivery:
                 BatchFailed, size=len(records), error=type(error).__name__, attempt=tries,
                 retriable=retriable,
             )  # fmt: skip
-            wait = health.failed(error, retriable, began, probe)
-            if retriable:
-                if retry_after(error) is not None:
-                    throttled_for += wait
-                else:
-                    failures += 1
-                elapsed = clock.monotonic() - started
-                if (
-                    failures < retry.max_attempts
-                    and (retry.deadline is None or elapsed + wait < retry.deadline)
-                    and throttled_for <= retry.max_throttle_wait
-                ):
-                    self.intake.count(retried=1)
-                    events.publish(RetryScheduled, size=len(records), attempt=tries, delay=wait)
-                    if watch is not None:
-                        self._unwatch(watch, "retry", error, duration)
-                    continue
-            elif len(receipts) > 1:
+            wait, throttled = health.failed(error, retriable, began, probe)
+            spent = Attempts(spent.failures, spent.throttled_for, clock.monotonic() - started)
+            step, spent = next_step(
+                retry, spent, retriable=retriable, throttled=throttled, wait=wait,
+                size=len(receipts),
+            )  # fmt: skip
+            if isinstance(step, Retry):
+                self.intake.count(retried=1)
+                events.publish(RetryScheduled, size=len(records), attempt=tries, delay=wait)
+                if watch is not None:
+                    self._unwatch(watch, "retry", error, duration)
+                continue
+            if isinstance(step, Split):
                 if watch is not None:
                     self._unwatch(watch, "split", error, duration)
                 self.intake.count(splits=1)

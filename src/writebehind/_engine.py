@@ -12,7 +12,6 @@ import asyncio
 import inspect
 import logging
 import os
-import threading
 import time
 from dataclasses import replace
 from types import TracebackType
@@ -376,7 +375,7 @@ class AsyncBatcher:
                             "open: %d record(s) lost", self.name, lost)  # fmt: skip
             return
         if loop.is_running():
-            if threading.get_ident() == self._intake.loop_thread:
+            if self._intake.on_loop_thread():
                 return  # cannot block the loop's own thread; its shutdown closes us
             fut = asyncio.run_coroutine_threadsafe(self.close(), loop)
             try:

@@ -5,11 +5,14 @@
     ├── RecordError          a record that cannot be taken: a missing key field, ...
     ├── BufferFull           no room under when_full="block"/"raise"; the caller keeps it
     ├── BatcherClosed        add() after close() began
+    ├── SubscriberLagged     an events() reader fell too far behind (_events.py)
+    ├── RecordNotReplayable  a dead letter stored as its repr (dlq/_codec.py)
     └── SinkError            a sink's write failed; ``retriable``: may trying again help?
         ├── RetriableSinkError   connection lost, timeout, throttled, deadlock, ...
         │   ├── WriteTimeout     no answer within ``write_timeout`` (outcome unknown)
         │   └── SinkMisconfigured  no record can cause it: table or column gone, privilege
         └── PermanentSinkError   bad data, constraint violation, unknown column, ...
+            └── EntriesNotStored a dead-letter store kept some entries, not all (dlq/_store.py)
 
 ``ConfigError`` and ``RecordError`` are also ``ValueError``s.
 
@@ -106,3 +109,12 @@ class PermanentSinkError(SinkError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, retriable=False)
+
+
+def would_deadlock(what: str) -> WriteBehindError:
+    """The error for a blocking call made on the batcher's own event-loop thread."""
+    return WriteBehindError(
+        f"{what} called on the batcher's own event-loop thread (from a sink, a hook or a "
+        f"callback?) would deadlock: it blocks the loop it waits for. Use the non-blocking "
+        f"form there (add_nowait(), or 'await' on an AsyncBatcher)"
+    )

@@ -134,21 +134,24 @@ class SinkHealth:
             self._recover(now)
         self.release(probe)
 
-    def failed(self, error: BaseException, retriable: bool, began: float, probe: bool) -> float:
+    def failed(
+        self, error: BaseException, retriable: bool, began: float, probe: bool
+    ) -> tuple[float, bool]:
         """A write that began at ``began`` raised ``error``. Returns the seconds until the
-        next write may start (0 if it may start now)."""
+        next write may start (0 if it may start now), and whether it was a throttle (the
+        sink's "retry after": the one place that hint is read)."""
         now = self.clock.monotonic()
         try:
             if not retriable:  # the sink answered: whatever is wrong is the data's fault
                 if self.state != "throttled" or began >= self.since:
                     self._recover(now)
-                return 0.0
+                return 0.0, False
             hint = retry_after(error)
             if hint is not None:  # bounded: a sink cannot stall the batcher for ever
                 self._throttled(error, min(hint, self.retry.max_throttle_wait), began, now)
             else:
                 self._failing(error, began, now)
-            return max(0.0, self.resume_at - now)
+            return max(0.0, self.resume_at - now), hint is not None
         finally:
             self.release(probe)
 

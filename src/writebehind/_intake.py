@@ -113,6 +113,11 @@ class Intake:
         self._state = _FORKED
         self._pending.clear()
 
+    def on_loop_thread(self) -> bool:
+        """True on the thread that runs the batcher's loop (where blocking would deadlock).
+        The one "wrong thread" check: every API that blocks asks it."""
+        return threading.get_ident() == self.loop_thread
+
     def _call_in_loop(self, fn: Callable[..., None], *args: Any) -> None:
         if threading.get_ident() == self.loop_thread:
             fn(*args)

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import threading
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
-from ._errors import WriteBehindError
+from ._errors import WriteBehindError, would_deadlock
 
 if TYPE_CHECKING:
     from ._intake import Intake
@@ -159,10 +158,10 @@ class Receipt:
         if outcome is not None:
             return outcome
         loop = self._intake.loop
-        if loop is None or threading.get_ident() == self._intake.loop_thread:
-            raise WriteBehindError(
-                "Receipt.result() would block the batcher's own event loop; use 'await receipt'"
-            )
+        if loop is None:
+            raise WriteBehindError("the batcher is not started: this receipt cannot resolve")
+        if self._intake.on_loop_thread():
+            raise would_deadlock("Receipt.result()")
         if self._intake.gone:
             raise WriteBehindError(
                 "the batcher's event loop is gone (closed, or left behind in the parent "

@@ -16,10 +16,16 @@ from typing import TypeVar
 from ._errors import ConfigError, SinkError
 
 __all__ = [
+    "Attempts",
+    "Condemn",
+    "Retry",
     "RetryPolicy",
+    "Split",
+    "Step",
     "backoff",
     "check_number",
     "is_retriable",
+    "next_step",
     "retry_after",
     "schedule",
     "split",
@@ -121,6 +127,69 @@ def split(items: Sequence[T]) -> tuple[list[T], list[T]]:
     """Halve a batch to isolate the records that fail permanently (bisection)."""
     mid = len(items) // 2
     return list(items[:mid]), list(items[mid:])
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Write the same records again after ``wait`` seconds."""
+
+    wait: float
+
+
+@dataclass(frozen=True, slots=True)
+class Split:
+    """Halve the batch and deliver each half on its own (to isolate the bad records)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Condemn:
+    """Dead-letter the records: they can never be written (or the budget is spent)."""
+
+
+Step = Retry | Split | Condemn
+
+
+@dataclass(frozen=True, slots=True)
+class Attempts:
+    """What one batch has spent so far: failed tries (throttles excluded), seconds waited
+    on throttles, and seconds since its first try."""
+
+    failures: int = 0
+    throttled_for: float = 0.0
+    elapsed: float = 0.0
+
+
+def next_step(
+    policy: RetryPolicy,
+    spent: Attempts,
+    *,
+    retriable: bool,
+    throttled: bool,
+    wait: float,
+    size: int,
+) -> tuple[Step, Attempts]:
+    """After a failed write: retry, split or dead-letter, and the budget spent including
+    this failure. Pure: the whole retry/split/dead-letter choice is here (a table test
+    covers it).
+
+    A throttle (``throttled``: the sink said "retry after") spends throttle time, not an
+    attempt. A retriable failure spends an attempt. Either is retried while attempts,
+    ``deadline`` and ``max_throttle_wait`` allow; a permanent failure splits a batch of more
+    than one record and condemns a single record.
+    """
+    if not retriable:
+        return (Split() if size > 1 else Condemn()), spent
+    if throttled:
+        spent = Attempts(spent.failures, spent.throttled_for + wait, spent.elapsed)
+    else:
+        spent = Attempts(spent.failures + 1, spent.throttled_for, spent.elapsed)
+    if (
+        spent.failures < policy.max_attempts
+        and (policy.deadline is None or spent.elapsed + wait < policy.deadline)
+        and spent.throttled_for <= policy.max_throttle_wait
+    ):
+        return Retry(wait), spent
+    return Condemn(), spent
 
 
 def retry_after(exc: BaseException) -> float | None:

@@ -35,9 +35,15 @@ class Room:
             self._cond.notify_all()
         if self._futures:
             futures, self._futures = self._futures, []
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
             for f in futures:
                 loop = f.get_loop()
-                if not loop.is_closed():
+                if loop is running:
+                    _resolve(f)  # the usual case: the flusher, on the loop itself
+                elif not loop.is_closed():
                     loop.call_soon_threadsafe(_resolve, f)
 
     def wait_in_thread(

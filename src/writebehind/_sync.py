@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 from . import _lifecycle
 from ._config import BatcherOptions
 from ._engine import AsyncBatcher
-from ._errors import WriteBehindError
+from ._errors import WriteBehindError, would_deadlock
 from ._events import Event
 from ._instrument import Instrument
 from ._receipt import Receipt
@@ -224,11 +224,8 @@ class Batcher:
         return report
 
     def _not_on_loop(self, what: str) -> None:
-        if threading.current_thread() is self._thread:
-            raise WriteBehindError(
-                f"Batcher.{what}() called from the batcher's own event-loop thread (a sink or "
-                f"callback?) would deadlock; use add_nowait() there"
-            )
+        if self._core._intake.on_loop_thread():
+            raise would_deadlock(f"Batcher.{what}()")
 
     def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run ``coro`` on the loop thread and wait for it: at most ``timeout`` s, and never
@@ -237,12 +234,9 @@ class Batcher:
         if loop is None or thread is None:
             coro.close()
             raise WriteBehindError("the batcher is not started: use 'with Batcher(...)'")
-        if threading.current_thread() is thread:
+        if self._core._intake.on_loop_thread():
             coro.close()
-            raise WriteBehindError(
-                "a Batcher method was called from its own event-loop thread (a sink or "
-                "callback?); that would deadlock"
-            )
+            raise would_deadlock("a blocking Batcher method")
         try:
             fut = asyncio.run_coroutine_threadsafe(coro, loop)
         except RuntimeError as exc:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
@@ -335,7 +334,7 @@ def serve_sync(
     loop = _loop_of(engine)
     if loop is None or not loop.is_running():
         raise WriteBehindError("serve_sync(): the batcher is not started; start it first")
-    if getattr(loop, "_thread_id", None) == threading.get_ident():
+    if engine._intake.on_loop_thread():
         raise WriteBehindError("serve_sync(): on the batcher's own loop, use 'await serve()'")
     coro = serve(engine, host=host, port=port, max_clients=max_clients, stall_timeout=stall_timeout)
     server = asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
