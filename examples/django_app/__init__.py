@@ -1,0 +1,1 @@
+"""A minimal Django app for examples/deploy_django.py: the batcher opened in ``ready()``."""
