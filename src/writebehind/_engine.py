@@ -394,6 +394,7 @@ class AsyncBatcher:
         """In a forked child: the loop and the records stay the parent's; refuse use."""
         self._forked = True
         self._intake.forked()
+        self.add_nowait = self._intake.put_nowait  # type: ignore[method-assign,assignment]
 
     def _forked_error(self) -> WriteBehindError:
         return WriteBehindError(

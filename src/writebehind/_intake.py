@@ -108,10 +108,17 @@ class Intake:
 
     def forked(self) -> None:
         """In a child process after ``os.fork()``: refuse everything from now on (the records
-        and the event loop belong to the parent). No lock: the parent's threads are gone."""
+        and the event loop belong to the parent). The lock may have crossed the fork held
+        by a thread that did not: a new one, and a ``put_nowait`` that never takes it."""
         self._lock = threading.Lock()
+        self.room = Room(self._lock)
         self._state = _FORKED
         self._pending.clear()
+
+        def refuse(record: Any) -> Receipt:
+            raise _not_open(_FORKED)
+
+        self.put_nowait = refuse
 
     def on_loop_thread(self) -> bool:
         """True on the thread that runs the batcher's loop (where blocking would deadlock).
@@ -139,6 +146,7 @@ class Intake:
         pending = self._pending
         counts = self.counts
         kfast, vfast, kslow, vslow = self._kfast, self._vfast, self._key, self._version
+        acquire, release = self._acquire, self._release
         max_batch, max_pending = self.max_batch, self.max_pending
         seq = itertools.count()
         new_receipt = Receipt.bound(self)
@@ -160,7 +168,7 @@ class Intake:
                     f"no newer version could ever replace it; use a comparable version"
                 )
             r = new_receipt(record, v)
-            intake._acquire()
+            acquire()
             try:
                 if intake._state != _OPEN:
                     raise _not_open(intake._state)
@@ -186,7 +194,7 @@ class Intake:
                     return r
                 intake._woken = True
             finally:
-                intake._release()
+                release()
             intake._call_in_loop(intake._wake)
             return r
 
@@ -296,6 +304,9 @@ class Intake:
         ``when_full="block"`` (and ``"direct"``); ``BufferFull`` after the timeout."""
         if self.when_full not in ("block", "direct"):
             return self.put_nowait(record)
+        taken = self.put(record)  # the usual case: there is room
+        if taken is not None:
+            return taken
         r: Receipt = self.room.wait_in_thread(
             lambda: self.put(record), lambda: self._full_for(self.when_full), timeout
         )

@@ -53,6 +53,7 @@ class Batcher:
         self._sink, self._options = sink, options
         self._core = AsyncBatcher(sink, **options)
         self._core._facade = True
+        self._direct = self._core.options.when_full == "direct"
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._report: CloseReport | None = None
@@ -130,15 +131,12 @@ class Batcher:
         """Take ``record``, blocking this thread for room under ``when_full="block"``."""
         if self._restart:
             self._restart_in_child()
-        self._not_on_loop("add")
-        core = self._core
-        r = core._intake.put_blocking(record, timeout)
-        if (
-            core.options.when_full == "direct"
-            and r.batch is not None
-            and r.batch.reason == "direct"
-        ):
-            r.result()
+        intake = self._core._intake
+        if intake.on_loop_thread():
+            raise would_deadlock("Batcher.add()")
+        r = intake.put_blocking(record, timeout)
+        if self._direct and r.batch is not None and r.batch.reason == "direct":
+            r.result()  # a record written alone, now: add() returns when it is settled
         return r
 
     def add_nowait(self, record: Any) -> Receipt:
@@ -222,10 +220,6 @@ class Batcher:
     def _close_unstarted(self) -> CloseReport:
         report: CloseReport = asyncio.run(self._core.close())
         return report
-
-    def _not_on_loop(self, what: str) -> None:
-        if self._core._intake.on_loop_thread():
-            raise would_deadlock(f"Batcher.{what}()")
 
     def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run ``coro`` on the loop thread and wait for it: at most ``timeout`` s, and never
