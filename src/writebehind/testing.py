@@ -33,13 +33,27 @@ class ManualClock:
 
     Sleepers and linger timers due at or before the new time wake, in order of their
     deadlines, on their own event loops.
+
+    ``autojump=0.0`` makes it advance by itself, like trio's ``MockClock(autojump_threshold=
+    0)``: when a sleeper is waiting and its loop has run ``autojump_turns`` turns with
+    nothing else moving the clock, time jumps to the earliest deadline. Tests then just
+    ``await`` what they want (a linger flush, a backoff) and it happens at once, at exactly
+    the clock time it is due, with no polling of :attr:`sleepers`. A positive ``autojump``
+    first waits that many real seconds (for work on other threads, such as a sync sink).
     """
 
-    def __init__(self, start: float = 0.0) -> None:
+    def __init__(
+        self, start: float = 0.0, *, autojump: float | None = None, autojump_turns: int = 5
+    ) -> None:
+        if autojump is not None and not autojump >= 0:
+            raise ValueError("autojump: seconds >= 0, or None")
         self._now = float(start)
         self._lock = threading.Lock()
         self._timers: list[tuple[float, int, asyncio.AbstractEventLoop, asyncio.Future[Any]]] = []
         self._seq = itertools.count()
+        self.autojump = autojump
+        self.autojump_turns = autojump_turns
+        self._moves = 0  # advances so far: a jump is off if anything moved the clock
 
     def monotonic(self) -> float:
         return self._now
@@ -50,6 +64,7 @@ class ManualClock:
             raise ValueError("a clock cannot go back")
         with self._lock:
             self._now += seconds
+            self._moves += 1
             due = []
             while self._timers and self._timers[0][0] <= self._now:
                 due.append(heapq.heappop(self._timers))
@@ -68,9 +83,31 @@ class ManualClock:
         with self._lock:
             if seconds <= 0:
                 fut.set_result(None)
-            else:
-                heapq.heappush(self._timers, (self._now + seconds, next(self._seq), loop, fut))
+                return fut
+            heapq.heappush(self._timers, (self._now + seconds, next(self._seq), loop, fut))
+            moves = self._moves
+        if self.autojump is not None:
+            loop.call_later(self.autojump, self._jump_later, loop, moves, self.autojump_turns)
         return fut
+
+    def _jump_later(self, loop: asyncio.AbstractEventLoop, moves: int, turns: int) -> None:
+        """After ``turns`` quiet loop turns, jump to the earliest pending deadline."""
+        if self._moves != moves:
+            return  # the clock moved meanwhile: that advance scheduled its own checks
+        if turns > 0:
+            loop.call_soon(self._jump_later, loop, moves, turns - 1)
+            return
+        with self._lock:
+            live = [t for t in self._timers if not t[3].done()]
+            if not live or self._moves != moves:
+                return
+            target = min(t[0] for t in live)
+        self.advance(max(0.0, target - self._now))
+        with self._lock:
+            again = [t for t in self._timers if not t[3].done()]
+            moves = self._moves
+        if again:  # the next deadline, after the woken have had their turns
+            loop.call_soon(self._jump_later, loop, moves, self.autojump_turns)
 
     async def sleep(self, seconds: float) -> None:
         await self._timer(seconds)
