@@ -63,7 +63,7 @@ def open_batcher(**_: Any) -> None:
 
 @worker_process_shutdown.connect
 def close_batcher(**_: Any) -> None:
-    """In each pool process, as it ends (warm shutdown, max-tasks-per-child, pool shrink)."""
+    """In each pool process, as it ends (warm shutdown, --max-tasks-per-child)."""
     if batcher is not None:
         batcher.close()  # flushes: returns within close_timeout (plus a moment)
 
