@@ -14,14 +14,25 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections.abc import Generator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ._errors import WriteBehindError, would_deadlock
 
-if TYPE_CHECKING:
-    from ._intake import Intake
 
-__all__ = ["Batch", "Outcome", "Receipt"]
+class Owner(Protocol):
+    """What a receipt asks of the intake that owns it (``Intake`` is one)."""
+
+    loop: asyncio.AbstractEventLoop | None
+
+    @property
+    def gone(self) -> bool: ...
+
+    def on_loop_thread(self) -> bool: ...
+
+    async def next_change(self) -> None: ...
+
+
+__all__ = ["Batch", "Outcome", "Owner", "Receipt"]
 
 
 class Outcome(enum.Enum):
@@ -83,7 +94,7 @@ class Receipt:
     # Each Intake makes a subclass that sets this (``Receipt.bound``), so a receipt needs no
     # per-record reference to it. ``_batch``, ``_outcome`` and ``_succ`` start unset (absent
     # slots): the hot path stores two attributes, and readers use getattr with a default.
-    _intake: Intake
+    _intake: Owner
     _batch: Batch
     _outcome: Outcome
     _succ: Receipt
@@ -95,7 +106,7 @@ class Receipt:
         self.version = version
 
     @classmethod
-    def bound(cls, intake: Intake) -> type[Receipt]:
+    def bound(cls, intake: Owner) -> type[Receipt]:
         """A Receipt class for one intake's records."""
         return type("Receipt", (cls,), {"__slots__": (), "_intake": intake})
 

@@ -9,7 +9,7 @@ import os
 from collections.abc import Callable
 
 from .._errors import ConfigError
-from ..sinks._ident import validate
+from .._ident import validate
 
 __all__ = ["dsn", "identifier", "integer", "non_negative_float", "number", "positive_float"]
 

@@ -16,8 +16,8 @@ import uuid
 from typing import Any
 
 from .. import ConfigError, PostgresSink
+from .._ident import quote
 from .._redact import describe, may_quote_password, redact_dsn, secrets_of
-from ..sinks._ident import quote
 from ._display import Row
 from ._naive import CHECK_EVERY, COLUMNS, NaiveResult, heartbeats, upsert_sql
 from ._target import Fleet, check_rows

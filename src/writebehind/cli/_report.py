@@ -12,7 +12,7 @@ from ._naive import NaiveResult
 from ._target import Fleet
 
 if TYPE_CHECKING:
-    from .demo import DemoConfig
+    from ._demo_config import DemoConfig
 
 __all__ = ["Batched", "final_rows"]
 

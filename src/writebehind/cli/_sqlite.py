@@ -15,7 +15,7 @@ import tempfile
 from typing import Any
 
 from .. import SQLiteSink
-from ..sinks._ident import quote
+from .._ident import quote
 from ._display import Row
 from ._naive import NaiveResult, replay_sqlite
 from ._target import Fleet, check_rows

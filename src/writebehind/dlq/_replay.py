@@ -6,16 +6,31 @@ import asyncio
 import inspect
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .._errors import ConfigError, WriteBehindError
 from .._receipt import Outcome
 from ._codec import RecordNotReplayable
 
 if TYPE_CHECKING:
-    from ._store import DeadLetterStore, StoredEntry
+    from ._entry import StoredEntry
 
-__all__ = ["ReplayReport", "replay"]
+__all__ = ["ReplayReport", "ReplaySource", "replay"]
+
+
+class ReplaySource(Protocol):
+    """What a replay needs of a dead-letter store (``DeadLetterStore`` has it)."""
+
+    async def get(self, id: int) -> StoredEntry | None: ...
+
+    async def max_id(self) -> int: ...
+
+    async def list(
+        self, *, limit: int | None = ..., after: int | None = ..., until_id: int | None = ...
+    ) -> list[StoredEntry]: ...
+
+    async def delete(self, ids: Iterable[int]) -> int: ...
+
 
 _PAGE = 500  # entries read, added and settled at a time: memory stays bounded
 _DELETE = frozenset({Outcome.COMMITTED, Outcome.COALESCED, Outcome.DEAD_LETTERED})
@@ -74,7 +89,7 @@ class ReplayReport:
 
 
 async def replay(
-    store: DeadLetterStore,
+    store: ReplaySource,
     batcher: Any,
     *,
     ids: Iterable[int] | None = None,
@@ -118,7 +133,7 @@ async def replay(
 
 
 async def _pages(
-    store: DeadLetterStore, ids: Iterable[int] | None, limit: int | None, report: ReplayReport
+    store: ReplaySource, ids: Iterable[int] | None, limit: int | None, report: ReplayReport
 ) -> AsyncIterator[list[StoredEntry]]:
     """The entries to replay, a page at a time (ids asked for but absent count as missing)."""
     if ids is not None:
@@ -149,7 +164,7 @@ async def _pages(
 
 
 async def _settle(
-    store: DeadLetterStore, batcher: Any, todo: list[tuple[int, Any]], report: ReplayReport
+    store: ReplaySource, batcher: Any, todo: list[tuple[int, Any]], report: ReplayReport
 ) -> None:
     sync = not inspect.iscoroutinefunction(batcher.add)
     failures_before = _store_failures(batcher)

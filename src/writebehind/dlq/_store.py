@@ -6,19 +6,15 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
-import json
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .._deadletter import DeadLetterEntry
 from .._errors import ConfigError, PermanentSinkError
-from ._codec import JSON, decode
+from ._entry import StoredEntry
+from ._replay import ReplayReport, replay
 from ._rows import plain_row, to_row
-
-if TYPE_CHECKING:
-    from ._replay import ReplayReport
 
 __all__ = ["DeadLetterStore", "EntriesNotStored", "StoredEntry"]
 
@@ -36,65 +32,6 @@ COLUMNS = (
     "record_type",
 )
 _CHUNK = 500  # ids per DELETE statement (SQLite allows 32,766 parameters; stay far below)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StoredEntry:
-    """A dead letter as a store keeps it: the :class:`~writebehind.DeadLetterEntry` fields,
-    its ``id`` in the store, and the record as stored (tagged JSON text)."""
-
-    id: int
-    """The entry's id in its store (rising; ids are never reused)."""
-    at: float
-    """When it was dead-lettered (``time.time()`` seconds)."""
-    batcher: str
-    """The batcher's ``name``."""
-    sink: str
-    """The sink that refused it (its ``repr``)."""
-    error: str
-    """The error's class name."""
-    message: str
-    """The error's message, secrets scrubbed."""
-    attempts: int
-    """Writes tried before the record was condemned."""
-    record_json: str
-    """The record as stored: tagged JSON text (see :mod:`writebehind.dlq`)."""
-    encoding: str
-    """``"json"``, or ``"repr"`` when the record could not be encoded (not replayable)."""
-    record_type: str
-    """The record's type when it was added, e.g. ``dict`` or ``myapp.Heartbeat``."""
-
-    @property
-    def replayable(self) -> bool:
-        """Whether :meth:`record` can rebuild the record (it was stored as JSON)."""
-        return self.encoding == JSON
-
-    def record(self) -> Any:
-        """The record, decoded (objects come back as dicts of their fields).
-
-        Raises :class:`~writebehind.dlq.RecordNotReplayable` if it was stored as its repr.
-        """
-        return decode(self.record_json, self.encoding)
-
-    @property
-    def at_datetime(self) -> dt.datetime:
-        """:attr:`at` as an aware UTC ``datetime``."""
-        return dt.datetime.fromtimestamp(self.at, dt.UTC)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The entry as plain JSON-ready data; ``record`` is the stored tagged JSON value."""
-        return {
-            "id": self.id,
-            "at": self.at_datetime.isoformat(),
-            "batcher": self.batcher,
-            "sink": self.sink,
-            "error": self.error,
-            "message": self.message,
-            "attempts": self.attempts,
-            "encoding": self.encoding,
-            "record_type": self.record_type,
-            "record": json.loads(self.record_json),
-        }
 
 
 class EntriesNotStored(PermanentSinkError):
@@ -340,8 +277,6 @@ class DeadLetterStore(abc.ABC):
         """Add the stored records to ``batcher``, flush, and delete each entry whose record
         came out committed, coalesced or dead-lettered again (the engine then kept a fresh
         entry). See :func:`writebehind.dlq.replay` for the details."""
-        from ._replay import replay
-
         return await replay(self, batcher, ids=ids, limit=limit, dry_run=dry_run)
 
 

@@ -14,8 +14,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from .._errors import ConfigError
+from .._ident import quote, validate
 from .._redact import may_quote_password, redact_dsn, secrets_of
-from ..sinks._ident import quote, validate
 from ..sinks._pg import map_error
 from ..sinks.postgres import PostgresSink
 from ._store import DeadLetterStore, rowcount

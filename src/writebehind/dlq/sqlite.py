@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from .._errors import ConfigError, PermanentSinkError, RetriableSinkError
-from ..sinks._ident import quote, validate
+from .._ident import quote, validate
 from ._store import DeadLetterStore, rowcount
 
 __all__ = ["SQLiteDeadLetter"]

@@ -6,7 +6,7 @@ import sqlite3
 from dataclasses import dataclass
 
 from .._errors import ConfigError
-from ._ident import quote
+from .._ident import quote
 
 __all__ = ["Table", "inspect"]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._ident import quote
+from .._ident import quote
 
 __all__ = ["on_conflict"]
 

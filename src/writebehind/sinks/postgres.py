@@ -28,8 +28,8 @@ import logging
 from typing import Any
 
 from .._errors import ConfigError, PermanentSinkError
+from .._ident import quote, validate
 from .._redact import may_quote_password, redact_dsn, secrets_of
-from ._ident import quote, validate
 from ._pg import COLUMNS_SQL, UNIQUE_SQL, is_client_error, map_error
 from ._records import Rows, check_shape, group_rows
 from ._upsert import on_conflict

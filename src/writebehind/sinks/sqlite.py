@@ -35,8 +35,8 @@ from collections.abc import Callable
 from typing import Any
 
 from .._errors import ConfigError, PermanentSinkError, RetriableSinkError, SinkMisconfigured
+from .._ident import quote, validate
 from .._workers import WorkerThreads
-from ._ident import quote, validate
 from ._records import Rows, adapt_columns, check_shape, group_rows
 from ._sqlite_errors import map_error
 from ._sqlite_schema import inspect

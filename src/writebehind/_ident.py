@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .._errors import ConfigError
+from ._errors import ConfigError
 
 __all__ = ["quote", "validate"]
 
