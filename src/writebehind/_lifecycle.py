@@ -71,6 +71,12 @@ def unregister(obj: Closable) -> None:
         _open.discard(obj)
 
 
+def keep_inherited(*objs: Any) -> None:
+    """Hold objects a forked child inherited from its parent (an engine, a loop) for the
+    life of the process, so they are never finalised there."""
+    _inherited.extend(o for o in objs if o is not None)
+
+
 def warn_unclosed(obj: Any, why: str) -> None:
     """The ``ResourceWarning`` and WARNING line for a batcher nobody closed."""
     name = getattr(obj, "name", "?")

@@ -63,7 +63,10 @@ class Batcher:
 
     @property
     def engine(self) -> AsyncBatcher:
-        """The ``AsyncBatcher`` this facade drives."""
+        """The ``AsyncBatcher`` this facade drives (in a forked child, asking for it starts
+        the child's own, as any first use does: a stats endpoint then reports it ready)."""
+        if self._restart:
+            self._restart_in_child()
         return self._core
 
     @property
@@ -79,9 +82,11 @@ class Batcher:
         return self._loop
 
     def start(self) -> None:
-        """Start the loop thread, the sink and the flusher. ``with`` calls this for you."""
+        """Start the loop thread, the sink and the flusher. ``with`` calls this for you.
+        In a forked child it starts the child's own batcher (as the first use would)."""
         with self._lock:
             self._start()
+            self._restart = False
 
     def _start(self) -> None:
         if self._thread is not None:
@@ -278,6 +283,9 @@ class Batcher:
         """In a forked child: forget the parent's engine, thread and records; the first
         call starts a fresh one (lazily, so a fork never waits for a connection)."""
         self._core._after_fork_in_child()
+        # the parent's engine and loop (with its pending tasks) are kept, never finalised:
+        # garbage-collecting them would only print "Task was destroyed" in every child
+        _lifecycle.keep_inherited(self._core, self._loop)
         self._lock = threading.Lock()
         self._loop = self._thread = None
         self._report = None
@@ -291,9 +299,9 @@ class Batcher:
 
     def _restart_in_child(self) -> None:
         with self._lock:
-            if self._restart:
-                self._restart = False
+            if self._restart:  # other threads wait on the lock until the start is done
                 self._start()
+                self._restart = False
 
     def __del__(self) -> None:
         started = getattr(self, "_loop", None) is not None
