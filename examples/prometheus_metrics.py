@@ -5,10 +5,11 @@ Run: python examples/prometheus_metrics.py  (needs ``pip install 'writebehind[pr
 A batcher writes 2,000 heartbeats (100 agents, so most coalesce) to an in-memory sink whose
 first write fails (retried) and which refuses one poison record (split off, dead-lettered
 into a SQLite store whose count() the collector refreshes in the background).
-A ``PrometheusCollector`` watches it, with one refresher of our own; the script prints the
-exposition a Prometheus server would scrape. In a service, serve the registry instead:
-``prometheus_client.start_http_server(9464, addr="127.0.0.1")`` (see docs/observability.md
-for FastAPI and aiohttp).
+A ``PrometheusCollector`` watches it, with one refresher of our own (constructing it starts
+nothing; ``with``, or ``collector.start()``, starts the background refresh thread); the
+script prints the exposition a Prometheus server would scrape. In a service, serve the
+registry instead: ``prometheus_client.start_http_server(9464, addr="127.0.0.1")`` (see
+docs/observability.md for FastAPI and aiohttp).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ async def main() -> None:
     ) as batcher:  # fmt: skip
         with PrometheusCollector(
             batcher, registry=registry, refreshers={"app_agents_known": lambda: 100.0}
-        ) as collector:
+        ) as collector:  # registered at construction; ``with`` starts its refresh thread
             for beat in range(2000):
                 await batcher.add({"agent": beat % 100, "beat": beat})
             await batcher.flush()

@@ -361,12 +361,111 @@ async def test_the_refresh_thread_stops_when_the_batcher_closes(
     """Closing the batcher ends the refresh thread without close(); scrapes still work."""
     async with api(MemorySink(), dead_letter=Store(n=1)) as b:
         c = PrometheusCollector(b.batcher, registry=registry, refresh_interval=FAR)
+        c.start()
         thread = c._thread
         assert thread is not None
         assert thread.is_alive()
     await settle(lambda: not thread.is_alive())
     assert value(scrape(registry), "writebehind_closed", batcher="default") == 1
     c.close()
+
+
+def refresh_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("writebehind-metrics")}
+
+
+async def test_constructing_starts_no_thread_and_scrapes_work_without_start(
+    api: Open, registry: CollectorRegistry
+) -> None:
+    """A collector that was never started runs nothing: no thread, no refresher called; a
+    scrape still shows stats() and the histograms, the refreshed values are absent and the
+    last-updated gauge says 0 (never); refresh() by hand fills them in."""
+    calls: list[int] = []
+
+    def depth() -> float:
+        calls.append(1)
+        return 7.0
+
+    store = Store(n=2)
+    async with api(MemorySink(), dead_letter=store) as b:
+        before = set(threading.enumerate())
+        c = PrometheusCollector(
+            b.batcher, registry=registry, refresh_interval=0.01, refreshers={"app_depth": depth}
+        )
+        assert set(threading.enumerate()) == before
+        assert c._thread is None
+        for n in range(5):
+            b.add_nowait({"n": n})
+        await b.flush()
+        samples = scrape(registry)
+        assert value(samples, "writebehind_records_committed_total", batcher="default") == 5
+        assert total(samples, "writebehind_write_duration_seconds_count") == b.stats().batches
+        assert not [k for k in samples if k[0] in ("app_depth", "writebehind_dead_letter_records")]
+        assert value(samples, "writebehind_metrics_last_updated_timestamp_seconds") == 0
+        assert (calls, store.loops, c.last_updated) == ([], [], None)
+        assert await asyncio.to_thread(c.refresh) is True
+        samples = scrape(registry)
+        assert value(samples, "app_depth") == 7
+        assert value(samples, "writebehind_dead_letter_records", batcher="default") == 2
+        assert refresh_threads() == set()  # the round ran here: still no refresh loop
+        c.close()
+
+
+async def test_start_is_idempotent_and_close_stops_the_thread(
+    api: Open, registry: CollectorRegistry
+) -> None:
+    """start() starts one refresh thread, a second start() no other; close() stops it and
+    unregisters, a second close() does nothing, and start() after close() is refused."""
+    async with api(MemorySink(), dead_letter=Store(n=1)) as b:
+        c = PrometheusCollector(b.batcher, registry=registry, refresh_interval=FAR)
+        assert refresh_threads() == set()
+        c.start()
+        (thread,) = refresh_threads()
+        assert thread is c._thread
+        assert thread.name == "writebehind-metrics[default]"
+        await settle(lambda: c.last_updated is not None)  # the thread's first round
+        c.start()
+        assert refresh_threads() == {thread}
+        c.close()
+        assert not thread.is_alive()
+        assert "writebehind_" not in text(registry)
+        c.close()
+        with pytest.raises(wb.WriteBehindError, match="closed; create a new one"):
+            c.start()
+        assert refresh_threads() == set()
+
+
+def test_close_without_start_and_start_with_nothing_to_refresh(
+    registry: CollectorRegistry,
+) -> None:
+    """A collector closed before it started never starts a thread; with nothing to refresh
+    (no store, no refreshers) start() starts none either."""
+    b = wb.AsyncBatcher(MemorySink(), dead_letter=Store(n=1))
+    c = PrometheusCollector(b, registry=registry)
+    c.close()
+    c.close()
+    assert c._thread is None
+    with pytest.raises(wb.WriteBehindError, match="closed"):
+        c.start()
+    plain = wb.AsyncBatcher(MemorySink(), name="plain")
+    with PrometheusCollector(plain, registry=registry) as c:
+        assert c._thread is None
+        assert refresh_threads() == set()
+        assert "writebehind_records_accepted_total" in text(registry)
+
+
+async def test_with_starts_and_stops_the_refresh_thread(
+    api: Open, registry: CollectorRegistry
+) -> None:
+    """Entering ``with`` starts the refresh thread (as construction once did); leaving it
+    stops the thread."""
+    async with api(MemorySink(), dead_letter=Store(n=3)) as b:
+        with PrometheusCollector(b.batcher, registry=registry, refresh_interval=FAR) as c:
+            thread = c._thread
+            assert thread is not None
+            assert thread.is_alive()
+            await settle(lambda: c.last_updated is not None)
+        assert not thread.is_alive()
 
 
 def test_refresh_on_the_batcher_loop_is_refused(registry: CollectorRegistry) -> None:
@@ -460,6 +559,7 @@ async def test_close_on_the_batcher_loop_does_not_wait_for_a_round_that_needs_th
     store.count = hanging_count  # type: ignore[method-assign]
     async with wb.AsyncBatcher(MemorySink(), dead_letter=store) as b:
         c = PrometheusCollector(b, registry=registry, refresh_timeout=60)
+        c.start()
         await called.wait()  # the thread's first round now waits for this loop
         c.close(timeout=10)  # blocks the loop: only the halt can end the round
         assert c._thread is not None

@@ -7,7 +7,9 @@ loop (asyncpg pools are bound to their loop); plain callables run in a thread of
 so a slow one never stalls the batcher. A source that hangs keeps its last value and is not
 called again until it returns: calls never pile up. ``updated`` is the wall-clock time of the
 last round in which every value was refreshed; ``failures`` counts calls that raised or did
-not answer in time. The thread ends on :meth:`Refresher.halt` or once every batcher closed.
+not answer in time. Constructing a refresher starts nothing: the thread starts at
+:meth:`Refresher.start` (once) and ends on :meth:`Refresher.halt` or once every batcher
+closed.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from typing import Any
 
 from .._deadletter import scrub_secrets
@@ -56,21 +59,36 @@ class Refresher:
         self.failures = 0
         """Calls that raised or did not answer within ``timeout``."""
         self.thread: threading.Thread | None = None
+        """The refresh thread (None: not started, or nothing to refresh)."""
+        self._started = False
+        self._lifecycle = threading.Lock()  # start() and halt()
         self._round = threading.Lock()
         self._stop = threading.Event()
         self._halt: cf.Future[None] = cf.Future()  # done at halt(): ends a waiting round
 
     def start(self, name: str) -> None:
-        """Start the refresh thread (called ``name``), if there is anything to refresh."""
-        if self.sources:
-            self.thread = threading.Thread(target=self._run, name=name, daemon=True)
-            self.thread.start()
+        """Start the refresh thread (called ``name``), if there is anything to refresh.
+        Once only: calling it again does nothing; after :meth:`halt` it raises."""
+        with self._lifecycle:
+            if self._stop.is_set():
+                raise WriteBehindError(
+                    "PrometheusCollector.start(): the collector was closed; create a new one"
+                )
+            if self._started:
+                return
+            self._started = True
+            if self.sources:
+                self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+                self.thread.start()
 
     def halt(self) -> None:
-        """Tell the thread to stop and end a round that is waiting for answers."""
-        self._stop.set()
+        """Tell the thread to stop (or never to start) and end a round that is waiting for
+        answers."""
+        with self._lifecycle:
+            self._stop.set()
         if not self._halt.done():
-            self._halt.set_result(None)
+            with suppress(cf.InvalidStateError):  # two halts at once
+                self._halt.set_result(None)
 
     def join(self, timeout: float) -> None:
         """Wait up to ``timeout`` s for the thread to end (not when called from it)."""

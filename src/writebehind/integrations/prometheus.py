@@ -6,9 +6,12 @@ expensive to read on a scrape, refreshed in the background. Needs
 A scrape reads ``stats()`` (a snapshot under the buffer's lock: microseconds) and the
 collector's own histogram buckets; it never waits on a database. Expensive values (the
 dead-letter store's ``count()``, and your ``refreshers``) are read by a daemon thread every
-``refresh_interval`` seconds, each bounded by ``refresh_timeout``; a scrape serves the last
-values and ``writebehind_metrics_last_updated_timestamp_seconds``, the wall-clock time of the
-last round in which every value was refreshed, so staleness shows. Coroutine refreshers run
+``refresh_interval`` seconds once :meth:`PrometheusCollector.start` (or ``with``) started
+it, each bounded by ``refresh_timeout``; a scrape serves the last values and
+``writebehind_metrics_last_updated_timestamp_seconds``, the wall-clock time of the last
+round in which every value was refreshed (0: never), so staleness shows. Constructing a
+collector starts no thread: until ``start()``, or a :meth:`~PrometheusCollector.refresh`
+of your own, those values are absent from scrapes and the timestamp says 0. Coroutine refreshers run
 on the batcher's event loop (asyncpg pools are bound to their loop); plain callables run in
 a thread of their own, so a slow one never stalls the batcher. A refresher that hangs keeps
 its last value and is not called again until it returns: calls never pile up.
@@ -136,9 +139,13 @@ class PrometheusCollector:
 
     ``PrometheusCollector(batcher)`` registers itself in ``registry`` (the default
     ``prometheus_client.REGISTRY``) and as an instrument on each batcher (``AsyncBatcher``
-    or the sync ``Batcher``); ``close()`` (or leaving ``with``) unregisters it and stops the
-    refresh thread, which also stops by itself once every batcher has closed. Create it
-    after the batcher (before or after it starts); each batcher needs a distinct ``name``.
+    or the sync ``Batcher``): from then on scrapes show ``stats()`` and the histograms.
+    Constructing it starts no thread and does no I/O. :meth:`start` (or entering ``with``)
+    starts the thread that refreshes the expensive values (the dead-letter store's size,
+    ``refreshers``); without it they are absent until you call :meth:`refresh`.
+    :meth:`close` (or leaving ``with``) unregisters it and stops the refresh thread, which
+    also stops by itself once every batcher has closed. Create it after the batcher (before
+    or after it starts); each batcher needs a distinct ``name``.
 
     Args:
         batcher: one batcher, or a sequence of them (the lanes of a service), each labelled
@@ -209,7 +216,7 @@ class PrometheusCollector:
         if histograms:
             for e in self._engines:
                 e.add_instrument(self)
-        self._refresher.start(name=f"writebehind-metrics[{','.join(names)}]")
+        self._thread_name = f"writebehind-metrics[{','.join(names)}]"
 
     # -- the instrument: one cheap observation per write attempt --------------------------
     def write(self, attempt: WriteAttempt) -> AbstractContextManager[Any]:
@@ -308,25 +315,36 @@ class PrometheusCollector:
 
     @property
     def _thread(self) -> threading.Thread | None:
-        """The refresh thread (``None``: nothing to refresh)."""
+        """The refresh thread (``None``: not started, or nothing to refresh)."""
         return self._refresher.thread
 
     def refresh(self) -> bool:
         """Run one refresh round now, in this thread, bounded by ``refresh_timeout``. True if
-        every value was refreshed; False at once if another round is still running. Do not
-        call it on the batcher's own event loop (its coroutine refreshers run there)."""
+        every value was refreshed; False at once if another round is still running. It needs
+        no :meth:`start` (a service may refresh on its own schedule). Do not call it on the
+        batcher's own event loop (its coroutine refreshers run there)."""
         return self._refresher.refresh()
 
     # -- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the background refresh thread (``writebehind-metrics[<names>]``), if there
+        is anything to refresh; entering ``with`` calls it. Calling it again does nothing;
+        after :meth:`close` it raises :class:`~writebehind.WriteBehindError`. In a service
+        that forks (gunicorn ``--preload``), create and start it in each worker, after the
+        fork, as the batcher: it watches the engine the batcher had when it was created."""
+        self._refresher.start(name=self._thread_name)
+
     def close(self, timeout: float = 5.0) -> None:
         """Unregister from the registry and stop the refresh thread (waiting up to
-        ``timeout`` s). The batchers keep calling the (now unregistered) instrument, cheaply."""
+        ``timeout`` s). Calling it again does nothing. The batchers keep calling the (now
+        unregistered) instrument, cheaply."""
         self._refresher.halt()
         with suppress(KeyError):  # already unregistered
             self._registry.unregister(self)
         self._refresher.join(timeout)
 
     def __enter__(self) -> Self:
+        self.start()
         return self
 
     def __exit__(
