@@ -9,17 +9,15 @@ batches (appended: the table has no key). ``/writebehind`` is the stats endpoint
 process that answers (see docs/stats-endpoint.md).
 
 This file is the project: the settings are made in code (``settings.configure``) and
-``get_application()`` is the WSGI application factory. It is also a gunicorn configuration
-(``-c``). Serve it (``pip install 'writebehind[postgres]' django gunicorn``)::
+``get_application()`` is the WSGI application factory. Serve it
+(``pip install 'writebehind[postgres]' django gunicorn``)::
 
     gunicorn --chdir examples -k gthread --workers 2 'deploy_django:get_application()'
-    gunicorn -c examples/deploy_django.py --chdir examples --workers 2 --preload \
-        'deploy_django:get_application()'
+    gunicorn --chdir examples -k gthread --workers 2 --preload 'deploy_django:get_application()'
 
 Without ``--preload`` each gunicorn worker sets Django up, so each has its own batcher.
 With ``--preload`` the master sets Django up before forking, and the library restarts the
-batcher in each worker; the ``post_worker_init`` hook below starts it before the worker's
-first request (see docs/deployment.md for why).
+batcher afresh in each worker at its first use (see docs/deployment.md).
 
 Run as a script (``python examples/deploy_django.py``) it creates a table, serves the
 project under gunicorn with two workers on a free port of 127.0.0.1, sends it 200
@@ -83,24 +81,6 @@ def get_application() -> Any:
     from writebehind.integrations.wsgi import mount, wsgi_app
 
     return mount(get_wsgi_application(), "/writebehind", wsgi_app(current_batcher))
-
-
-# -- gunicorn configuration (gunicorn -c examples/deploy_django.py ...) ----------------------
-worker_class = "gthread"
-threads = 8
-graceful_timeout = 10  # seconds; more than the batcher's close_timeout
-control_socket_disable = True  # gunicorn >= 25 would make ~/.gunicorn/gunicorn.ctl
-
-
-def post_worker_init(worker: Any) -> None:
-    """In each worker, before its first request: with ``--preload`` the master ran
-    ``ready()``; ``flush()`` starts the worker's copy of the batcher afresh here (see
-    examples/deploy_gunicorn.py). Without ``--preload`` it returns at once."""
-    from django_app.apps import current_batcher
-
-    batcher = current_batcher()
-    if batcher is not None:
-        batcher.flush()
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Recipe: gunicorn ``gthread`` workers serving a Flask app with the sync ``Batcher``.
 
-This file is both the app (``create_app()``) and its gunicorn configuration (the hook
-below)::
+This file is both the app (``create_app()``) and its gunicorn configuration (the settings
+at the end)::
 
     pip install 'writebehind[postgres]' flask gunicorn
     gunicorn -c examples/deploy_gunicorn.py --chdir examples --workers 2 \\
@@ -14,11 +14,10 @@ once; the records reach a PostgreSQL table in batches (appended: the table has n
 - Without ``--preload`` gunicorn calls ``create_app()`` in each worker, so each worker opens
   its own batcher.
 - With ``--preload`` the master calls it once, before forking. The library notices the fork
-  and starts the batcher afresh in each worker (empty, with its own thread and its own
-  PostgreSQL pool); the master's copy never writes a worker's records. The
-  ``post_worker_init`` hook below makes each worker start it before it takes a request: the
-  library would otherwise restart it at the first ``add()``, and concurrent first requests
-  of a worker can then fail (see docs/deployment.md).
+  and starts the batcher afresh in each worker at its first use (empty, with its own thread
+  and its own PostgreSQL pool); the master's copy never writes a worker's records. No hook
+  is needed: concurrent first requests wait for the one restart, and the stats endpoint's
+  ``/health`` starts it too, so a readiness probe sees the worker ready.
 
 On SIGTERM the master tells the workers to stop; a ``gthread`` worker finishes the requests
 it holds and leaves through ``sys.exit``, so ``atexit`` runs: ``batcher.close()`` flushes
@@ -57,7 +56,6 @@ def create_app() -> Flask:
     atexit.register(batcher.close)  # in the worker: it flushes; in a --preload master: a no-op
 
     app = Flask(__name__)
-    app.extensions["writebehind"] = batcher
 
     @app.post("/records/<request_id>")
     def record(request_id: str) -> dict[str, Any]:
@@ -76,13 +74,6 @@ worker_class = "gthread"
 threads = 8
 graceful_timeout = 10  # seconds; more than the batcher's close_timeout
 control_socket_disable = True  # gunicorn >= 25 would make ~/.gunicorn/gunicorn.ctl
-
-
-def post_worker_init(worker: Any) -> None:
-    """In each worker, before its first request: start the batcher that a ``--preload``
-    master opened (``flush()`` starts it afresh here; without ``--preload`` it is already
-    running and this returns at once)."""
-    worker.wsgi.extensions["writebehind"].flush()
 
 
 def main() -> None:
