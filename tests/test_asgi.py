@@ -293,6 +293,7 @@ async def test_a_thread_backed_batcher_served_from_the_servers_loop() -> None:
         status, _, body = await aget(base + "/stats")
         assert status == 200
         assert json.loads(body)["stats"]["committed"] == 100
+        assert json.loads(body)["state"] == "healthy"
         await asyncio.to_thread(batcher.close)
         got = await stream.lines()
         assert got[-1]["type"] == "Closed"
@@ -300,6 +301,7 @@ async def test_a_thread_backed_batcher_served_from_the_servers_loop() -> None:
         assert [e["index"] for e in got] == list(range(1, got[-1]["index"] + 1))
         status, _, body = await aget(base + "/health")
         assert (status, json.loads(body)["status"]) == (503, "closed")
+        assert json.loads((await aget(base + "/stats"))[2])["state"] == "closed"
         await stream.close()
 
 
@@ -421,10 +423,10 @@ def test_top_sums_two_worker_processes_and_shows_a_down_one(
     assert code == 0, out
     assert "sum of 2 of 3 endpoints up" in out
     assert "accepted 19  committed" in out
-    assert f"[1] {mounted_urls[0]}  running  heartbeats-" in out
+    assert f"[1] {mounted_urls[0]}  healthy  heartbeats-" in out
     assert "accepted 7  committed" in out
     assert "accepted 12  committed" in out
-    assert f"[3] {down}  down  ConnectionRefusedError" in out
+    assert f"[3] {down}  down     ConnectionRefusedError" in out  # padded as "healthy"
 
 
 async def test_mount_sends_the_prefix_to_the_stats_app_and_the_rest_to_the_app() -> None:

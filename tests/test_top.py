@@ -15,10 +15,13 @@ from typing import Any
 import pytest
 
 import writebehind as wb
-from tests.conftest import assert_conserved
+from tests.conftest import assert_conserved, settle
 from writebehind.cli._top_client import Client, Unreachable
-from writebehind.cli._top_model import Endpoint, sum_docs
+from writebehind.cli._top_model import STATE_ORDER, Endpoint, Fleet, sum_docs
+from writebehind.cli._top_view import _STATE_STYLE, TopView
 from writebehind.cli.main import main
+from writebehind.integrations import _wire
+from writebehind.integrations.prometheus import SINK_STATES as METRIC_STATES
 from writebehind.integrations.serve import SCHEMA, StatsServer, jsonable, serve, serve_sync
 from writebehind.testing import FlakySink, MemorySink
 
@@ -115,11 +118,53 @@ async def test_stats_match_after_a_workload() -> None:
         assert status == 200
         assert doc["stats"] == expected_stats(batcher.stats())
         assert doc["stats"]["accepted"] == 500
-        assert (doc["schema"], doc["batcher"], doc["state"]) == (SCHEMA, "agents", "running")
+        assert (doc["schema"], doc["batcher"], doc["state"]) == (SCHEMA, "agents", "healthy")
         assert doc["config"]["max_batch"] == batcher._opts.max_batch
         assert doc["config"]["max_pending"] == batcher._opts.max_pending
         assert doc["events"] == {"oldest": 1, "next": last_event(batcher) + 1}
         assert (await asyncio.to_thread(get, server.url + "/health"))[1]["status"] == "ok"
+
+
+class Throttled:
+    """A sink that always asks to be retried in a minute."""
+
+    async def write(self, batch: Any) -> None:
+        raise wb.RetriableSinkError("slow down", retry_after=60)
+
+
+async def test_the_state_uses_the_engines_words() -> None:
+    """``state`` in ``/stats`` is ``Stats.sink_state`` while the batcher runs (here
+    ``throttled``, not some other word for it), ``not started`` before it starts and
+    ``closed`` after (also when it never started); ``/health`` is ok whatever the sink's
+    health."""
+    batcher = wb.AsyncBatcher(Throttled(), key="id", linger=0.001, close_timeout=0.1)
+    assert _wire.snapshot(batcher)["state"] == "not started"
+    assert _wire.health(batcher) == (503, {"schema": SCHEMA, "status": "not started",
+                                           "batcher": "default"})  # fmt: skip
+    async with batcher, await serve(batcher) as server:
+        status, doc = await asyncio.to_thread(get, server.url + "/stats")
+        assert (status, doc["state"]) == (200, "healthy")
+        batcher.add_nowait({"id": 1})
+        await settle(lambda: batcher.stats().sink_state == "throttled")
+        status, doc = await asyncio.to_thread(get, server.url + "/stats")
+        assert (doc["state"], doc["stats"]["sink_state"]) == ("throttled", "throttled")
+        assert (await asyncio.to_thread(get, server.url + "/health"))[1]["status"] == "ok"
+    assert _wire.snapshot(batcher)["state"] == "closed"
+    assert _wire.health(batcher)[1]["status"] == "closed"
+    never = wb.AsyncBatcher(MemorySink())
+    await never.close()
+    assert (_wire.snapshot(never)["state"], _wire.health(never)) == (
+        "closed",
+        (503, {"schema": SCHEMA, "status": "closed", "batcher": "default"}),
+    )  # closed before it started: it never will
+
+
+def test_one_vocabulary_for_the_state() -> None:
+    """The wire's states are the engine's sink states (as the metrics name them) plus
+    ``not started`` and ``closed``; top orders and colours every one of them."""
+    assert _wire.SINK_STATES == METRIC_STATES == ("healthy", "throttled", "failing")
+    assert set(_wire.STATES) == {*_wire.SINK_STATES, "not started", "closed"}
+    assert {*STATE_ORDER, "closed"} == set(_wire.STATES) == set(_STATE_STYLE)
 
 
 def test_sync_batcher_stats_and_events(sync_endpoint: tuple[wb.Batcher, str]) -> None:
@@ -346,7 +391,7 @@ def test_top_once_plain_shows_the_counts(
     s = batcher.stats()
     assert main(["top", "--once", "--plain", "--url", url, "--interval", "0.05"]) == 0
     out = capsys.readouterr().out
-    assert f"sync-one (running) at {url}" in out
+    assert f"sync-one (healthy) at {url}" in out
     assert f"accepted {s.accepted:,}  committed {s.committed:,}" in out
     assert f"dead-lettered {s.dead_lettered:,}" in out
     assert f"batches {s.batches:,}  retries {s.retried:,}" in out
@@ -403,11 +448,11 @@ def test_top_sums_several_endpoints(capsys: pytest.CaptureFixture[str]) -> None:
         args = ["top", "--once", "--interval", "0.05", s1.url, "--url", s2.url]
         assert main([*args, "--plain"]) == 0
         out = capsys.readouterr().out
-        assert "2 batchers (running), sum of 2 of 2 endpoints up" in out
+        assert "2 batchers (healthy), sum of 2 of 2 endpoints up" in out
         assert "accepted 75  committed 75" in out
         assert "pending    [....................] 0 / 5,000" in out  # 2 x 2,500
-        assert f"[1] {s1.url}  running  w1  accepted 30  committed 30" in out
-        assert f"[2] {s2.url}  running  w2  accepted 45  committed 45" in out
+        assert f"[1] {s1.url}  healthy  w1  accepted 30  committed 30" in out
+        assert f"[2] {s2.url}  healthy  w2  accepted 45  committed 45" in out
         assert main(args) == 0
         out = capsys.readouterr().out
         assert "endpoints" in out
@@ -479,10 +524,46 @@ class FakeClient(Client):
 def doc(accepted: int, nxt: int) -> dict[str, Any]:
     return {
         "schema": 1,
-        "state": "running",
+        "state": "healthy",
         "stats": {"accepted": accepted, "committed": 0},
         "events": {"oldest": 1, "next": nxt},
     }
+
+
+def state_doc(state: str) -> dict[str, Any]:
+    """A real ``/stats`` document (of a batcher never started) claiming ``state``."""
+    doc = _wire.snapshot(wb.AsyncBatcher(MemorySink(), name="w"))
+    doc["stats"].update(accepted=1, committed=1)
+    return {**doc, "state": state}
+
+
+@pytest.mark.parametrize(
+    ("states", "summed"),
+    [
+        (["healthy", "throttled", "failing"], "failing"),
+        (["healthy", "throttled", "closed"], "throttled"),
+        (["healthy", "not started"], "healthy"),
+        (["not started", "closed"], "not started"),
+        (["closed", "closed"], "closed"),
+    ],
+)
+def test_the_summed_state_is_the_worst(states: list[str], summed: str) -> None:
+    """Several endpoints: top shows the worst state of the live ones (failing, throttled,
+    healthy, not started), closed only if every one is, and each endpoint's own word."""
+    fleet = Fleet([f"http://127.0.0.1:{n}" for n in range(1, len(states) + 1)])
+    for e, st in zip(fleet.endpoints, states, strict=True):
+        e.client = FakeClient([state_doc(st)])
+    fleet.poll()
+    totals = fleet.totals()
+    assert totals is not None
+    assert totals.state == summed
+    view = TopView(fleet)
+    assert [st for _, st, _ in view.endpoint_lines()] == states
+    width = max(map(len, states))
+    lines = view.lines()
+    listed = lines[lines.index("  endpoints:") + 1 :][: len(states)]
+    for line, st in zip(listed, states, strict=True):
+        assert f"  {st:<{width}}  w  accepted 1" in line  # the summaries line up
 
 
 def test_an_endpoint_restarted_or_gone() -> None:

@@ -157,8 +157,8 @@ def test_a_bounded_follow_streams_new_events_and_ends() -> None:
 
 def test_no_batcher_yet_not_started_closed_and_bad_arguments() -> None:
     """A function that returns None is answered 503; so is /health of a batcher not started
-    or closed, with its status; ``follow_for=0`` makes follow=1 a snapshot; bad arguments
-    are ``ConfigError``."""
+    or closed, with its status (which /stats names as its state); ``follow_for=0`` makes
+    follow=1 a snapshot; bad arguments are ``ConfigError``."""
     current: dict[str, wb.Batcher] = {}
     b = wb.Batcher(MemorySink(), key="id")
     app = wsgi_app(lambda: current.get("b"), follow_for=0)
@@ -169,11 +169,13 @@ def test_no_batcher_yet_not_started_closed_and_bad_arguments() -> None:
         current["b"] = b
         status, _, body = request(base + "/health")
         assert (status, json.loads(body)["status"]) == (503, "not started")
+        assert json.loads(request(base + "/stats")[2])["state"] == "not started"
         assert request(base + "/events")[0] == 503
         b.start()
         b.add({"id": 1})
         b.flush()
         assert request(base + "/health")[0] == 200
+        assert json.loads(request(base + "/stats")[2])["state"] == "healthy"
         status, headers, body = request(base + "/events?since=1")  # follow=1, follow_for=0
         assert (status, headers["content-length"]) == (200, str(len(body)))
         assert json.loads(body.splitlines()[-1])["type"] == "BatchCommitted"

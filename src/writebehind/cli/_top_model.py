@@ -19,12 +19,13 @@ from typing import Any
 
 from ._top_client import Client, Unreachable
 
-__all__ = ["Endpoint", "Fleet", "Totals", "sum_docs"]
+__all__ = ["STATE_ORDER", "Endpoint", "Fleet", "Totals", "sum_docs"]
 
 FIRST_EVENTS = 1024  # events read at start, for latency and the notable list
 NOTABLE = 10
 COMMITS = 256
-_STATE_ORDER = ("failing", "paused", "running")  # worst first; "closed" only if all are
+STATE_ORDER = ("failing", "throttled", "healthy", "not started")
+"""The ``state`` of a ``/stats`` document, worst first (``closed`` only if all are)."""
 
 
 @dataclass
@@ -115,7 +116,8 @@ class Totals:
     name: str
     """The batchers' name (or ``"N batchers"`` when they differ)."""
     state: str
-    """The worst state of any: failing, paused, running; closed if all are closed."""
+    """The worst state of any, in :data:`STATE_ORDER`: failing, throttled, healthy, not
+    started; closed if all are closed."""
     stats: dict[str, Any]
     config: dict[str, Any]
     """The first endpoint's configuration, with ``max_pending`` summed."""
@@ -175,7 +177,7 @@ class Fleet:
         docs = [e.doc for e in up]
         names = sorted({str(d.get("batcher")) for d in docs})
         states = {str(d.get("state")) for d in docs}
-        live = [s for s in _STATE_ORDER if s in states]
+        live = [s for s in STATE_ORDER if s in states]
         state = live[0] if live else "closed" if states == {"closed"} else sorted(states)[0]
         config = dict(docs[0].get("config", {}))
         config["max_pending"] = sum(int(d.get("config", {}).get("max_pending", 0)) for d in docs)

@@ -20,7 +20,13 @@ if TYPE_CHECKING:
 __all__ = ["TopView", "describe", "rows"]
 
 BAR = 20
-_STATE_STYLE = {"running": "green", "failing": "red", "paused": "yellow", "closed": "dim"}
+_STATE_STYLE = {
+    "healthy": "green",
+    "throttled": "yellow",
+    "failing": "red",
+    "not started": "blue",
+    "closed": "dim",
+}
 
 
 def rows(t: Totals) -> list[tuple[str, str]]:
@@ -150,7 +156,9 @@ class TopView:
         out += [f"  {label:<10} {text}" for label, text in rows(self.totals)]
         if self.several:
             out.append("  endpoints:")
-            out += [f"    {w}  {state}  {text}" for w, state, text in self.endpoint_lines()]
+            lines = self.endpoint_lines()
+            width = max(len(state) for _, state, _ in lines)  # states line up
+            out += [f"    {w}  {state:<{width}}  {text}" for w, state, text in lines]
         out.append(f"  last {len(self.totals.notable)} notable event(s):")
         for number, event in self.totals.notable:
             out.append("    " + " ".join(p for p in self._event_parts(number, event) if p))

@@ -24,8 +24,13 @@ if TYPE_CHECKING:
 SCHEMA = 1
 """Version of the JSON documents; it rises when a field changes meaning or goes away."""
 
+SINK_STATES = ("healthy", "throttled", "failing")
+"""The sink's health, in the words of ``Stats.sink_state`` (and of the metrics)."""
+STATES = (*SINK_STATES, "not started", "closed")
+"""The ``state`` of a ``/stats`` document: the sink's health while the batcher runs, else
+``not started`` or ``closed`` (the words of ``/health``)."""
+
 LINE_CACHE = 4096  # encoded event lines kept, shared by every stream
-_STATES = {"healthy": "running", "throttled": "paused", "failing": "failing"}
 
 
 def jsonable(value: Any) -> Any:
@@ -63,12 +68,11 @@ def snapshot(engine: AsyncBatcher) -> dict[str, Any]:
     and the event indices held."""
     stats = engine.stats()
     doc = jsonable(stats)
-    sink_state = str(getattr(stats, "sink_state", "healthy"))
     doc["held"] = stats.held
     return {
         "schema": SCHEMA,
         "batcher": engine.name,
-        "state": "closed" if stats.closed else _STATES.get(sink_state, sink_state),
+        "state": state(engine, stats),
         "at": time.time(),
         "stats": doc,
         "config": jsonable(engine.options),
@@ -79,16 +83,25 @@ def snapshot(engine: AsyncBatcher) -> dict[str, Any]:
     }
 
 
-def health(engine: AsyncBatcher) -> tuple[int, dict[str, Any]]:
-    """The ``/health`` answer: 200 and ``"status": "ok"`` while the batcher runs; 503 with
-    ``"not started"`` or ``"closed"`` otherwise (the apps mounted in a web server can see
-    both; the standalone server lives exactly as long as its batcher)."""
+def state(engine: AsyncBatcher, stats: Any = None) -> str:
+    """One of :data:`STATES`: ``closed`` once the batcher is closing (started or not),
+    ``not started`` before it starts, else its sink's health (``stats``: a ``stats()``
+    already read, if any)."""
+    stats = engine.stats() if stats is None else stats
+    if stats.closed:
+        return "closed"
     if engine.loop is None:
-        status = "not started"
-    elif engine.stats().closed:
-        status = "closed"
-    else:
-        status = "ok"
+        return "not started"
+    return str(getattr(stats, "sink_state", "healthy"))
+
+
+def health(engine: AsyncBatcher) -> tuple[int, dict[str, Any]]:
+    """The ``/health`` answer: 200 and ``"status": "ok"`` while the batcher runs (whatever
+    its sink's health); 503 with ``"not started"`` or ``"closed"`` otherwise (the apps
+    mounted in a web server can see both; the standalone server lives exactly as long as
+    its batcher)."""
+    now = state(engine)
+    status = now if now in ("not started", "closed") else "ok"
     doc = {"schema": SCHEMA, "status": status, "batcher": engine.name}
     return (200 if status == "ok" else 503), doc
 
