@@ -119,6 +119,7 @@ async def _run(plan: Plan, records: list[dict[str, Any]]) -> Run:
         collector = PrometheusCollector(
             batcher, registry=registry, refresh_interval=1.0, refreshers={"bench_value": _one}
         )
+        collector.start()  # the background refresher is part of "everything on"
         scraper = _Scraper(registry, plan.scrape_every)
     await batcher.start()
     readers: list[asyncio.Task[int]] = []

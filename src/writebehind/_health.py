@@ -24,6 +24,7 @@ from ._deadletter import scrub_secrets
 from ._errors import SinkMisconfigured, WriteTimeout
 from ._events import EventBuffer, Paused, Resumed
 from ._retry import RetryPolicy, backoff, retry_after
+from ._stats import SinkState
 
 __all__ = ["LOG_INTERVAL", "LogGate", "SinkHealth"]
 
@@ -92,7 +93,7 @@ class SinkHealth:
     ) -> None:
         self.retry, self.clock, self.events = retry, clock, events
         self.concurrency, self.name, self.count = concurrency, name, count
-        self.state = "healthy"
+        self.state: SinkState = "healthy"
         self.since = 0.0  # when the current non-healthy state began
         self.resume_at = float("-inf")  # no write starts before this clock time
         self.failures = 0  # consecutive retriable failures: the lane's backoff step
@@ -196,7 +197,7 @@ class SinkHealth:
             self.name, _describe(error), wait, self.failures,
         )  # fmt: skip
 
-    def _enter(self, state: str, now: float, error: str, seconds: float) -> None:
+    def _enter(self, state: SinkState, now: float, error: str, seconds: float) -> None:
         if self.state == "healthy":
             self.since = now
             self.refused = 0

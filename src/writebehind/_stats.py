@@ -5,8 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Literal
 
-__all__ = ["CloseReport", "Stats"]
+__all__ = ["SINK_STATES", "CloseReport", "SinkState", "Stats"]
+
+SinkState = Literal["healthy", "throttled", "failing"]
+"""A batcher's sink state: the one word for it in stats, events, metrics and the endpoint."""
+SINK_STATES: tuple[SinkState, ...] = ("healthy", "throttled", "failing")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -50,7 +55,7 @@ class Stats:
     lost: int = 0
     """Records still pending or in flight when close() reached its deadline (0 while open)."""
     closed: bool = False
-    sink_state: str = "healthy"
+    sink_state: SinkState = "healthy"
     """``healthy``, ``throttled`` (paused until the sink's retry-after) or ``failing``
     (retriable errors; one probing write at a time)."""
     concurrency: int = 1

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from .._events import SubscriberLagged
+from .._stats import SINK_STATES  # the one list of sink states
 
 if TYPE_CHECKING:
     from .._engine import AsyncBatcher
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 SCHEMA = 1
 """Version of the JSON documents; it rises when a field changes meaning or goes away."""
 
-SINK_STATES = ("healthy", "throttled", "failing")
+
 """The sink's health, in the words of ``Stats.sink_state`` (and of the metrics)."""
 STATES = (*SINK_STATES, "not started", "closed")
 """The ``state`` of a ``/stats`` document: the sink's health while the batcher runs, else

@@ -35,6 +35,7 @@ from typing import Any, Self
 
 from .._errors import ConfigError
 from .._instrument import WriteAttempt
+from .._stats import SINK_STATES  # the one list of sink states
 from ._refresh import Refresher, Source
 
 __all__ = ["LATENCY_BUCKETS", "OUTCOMES", "SIZE_BUCKETS", "PrometheusCollector"]
@@ -42,7 +43,7 @@ __all__ = ["LATENCY_BUCKETS", "OUTCOMES", "SIZE_BUCKETS", "PrometheusCollector"]
 OUTCOMES = ("committed", "retry", "split", "dead_lettered", "cancelled", "other")
 """The ``outcome`` label of the histograms (``other``: an outcome this version does not know)."""
 DROP_REASONS = ("drop_newest", "drop_oldest")
-SINK_STATES = ("healthy", "throttled", "failing")
+
 SIZE_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 """Upper bounds of the batch-size histogram (records)."""
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5, 10, 30)
