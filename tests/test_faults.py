@@ -263,7 +263,7 @@ def test_two_threads_closing_a_batcher_get_the_same_report() -> None:
 async def test_an_unhashable_key_is_a_record_error(api: Open) -> None:
     """A key that cannot be hashed is refused with RecordError (was a bare TypeError)."""
     async with api(MemorySink(), key="id", linger=FAR) as b:
-        with pytest.raises(wb.RecordError, match="not hashable"):
+        with pytest.raises(wb.RecordError, match="cannot be hashed"):
             b.add_nowait({"id": ["a", "list"]})
         assert b.stats().accepted == 0
 
@@ -304,3 +304,81 @@ async def test_drop_oldest_receipts_agree_with_the_counters(api: Open) -> None:
         assert second.outcome is wb.Outcome.DROPPED
         assert first.outcome is wb.Outcome.COALESCED
         sink.open()
+
+
+async def test_a_none_key_or_version_is_refused_at_add(api: Open) -> None:
+    """A None version would be newest in the buffer and oldest in the sink (a newer record
+    was lost); a None key would write rows with a NULL key: both refused at add()."""
+    async with api(MemorySink(), key="id", version="v", linger=FAR) as b:
+        with pytest.raises(wb.RecordError, match="version is None"):
+            b.add_nowait({"id": 1, "v": None})
+        with pytest.raises(wb.RecordError, match="key is None"):
+            b.add_nowait({"id": None, "v": 1})
+        assert b.stats().accepted == 0
+
+
+def test_a_sync_callable_slower_than_write_timeout_is_reported_as_what_it_did() -> None:
+    """A sync function slower than write_timeout: the sink waits for it and reports what it
+    did (all 10 said DEAD_LETTERED while each was written 3 times)."""
+    written: list[Any] = []
+
+    def slow(batch: list[Any]) -> None:
+        time.sleep(0.3)
+        written.extend(batch)
+
+    with wb.Batcher(wb.CallableSink(slow), max_batch=10, linger=FAR, write_timeout=0.1) as b:
+        receipts = [b.add_nowait({"n": i}) for i in range(10)]
+        b.flush(timeout=10)
+        assert {r.result(timeout=5) for r in receipts} == {wb.Outcome.COMMITTED}
+    assert len(written) == 10
+
+
+async def test_close_inside_a_sink_is_a_clear_error() -> None:
+    """close() awaited inside the batcher's own write raises at once instead of waiting for
+    itself until the deadline (the batch was then LOST)."""
+    errors: list[BaseException] = []
+
+    class Closer(MemorySink):
+        async def write(self, batch: list[Any]) -> None:
+            try:
+                await b.close()
+            except wb.WriteBehindError as exc:
+                errors.append(exc)
+            await super().write(batch)
+
+    sink = Closer()
+    b = wb.AsyncBatcher(sink, linger=FAR, close_timeout=3)
+    await b.start()
+    r = b.add_nowait({"n": 1})
+    await b.flush(timeout=2)
+    assert r.outcome is wb.Outcome.COMMITTED
+    assert "create_task" in str(errors[0])
+    await b.close()
+
+
+def test_an_infinite_close_timeout_is_refused() -> None:
+    """close_timeout=inf broke the exit hook (OverflowError, 0 of 100 written)."""
+    with pytest.raises(wb.ConfigError, match="close_timeout"):
+        wb.AsyncBatcher(MemorySink(), close_timeout=math.inf)
+
+
+async def test_a_slow_sync_dead_letter_callable_does_not_stall_the_loop() -> None:
+    """A sync dead-letter function runs on a thread: the loop keeps turning meanwhile."""
+    ticks = 0
+
+    def slow_store(entries: list[wb.DeadLetterEntry]) -> None:
+        time.sleep(0.5)
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    t = asyncio.create_task(ticker())
+    sink = FlakySink(poison=lambda r: True)
+    async with wb.AsyncBatcher(sink, linger=FAR, dead_letter=slow_store) as b:
+        b.add_nowait({"n": 1})
+        await b.flush(timeout=5)
+    t.cancel()
+    assert ticks >= 20  # about 50 in 0.5 s; 0 while the store blocked the loop

@@ -101,7 +101,8 @@ class Options:
             )
         check_number("linger", self.linger, minimum=0)
         check_number("write_timeout", self.write_timeout, minimum=0, inclusive=False)
-        check_number("close_timeout", self.close_timeout, minimum=0, inclusive=False)
+        # finite: exit waits for it (and a thread's wait cannot be infinite)
+        check_number("close_timeout", self.close_timeout, minimum=0, inclusive=False, finite=True)
         if self.latency_target is None:
             object.__setattr__(self, "latency_target", self.write_timeout / 2)
         else:

@@ -17,7 +17,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from ._redact import scrub_secrets  # re-exported: the engine and integrations import it here
+from ._redact import scrub_secrets
+from ._workers import WorkerThreads  # re-exported: the engine and integrations import it here
 
 __all__ = [
     "CallableDeadLetter",
@@ -59,15 +60,29 @@ class DeadLetter(Protocol):
 
 
 class CallableDeadLetter:
-    """Adapts ``fn(entries)`` (sync or async) to the :class:`DeadLetter` protocol."""
+    """Adapts ``fn(entries)`` (sync or async) to the :class:`DeadLetter` protocol. A sync
+    function runs on a daemon worker thread of its own, so a slow one never stalls the
+    event loop."""
 
     def __init__(self, fn: Callable[[list[DeadLetterEntry]], Awaitable[None] | None]) -> None:
         self.fn = fn
+        self._async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+            getattr(fn, "__call__", None)  # noqa: B004 - an object with an async __call__
+        )
+        self._threads: WorkerThreads | None = None
 
     async def put(self, entries: Sequence[DeadLetterEntry]) -> None:
-        result = self.fn(list(entries))
+        if self._async:
+            result = self.fn(list(entries))
+        else:
+            if self._threads is None:
+                self._threads = WorkerThreads(1, "writebehind-dead-letter")
+            result = await self._threads.run(self.fn, list(entries))
         if inspect.isawaitable(result):
             await result
+
+    def after_fork(self) -> None:
+        self._threads = None
 
     def __repr__(self) -> str:
         return f"CallableDeadLetter({getattr(self.fn, '__qualname__', self.fn)!r})"

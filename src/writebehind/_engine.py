@@ -283,6 +283,14 @@ class AsyncBatcher:
             self._report = CloseReport(stats=self.stats(), lost=0, timed_out=False, duration=0.0)
             return self._report
         self._on_own_loop("close")
+        flusher = self._flusher
+        me = asyncio.current_task()
+        if me is not None and (me in flusher.writing or me in flusher.direct or me is flusher.task):
+            raise WriteBehindError(
+                "close() awaited inside the batcher's own write (from a sink or a hook) would "
+                "wait for itself; schedule it instead: "
+                "asyncio.get_running_loop().create_task(batcher.close())"
+            )
         if self._closing is None:
             self._closing = self._spawn_close(
                 self._opts.close_timeout if timeout is None else timeout
@@ -330,6 +338,12 @@ class AsyncBatcher:
         _lifecycle.unregister(self)
         self._events.publish(Closed, report=report)
         self._events.close()
+        if stats.dropped:
+            log.warning(
+                "writebehind[%s]: %d record(s) were dropped by when_full=%r while it ran (%s)",
+                self.name, stats.dropped, self._opts.when_full,
+                ", ".join(f"{k} {v}" for k, v in stats.dropped_by_reason.items() if v),
+            )  # fmt: skip
         if report.lost:
             log.warning(
                 "writebehind[%s]: closed after %.1f s with %d record(s) lost (neither committed "

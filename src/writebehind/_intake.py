@@ -162,11 +162,27 @@ class Intake:
                 v = vslow(record) if vslow is not None else None
             if type(k) is uuid_type:
                 k = k.int  # hashes ~5x faster, equal exactly when the UUIDs are
-            if v is not None and v != v:
-                raise RecordError(
-                    f"version {v!r} is not equal to itself (NaN?): it cannot be ordered, so "
-                    f"no newer version could ever replace it; use a comparable version"
-                )
+            if v is None:
+                if vfast is not None:
+                    raise RecordError(
+                        "version is None: it cannot be ordered against the other versions "
+                        "of its key (the buffer and the sinks would disagree on which is "
+                        "newer); give every record a version"
+                    )
+            else:
+                try:
+                    nan = v != v
+                except Exception as exc:
+                    raise RecordError(
+                        f"version of type {type(v).__name__} cannot be compared"
+                    ) from exc
+                if nan:
+                    raise RecordError(
+                        f"version {v!r} is not equal to itself (NaN?): it cannot be ordered, "
+                        f"so no newer version could ever replace it; use a comparable version"
+                    )
+            if k is None and kfast is not None:
+                raise RecordError("key is None: records are coalesced and upserted by key")
             r = new_receipt(record, v)
             acquire()
             try:
@@ -177,8 +193,8 @@ class Intake:
                 else:
                     try:
                         old = pending.get(k)
-                    except TypeError:
-                        raise _unhashable(k) from None
+                    except Exception as exc:  # unhashable, or a __hash__/__eq__ that raised
+                        raise _unhashable(k) from exc
                     if old is not None:
                         return intake._coalesce(k, old, r)
                 n = len(pending)
@@ -204,7 +220,7 @@ class Intake:
         """``r`` has the key of the pending ``old``: the newer (or later, on a tie) stays."""
         try:
             newer = r.version is None or r.version >= old.version
-        except TypeError as exc:
+        except Exception as exc:  # not comparable, or a comparison that raised
             raise RecordError(
                 f"versions {r.version!r} and {old.version!r} cannot be compared"
             ) from exc
@@ -463,8 +479,8 @@ def _not_open(state: int) -> WriteBehindError:
 
 def _unhashable(k: Any) -> RecordError:
     return RecordError(
-        f"key {k!r} (a {type(k).__name__}) is not hashable, so records cannot be coalesced by "
-        f"it; use a field of str, int, UUID or a tuple of them"
+        f"key of type {type(k).__name__} cannot be hashed and compared, so records cannot be "
+        f"coalesced by it; use a field of str, int, UUID or a tuple of them"
     )
 
 

@@ -78,7 +78,10 @@ def keep_inherited(*objs: Any) -> None:
 
 
 def warn_unclosed(obj: Any, why: str) -> None:
-    """The ``ResourceWarning`` and WARNING line for a batcher nobody closed."""
+    """The ``ResourceWarning`` for a batcher nobody closed, and an INFO line. What it could
+    not write is logged at WARNING with the count by the close itself; a close that loses
+    nothing needs no warning in the log (a ``with`` block or ``atexit.register(b.close)``
+    after this hook are both fine)."""
     name = getattr(obj, "name", "?")
     warnings.warn(
         f"unclosed batcher {type(obj).__name__}(name={name!r}): {why}; closing it now. "
@@ -86,8 +89,9 @@ def warn_unclosed(obj: Any, why: str) -> None:
         ResourceWarning,
         stacklevel=2,
     )
-    log.warning(
-        "writebehind[%s]: the batcher was not closed (%s); closing it within its close_timeout",
+    log.info(
+        "writebehind[%s]: the batcher was not closed (%s); closing it within its "
+        "close_timeout",
         name,
         why,
     )
@@ -95,22 +99,52 @@ def warn_unclosed(obj: Any, why: str) -> None:
 
 def close_all(why: str) -> None:
     """Close every registered batcher concurrently; return within the largest
-    ``close_timeout`` plus a second, even if a sink hangs."""
+    ``close_timeout`` plus a second, even if a sink hangs.
+
+    Batchers on one event loop that is not running (a loop left open by
+    ``run_until_complete``) are closed together, in one run of that loop."""
     with _lock:
         objs = list(_open)
     if not objs:
         return
-    threads = []
+    idle: dict[int, list[Any]] = {}
+    others: list[Any] = []
     for obj in objs:
-        t = threading.Thread(
-            target=_close_one, args=(obj, why), name="writebehind-exit", daemon=True
-        )
+        loop = getattr(obj, "loop", None)
+        if loop is not None and not loop.is_running() and not loop.is_closed():
+            idle.setdefault(id(loop), []).append(obj)
+        else:
+            others.append(obj)
+    jobs: list[tuple[Any, tuple[Any, ...]]] = [(_close_one, (o, why)) for o in others]
+    jobs += [(close_together, (group, why)) for group in idle.values()]
+    threads = []
+    for target, args in jobs:
+        t = threading.Thread(target=target, args=args, name="writebehind-exit", daemon=True)
         t.start()
         threads.append(t)
-    deadline = max(obj.close_timeout for obj in objs) + _EXIT_GRACE
+    deadline = min(max(obj.close_timeout for obj in objs), threading.TIMEOUT_MAX) + _EXIT_GRACE
     stop_at = _now() + deadline
     for t in threads:
         t.join(max(0.0, stop_at - _now()))
+
+
+def close_together(objs: list[Any], why: str) -> None:
+    """Close batchers that share one idle (not running) loop, concurrently, in one run of
+    it."""
+    loop = objs[0].loop
+    for obj in objs:
+        try:
+            warn_unclosed(obj, why)
+        except Exception:
+            log.debug("writebehind[%s]: the ResourceWarning raised", obj.name)
+
+    async def all_of() -> None:
+        await asyncio.gather(*(o._close_here() for o in objs), return_exceptions=True)
+
+    try:
+        loop.run_until_complete(all_of())
+    except Exception:
+        log.exception("writebehind: closing the batchers of an idle loop failed")
 
 
 def _close_one(obj: Closable, why: str) -> None:
@@ -153,7 +187,18 @@ def _install_hooks() -> None:
     global _process_hooks, _mp_hook_pid
     if not _process_hooks:
         _process_hooks = True
-        atexit.register(_at_exit)
+        # Close at exit *before* the interpreter shuts its thread pools down (then
+        # to_thread(), getaddrinfo() and executor-backed stores refuse work) and before it
+        # joins non-daemon threads (one blocked in add() would then wait for ever):
+        # threading's own exit hooks run first, latest registered first, so
+        # concurrent.futures' is registered before ours.
+        import concurrent.futures.thread  # noqa: F401 - registers its exit hook now
+
+        register_early = getattr(threading, "_register_atexit", None)
+        if register_early is not None:
+            register_early(_at_exit)
+        else:  # pragma: no cover - a Python without it
+            atexit.register(_at_exit)
         os.register_at_fork(after_in_child=_after_fork_in_child)
     pid = os.getpid()
     if _mp_hook_pid != pid and "multiprocessing" in sys.modules:
@@ -174,12 +219,12 @@ def watch_loop(loop: asyncio.AbstractEventLoop) -> None:
     def close() -> None:
         if not loop.is_running():
             with _lock:
-                mine = [o for o in _open if getattr(o, "loop", None) is loop]
-            for obj in mine:
-                try:
-                    obj._close_unclosed("its event loop is closing")
-                except Exception:
-                    log.exception("writebehind[%s]: closing with the loop failed", obj.name)
+                mine = [
+                    o for o in _open
+                    if getattr(o, "loop", None) is loop and o._report is None
+                ]  # fmt: skip
+            if mine:
+                close_together(mine, "its event loop is closing")
         original()
 
     try:

@@ -12,7 +12,9 @@ version committed).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import enum
+import threading
 from collections.abc import Generator
 from typing import Any, Protocol
 
@@ -182,8 +184,17 @@ class Receipt:
             fut = asyncio.run_coroutine_threadsafe(self.wait(), loop)
         except RuntimeError as exc:  # the loop closed meanwhile
             raise WriteBehindError("the batcher's event loop is closed") from exc
+        if timeout is not None:
+            timeout = min(timeout, threading.TIMEOUT_MAX)
         try:
             return fut.result(timeout)
+        except concurrent.futures.CancelledError:  # the loop went away while we waited
+            outcome = self.outcome
+            if outcome is not None:
+                return outcome
+            raise WriteBehindError(
+                "the batcher's loop stopped before the outcome was known"
+            ) from None
         except TimeoutError:
             fut.cancel()
             raise TimeoutError(

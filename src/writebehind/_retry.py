@@ -78,18 +78,23 @@ class RetryPolicy:
             check_number("RetryPolicy.deadline", self.deadline, minimum=0, inclusive=False)
 
 
-def check_number(name: str, value: object, *, minimum: float, inclusive: bool = True) -> None:
-    """``ConfigError`` unless ``value`` is a real number (not a bool, not NaN) above
-    ``minimum`` (or equal to it, when ``inclusive``). The one check of every numeric option."""
+def check_number(
+    name: str, value: object, *, minimum: float, inclusive: bool = True, finite: bool = False
+) -> None:
+    """``ConfigError`` unless ``value`` is a real number (not a bool, not NaN; finite when
+    ``finite``) above ``minimum`` (or equal to it, when ``inclusive``). The one check of
+    every numeric option."""
     ok = (
         isinstance(value, int | float)
         and not isinstance(value, bool)
         and not math.isnan(value)
         and (value >= minimum if inclusive else value > minimum)
+        and (not finite or math.isfinite(value))
     )
     if not ok:
         relation = ">=" if inclusive else ">"
-        raise ConfigError(f"{name}: must be a number {relation} {minimum:g}, got {value!r}")
+        what = "a finite number" if finite else "a number"
+        raise ConfigError(f"{name}: must be {what} {relation} {minimum:g}, got {value!r}")
 
 
 def backoff(policy: RetryPolicy, retry: int, rng: random.Random | None = None) -> float:

@@ -58,7 +58,7 @@ class Batcher:
         self._thread: threading.Thread | None = None
         self._report: CloseReport | None = None
         self._lock = threading.Lock()  # start and close, from any thread
-        self._stopping = False
+        self._stopping = threading.Event()
         self._restart = False  # a forked child starts afresh at first use
 
     @property
@@ -93,26 +93,13 @@ class Batcher:
             raise WriteBehindError("the batcher was already started")
         loop = asyncio.new_event_loop()
         ready = threading.Event()
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            loop.call_soon(ready.set)
-            while True:
-                try:
-                    loop.run_forever()
-                    break
-                except (KeyboardInterrupt, SystemExit) as exc:
-                    # a sink (or hook) raised it on this thread; the batch was settled
-                    # first. The loop is the batcher's own: keep it serving close().
-                    log.error("writebehind[%s]: %s raised on the batcher's thread; "
-                              "carrying on", self._core.name, type(exc).__name__)  # fmt: skip
-                    if self._stopping:
-                        break
-            _shut_loop(loop)
-
+        self._stopping = stopping = threading.Event()
+        # the thread holds the loop, never the facade: a Batcher nobody holds any more is
+        # garbage-collected (and its __del__ closes it)
+        args = (loop, ready, stopping, self._core.name)
         self._loop = loop
         self._thread = threading.Thread(
-            target=run, name=f"writebehind[{self._core.name}]", daemon=True
+            target=_run_loop, args=args, name=f"writebehind[{self._core.name}]", daemon=True
         )
         self._thread.start()
         ready.wait()
@@ -190,6 +177,8 @@ class Batcher:
 
         Thread-safe and idempotent: every caller gets the same report. Returns within the
         deadline plus a moment even if the sink or the loop hangs."""
+        if self._core._intake.on_loop_thread():
+            raise would_deadlock("Batcher.close()")
         with self._lock:
             if self._report is not None:
                 return self._report
@@ -199,7 +188,7 @@ class Batcher:
             deadline = self._core.close_timeout if timeout is None else timeout
             stuck = False
             try:
-                self._report = self._call(self._core.close(timeout), deadline + 1.0)
+                self._report = self._call(self._core.close(timeout), deadline + 0.75)
             except (TimeoutError, WriteBehindError) as exc:
                 # the loop is stuck (a sync call blocking it) or gone: report what is held
                 log.error("writebehind[%s]: close could not run on the batcher's loop (%s); "
@@ -223,8 +212,10 @@ class Batcher:
         return core._report
 
     def _close_unstarted(self) -> CloseReport:
-        report: CloseReport = asyncio.run(self._core.close())
-        return report
+        core = self._core
+        core._intake.close()  # never started: nothing to flush, no loop needed
+        core._report = CloseReport(stats=core.stats(), lost=0, timed_out=False, duration=0.0)
+        return core._report
 
     def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run ``coro`` on the loop thread and wait for it: at most ``timeout`` s, and never
@@ -259,15 +250,15 @@ class Batcher:
         loop, thread = self._loop, self._thread
         if loop is None or thread is None:
             return
-        self._stopping = True
+        self._stopping.set()
         if not stuck and thread.is_alive() and threading.current_thread() is not thread:
             # tasks others started on this loop (an endpoint, a metrics refresher) get a
             # moment to finish after the close, then are cancelled, as asyncio.run does
             with contextlib.suppress(Exception):
-                asyncio.run_coroutine_threadsafe(_wind_down(), loop).result(timeout=3)
+                asyncio.run_coroutine_threadsafe(_wind_down(), loop).result(timeout=0.5)
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=0.5 if stuck else 5)  # a stuck thread shuts its loop when freed
+        thread.join(timeout=0.5)  # a stuck thread shuts its loop when it is freed
 
     # -- process lifecycles (see _lifecycle) ------------------------------------------------
     def _close_unclosed(self, why: str) -> None:
@@ -289,7 +280,7 @@ class Batcher:
         self._lock = threading.Lock()
         self._loop = self._thread = None
         self._report = None
-        self._stopping = False
+        self._stopping = threading.Event()
         after_fork = getattr(self._sink, "after_fork", None)
         if after_fork is not None:
             after_fork()  # drop inherited connections without closing the parent's
@@ -311,6 +302,26 @@ class Batcher:
                              name="writebehind-gc-close", daemon=True).start()  # fmt: skip
 
 
+def _run_loop(
+    loop: asyncio.AbstractEventLoop, ready: threading.Event, stopping: threading.Event, name: str
+) -> None:
+    """The loop thread's body: run the loop until stopped, then shut it."""
+    asyncio.set_event_loop(loop)
+    loop.call_soon(ready.set)
+    while True:
+        try:
+            loop.run_forever()
+            break
+        except (KeyboardInterrupt, SystemExit) as exc:
+            # a sink (or hook) raised it on this thread; the batch was settled first. The
+            # loop is the batcher's own: keep it serving close().
+            log.error("writebehind[%s]: %s raised on the batcher's thread; carrying on",
+                      name, type(exc).__name__)  # fmt: skip
+            if stopping.is_set():
+                break
+    _shut_loop(loop)
+
+
 def _shut_loop(loop: asyncio.AbstractEventLoop) -> None:
     """On the loop's own thread, once it stopped: end what is left on it, then close it."""
     with contextlib.suppress(Exception):
@@ -326,7 +337,7 @@ def _shut_loop(loop: asyncio.AbstractEventLoop) -> None:
 _POLL = 0.25  # seconds between two looks at the loop thread while waiting on it
 
 
-async def _wind_down(grace: float = 1.0) -> None:
+async def _wind_down(grace: float = 0.2) -> None:
     me = asyncio.current_task()
     tasks = [t for t in asyncio.all_tasks() if t is not me]
     if tasks:
