@@ -90,8 +90,7 @@ def warn_unclosed(obj: Any, why: str) -> None:
         stacklevel=2,
     )
     log.info(
-        "writebehind[%s]: the batcher was not closed (%s); closing it within its "
-        "close_timeout",
+        "writebehind[%s]: the batcher was not closed (%s); closing it within its close_timeout",
         name,
         why,
     )
