@@ -7,6 +7,7 @@ and close; nothing accepted is lost without a counter, an outcome and a log line
 
 from ._clock import Clock, MonotonicClock
 from ._deadletter import CallableDeadLetter, DeadLetter, DeadLetterEntry
+from ._config import BatcherOptions, Options
 from ._engine import AsyncBatcher
 from ._errors import (
     BatcherClosed,
@@ -35,7 +36,7 @@ from ._events import (
     Subscription,
 )
 from ._instrument import Instrument, WriteAttempt
-from ._receipt import Outcome, Receipt
+from ._receipt import Batch, Outcome, Receipt
 from ._retry import RetryPolicy
 from ._stats import CloseReport, Stats
 from ._sync import Batcher
@@ -53,10 +54,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsyncBatcher",
+    "Batch",
     "BatchCommitted",
     "BatchFailed",
     "Batcher",
     "BatcherClosed",
+    "BatcherOptions",
     "BufferFilled",
     "BufferFull",
     "CallableDeadLetter",
@@ -71,6 +74,7 @@ __all__ = [
     "Event",
     "Instrument",
     "MonotonicClock",
+    "Options",
     "Outcome",
     "Paused",
     "PermanentSinkError",
