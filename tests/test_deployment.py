@@ -191,7 +191,7 @@ class Load:
 
     @property
     def ok(self) -> set[str]:
-        return {r for r, s in list(self.answers.items()) if s == 200}
+        return {r for r, s in self.answers.copy().items() if s == 200}  # copy: atomic
 
     @property
     def summary(self) -> Counter[int | str]:

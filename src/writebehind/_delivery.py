@@ -135,10 +135,13 @@ class Delivery:
         outcome; ``KeyboardInterrupt``/``SystemExit`` are re-raised by :meth:`deliver` once
         the batch is settled. Only the batcher's own cancellation propagates.
         """
+        deadline = asyncio.timeout(self.write_timeout)
         try:
-            async with asyncio.timeout(self.write_timeout):
+            async with deadline:
                 await self.sink.write(records)
         except TimeoutError as exc:
+            if not deadline.expired():
+                return exc  # the sink's own TimeoutError: an error like any other
             error = WriteTimeout(
                 f"sink write of {len(records)} records did not finish within "
                 f"{self.write_timeout} s (write_timeout); it may or may not have committed"

@@ -15,6 +15,7 @@ fail or stall on demand.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import math
@@ -69,7 +70,9 @@ class ManualClock:
             while self._timers and self._timers[0][0] <= self._now:
                 due.append(heapq.heappop(self._timers))
         for _, _, loop, fut in due:
-            loop.call_soon_threadsafe(_resolve, fut)
+            if not loop.is_closed():  # a sleeper of a loop that has gone: nobody waits
+                with contextlib.suppress(RuntimeError):  # it closed just now
+                    loop.call_soon_threadsafe(_resolve, fut)
 
     @property
     def sleepers(self) -> int:
