@@ -6,8 +6,8 @@ and close; nothing accepted is lost without a counter, an outcome and a log line
 """
 
 from ._clock import Clock, MonotonicClock
-from ._deadletter import CallableDeadLetter, DeadLetter, DeadLetterEntry
 from ._config import BatcherOptions, Options
+from ._deadletter import CallableDeadLetter, DeadLetter, DeadLetterEntry
 from ._engine import AsyncBatcher
 from ._errors import (
     BatcherClosed,
