@@ -147,10 +147,12 @@ class Flusher:
         """The delivery boundary: every receipt of ``batch`` is settled when this returns,
         whatever the write, a hook or the dead-letter store raised, except when the
         batcher itself cancelled the write (then ``abandon`` counts it as lost)."""
+        abandoned = False
         try:
             await self.delivery.deliver(batch.receipts, reason=batch.reason, direct=direct)
         except BaseException as exc:  # a bug, or a user hook that raised: never lose silently
             if isinstance(exc, asyncio.CancelledError) and cancelled_by_batcher():
+                abandoned = True
                 raise
             fatal = isinstance(exc, KeyboardInterrupt | SystemExit)
             left = [r for r in batch.receipts if r.outcome is None]
@@ -164,14 +166,16 @@ class Flusher:
                     await self.delivery.condemn(left, [r.record for r in left], exc, 0, direct)
                 except BaseException as again:  # the store's own fatal error: still settle
                     if isinstance(again, asyncio.CancelledError) and cancelled_by_batcher():
+                        abandoned = True
                         raise
-                    self.delivery.intake.settle(left, Outcome.DEAD_LETTERED, direct=direct)
+                    still = [r for r in left if r.outcome is None]
+                    self.delivery.intake.settle(still, Outcome.DEAD_LETTERED, direct=direct)
                     fatal = fatal or isinstance(again, KeyboardInterrupt | SystemExit)
             if fatal:
                 raise
         finally:
-            if all(r.outcome is not None for r in batch.receipts):
-                batch.finish()  # else abandoned: stop() marks them LOST, then finishes it
+            if not abandoned:  # abandoned: stop() marks what is unsettled LOST, then finishes
+                batch.finish()
             task = asyncio.current_task()
             (self.direct if direct else self.writing).pop(task, None)  # type: ignore[arg-type]
             self.event.set()

@@ -375,15 +375,14 @@ class Intake:
         return taken
 
     def settle(self, receipts: list[Receipt], outcome: Outcome, *, direct: bool = False) -> None:
-        """Record the final outcome of in-flight receipts and release their room. A receipt
-        already settled is left as it is (each record is counted once)."""
+        """Record the final outcome of in-flight receipts (none of them settled yet) and
+        release their room."""
         with self._lock:
             if self._abandoned:
                 return  # the close deadline already counted these as lost
-            fresh = [r for r in receipts if getattr(r, "_outcome", None) is None]
-            for r in fresh:
+            for r in receipts:
                 r._outcome = outcome
-            n = len(fresh)
+            n = len(receipts)
             c = self.counts
             c.in_flight -= n
             if not direct:
