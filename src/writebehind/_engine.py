@@ -335,6 +335,7 @@ class AsyncBatcher:
             duration=time.monotonic() - started,
         )  # fmt: skip
         self._report = report
+        self._intake.forget_thread()
         _lifecycle.unregister(self)
         self._events.publish(Closed, report=report)
         self._events.close()
@@ -383,6 +384,7 @@ class AsyncBatcher:
             lost = self._intake.abandon(in_flight)
             self._report = CloseReport(stats=self.stats(), lost=lost, timed_out=True,
                                        duration=0.0)  # fmt: skip
+            self._intake.forget_thread()
             _lifecycle.unregister(self)
             if lost:
                 log.warning("writebehind[%s]: its event loop was closed with the batcher "

@@ -83,7 +83,7 @@ class Intake:
         self._noticed_newest = self._noticed_oldest = 0
         # wiring to the event loop, set by bind()
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.loop_thread: threading.Thread | None = None
+        self.loop_thread: int | None = None
         self._wake: Callable[[], None] = _nothing
         self._direct: Callable[[Batch], None] = _nothing_b
         self._change: asyncio.Future[None] | None = None
@@ -99,9 +99,7 @@ class Intake:
     ) -> None:
         """Attach to the event loop that runs the flusher; opens the intake."""
         self.loop = loop
-        # the Thread object, not its ident: an ident is reused by a thread started after
-        # this one ended, which is not the loop's thread
-        self.loop_thread = threading.current_thread()
+        self.loop_thread = threading.get_ident()  # forgotten at close: see forget_thread()
         self._wake = wake
         self._direct = direct
         with self._lock:
@@ -122,13 +120,18 @@ class Intake:
 
         self.put_nowait = refuse
 
+    def forget_thread(self) -> None:
+        """At close: no call blocks on the loop any more, and a thread started after the
+        loop's thread ended may get its identifier back; it is not the loop's thread."""
+        self.loop_thread = None
+
     def on_loop_thread(self) -> bool:
         """True on the thread that runs the batcher's loop (where blocking would deadlock).
         The one "wrong thread" check: every API that blocks asks it."""
-        return threading.current_thread() is self.loop_thread
+        return threading.get_ident() == self.loop_thread
 
     def _call_in_loop(self, fn: Callable[..., None], *args: Any) -> None:
-        if threading.current_thread() is self.loop_thread:
+        if threading.get_ident() == self.loop_thread:
             fn(*args)
         else:
             assert self.loop is not None

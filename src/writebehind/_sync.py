@@ -209,6 +209,7 @@ class Batcher:
         lost = core._intake.abandon(in_flight)
         log.warning("writebehind[%s]: %d record(s) lost", core.name, lost)
         core._report = CloseReport(stats=core.stats(), lost=lost, timed_out=True, duration=0.0)
+        core._intake.forget_thread()
         return core._report
 
     def _close_unstarted(self) -> CloseReport:
