@@ -22,7 +22,6 @@ import enum
 import logging
 import math
 import os
-import queue
 import threading
 import time
 from collections import deque
@@ -69,6 +68,7 @@ class Kind(enum.Enum):
     RAISE_CANCEL = "raise_cancel"  # raise asyncio.CancelledError() itself
     EXIT = "exit"  # SystemExit: dead-lettered, then re-raised
     HANG = "hang"  # until released (then it commits) or cancelled
+    STUBBORN = "stubborn"  # ignores a cancellation: stores the batch late, then returns
     PARTIAL = "partial"  # store the first part of the batch, then raise `then`
 
 
@@ -77,8 +77,11 @@ class Fault:
     kind: Kind
     frac: float = 0.5  # PARTIAL: the share of the batch stored before raising
     then: Kind = Kind.RETRIABLE  # PARTIAL: what it raises afterwards
+    late: float = 0.02  # STUBBORN: how long it goes on after it was cancelled
 
     def __repr__(self) -> str:
+        if self.kind is Kind.STUBBORN:
+            return f"Fault(STUBBORN, late={self.late})"
         if self.kind is Kind.PARTIAL:
             return f"Fault(PARTIAL, {self.frac}, then={self.then.name})"
         return f"Fault({self.kind.name})"
@@ -86,7 +89,8 @@ class Fault:
 
 RAISING = [Kind.RETRIABLE, Kind.PERMANENT, Kind.VALUE, Kind.OSERROR, Kind.TIMEOUT, Kind.BOOM]
 faults = st.one_of(
-    st.sampled_from([Fault(k) for k in Kind if k is not Kind.PARTIAL]),
+    st.sampled_from([Fault(k) for k in Kind if k not in (Kind.PARTIAL, Kind.STUBBORN)]),
+    st.builds(Fault, kind=st.just(Kind.STUBBORN), late=st.sampled_from([0.02, 0.4])),
     st.builds(
         Fault,
         kind=st.just(Kind.PARTIAL),
@@ -133,6 +137,7 @@ class Write:
     result: str = "running"  # ok | retriable | permanent | exit | cancelled
     error: str = ""  # the error name the batcher should report for it
     stored: tuple[int, ...] = ()
+    started: float = field(default_factory=time.monotonic)
 
 
 class FaultSink:
@@ -145,6 +150,7 @@ class FaultSink:
         self.rows: dict[int, dict[str, int]] = {}
         self.stored_ok: set[int] = set()  # records stored by writes that returned
         self.stored_partial: set[int] = set()  # records stored by writes that then raised
+        self.stored_late: set[int] = set()  # records stored by writes that ignored a cancel
         self.hung: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
         self.lock = threading.Lock()
 
@@ -176,6 +182,17 @@ class FaultSink:
                 raise
             self._store(w, batch)
             self.stored_ok.update(w.stored)
+            w.result = "ok"
+            return
+        if kind is Kind.STUBBORN:
+            # a sink that swallows the cancellation (a write_timeout, the close deadline)
+            # and finishes its write anyway: the batcher cannot know it stored the batch
+            try:
+                await asyncio.sleep(BOUND)  # until the write_timeout (or the close) ends it
+            except asyncio.CancelledError:
+                await asyncio.sleep(fault.late)  # a second cancellation ends it
+            self._store(w, batch)
+            self.stored_late.update(w.stored)
             w.result = "ok"
             return
         if kind is Kind.EXIT:
@@ -328,9 +345,7 @@ def ticking(clock: ManualClock) -> Iterator[None]:
 
     def run() -> None:
         while not stop.wait(0.001):
-            # a timer left by a loop that has closed cannot be woken: nothing to wake
-            with contextlib.suppress(RuntimeError):
-                clock.advance(TICK)
+            clock.advance(TICK)
 
     t = threading.Thread(target=run, name="fault-model-ticker", daemon=True)
     t.start()
@@ -341,43 +356,27 @@ def ticking(clock: ManualClock) -> Iterator[None]:
         t.join(2)
 
 
-class Caller:
-    """A daemon thread that makes the sync API's blocking calls, each bounded: a call that
-    takes over ``bound`` seconds fails the test as a hang instead of hanging it.
+def bounded(fn: Callable[[], T], bound: float = BOUND) -> T:
+    """Call ``fn`` on a thread started for it (after close, such a thread usually gets the
+    ended loop thread's identifier: see test_close_again_from_a_thread_started_after_close_*);
+    fail the test as a hang, instead of hanging, if it takes over ``bound`` seconds."""
+    box: list[tuple[bool, Any]] = []
 
-    One thread for the whole example, started before the batcher: a thread started after
-    the batcher's loop thread ended would get its identifier back, which the library then
-    takes for its loop thread (see test_close_again_from_a_thread_started_after_close_...).
-    """
+    def run() -> None:
+        try:
+            box.append((True, fn()))
+        except BaseException as exc:
+            box.append((False, exc))
 
-    def __init__(self) -> None:
-        self.calls: queue.Queue[tuple[Callable[[], Any], list[Any], threading.Event] | None]
-        self.calls = queue.Queue()
-        self.thread = threading.Thread(target=self._run, name="fault-model-caller", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while (item := self.calls.get()) is not None:
-            fn, box, done = item
-            try:
-                box.append((True, fn()))
-            except BaseException as exc:
-                box.append((False, exc))
-            done.set()
-
-    def __call__(self, fn: Callable[[], T], bound: float = BOUND) -> T:
-        box: list[tuple[bool, Any]] = []
-        done = threading.Event()
-        self.calls.put((fn, box, done))
-        if not done.wait(bound):
-            raise AssertionError(f"{fn!r} did not return within {bound} s: a hang")
-        ok, value = box[0]
-        if not ok:
-            raise value
-        return value  # type: ignore[no-any-return]
-
-    def stop(self) -> None:
-        self.calls.put(None)
+    t = threading.Thread(target=run, name="fault-model-call", daemon=True)
+    t.start()
+    t.join(bound)
+    if not box:
+        raise AssertionError(f"{fn!r} did not return within {bound} s: a hang")
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value  # type: ignore[no-any-return]
 
 
 class AsyncDriver:
@@ -457,14 +456,13 @@ class AsyncDriver:
 
 
 class SyncDriver:
-    """A thread-backed ``Batcher``; every blocking call is made by a :class:`Caller`."""
+    """A thread-backed ``Batcher``; every blocking call is made under :func:`bounded`."""
 
     def __init__(self, sink: FaultSink, **options: Any) -> None:
         self.exits = 0  # the loop thread logs and carries on; nothing reaches us
         self.loop_said: list[str] = []
-        self.call = Caller()
         self.batcher = wb.Batcher(sink, **options)
-        self.call(self.batcher.start)
+        bounded(self.batcher.start)
         assert self.batcher.loop is not None
         quiet_loop(self.batcher.loop, self.loop_said)
 
@@ -472,10 +470,10 @@ class SyncDriver:
         return self.batcher.add_nowait(record)
 
     def add(self, record: dict[str, int], timeout: float) -> wb.Receipt:
-        return self.call(lambda: self.batcher.add(record, timeout=timeout))
+        return bounded(lambda: self.batcher.add(record, timeout=timeout))
 
     def flush(self, timeout: float) -> None:
-        self.call(lambda: self.batcher.flush(timeout=timeout))
+        bounded(lambda: self.batcher.flush(timeout=timeout))
 
     def outcome(self, receipt: wb.Receipt, timeout: float) -> wb.Outcome | None:
         def go() -> wb.Outcome | None:
@@ -484,21 +482,20 @@ class SyncDriver:
             except TimeoutError:
                 return None
 
-        return self.call(go)
+        return bounded(go)
 
     def idle(self, seconds: float) -> None:
         time.sleep(seconds)
 
     def close(self, timeout: float) -> wb.CloseReport:
-        return self.call(lambda: self.batcher.close(timeout))
+        return bounded(lambda: self.batcher.close(timeout))
 
     def stats(self) -> wb.Stats:
         return self.batcher.stats()
 
     def shutdown(self) -> None:
         with contextlib.suppress(BaseException):
-            self.call(lambda: self.batcher.close(0.1))
-        self.call.stop()
+            bounded(lambda: self.batcher.close(0.1))
 
 
 Driver = AsyncDriver | SyncDriver
@@ -533,6 +530,11 @@ class Config:
 
 
 WHEN_FULL = ["block", "raise", "drop_newest", "drop_oldest", "direct"]
+BURSTS = st.lists(
+    st.tuples(st.integers(0, KEYS - 1), st.sampled_from([1, 1, 2, 0, -1])),  # key, version step
+    min_size=2,
+    max_size=8,
+)
 
 
 class FaultModel(RuleBasedStateMachine):
@@ -551,6 +553,8 @@ class FaultModel(RuleBasedStateMachine):
         self.last_version = [0] * KEYS
         self.refused = 0
         self.report: wb.CloseReport | None = None
+        self.deadline = math.inf  # when the close gave up (real time)
+        self.flush_timed_out = False
         self.may_close_early = False
         self.at_close: list[Fault] = []
         self.letters_at_close: list[Letter] = []
@@ -572,6 +576,8 @@ class FaultModel(RuleBasedStateMachine):
         letters_at_close=st.lists(st.sampled_from(list(Letter)), max_size=2),
         may_close_early=st.sampled_from([False, False, False, True]),
         async_letters=st.booleans(),
+        first=BURSTS,
+        first_faults=st.lists(faults, max_size=3),
     )
     def setup(
         self,
@@ -587,6 +593,8 @@ class FaultModel(RuleBasedStateMachine):
         letters_at_close: list[Letter],
         may_close_early: bool,
         async_letters: bool,
+        first: list[tuple[int, int]],
+        first_faults: list[Fault],
     ) -> None:
         self.started += 1
         self.letters.asynchronous = async_letters
@@ -619,6 +627,8 @@ class FaultModel(RuleBasedStateMachine):
             clock=self.clock,
             name="fault-model",
         )
+        self.sink.script.extend(first_faults)
+        self._burst(first)
 
     @property
     def d(self) -> Driver:
@@ -654,16 +664,13 @@ class FaultModel(RuleBasedStateMachine):
         assert self.report is None, "a record was accepted after close()"
         self._accepted(record, receipt)
 
-    @rule(
-        adds=st.lists(
-            st.tuples(st.integers(0, KEYS - 1), st.sampled_from([1, 1, 2, 0, -1])),
-            min_size=2,
-            max_size=8,
-        )
-    )
+    @rule(adds=BURSTS)
     def add_many(self, adds: list[tuple[int, int]]) -> None:
-        """A burst of add_nowait() calls in one step (one turn of the loop)."""
+        """A burst of add_nowait() calls in one step."""
         self.started += 1
+        self._burst(adds)
+
+    def _burst(self, adds: list[tuple[int, int]]) -> None:
         for key, step in adds:
             record = self._record(key, step)
             try:
@@ -723,13 +730,7 @@ class FaultModel(RuleBasedStateMachine):
     def advance(self, seconds: float) -> None:
         """Linger and backoff time passes (the injected clock)."""
         self.started += 1
-        if self.report is None:
-            self.clock.advance(seconds)
-            return
-        # KNOWN (test_manual_clock_advances_after_a_batcher_on_it_closed): once the batcher's
-        # loop has closed, advancing past its timers raises "Event loop is closed"
-        with contextlib.suppress(RuntimeError):
-            self.clock.advance(seconds)
+        self.clock.advance(seconds)  # also once the batcher (and its loop) has closed
 
     @rule(seconds=st.sampled_from([0.0, 0.002, 0.03]))
     def idle(self, seconds: float) -> None:
@@ -750,13 +751,27 @@ class FaultModel(RuleBasedStateMachine):
             event("flush timed out")
             took = time.monotonic() - began
             assert took < timeout + GRACE, f"flush(timeout={timeout}) took {took:.2f} s"
+            self.flush_timed_out = True
             return
         event("flush returned")
         if self.report is not None:  # after close: at once, nothing more to wait for
             assert time.monotonic() - began < 0.5
             return
-        unsettled = [(a.seq, a.receipt.outcome) for a in before if not _settled(a)]
-        assert not unsettled, f"flush() returned with records not settled: {unsettled}"
+        unsettled = [a for a in before if not _settled(a)]
+        # KNOWN (test_flush_waits_for_a_direct_write_when_an_earlier_flush_is_still_open): a
+        # flush that joins an earlier one still waiting (one that timed out) does not wait
+        # for the direct writes started in between
+        known = [
+            a
+            for a in unsettled
+            if self.flush_timed_out and a.receipt.batch and a.receipt.batch.reason == "direct"
+        ]
+        if known:
+            event("KNOWN: flush() returned before a direct write had settled")
+        assert len(unsettled) == len(known), (
+            f"flush() returned with records not settled: {[a.seq for a in unsettled]}; "
+            f"{self.d.stats()}; writes: {self.sink.log}"
+        )
 
     @rule(index=st.integers(0, 10**6), timeout=st.sampled_from([0.0, 0.05]))
     def await_receipt(self, index: int, timeout: float) -> None:
@@ -834,6 +849,7 @@ class FaultModel(RuleBasedStateMachine):
             self.sink.script.extendleft(reversed(self.at_close))  # the close's writes do these
             self.letters.script.extend(self.letters_at_close)
         began = time.monotonic()
+        self.deadline = began + cfg.close_timeout
         with ticking(self.clock):
             report = driver.close(cfg.close_timeout)
         took = time.monotonic() - began
@@ -867,7 +883,10 @@ class FaultModel(RuleBasedStateMachine):
             assert time.monotonic() - began < 0.5
             report = self.report
         s = driver.stats()
-        assert s == report.stats or s.closed, (s, report)
+        final = report.stats  # the report is final: nothing a late write does changes it
+        for name in ("accepted", "committed", "coalesced", "dead_lettered", "dropped",
+                     "pending", "in_flight", "lost", "dead_letter_errors"):  # fmt: skip
+            assert getattr(s, name) == getattr(final, name), (name, s, final)
         event(f"close timed out: {report.timed_out}")
         event(f"lost > 0: {report.lost > 0}")
 
@@ -890,8 +909,9 @@ class FaultModel(RuleBasedStateMachine):
             event(f"a write did {k}")
         event(f"writes: {_bucket(len(self.sink.log))}")
 
-        for said in driver.loop_said:
-            event(f"the loop said: {said}")
+        for said in driver.loop_said:  # nothing failed in the batcher's tasks, but the
+            event(f"the loop said: {said}")  # SystemExit they re-raised after settling
+            assert said.endswith(": SystemExit"), driver.loop_said
 
         self._judge_outcomes(report)
         self._judge_store()
@@ -915,10 +935,17 @@ class FaultModel(RuleBasedStateMachine):
         if not self.letters.asynchronous:  # a call queued behind a blocked one, not yet made
             suspended |= {a.seq for a in self.added if a.seq not in self._letter_of()}
         fallback = {seq for c in self.letters.calls if c.attempts == {0} for seq in c.seqs}
+        exited = any(w.result == "exit" for w in self.sink.log) or any(
+            c.how is Letter.EXIT for c in self.letters.calls
+        )
+        blocked = not self.letters.asynchronous and any(
+            c.how is Letter.HANG for c in self.letters.calls
+        )
         by_key: dict[int, list[Added]] = {}
         for a in self.added:
             by_key.setdefault(a.key, []).append(a)
         lost_ok = report.timed_out
+        late = self._late_writes()
         for a in self.added:
             w = last.get(a.seq)
             allowed: set[wb.Outcome] = set()
@@ -931,6 +958,11 @@ class FaultModel(RuleBasedStateMachine):
                     allowed.add(OC.LOST)
             elif w.result == "ok":
                 allowed.add(OC.COMMITTED)
+                if w.fault.kind is Kind.STUBBORN:
+                    allowed.add(OC.LOST)  # it returned after the deadline had counted it
+            elif w.result == "running":
+                assert w.fault.kind is Kind.STUBBORN, w
+                allowed.add(OC.LOST)  # it goes on after the close
             elif w.result == "exit":
                 allowed.add(OC.DEAD_LETTERED)
             elif w.result == "permanent":
@@ -940,7 +972,7 @@ class FaultModel(RuleBasedStateMachine):
                     allowed.add(OC.DEAD_LETTERED)
                 else:
                     allowed.add(OC.LOST)
-                    if a.seq in fallback:
+                    if a.seq in fallback or (exited and blocked):  # (its call still queued)
                         allowed.add(OC.DEAD_LETTERED)
             else:  # retriable (or a hang cancelled: a write timeout, or the close deadline)
                 failures = sum(1 for t in tries[w.seqs] if t.result in ("retriable", "cancelled"))
@@ -951,6 +983,8 @@ class FaultModel(RuleBasedStateMachine):
                     allowed.add(OC.LOST)
             if OC.DEAD_LETTERED in allowed and a.seq in suspended:
                 allowed.add(OC.LOST)  # the dead-letter store was still busy at the deadline
+            if w is not None and any(w is x for x in late):
+                allowed.add(OC.LOST)  # KNOWN: see _late_writes
             if not lost_ok:
                 allowed.discard(OC.LOST)
             assert a.seen in allowed, (
@@ -960,6 +994,17 @@ class FaultModel(RuleBasedStateMachine):
                 f"writes: {self.sink.log}; letters: {self.letters.calls}"
             )
 
+    def _late_writes(self) -> list[Write]:
+        """Writes the batcher started after its close deadline. None may start then, but
+        KNOWN (test_no_write_starts_after_the_close_deadline): when a sink ignores the
+        cancellation at the deadline (STUBBORN), the delivery goes on after the close has
+        counted its records LOST: a retry, or the other half of a split, writes them."""
+        late = [w for w in self.sink.log if w.started > self.deadline + 0.05]
+        if late:
+            assert any(w.fault.kind is Kind.STUBBORN for w in self.sink.log), late
+            event("KNOWN: a write started after the close deadline")
+        return late
+
     def _letter_of(self) -> set[int]:
         return {seq for c in self.letters.calls for seq in c.seqs}
 
@@ -968,18 +1013,24 @@ class FaultModel(RuleBasedStateMachine):
         put it there; for every key whose newest record committed, the store holds it."""
         outcome = {a.seq: a.seen for a in self.added}
         failed = {seq for seq, o in outcome.items() if o in (OC.LOST, OC.DEAD_LETTERED)}
-        stored_by_ok = failed & self.sink.stored_ok
+        late = {seq for w in self._late_writes() for seq in w.stored}
+        stored_by_ok = failed & self.sink.stored_ok - late
         assert not stored_by_ok, (
             f"LOST/DEAD_LETTERED records written by a write that returned: {stored_by_ok}"
         )
         in_store = {row["seq"] for row in self.sink.rows.values()}
+        # the documented exception: a sink that stored records and then raised (a partial
+        # write), or that ignored the batcher's cancellation and stored them anyway
+        indeterminate = self.sink.stored_partial | self.sink.stored_late | late
         exceptions = failed & in_store
-        assert exceptions <= self.sink.stored_partial, (exceptions, self.sink.stored_partial)
+        assert exceptions <= indeterminate, (exceptions, indeterminate)
         if failed & self.sink.stored_partial:
             event("a LOST/DEAD_LETTERED record was stored by a partial write (documented)")
+        if failed & self.sink.stored_late:
+            event("a LOST record was stored by a write that ignored its cancellation")
         for row in self.sink.rows.values():
             o = outcome[row["seq"]]
-            assert o is OC.COMMITTED or row["seq"] in self.sink.stored_partial, (row, o)
+            assert o is OC.COMMITTED or row["seq"] in indeterminate, (row, o)
         newest: dict[int, Added] = {}
         for a in self.added:
             if a.key not in newest or a.beats(newest[a.key]):
@@ -997,9 +1048,9 @@ class FaultModel(RuleBasedStateMachine):
         raised = sum(1 for w in log if w.result in ("retriable", "permanent", "exit"))
         cancelled = sum(1 for w in log if w.result == "cancelled")
         assert raised <= s.write_errors <= raised + cancelled, (s, raised, cancelled)
-        own = sum(1 for w in log if w.error == "TimeoutError")  # KNOWN: counted as timeouts
-        assert s.timeouts <= cancelled + own, (s, cancelled, own)
-        assert not [w for w in log if w.result == "running"], "a write never finished"
+        assert s.timeouts <= cancelled, (s, cancelled)
+        running = [w for w in log if w.result == "running"]
+        assert all(w.fault.kind is Kind.STUBBORN for w in running), running
 
     def _judge_dead_letters(self, s: wb.Stats) -> None:
         """Every dead-lettered record went to the dead-letter callable with the error and
@@ -1030,11 +1081,7 @@ class FaultModel(RuleBasedStateMachine):
                 continue
             w = last[c.seqs[0]]
             assert c.seqs == w.seqs, (c, w)
-            # KNOWN (see test_a_sink_raising_its_own_timeout_error_is_not_a_write_timeout):
-            # the sink's own TimeoutError is reported as WriteTimeout; accepted here so that
-            # the machine keeps looking for other faults
-            misnamed = w.error == "TimeoutError" and c.errors == {"WriteTimeout"}
-            assert c.errors == {w.error} or misnamed, (c, w)
+            assert c.errors == {w.error}, (c, w)
             assert c.attempts == {tries[w.seqs]}, (c, w, tries[w.seqs])
         outcome = {a.seq: a.seen for a in self.added}
         dead = {seq for seq, o in outcome.items() if o is OC.DEAD_LETTERED}
@@ -1155,6 +1202,82 @@ def test_manual_clock_advances_after_a_batcher_on_it_closed() -> None:
         time.sleep(0.001)
     b.close(timeout=2)
     clock.advance(2.0)
+
+
+class HeldSink:
+    """Holds a write of a record naming a gate until that gate opens."""
+
+    def __init__(self) -> None:
+        self.gates: dict[str, asyncio.Event] = {}
+        self.rows: list[dict[str, Any]] = []
+
+    async def write(self, batch: list[dict[str, Any]]) -> None:
+        for r in batch:
+            if "gate" in r:
+                await self.gates.setdefault(r["gate"], asyncio.Event()).wait()
+        self.rows.extend(batch)
+
+
+async def test_flush_waits_for_a_direct_write_when_an_earlier_flush_is_still_open() -> None:
+    """flush() returns only once every record accepted before it is settled, including a
+    when_full="direct" write, also when an earlier flush() (here one that timed out) still
+    waits for its records. Found by the machine (SyncFaultModel, when_full="direct"): the
+    later flush joined the earlier one's wait, whose list of writes predates the direct one,
+    and returned with that record still in flight."""
+    sink = HeldSink()
+    async with wb.AsyncBatcher(
+        sink, max_batch=1, max_pending=2, max_in_flight=1, when_full="direct", linger=3600.0
+    ) as b:
+        b.add_nowait({"n": 0, "gate": "first"})
+        with contextlib.suppress(TimeoutError):
+            await b.flush(timeout=0.01)  # its write is cut, and held
+        b.add_nowait({"n": 1})  # pending; 2 held: the buffer is full
+        with contextlib.suppress(TimeoutError):
+            await b.flush(timeout=0.01)  # cannot cut it: one batch in flight already
+        direct = b.add_nowait({"n": 2, "gate": "direct"})  # written alone, now; held
+        assert direct.batch is not None
+        assert direct.batch.reason == "direct"
+        asyncio.get_running_loop().call_later(0.05, sink.gates["first"].set)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await b.flush(timeout=0.5)  # must wait for all three (it may time out)
+            assert direct.outcome is not None, "flush() returned before the direct write"
+        finally:
+            sink.gates.setdefault("direct", asyncio.Event()).set()
+
+
+async def test_no_write_starts_after_the_close_deadline() -> None:
+    """Once close() has counted a batch LOST at its deadline, the batcher starts no write of
+    it (no retry, no half of a split), even if the sink ignored the cancellation: a LOST
+    record is never written by the batcher. Found by the machine (STUBBORN faults): the
+    retry after the sink's late error wrote the record close() had just reported LOST."""
+
+    class Stubborn:
+        def __init__(self) -> None:
+            self.writes = 0
+            self.rows: list[Any] = []
+
+        async def write(self, batch: list[Any]) -> None:
+            self.writes += 1
+            if self.writes == 1:
+                try:
+                    await asyncio.sleep(10)
+                except asyncio.CancelledError:
+                    await asyncio.sleep(0.3)  # finishing up, past the close's grace
+                raise wb.RetriableSinkError("connection lost")
+            self.rows.extend(batch)
+
+    sink = Stubborn()
+    policy = wb.RetryPolicy(base=0.001, cap=0.001, max_attempts=5)
+    b = wb.AsyncBatcher(sink, linger=3600.0, retry=policy)
+    await b.start()
+    r = b.add_nowait({"n": 1})
+    report = await b.close(timeout=0.05)
+    await asyncio.sleep(0.5)
+    assert report.lost == 1
+    assert r.outcome is OC.LOST
+    assert sink.writes == 1, "a write was started after the close deadline"
+    assert sink.rows == [], "a record reported LOST was written"
 
 
 class AsyncFaultModel(FaultModel):
