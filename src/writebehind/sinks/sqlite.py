@@ -31,6 +31,7 @@ import pathlib
 import sqlite3
 import threading
 import uuid
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -62,6 +63,37 @@ _PROGRESS_OPS = 1000  # SQLite VM steps between looks at whether the write was a
 
 
 _FORKED_AWAY: list[Any] = []  # the parent's connections in a forked child: never finalised
+_LIVE: weakref.WeakSet[SQLiteSink] = weakref.WeakSet()
+_FORK_WAIT = 2.0  # seconds a fork waits for a sink's transaction in progress to end
+
+
+def _before_fork() -> None:
+    """No transaction may be half done when the process forks: SQLite's in-process lock
+    bookkeeping would cross into the child, whose own connection then finds the file busy
+    for good. Wait (a bounded time) for each sink's transaction to end; hold it off until
+    the fork is done."""
+    for sink in list(_LIVE):
+        sink._fork_held = sink._txn.acquire(timeout=_FORK_WAIT)
+
+
+def _after_fork_in_parent() -> None:
+    for sink in list(_LIVE):
+        if sink._fork_held:
+            sink._fork_held = False
+            sink._txn.release()
+
+
+def _after_fork_in_child() -> None:
+    for sink in list(_LIVE):
+        sink._txn = threading.Lock()  # the parent's writer thread is not here to release it
+        sink._fork_held = False
+
+
+os.register_at_fork(
+    before=_before_fork,
+    after_in_parent=_after_fork_in_parent,
+    after_in_child=_after_fork_in_child,
+)
 
 
 class SQLiteSink:
@@ -109,6 +141,9 @@ class SQLiteSink:
         self.columns: tuple[str, ...] = ()
         self._conn: sqlite3.Connection | None = None
         self._pool: WorkerThreads | None = None
+        self._txn = threading.Lock()  # held for each transaction; a fork waits for it
+        self._fork_held = False
+        _LIVE.add(self)
         self._sql: dict[tuple[str, ...], str] = {}
         self._versions: Versions | None = None
         self._lock = threading.Lock()  # guards _current against _abandon's interrupt
@@ -242,7 +277,8 @@ class SQLiteSink:
         try:
             conn = self._connection()
             groups = self._group(batch)
-            self._transaction(conn, groups, job)
+            with self._txn:  # a fork waits for the transaction to end (see _before_fork)
+                self._transaction(conn, groups, job)
         except sqlite3.Error as exc:
             raise map_error(exc) from exc
         except (OverflowError, ValueError) as exc:  # an int beyond 64 bits, a lone surrogate
