@@ -45,7 +45,7 @@ from writebehind.testing import ManualClock, MemorySink
 T = TypeVar("T")
 OC = wb.Outcome
 
-KEYS = 4  # keys 0..3: enough to coalesce often
+KEYS = 6  # keys 0..5: enough to coalesce often, and to fill a buffer of up to 6 pending
 GRACE = 1.5  # seconds a close may take beyond its deadline (cancel grace, loop shutdown)
 BOUND = 15.0  # no single step may take longer: a step that does has hung
 TICK = 0.005  # clock seconds the ticker advances per real millisecond while we wait
@@ -138,6 +138,7 @@ class Write:
     error: str = ""  # the error name the batcher should report for it
     stored: tuple[int, ...] = ()
     started: float = field(default_factory=time.monotonic)
+    ended: float = math.inf
 
 
 class FaultSink:
@@ -166,6 +167,13 @@ class FaultSink:
         fault = self.script.popleft() if self.script else Fault(Kind.OK)
         w = Write(tuple(r["seq"] for r in batch), fault)
         self.log.append(w)
+        try:
+            await self._write(w, batch)
+        finally:
+            w.ended = time.monotonic()
+
+    async def _write(self, w: Write, batch: list[dict[str, int]]) -> None:
+        fault = w.fault
         kind = fault.kind
         if kind is Kind.OK:
             self._store(w, batch)
@@ -379,6 +387,13 @@ def bounded(fn: Callable[[], T], bound: float = BOUND) -> T:
     return value  # type: ignore[no-any-return]
 
 
+def _try(fn: Callable[[dict[str, int]], wb.Receipt], record: dict[str, int]) -> Any:
+    try:
+        return fn(record)
+    except (wb.BufferFull, wb.BatcherClosed) as exc:
+        return exc
+
+
 class AsyncDriver:
     """An ``AsyncBatcher`` on a fresh event loop that runs only while a step runs (as an
     application's loop runs its own code). ``SystemExit`` raised out of the loop by a
@@ -409,6 +424,14 @@ class AsyncDriver:
             r = self.batcher.add_nowait(record)
             await asyncio.sleep(0)
             return r
+
+        return self.run(go())
+
+    def add_burst(self, records: list[dict[str, int]]) -> list[wb.Receipt | BaseException]:
+        """add_nowait() each record in one turn of the loop, as a handler adding many."""
+
+        async def go() -> list[wb.Receipt | BaseException]:
+            return [_try(self.batcher.add_nowait, r) for r in records]
 
         return self.run(go())
 
@@ -468,6 +491,9 @@ class SyncDriver:
 
     def add_nowait(self, record: dict[str, int]) -> wb.Receipt:
         return self.batcher.add_nowait(record)
+
+    def add_burst(self, records: list[dict[str, int]]) -> list[wb.Receipt | BaseException]:
+        return [_try(self.batcher.add_nowait, r) for r in records]
 
     def add(self, record: dict[str, int], timeout: float) -> wb.Receipt:
         return bounded(lambda: self.batcher.add(record, timeout=timeout))
@@ -552,6 +578,7 @@ class FaultModel(RuleBasedStateMachine):
         self.added: list[Added] = []
         self.last_version = [0] * KEYS
         self.refused = 0
+        self.next_seq = 0
         self.report: wb.CloseReport | None = None
         self.deadline = math.inf  # when the close gave up (real time)
         self.flush_timed_out = False
@@ -569,7 +596,7 @@ class FaultModel(RuleBasedStateMachine):
         max_in_flight=st.sampled_from([1, 2, 3]),
         when_full=st.sampled_from(WHEN_FULL),
         linger=st.sampled_from([0.0, 0.05, 1.0, 3600.0]),
-        write_timeout=st.sampled_from([0.05, 0.1, 0.2]),
+        write_timeout=st.sampled_from([0.05, 0.1, 0.2, 0.5]),  # 0.5: past the close's grace
         max_attempts=st.sampled_from([1, 2, 3]),
         close_timeout=st.sampled_from([0.05, 0.2, 0.5]),
         at_close=st.lists(st.one_of(st.just(Fault(Kind.HANG)), faults), max_size=3),
@@ -638,7 +665,8 @@ class FaultModel(RuleBasedStateMachine):
     def _record(self, key: int, step: int) -> dict[str, int]:
         version = max(0, self.last_version[key] + step)
         self.last_version[key] = max(self.last_version[key], version)
-        return {"id": key, "v": version, "seq": len(self.added) + self.refused}
+        self.next_seq += 1
+        return {"id": key, "v": version, "seq": self.next_seq - 1}
 
     def _accepted(self, record: dict[str, int], receipt: wb.Receipt) -> None:
         self.added.append(Added(record["seq"], record["id"], record["v"], receipt))
@@ -671,20 +699,19 @@ class FaultModel(RuleBasedStateMachine):
         self._burst(adds)
 
     def _burst(self, adds: list[tuple[int, int]]) -> None:
-        for key, step in adds:
-            record = self._record(key, step)
-            try:
-                receipt = self.d.add_nowait(record)
-            except wb.BufferFull:
+        records = [self._record(key, step) for key, step in adds]
+        for record, got in zip(records, self.d.add_burst(records), strict=True):
+            if isinstance(got, wb.BufferFull):
                 assert self.report is None
                 self.refused += 1
-                continue
-            except wb.BatcherClosed:
+            elif isinstance(got, wb.BatcherClosed):
                 assert self.report is not None, "BatcherClosed before close()"
                 self.refused += 1
-                continue
-            assert self.report is None, "a record was accepted after close()"
-            self._accepted(record, receipt)
+            elif isinstance(got, BaseException):
+                raise got
+            else:
+                assert self.report is None, "a record was accepted after close()"
+                self._accepted(record, got)
 
     @rule(key=st.integers(0, KEYS - 1), step=st.sampled_from([1, 0]))
     def add_waiting(self, key: int, step: int) -> None:
@@ -903,6 +930,9 @@ class FaultModel(RuleBasedStateMachine):
         for outcome, n in counts.items():
             if n:
                 event(f"outcome {outcome.name}")
+        for reason, n in s.dropped_by_reason.items():
+            if n:
+                event(f"dropped by {reason}")
 
         kinds = {w.fault.kind.name for w in self.sink.log}
         for k in sorted(kinds):
@@ -960,9 +990,8 @@ class FaultModel(RuleBasedStateMachine):
                 allowed.add(OC.COMMITTED)
                 if w.fault.kind is Kind.STUBBORN:
                     allowed.add(OC.LOST)  # it returned after the deadline had counted it
-            elif w.result == "running":
-                assert w.fault.kind is Kind.STUBBORN, w
-                allowed.add(OC.LOST)  # it goes on after the close
+            elif w.result == "running":  # it goes on after the close (see _judge_counters)
+                allowed.add(OC.LOST)
             elif w.result == "exit":
                 allowed.add(OC.DEAD_LETTERED)
             elif w.result == "permanent":
@@ -999,9 +1028,16 @@ class FaultModel(RuleBasedStateMachine):
         KNOWN (test_no_write_starts_after_the_close_deadline): when a sink ignores the
         cancellation at the deadline (STUBBORN), the delivery goes on after the close has
         counted its records LOST: a retry, or the other half of a split, writes them."""
-        late = [w for w in self.sink.log if w.started > self.deadline + 0.05]
+        log, deadline = self.sink.log, self.deadline
+        stubborn = [
+            w for w in log if w.fault.kind is Kind.STUBBORN and w.started < deadline < w.ended
+        ]
+        if not stubborn:  # (0.05 s: the library's deadline is a little after ours)
+            late = [w for w in log if w.started > deadline + 0.05]
+            assert not late, f"writes started after the close deadline {deadline}: {late}"
+            return []
+        late = [w for w in log if w.started > deadline and all(w is not x for x in stubborn)]
         if late:
-            assert any(w.fault.kind is Kind.STUBBORN for w in self.sink.log), late
             event("KNOWN: a write started after the close deadline")
         return late
 
@@ -1049,8 +1085,14 @@ class FaultModel(RuleBasedStateMachine):
         cancelled = sum(1 for w in log if w.result == "cancelled")
         assert raised <= s.write_errors <= raised + cancelled, (s, raised, cancelled)
         assert s.timeouts <= cancelled, (s, cancelled)
+        # after close(), no write goes on but one that ignored its cancellation, or (KNOWN,
+        # see _late_writes) one the batcher started after the deadline
+        late = self._late_writes()
         running = [w for w in log if w.result == "running"]
-        assert all(w.fault.kind is Kind.STUBBORN for w in running), running
+        assert all(w.fault.kind is Kind.STUBBORN or any(w is x for x in late) for w in running), (
+            running,
+            self.deadline,
+        )
 
     def _judge_dead_letters(self, s: wb.Stats) -> None:
         """Every dead-lettered record went to the dead-letter callable with the error and
