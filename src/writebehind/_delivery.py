@@ -65,6 +65,8 @@ class Delivery:
         spent = Attempts()
         started = clock.monotonic()
         while True:
+            if cancelled_by_batcher():  # abandoned, and the sink swallowed the cancellation:
+                raise asyncio.CancelledError  # no new attempt after the close deadline
             probe = await health.admit()
             tries += 1
             began = clock.monotonic()

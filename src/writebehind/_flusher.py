@@ -99,8 +99,11 @@ class Flusher:
             pending, oldest_at = intake.begin_decision()
             self.publish_notice()
             if self._flush_waiters:
+                in_flight = [*self.writing.values(), *self.direct.values()]
                 if self._flush_group is None:
-                    self._flush_group = ([*self.writing.values(), *self.direct.values()], [])
+                    self._flush_group = (in_flight, [])
+                else:  # a later flush() waits for what is in flight now too (direct writes)
+                    self._flush_group[0].extend(in_flight)
                 self._flush_group[1].extend(self._flush_waiters)
                 self._flush_waiters = []
                 self._forced = pending
