@@ -1,17 +1,26 @@
 """The fault-injection model test (issue 9): a Hypothesis state machine drives both APIs
-(``AsyncBatcher`` on a fresh event loop per example, the thread-backed ``Batcher``) with a
-sink that, write by write as Hypothesis chose, succeeds, raises a retriable, a permanent or
-an arbitrary error, a ``BaseException`` subclass, a ``CancelledError`` from inside, or
-``SystemExit``; hangs until released or abandoned; or stores part of the batch and then
-raises. The dead-letter callable raises, hangs or keeps the entries, as chosen too.
+(``AsyncBatcher`` on a fresh event loop per example, the thread-backed ``Batcher``), under
+every ``when_full`` policy, with a sink that, write by write as Hypothesis chose, succeeds;
+raises a retriable, a permanent or an arbitrary error, its own ``TimeoutError``, a
+``BaseException`` subclass, a ``CancelledError`` from inside, or ``SystemExit``; hangs until
+released or abandoned; ignores the batcher's cancellation and stores the batch late; or
+stores part of the batch and then raises. The dead-letter callable (``async def`` or plain
+``def``) keeps the entries, raises any of those, or hangs, as chosen too. Linger and backoff
+run on a ``ManualClock``; write timeouts and the close deadline on real time.
 
 After every step: the conservation identity, ``max_pending``, outcomes that never change
-once known, and counters that agree with the receipts. At the end, after ``close()``:
-``pending + in_flight == lost``, every receipt resolved within the close deadline, every
-receipt's outcome is the one the write log predicts, each outcome count is its counter,
-no ``LOST``/``DEAD_LETTERED`` record is in the store unless a partial write put it there
-(at-most-once holds only for atomic sinks: issue 9 item 16), and for every key whose
-newest record committed, the store holds its version.
+once known, counters that agree with the receipts, and a returned ``flush()`` has settled
+everything accepted before it. At the end, after ``close()``: ``pending + in_flight ==
+lost``, every receipt resolved within the close deadline, each receipt's outcome the one the
+write log allows (a superseded record is always ``COALESCED``), each outcome count its
+counter, no write started after the deadline, no ``LOST``/``DEAD_LETTERED`` record in the
+store unless the sink stored it and then raised or ignored its cancellation (at-most-once
+holds only for atomic sinks: issue 9 item 16), for every key whose newest record committed
+the store holds its version, and each dead letter carries its last write's error and
+attempt count, what the store failed to keep counted.
+
+Deeper runs: ``WB_FAULT_MODEL_EXAMPLES=1000`` (and ``WB_FAULT_MODEL_SHRINK=0`` to see a
+failure at once, unminimised). The plain tests at the end are what the machine found.
 """
 
 from __future__ import annotations
