@@ -41,13 +41,7 @@ from typing import Any, TypeVar
 import pytest
 from hypothesis import HealthCheck, Phase, event, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import (
-    RuleBasedStateMachine,
-    initialize,
-    invariant,
-    precondition,
-    rule,
-)
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 import writebehind as wb
 from writebehind.testing import ManualClock, MemorySink
@@ -812,11 +806,13 @@ class FaultModel(RuleBasedStateMachine):
         if got is not None:
             assert got is a.receipt.outcome, (a.seq, got, a.receipt.outcome)
 
-    @precondition(lambda self: self.may_close_early)
     @rule()
     def close_now(self) -> None:
-        """Close in the middle of it all (later steps find it closed; close is idempotent)."""
+        """Close in the middle of it all (later steps find it closed; close is idempotent).
+        Only in a quarter of the examples (the others keep going to the end)."""
         self.started += 1
+        if not self.may_close_early:
+            return
         if self.report is None:
             self._close(at_close=False)
         else:
