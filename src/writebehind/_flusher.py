@@ -220,8 +220,8 @@ class Flusher:
         lost = 0
         if abandon:
             in_flight = [r for b in tasks.values() for r in b.receipts]
-            for task in tasks:
-                task.cancel()
+            for writer in tasks:  # not `task`: that name is the flusher's own task
+                writer.cancel()
             if tasks:
                 await asyncio.wait(tasks, timeout=_CANCEL_GRACE)
             lost = self.intake.abandon(in_flight)
