@@ -378,17 +378,7 @@ class AsyncBatcher:
         except Exception:
             log.debug("writebehind[%s]: the ResourceWarning raised", self.name)
         if loop.is_closed():
-            in_flight = [r for b in (*flusher.writing.values(), *flusher.direct.values())
-                         for r in b.receipts]  # fmt: skip
-            self._intake.close()
-            lost = self._intake.abandon(in_flight)
-            self._report = CloseReport(stats=self.stats(), lost=lost, timed_out=True,
-                                       duration=0.0)  # fmt: skip
-            self._intake.forget_thread()
-            _lifecycle.unregister(self)
-            if lost:
-                log.warning("writebehind[%s]: its event loop was closed with the batcher "
-                            "open: %d record(s) lost", self.name, lost)  # fmt: skip
+            self._abandon_without_loop("its event loop was closed with the batcher open")
             return
         if loop.is_running():
             if self._intake.on_loop_thread():
@@ -400,6 +390,20 @@ class AsyncBatcher:
                 log.warning("writebehind[%s]: close did not finish in time", self.name)
         else:
             loop.run_until_complete(self._close_here())
+
+    def _abandon_without_loop(self, why: str) -> CloseReport:
+        """Close when the loop cannot run the close (closed, or stuck in a sink's blocking
+        call): count everything held as lost, from whichever thread this is."""
+        flusher = self._flusher
+        writes = () if flusher is None else (*flusher.writing.values(), *flusher.direct.values())
+        self._intake.close()
+        lost = self._intake.abandon([r for b in writes for r in b.receipts])
+        self._report = CloseReport(stats=self.stats(), lost=lost, timed_out=True, duration=0.0)
+        self._intake.forget_thread()
+        _lifecycle.unregister(self)
+        if lost:
+            log.warning("writebehind[%s]: %s: %d record(s) lost", self.name, why, lost)
+        return self._report
 
     async def _close_here(self) -> CloseReport:
         if self._closing is None:

@@ -193,24 +193,13 @@ class Batcher:
                 # the loop is stuck (a sync call blocking it) or gone: report what is held
                 log.error("writebehind[%s]: close could not run on the batcher's loop (%s); "
                           "what it holds is reported lost", self._core.name, exc)  # fmt: skip
-                self._report = self._core._report or self._abandon_stuck()
+                self._report = self._core._report or self._core._abandon_without_loop(
+                    "its event loop is stuck or gone"
+                )
                 stuck = True
             self._stop_loop(stuck=stuck)
             _lifecycle.unregister(self)
             return self._report
-
-    def _abandon_stuck(self) -> CloseReport:
-        core = self._core
-        core._intake.close()
-        flusher = core._flusher
-        in_flight = [] if flusher is None else [
-            r for b in (*flusher.writing.values(), *flusher.direct.values()) for r in b.receipts
-        ]  # fmt: skip
-        lost = core._intake.abandon(in_flight)
-        log.warning("writebehind[%s]: %d record(s) lost", core.name, lost)
-        core._report = CloseReport(stats=core.stats(), lost=lost, timed_out=True, duration=0.0)
-        core._intake.forget_thread()
-        return core._report
 
     def _close_unstarted(self) -> CloseReport:
         core = self._core
