@@ -1,0 +1,412 @@
+"""``RedisSharedCapacity``: one write budget for a fleet, leased in partitions through Redis.
+
+The model is go-batcher's ``AzureSharedResource`` (partitions of a shared capacity leased
+exclusively with an expiry, plus capacity reserved per instance that needs no lease), with
+Redis keys in place of blob leases. The lease step is one Lua script (``_lease_script``);
+this module runs it from a thread of its own and turns its answers into the rate of the
+capacity's token bucket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import re
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .._capacity import Capacity
+from .._clock import Clock
+from .._errors import ConfigError
+from .._redact import describe as describe_error
+from .._redact import secrets_of
+from .._retry import check_number
+from ._lease_script import STEP
+
+if TYPE_CHECKING:
+    import redis
+
+__all__ = ["RedisSharedCapacity"]
+
+log = logging.getLogger("writebehind")
+
+_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
+_MAX_PARTITIONS = 1000  # every step reads every partition key
+_IDLE_INTERVAL = 1.0  # seconds between round trips when wanting and holding nothing
+_WANT_MEMORY = 1.0  # seconds: the want stepped is the largest of this long (no churn)
+_LOCK_POLL = 0.02  # seconds between tries of the holders' lock (see _locked)
+
+
+def _import_redis() -> Any:
+    try:
+        import redis
+        import redis.connection
+    except ImportError as exc:
+        raise ImportError(
+            "RedisSharedCapacity needs redis-py: pip install 'writebehind[redis]'"
+        ) from exc
+    return redis
+
+
+class _Run:
+    """One start-to-stop of the lease thread: its id in Redis, client and stop signal."""
+
+    def __init__(self, client: Any, owned: bool) -> None:
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self.client = client
+        self.owned = owned
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.wants: deque[tuple[float, int]] = deque()  # (monotonic time, partitions wanted)
+        self.needs = 0.0  # the batchers' needs at the last look
+
+
+class RedisSharedCapacity(Capacity):
+    """A budget of ``shared`` cost units per second for a whole fleet, plus ``reserved``
+    per instance, leased in partitions through Redis (``pip install 'writebehind[redis]'``).
+
+    ``shared // partition`` partitions, each worth ``partition`` units per second (a
+    remainder of ``shared`` is not used), are Redis keys holding their owner's id that expire
+    ``lease`` seconds after they were last taken or extended, by the Redis server's clock.
+    This instance's rate is ``reserved + partitions held * partition``; ``reserved`` needs no
+    lease. Like every capacity it is a token bucket holding at most one second of credit, so
+    the fleet writes at most ``shared`` plus each instance's ``reserved`` per second, plus at
+    most one second's worth of burst.
+
+    From its own daemon thread, about every ``interval`` seconds while it wants or holds
+    partitions (once a second when idle), an instance runs one Lua script (one round trip):
+    it states how many partitions it wants (what its batchers need, ``needs()``, beyond
+    ``reserved``, in partitions: ``ceil((needs - reserved) / partition)``), and the script
+    allots the partitions max-min fairly among the instances that want some. An instance
+    above its share releases the excess at once when another waits (its leases are not
+    extended), one at its share takes no more while others want more, and one below takes
+    free partitions. So the fleet converges to a fair split within a step or two, and a
+    partition it no longer wants (for a second) is released. An instance that stops gives
+    its partitions back at once; one that dies gives them back when their leases expire.
+
+    Losing Redis never raises the fleet's rate: on any Redis error the rate drops to
+    ``reserved`` at once (one warning per outage on the ``writebehind`` logger), and a
+    step is tried again every ``interval``; when Redis answers, partitions are leased
+    again. Leases not extended for ``lease`` less a margin are presumed gone, whatever the
+    thread is doing. Each rate change wakes the batchers, which publish ``CapacityChanged``
+    (reasons ``won``, ``lost``, ``redis_unreachable``, ``redis_back``, ``lease_lapsed``).
+
+    Args:
+        redis_url: a ``redis://`` or ``rediss://`` URL, or a ``redis.Redis`` client (used
+            from the capacity's thread, never closed by it; give it a short
+            ``socket_timeout``). The URL and its password never appear in logs or errors.
+        name: the budget's name (letters, digits, ``_.:-``; 100 at most): every instance
+            naming it shares it. Keys are ``writebehind:capacity:{name}:...``.
+        shared: cost units per second that the fleet shares; > 0.
+        reserved: cost units per second this instance has without a lease; >= 0.
+        partition: units per second of one partition; > 0, at most ``shared``, and at
+            most 1,000 partitions.
+        lease: seconds a partition stays leased without being extended; > 0.
+        interval: seconds between two lease steps while active (default the lesser of
+            0.25 and ``lease / 4``); > 0 and at most ``lease / 3``.
+        clock: the token bucket's clock (default: that of the first batcher using it).
+            Leases run on the real monotonic clock.
+    """
+
+    def __init__(
+        self,
+        redis_url: str | redis.Redis,
+        *,
+        name: str,
+        shared: float,
+        reserved: float = 0,
+        partition: float,
+        lease: float = 15.0,
+        interval: float | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise ConfigError(
+                f"name: must be 1 to 100 letters, digits or '_.:-' (it is part of Redis "
+                f"keys), got {name!r}"
+            )
+        check_number("shared", shared, minimum=0, inclusive=False, finite=True)
+        check_number("reserved", reserved, minimum=0, finite=True)
+        check_number("partition", partition, minimum=0, inclusive=False, finite=True)
+        if partition > shared:
+            raise ConfigError(f"partition: must be at most shared ({shared:g}), got {partition:g}")
+        if shared // partition > _MAX_PARTITIONS:
+            raise ConfigError(
+                f"partition: shared // partition must be at most {_MAX_PARTITIONS} partitions, "
+                f"got {int(shared // partition)} (partition={partition:g}); use larger ones"
+            )
+        check_number("lease", lease, minimum=0, inclusive=False, finite=True)
+        if interval is None:
+            interval = min(0.25, lease / 4)
+        check_number("interval", interval, minimum=0, inclusive=False, finite=True)
+        if interval > lease / 3:
+            raise ConfigError(
+                f"interval: must be at most lease / 3 ({lease / 3:g} s: a lease is extended "
+                f"several times before it expires), got {interval!r}"
+            )
+        if isinstance(redis_url, str):
+            self._secrets = secrets_of(redis_url)
+            try:
+                _import_redis().connection.parse_url(redis_url)
+            except ValueError as exc:
+                why = describe_error(exc, self._secrets, withhold=bool(self._secrets))
+                raise ConfigError(f"redis_url: not a Redis URL ({why})") from None
+        elif callable(getattr(redis_url, "register_script", None)):
+            self._secrets = ()
+        else:
+            raise ConfigError(
+                f"redis_url: must be a redis:// URL or a redis.Redis client, got "
+                f"{type(redis_url).__name__}"
+            )
+        self._source = redis_url
+        self.name = name
+        self.shared, self.reserved = float(shared), float(reserved)
+        self.partition, self.lease, self.interval = float(partition), float(lease), interval
+        self.total = int(shared // partition)
+        self._keys = [f"writebehind:capacity:{{{name}}}:{k}" for k in ("wants", "seen")]
+        self._keys += [f"writebehind:capacity:{{{name}}}:p:{i}" for i in range(self.total)]
+        self._timeout = min(1.0, lease / 4)  # the socket timeout of a client made from a URL
+        self._margin = min(lease / 5, 1.0)  # leases are presumed gone this long before expiry
+        super().__init__(self.reserved, clock, full=True)
+        self._state = threading.Lock()
+        self._run: _Run | None = None
+        self._held = 0
+        self._valid_until = math.inf  # monotonic: the leases held are presumed gone after
+        self._connected = False
+        self._down_since: float | None = None
+        self._wanting = 0
+        self.round_trips = 0
+
+    @property
+    def max_cost(self) -> float:
+        return self.shared + self.reserved
+
+    def __repr__(self) -> str:
+        return (
+            f"RedisSharedCapacity(name={self.name!r}, shared={self.shared:g}, "
+            f"reserved={self.reserved:g}, partition={self.partition:g}, lease={self.lease:g})"
+        )
+
+    def describe(self) -> dict[str, Any]:
+        with self._state:
+            return {
+                "name": self.name,
+                "per_second": self.rate,
+                "partitions": self._held,
+                "partitions_total": self.total,
+                "partition": self.partition,
+                "reserved": self.reserved,
+                "connected": self._connected,
+                "instances": self._wanting,
+                "round_trips": self.round_trips,
+            }
+
+    # -- start and stop (the holders' lock is held) -------------------------------------------
+    def _start(self) -> None:
+        if isinstance(self._source, str):
+            client, owned = self._connect(self._source), True
+        else:
+            client, owned = self._source, False
+        run = _Run(client, owned)
+        self._down_since = None
+        run.thread = threading.Thread(
+            target=self._loop, args=(run,), name=f"writebehind-capacity[{self.name}]", daemon=True
+        )
+        self._run = run
+        run.thread.start()
+
+    def _connect(self, url: str) -> Any:
+        """A client for ``url`` that fails fast (no I/O here: it connects on first use)."""
+        redis = _import_redis()
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        return redis.Redis.from_url(
+            url,
+            socket_timeout=self._timeout,
+            socket_connect_timeout=self._timeout,
+            retry=Retry(NoBackoff(), 0),
+            client_name=f"writebehind-capacity-{self.name}",
+        )
+
+    def _stop(self) -> None:
+        """Stop the thread (it deletes this instance's leases and want on its way out) and
+        wait for it a bounded time. The rate is ``reserved`` at once."""
+        run, self._run = self._run, None
+        if run is None:
+            return
+        with self._state:
+            run.stop.set()  # under the lock: the thread applies no step after this
+            held, self._held, self._valid_until = self._held, 0, math.inf
+            self._connected = False
+            self._bucket.set_rate(self.reserved)
+        assert run.thread is not None
+        run.thread.join(2 * self._timeout + 0.5)
+        if run.thread.is_alive():
+            log.warning(
+                "RedisSharedCapacity %r: the lease thread did not end in time; its %d "
+                "partition(s) return when their leases expire", self.name, held,
+            )  # fmt: skip
+
+    # -- spending: leases presumed gone when not extended in time -------------------------------
+    def take(self, minimum: float, maximum: float) -> float | None:
+        if time.monotonic() > self._valid_until and self._lapse():
+            self._changed("lease_lapsed")
+        return self._bucket.take(minimum, maximum)
+
+    def spend(self, amount: float) -> None:
+        if time.monotonic() > self._valid_until and self._lapse():
+            self._changed("lease_lapsed")
+        self._bucket.spend(amount)
+
+    def wait_for(self, minimum: float) -> float | None:
+        if time.monotonic() > self._valid_until and self._lapse():
+            self._changed("lease_lapsed")
+        return self._bucket.wait_for(minimum)
+
+    def _lapse(self) -> bool:
+        """Drop to ``reserved`` if the leases held were not extended in time; whether it
+        did (the caller then tells the batchers)."""
+        with self._state:
+            if time.monotonic() <= self._valid_until:
+                return False
+            self._held, self._valid_until = 0, math.inf
+            self._bucket.set_rate(self.reserved)
+        log.warning(
+            "RedisSharedCapacity %r: no lease step for %g s; its partitions are presumed lost",
+            self.name, self.lease - self._margin,
+        )  # fmt: skip
+        return True
+
+    # -- the lease thread -------------------------------------------------------------------
+    def _loop(self, run: _Run) -> None:
+        script = run.client.register_script(STEP)
+        last_trip = -math.inf
+        try:
+            while not run.stop.is_set():
+                now = time.monotonic()
+                want = self._want(run, now)
+                if run.stop.is_set():
+                    break
+                active = want > 0 or self._held > 0 or not self._connected
+                if active or now - last_trip >= _IDLE_INTERVAL:
+                    last_trip = now
+                    self._step(run, script, want)
+                wait = self.interval
+                if self._valid_until < math.inf:
+                    wait = min(wait, max(0.0, self._valid_until - time.monotonic()) + 0.001)
+                if run.stop.wait(wait):
+                    break
+                if time.monotonic() > self._valid_until and self._lapse():
+                    self._locked(run, lambda: self._changed("lease_lapsed"))
+        finally:
+            self._give_up_leases(run, script)
+
+    def _want(self, run: _Run, now: float) -> int:
+        """Partitions wanted: what the batchers need beyond ``reserved``, the largest of the
+        last ``_WANT_MEMORY`` seconds (a backlog that dips for a moment keeps its leases)."""
+        needs = self._locked(run, self.needs)
+        if needs is None or not math.isfinite(needs):
+            needs = run.needs
+        run.needs = needs
+        raw = math.ceil(max(0.0, needs - self.reserved) / self.partition)
+        wants = run.wants
+        wants.append((now, min(self.total, raw)))
+        while wants[0][0] < now - _WANT_MEMORY:
+            wants.popleft()
+        return max(w for _, w in wants)
+
+    def _locked(self, run: _Run, call: Callable[[], Any]) -> Any:
+        """``call()`` (which takes the holders' lock), unless the capacity is stopping:
+        ``_stop`` runs with that lock held and waits for this thread, so never block on it."""
+        while not run.stop.is_set():
+            if self._hold_lock.acquire(timeout=_LOCK_POLL):
+                self._hold_lock.release()
+                try:
+                    return call()
+                except Exception:
+                    log.exception("RedisSharedCapacity %r: a batcher's callback failed", self.name)
+                    return None
+        return None
+
+    def _step(self, run: _Run, script: Any, want: int) -> None:
+        sent = time.monotonic()
+        try:
+            held, _alloc, wanting, _free = self._round_trip(run, script, want)
+        except Exception as exc:
+            self._unreachable(run, exc)
+            return
+        reason, outage = None, None
+        with self._state:
+            if run.stop.is_set():
+                return
+            self._wanting = int(wanting)
+            if not self._connected:
+                if self._down_since is not None:
+                    outage = time.monotonic() - self._down_since
+                self._connected, self._down_since = True, None
+            held = int(held)
+            if held != self._held:  # tell the batchers only when the rate changes
+                reason = "won" if held > self._held else "lost"
+                reason = "redis_back" if outage is not None else reason
+                self._held = held
+                self._bucket.set_rate(self.reserved + held * self.partition)
+            self._valid_until = sent + self.lease - self._margin if held else math.inf
+        if outage is not None:
+            log.warning(
+                "RedisSharedCapacity %r: Redis answers again after %.1f s; leasing partitions "
+                "again", self.name, outage,
+            )  # fmt: skip
+        if reason is not None and not run.stop.is_set():
+            self._locked(run, lambda: self._changed(reason))
+
+    def _round_trip(self, run: _Run, script: Any, want: int) -> list[int]:
+        """One lease step: one script call, so one round trip (a NOSCRIPT reply makes the
+        client load the script and call it again)."""
+        with self._state:
+            self.round_trips += 1
+        result: list[int] = script(
+            keys=self._keys, args=[run.id, want, self._lease_ms], client=run.client
+        )
+        return result
+
+    @property
+    def _lease_ms(self) -> int:
+        return max(1, round(self.lease * 1000))
+
+    def _unreachable(self, run: _Run, exc: Exception) -> None:
+        with self._state:
+            if run.stop.is_set():
+                return
+            first = self._down_since is None
+            changed = self._held > 0
+            if first:
+                self._down_since = time.monotonic()
+            self._connected, self._held, self._valid_until = False, 0, math.inf
+            self._bucket.set_rate(self.reserved)
+        if first:
+            log.warning(
+                "RedisSharedCapacity %r: Redis is unreachable (%s); writing at the reserved "
+                "%g/s and trying again every %g s", self.name,
+                describe_error(exc, self._secrets), self.reserved, self.interval,
+            )  # fmt: skip
+        if changed:
+            self._locked(run, lambda: self._changed("redis_unreachable"))
+
+    def _give_up_leases(self, run: _Run, script: Any) -> None:
+        """On the way out: delete this instance's leases and want (best effort; whatever
+        is left expires with its lease), and close a client made from a URL."""
+        try:
+            self._round_trip(run, script, 0)
+        except Exception as exc:
+            log.debug("RedisSharedCapacity %r: release failed: %s", self.name, type(exc).__name__)
+        if run.owned:
+            with contextlib.suppress(Exception):
+                run.client.close()
