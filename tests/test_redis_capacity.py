@@ -237,7 +237,7 @@ def test_an_instance_that_stops_deletes_its_leases_at_once(name: str) -> None:
         wait_until(lambda: b.partitions == 10, 1.0, "b takes the other 5")
         a.__enter__()  # held again (a new instance id): it wins its half back
         wait_until(lambda: split(a, b) == [5, 5], 1.5, "5/5 again")
-    assert stopped < 0.2, stopped
+    assert stopped < 0.5, stopped
     assert partition_owners(client, name, 10) == [None] * 10
     assert client.hlen(f"writebehind:capacity:{{{name}}}:wants") == 0
 
@@ -313,8 +313,8 @@ def test_a_redis_that_dies_and_returns(name: str, caplog: pytest.LogCaptureFixtu
         back = server.start()
         recovered = wait_until(lambda: a.cap.rate == 1100, 1.5, "leased again")
         assert a.cap.describe()["connected"] is True
-    assert down <= 0.4, down  # the next step (0.25 s) fails at once
-    assert recovered <= 0.6, recovered
+    assert down <= 0.6, down  # the next step (0.25 s) fails at once
+    assert recovered <= 1.0, recovered
     reasons = [r for t, r, _, _ in a.heard if t >= killed]
     assert reasons == ["redis_unreachable", "redis_back"], reasons
     messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
@@ -335,12 +335,16 @@ def test_a_client_instance_is_used_and_left_open(name: str) -> None:
 # -- rates and round trips ----------------------------------------------------------------------
 def test_winning_partitions_adds_rate_not_credit(name: str) -> None:
     """An instance starts with one second of its reserved credit only; winning partitions
-    raises the rate, not the credit."""
+    raises the rate, not the credit: what it can take is that second plus what accrued."""
     with Held(cap(name, reserved=10), BIG) as a:
+        attached = time.monotonic()
         wait_until(lambda: a.partitions == 10, 1.0, "all 10")
         granted = a.cap.take(1, 1e9)
+        took = time.monotonic()
+    won = a.heard[0][0]
     assert granted is not None
-    assert granted < 10 + 1010 * 1.0  # never a second of the shared rate on top
+    assert granted <= 10 + 10 * (won - attached) + 1010 * (took - won) + 1e-6
+    assert granted < 100, granted  # never a second of the shared rate (1,000) on top
 
 
 def test_round_trips_about_four_a_second_active_one_idle(name: str) -> None:
@@ -356,5 +360,5 @@ def test_round_trips_about_four_a_second_active_one_idle(name: str) -> None:
         before = a.cap.round_trips
         time.sleep(3.0)
         idle = (a.cap.round_trips - before) / 3.0
-    assert 3.5 <= active <= 4.1, active
+    assert 3.3 <= active <= 4.1, active
     assert 0.6 <= idle <= 1.1, idle

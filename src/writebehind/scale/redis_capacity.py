@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .._capacity import Capacity
+from .._capacity import Capacity, Listener
 from .._clock import Clock
 from .._errors import ConfigError
 from .._redact import describe as describe_error
@@ -41,7 +41,7 @@ _NAME = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
 _MAX_PARTITIONS = 1000  # every step reads every partition key
 _IDLE_INTERVAL = 1.0  # seconds between round trips when wanting and holding nothing
 _WANT_MEMORY = 1.0  # seconds: the want stepped is the largest of this long (no churn)
-_LOCK_POLL = 0.02  # seconds between tries of the holders' lock (see _locked)
+_LOCK_POLL = 0.02  # seconds between tries of the holders' lock (see _holders_now)
 
 
 def _import_redis() -> Any:
@@ -172,6 +172,7 @@ class RedisSharedCapacity(Capacity):
         self.total = int(shared // partition)
         self._keys = [f"writebehind:capacity:{{{name}}}:{k}" for k in ("wants", "seen")]
         self._keys += [f"writebehind:capacity:{{{name}}}:p:{i}" for i in range(self.total)]
+        self._lease_ms = max(1, round(lease * 1000))
         self._timeout = min(1.0, lease / 4)  # the socket timeout of a client made from a URL
         self._margin = min(lease / 5, 1.0)  # leases are presumed gone this long before expiry
         super().__init__(self.reserved, clock, full=True)
@@ -257,19 +258,20 @@ class RedisSharedCapacity(Capacity):
 
     # -- spending: leases presumed gone when not extended in time -------------------------------
     def take(self, minimum: float, maximum: float) -> float | None:
-        if time.monotonic() > self._valid_until and self._lapse():
-            self._changed("lease_lapsed")
+        self._check_leases()
         return self._bucket.take(minimum, maximum)
 
     def spend(self, amount: float) -> None:
-        if time.monotonic() > self._valid_until and self._lapse():
-            self._changed("lease_lapsed")
+        self._check_leases()
         self._bucket.spend(amount)
 
     def wait_for(self, minimum: float) -> float | None:
+        self._check_leases()
+        return self._bucket.wait_for(minimum)
+
+    def _check_leases(self) -> None:  # a batcher's thread
         if time.monotonic() > self._valid_until and self._lapse():
             self._changed("lease_lapsed")
-        return self._bucket.wait_for(minimum)
 
     def _lapse(self) -> bool:
         """Drop to ``reserved`` if the leases held were not extended in time; whether it
@@ -305,14 +307,14 @@ class RedisSharedCapacity(Capacity):
                 if run.stop.wait(wait):
                     break
                 if time.monotonic() > self._valid_until and self._lapse():
-                    self._locked(run, lambda: self._changed("lease_lapsed"))
+                    self._notify(run, "lease_lapsed")
         finally:
             self._give_up_leases(run, script)
 
     def _want(self, run: _Run, now: float) -> int:
         """Partitions wanted: what the batchers need beyond ``reserved``, the largest of the
         last ``_WANT_MEMORY`` seconds (a backlog that dips for a moment keeps its leases)."""
-        needs = self._locked(run, self.needs)
+        needs = self._needs_now(run)
         if needs is None or not math.isfinite(needs):
             needs = run.needs
         run.needs = needs
@@ -323,18 +325,31 @@ class RedisSharedCapacity(Capacity):
             wants.popleft()
         return max(w for _, w in wants)
 
-    def _locked(self, run: _Run, call: Callable[[], Any]) -> Any:
-        """``call()`` (which takes the holders' lock), unless the capacity is stopping:
-        ``_stop`` runs with that lock held and waits for this thread, so never block on it."""
+    def _holders_now(self, run: _Run) -> tuple[list[Callable[[], float]], list[Listener]] | None:
+        """The batchers' ``needs`` and listeners, or None once the capacity is stopping.
+        ``Capacity.needs()`` and ``_changed()`` would block on the holders' lock, which
+        ``_stop`` holds while it waits for this thread: this thread never blocks on it."""
         while not run.stop.is_set():
             if self._hold_lock.acquire(timeout=_LOCK_POLL):
-                self._hold_lock.release()
                 try:
-                    return call()
-                except Exception:
-                    log.exception("RedisSharedCapacity %r: a batcher's callback failed", self.name)
-                    return None
+                    return list(self._needs.values()), list(self._listeners)
+                finally:
+                    self._hold_lock.release()
         return None
+
+    def _needs_now(self, run: _Run) -> float | None:
+        holders = self._holders_now(run)
+        try:
+            return None if holders is None else sum(need() for need in holders[0])
+        except Exception:
+            log.exception("RedisSharedCapacity %r: a batcher's needs() failed", self.name)
+            return None
+
+    def _notify(self, run: _Run, reason: str) -> None:
+        """``_changed(reason)`` from the lease thread."""
+        holders = self._holders_now(run)
+        for listener in [] if holders is None else holders[1]:
+            listener(reason)
 
     def _step(self, run: _Run, script: Any, want: int) -> None:
         sent = time.monotonic()
@@ -353,33 +368,31 @@ class RedisSharedCapacity(Capacity):
                     outage = time.monotonic() - self._down_since
                 self._connected, self._down_since = True, None
             held = int(held)
+            valid_until = sent + self.lease - self._margin
+            if time.monotonic() >= valid_until:  # an answer too late to trust its leases
+                held = 0
             if held != self._held:  # tell the batchers only when the rate changes
                 reason = "won" if held > self._held else "lost"
                 reason = "redis_back" if outage is not None else reason
                 self._held = held
                 self._bucket.set_rate(self.reserved + held * self.partition)
-            self._valid_until = sent + self.lease - self._margin if held else math.inf
+            self._valid_until = valid_until if held else math.inf
         if outage is not None:
             log.warning(
                 "RedisSharedCapacity %r: Redis answers again after %.1f s; leasing partitions "
                 "again", self.name, outage,
             )  # fmt: skip
         if reason is not None and not run.stop.is_set():
-            self._locked(run, lambda: self._changed(reason))
+            self._notify(run, reason)
 
     def _round_trip(self, run: _Run, script: Any, want: int) -> list[int]:
-        """One lease step: one script call, so one round trip (a NOSCRIPT reply makes the
-        client load the script and call it again)."""
+        """One script call: one round trip (two more after a NOSCRIPT, to load it)."""
         with self._state:
             self.round_trips += 1
         result: list[int] = script(
             keys=self._keys, args=[run.id, want, self._lease_ms], client=run.client
         )
         return result
-
-    @property
-    def _lease_ms(self) -> int:
-        return max(1, round(self.lease * 1000))
 
     def _unreachable(self, run: _Run, exc: Exception) -> None:
         with self._state:
@@ -398,7 +411,7 @@ class RedisSharedCapacity(Capacity):
                 describe_error(exc, self._secrets), self.reserved, self.interval,
             )  # fmt: skip
         if changed:
-            self._locked(run, lambda: self._changed("redis_unreachable"))
+            self._notify(run, "redis_unreachable")
 
     def _give_up_leases(self, run: _Run, script: Any) -> None:
         """On the way out: delete this instance's leases and want (best effort; whatever
