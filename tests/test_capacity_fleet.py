@@ -1,8 +1,10 @@
 """A fleet of real processes sharing one RedisSharedCapacity, demand above it.
 
-Each worker (tests/fleet_worker.py) spends as fast as its capacity grants and writes down
-every grant with its wall-clock time, so the processes' records line up. Everything is
-judged here from those files, over windows of wall-clock time:
+Each worker (tests/fleet_worker.py) runs an ``AsyncBatcher`` with ``capacity=`` and
+``cost=``, fed faster than the capacity grants; its sink writes down the cost of every batch
+with its wall-clock time, so the processes' records line up. (With an engine that has no
+``capacity=`` yet, the workers spend through the Capacity API directly: ``MODE``.)
+Everything is judged here from those files, over windows of wall-clock time:
 
 * four processes sharing 2,000/s: within +5% of 2,000/s over every 5 s window after the
   first lease, at least 90% of it used, no process below 15% of the total;
@@ -28,6 +30,8 @@ from typing import Any
 
 import pytest
 
+from writebehind._config import BatcherOptions
+
 from .redis_server import SHARED_URL, private_redis, shared_redis
 
 pytestmark = pytest.mark.server
@@ -36,6 +40,7 @@ WORKER = Path(__file__).with_name("fleet_worker.py")
 LEASE = 2.0
 CAPACITY = 2000.0  # cost units per second, the whole fleet's (shared + every reserved)
 WINDOW, STEP = 5.0, 0.5  # the fleet's rate is judged over 5 s windows, every 0.5 s
+MODE = "batcher" if "capacity" in BatcherOptions.__annotations__ else "api"
 
 
 @dataclass
@@ -83,8 +88,8 @@ class Fleet:
         self.members: list[Member] = []
         for i in range(n):
             out, err = tmp / f"worker{i}.txt", tmp / f"worker{i}.log"
-            args = [sys.executable, str(WORKER), str(out), "--url", url, "--name", self.name,
-                    "--until", f"{self.until:.6f}"]  # fmt: skip
+            args = [sys.executable, str(WORKER), str(out), "--mode", MODE, "--url", url,
+                    "--name", self.name, "--until", f"{self.until:.6f}"]  # fmt: skip
             args += [x for k, v in kw.items() for x in (f"--{k}", f"{v:g}")]
             with open(err, "wb") as stderr:
                 proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=stderr)
@@ -168,7 +173,7 @@ def first_recovery(members: list[Member], after: float, level: float, width: flo
 
 
 def report(title: str, text: str) -> None:
-    print(f"\n== {title}\n{text}")
+    print(f"\n== {title} (workers: {MODE})\n{text}")
 
 
 # -- the scenarios -----------------------------------------------------------------------
