@@ -5,6 +5,7 @@ version wins); batches are written with one statement each, on size, linger, ``f
 and close; nothing accepted is lost without a counter, an outcome and a log line.
 """
 
+from ._capacity import Capacity, ProvisionedCapacity
 from ._clock import Clock, MonotonicClock
 from ._config import BatcherOptions, Options
 from ._deadletter import CallableDeadLetter, DeadLetter, DeadLetterEntry
@@ -25,6 +26,7 @@ from ._events import (
     BatchCommitted,
     BatchFailed,
     BufferFilled,
+    CapacityChanged,
     Closed,
     Event,
     Paused,
@@ -48,6 +50,7 @@ from .dlq import (
     SQLiteDeadLetter,
     StoredEntry,
 )
+from .scale import RedisSharedCapacity
 from .sinks import CallableSink, PostgresSink, Sink, SQLiteSink
 
 __version__ = "0.1.0"
@@ -64,6 +67,8 @@ __all__ = [
     "BufferFull",
     "CallableDeadLetter",
     "CallableSink",
+    "Capacity",
+    "CapacityChanged",
     "Clock",
     "CloseReport",
     "Closed",
@@ -80,11 +85,13 @@ __all__ = [
     "PermanentSinkError",
     "PostgresDeadLetter",
     "PostgresSink",
+    "ProvisionedCapacity",
     "Receipt",
     "RecordError",
     "RecordNotReplayable",
     "RecordsDeadLettered",
     "RecordsDropped",
+    "RedisSharedCapacity",
     "ReplayReport",
     "Resumed",
     "RetriableSinkError",

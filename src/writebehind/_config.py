@@ -10,12 +10,14 @@ validated, frozen ``Options``. A test keeps the two in step.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, TypedDict
 
+from ._capacity import Capacity, CostSpec, cost_getter
 from ._clock import Clock, MonotonicClock
 from ._deadletter import DeadLetterSpec
-from ._errors import ConfigError
+from ._errors import ConfigError, RecordError
 from ._instrument import Instrument
 from ._keys import FieldSpec
 from ._overflow import WHEN_FULL, WhenFull
@@ -43,6 +45,8 @@ class BatcherOptions(TypedDict, total=False):
     clock: Clock | None
     name: str
     event_buffer: int
+    cost: CostSpec
+    capacity: Capacity | None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -66,6 +70,8 @@ class Options:
     clock: Clock = field(default_factory=MonotonicClock)
     name: str = "default"
     event_buffer: int = 4096
+    cost: CostSpec = 1
+    capacity: Capacity | None = None
 
     @classmethod
     def of(cls, options: dict[str, Any]) -> Options:
@@ -125,12 +131,45 @@ class Options:
             raise ConfigError(f"clock: must be a writebehind.Clock, got {self.clock!r}")
         if not isinstance(self.name, str) or not self.name:
             raise ConfigError(f"name: must be a non-empty string, got {self.name!r}")
+        if self.capacity is not None and not isinstance(self.capacity, Capacity):
+            raise ConfigError(
+                f"capacity: must be a writebehind.ProvisionedCapacity or RedisSharedCapacity, "
+                f"got {self.capacity!r}"
+            )
+        unit, _ = cost_getter(self.cost)  # raises ConfigError for a bad spec
+        if self.capacity is not None and unit > self.capacity.max_cost:
+            raise ConfigError(
+                f"cost: every record costs {unit:g}, more than {self.capacity!r} could ever "
+                f"grant in a second ({self.capacity.max_cost:g}); lower the cost or raise "
+                f"the capacity"
+            )
         try:
             object.__setattr__(self, "instruments", tuple(self.instruments))
         except TypeError:
             raise ConfigError(
                 f"instruments: must be a list or tuple of instruments, got {self.instruments!r}"
             ) from None
+
+    def costing(self) -> tuple[float, Callable[[Any], float] | None]:
+        """``(unit, None)`` when every record costs ``unit``; else ``(0, cost_of)``, where
+        ``cost_of(record)`` raises ``RecordError`` for a record the capacity could never
+        grant (or whose cost is not a finite number >= 0)."""
+        unit, read = cost_getter(self.cost)
+        cap = self.capacity
+        if read is None or cap is None:
+            return unit, read
+        most = cap.max_cost
+
+        def cost_of(record: Any) -> float:
+            c = read(record)
+            if c > most:
+                raise RecordError(
+                    f"cost {c:g} is more than the capacity could ever grant in a second "
+                    f"({most:g}): the record was not accepted (it could never be written)"
+                )
+            return c
+
+        return 0.0, cost_of
 
 
 def _positive_int(arg: str, value: Any) -> None:

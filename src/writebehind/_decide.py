@@ -8,20 +8,25 @@ for this reason" or "sleep until this deadline (or until woken)". Triggers, in o
 - ``size``:   ``max_batch`` records are pending.
 - ``linger``: the oldest pending record has waited ``linger`` seconds.
 
-No batch is cut while ``max_in_flight`` batches are already being written: the records
+Nothing is cut during a ``pause()`` (until the batcher closes). No batch is cut while
+``max_in_flight`` batches are already being written: the records
 stay in the buffer (and keep coalescing) until a slot frees.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
-__all__ = ["Decision", "decide"]
+__all__ = ["CutReason", "Decision", "decide"]
+
+CutReason = Literal["close", "flush", "size", "linger"]
+"""Why a batch was cut (a ``direct`` write's batch of one says ``direct``)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    reason: str | None
+    reason: CutReason | None
     """Why to cut a batch now (``"close"``, ``"flush"``, ``"size"``, ``"linger"``), or None."""
     wake_at: float | None
     """When nothing is cut: the clock time to wake at, or None to sleep until woken."""
@@ -41,14 +46,18 @@ def decide(
     closing: bool,
     batches_in_flight: int,
     max_in_flight: int,
+    resume_at: float = float("-inf"),
 ) -> Decision:
     """Decide whether to cut a batch now.
 
     ``forced`` is how many pending records ``flush()`` still asks to be cut. ``oldest_at`` is
     the clock time the oldest pending record arrived (None when nothing is pending).
+    ``resume_at``: ``pause()`` holds every cut until then, unless the batcher is closing.
     """
     if pending <= 0:
         return _SLEEP
+    if now < resume_at and not closing:
+        return Decision(None, resume_at)
     if batches_in_flight >= max_in_flight:
         return _SLEEP  # woken again when a batch finishes
     if closing:

@@ -29,6 +29,7 @@ from ._health import SinkHealth
 from ._instrument import Instrument
 from ._intake import Intake
 from ._receipt import Receipt
+from ._retry import check_number
 from ._stats import CloseReport, Stats
 from ._tasks import spawn
 
@@ -79,6 +80,12 @@ class AsyncBatcher:
         clock: a :class:`Clock`; tests pass ``writebehind.testing.ManualClock``.
         name: a label for logs and events.
         event_buffer: how many events :meth:`events` keeps for readers (default 4,096).
+        cost: what one record costs against ``capacity``: a number (default 1), a field
+            name or a callable on the record. A batch costs the sum of its records'.
+        capacity: a :class:`ProvisionedCapacity` or ``RedisSharedCapacity``: batches are
+            cut only as their cost is granted, and every batcher holding the same object
+            (in every process, for the Redis one) stays within its rate together. A
+            record costing more than it could ever grant is refused with ``RecordError``.
     """
 
     def __init__(self, sink: Any, **options: Unpack[BatcherOptions]) -> None:
@@ -261,10 +268,26 @@ class AsyncBatcher:
 
     def stats(self) -> Stats:
         """A frozen snapshot of every counter (safe from any thread, also after close)."""
-        health = self._health
+        health, flusher, cap = self._health, self._flusher, self._opts.capacity
+        stats = self._intake.stats()
+        in_flight_cost = 0.0 if flusher is None else flusher.in_flight_cost
+        paused_for = 0.0 if flusher is None else flusher.resume_at - self._clock.monotonic()
         return replace(
-            self._intake.stats(), sink_state=health.state, concurrency=health.concurrency.current
-        )
+            stats, sink_state=health.state, concurrency=health.concurrency.current,
+            needs_capacity=self._intake.pending_cost() + in_flight_cost,
+            capacity=None if cap is None else cap.rate,
+            paused_for=max(0.0, paused_for) if self._report is None else 0.0,
+        )  # fmt: skip
+
+    def pause(self, seconds: float) -> None:
+        """Cut no batch and start no write for ``seconds`` (the datastore is under pressure;
+        go-batcher's ``Pause()``). Records keep arriving and coalescing meanwhile; a longer
+        pause extends a shorter one. ``close()`` ends a pause: everything goes. Publishes
+        ``Paused(reason="requested")`` now and ``Resumed`` when it ends. Any thread."""
+        check_number("seconds", seconds, minimum=0, finite=True)
+        if self._flusher is None or self._report is not None:
+            raise WriteBehindError("pause(): the batcher is not running (start it first)")
+        self._intake.call_in_loop(self._flusher.pause, float(seconds))
 
     async def close(self, timeout: float | None = None) -> CloseReport:
         """Stop accepting, flush everything, wait at most ``timeout`` s (default: the
@@ -398,6 +421,8 @@ class AsyncBatcher:
         writes = () if flusher is None else (*flusher.writing.values(), *flusher.direct.values())
         self._intake.close()
         lost = self._intake.abandon([r for b in writes for r in b.receipts])
+        if flusher is not None:
+            flusher.release_capacity()
         self._report = CloseReport(stats=self.stats(), lost=lost, timed_out=True, duration=0.0)
         self._intake.forget_thread()
         _lifecycle.unregister(self)

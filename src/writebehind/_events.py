@@ -24,6 +24,7 @@ __all__ = [
     "BatchCommitted",
     "BatchFailed",
     "BufferFilled",
+    "CapacityChanged",
     "Closed",
     "Event",
     "EventBuffer",
@@ -107,12 +108,14 @@ class BufferFilled(_Base):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Paused(_Base):
     """Writes are held back: the sink throttled, or is failing and is probed one write at a
-    time. Published when the state is entered (from healthy, or from the other one)."""
+    time, or ``pause()`` was called. Published when the state is entered (from healthy, or
+    from the other one), and for each ``pause()``."""
 
     reason: str
-    """``throttled`` (the sink said "retry after") or ``failing`` (retriable errors)."""
+    """``throttled`` (the sink said "retry after"), ``failing`` (retriable errors) or
+    ``requested`` (``pause()``)."""
     error: str
-    """The class name of the error that caused it."""
+    """The class name of the error that caused it (empty for ``requested``)."""
     seconds: float
     """How long until the next write may start."""
 
@@ -122,9 +125,22 @@ class Resumed(_Base):
     """A write succeeded after a ``Paused`` state: writes go at full pace again."""
 
     reason: str
-    """The state that ended: ``throttled`` or ``failing``."""
+    """The state that ended: ``throttled``, ``failing`` or ``requested``."""
     paused_for: float
     """Seconds since the state began."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CapacityChanged(_Base):
+    """The capacity this batcher spends from grants a new rate: a fleet member won or lost
+    partitions, or lost contact with Redis and fell back to its reserved capacity."""
+
+    per_second: float
+    """Cost units per second granted now (shared by every batcher holding the capacity)."""
+    reason: str
+    """Why: ``won``, ``lost``, ``redis_unreachable``, ``redis_back``, ..."""
+    partitions: int | None
+    """Partitions this process holds now (None for a capacity without partitions)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -143,6 +159,7 @@ Event = (
     | BufferFilled
     | Paused
     | Resumed
+    | CapacityChanged
     | Closed
 )
 

@@ -6,20 +6,33 @@ most the adaptive concurrency, itself at most ``max_in_flight``, at once; ``dire
 run beside them). It also turns the
 intake's "the buffer was full" notices into events, answers ``flush()`` requests, and, at
 close, drains or abandons what is in flight.
+
+With a capacity (``capacity=``), a batch is cut only once its cost is granted, and cut to
+fit what was granted: when not even the oldest record fits, the loop sleeps until it would
+(one timer; a change of the capacity's rate wakes it). ``pause()`` holds every cut, and
+every write's start, for a while.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from ._clock import Clock
 from ._config import Options
-from ._decide import decide
+from ._decide import CutReason, decide
 from ._delivery import Delivery
-from ._events import BufferFilled, EventBuffer, RecordsDropped
+from ._events import (
+    BufferFilled,
+    CapacityChanged,
+    EventBuffer,
+    Paused,
+    RecordsDropped,
+    Resumed,
+)
 from ._intake import Intake
 from ._receipt import Batch, Outcome
 from ._tasks import cancelled_by_batcher, spawn
@@ -29,6 +42,7 @@ __all__ = ["Flusher"]
 log = logging.getLogger("writebehind")
 
 _CANCEL_GRACE = 0.25  # seconds a cancelled write gets to unwind after the close deadline
+_RECHECK = 1.0  # seconds between two looks at a capacity that grants nothing (rate 0)
 
 
 class Flusher:
@@ -58,10 +72,60 @@ class Flusher:
         self._on_shutdown = on_shutdown
         self.hold: asyncio.Future[Any] | None = None  # the flusher task outlives this
         self.task: asyncio.Task[None] | None = None
+        self.capacity = opts.capacity  # None once released at close
+        self.in_flight_cost = 0.0  # what the batches being written cost together
+        self.resume_at = float("-inf")  # pause(): nothing is cut or starts before this
+        self._paused_since: float | None = None
 
     def start(self) -> None:
-        """Start the flush loop (a task that survives the loop's shutdown: see _tasks)."""
+        """Start the flush loop (a task that survives the loop's shutdown: see _tasks), and
+        start spending from the capacity (the first batcher to use it starts it)."""
+        if self.capacity is not None:
+            self.capacity.attach(self.needs, self._rate_changed, self.clock)
         self.task = self._spawn(self._run(), f"writebehind-flusher[{self.opts.name}]")
+
+    def needs(self) -> float:
+        """What the records pending and in flight cost together (from any thread)."""
+        return self.intake.pending_cost() + self.in_flight_cost
+
+    def _rate_changed(self, reason: str) -> None:
+        """The capacity's rate changed (called from any thread): tell the loop."""
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody listens any more
+            self.loop.call_soon_threadsafe(self._publish_rate, reason)
+
+    def _publish_rate(self, reason: str) -> None:
+        cap = self.capacity
+        if cap is None:  # released at close meanwhile
+            return
+        partitions = cap.describe().get("partitions")
+        self.events.publish(CapacityChanged, per_second=cap.rate, reason=reason,
+                            partitions=partitions)  # fmt: skip
+        self.event.set()
+
+    def pause(self, seconds: float) -> None:
+        """No batch is cut and no write starts for ``seconds`` (loop thread)."""
+        now = self.clock.monotonic()
+        until = now + seconds
+        if until <= self.resume_at or self.closing:
+            return
+        if self._paused_since is None:
+            self._paused_since = now
+            self.intake.count(pauses=1)
+        self.resume_at = until
+        health = self.delivery.health  # retries and direct writes wait too
+        health.resume_at = max(health.resume_at, until)
+        self.events.publish(Paused, reason="requested", error="", seconds=seconds)
+        self.event.set()
+
+    def _check_resumed(self, now: float) -> float | None:
+        """Publish ``Resumed`` once a pause is over; else when it ends (None: not paused)."""
+        if self._paused_since is None:
+            return None
+        if now < self.resume_at:
+            return self.resume_at
+        self.events.publish(Resumed, reason="requested", paused_for=now - self._paused_since)
+        self._paused_since = None
+        return None
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         return spawn(self.loop, coro, name, self._on_shutdown)
@@ -107,14 +171,24 @@ class Flusher:
                 self._flush_group[1].extend(self._flush_waiters)
                 self._flush_waiters = []
                 self._forced = pending
+            now = clock.monotonic()
             d = decide(
-                now=clock.monotonic(), pending=pending, oldest_at=oldest_at,
+                now=now, pending=pending, oldest_at=oldest_at,
                 max_batch=opts.max_batch, linger=opts.linger, forced=self._forced,
                 closing=self.closing, batches_in_flight=len(self.writing),
                 max_in_flight=self.delivery.health.concurrency.current,
+                resume_at=self.resume_at,
             )  # fmt: skip
+            wake_at = d.wake_at
+            resumes = self._check_resumed(now)
+            if resumes is not None:
+                wake_at = resumes if wake_at is None else min(wake_at, resumes)
+            cut = False
             if d.reason is not None:
-                self._cut(d.reason)
+                wait = self._cut(d.reason)
+                cut = wait is None
+                if wait is not None:  # the capacity has not granted the oldest record yet
+                    wake_at = now + wait if wake_at is None else min(wake_at, now + wait)
             intake.release_room()
             if self._flush_group is not None and self._forced == 0:
                 batches, waiters = self._flush_group
@@ -125,14 +199,29 @@ class Flusher:
             drained = self.closing and pending == 0 and not self.writing and not self.direct
             if drained and not self.drained.done():
                 self.drained.set_result(None)
-            if d.reason is not None:
+            if cut:
                 continue
-            timeout = None if d.wake_at is None else d.wake_at - clock.monotonic()
+            timeout = None if wake_at is None else wake_at - clock.monotonic()
             await clock.wait(event, timeout)
 
-    def _cut(self, reason: str) -> None:
-        receipts = self.intake.cut(self.opts.max_batch)
-        batch = Batch(receipts, reason, self.loop)
+    def _cut(self, reason: CutReason) -> float | None:
+        """Cut a batch and start its write (None); or, when the capacity does not grant the
+        oldest record's cost yet, the seconds to wait before trying again."""
+        intake, cap, most = self.intake, self.capacity, self.opts.max_batch
+        if cap is None:
+            receipts, cost = intake.cut(most)
+        else:
+            first, full = intake.head_cost(most)
+            granted = cap.take(first, full)
+            if granted is None:
+                wait = cap.wait_for(first)
+                return _RECHECK if wait is None else wait
+            receipts, cost = intake.cut(most, granted)
+            cap.give_back(granted - cost)
+            if not receipts:  # a costlier version of the oldest record arrived meanwhile
+                return 0.0
+        self.in_flight_cost += cost
+        batch = Batch(receipts, reason, self.loop, cost)
         for r in receipts:
             r._batch = batch
         self._forced = max(0, self._forced - len(receipts))
@@ -140,9 +229,15 @@ class Flusher:
             self._flush_group[0].append(batch)
         name = f"writebehind-write[{self.opts.name}]"
         self.writing[self._spawn(self._deliver(batch, direct=False), name)] = batch
+        return None
 
     def start_direct(self, batch: Batch) -> None:
-        """Write a ``when_full="direct"`` record's batch of one, now."""
+        """Write a ``when_full="direct"`` record's batch of one, now (its cost is spent at
+        once, into the capacity's debt if need be: it does not wait for credit)."""
+        batch.cost = self.intake.cost(batch.receipts)
+        self.in_flight_cost += batch.cost
+        if self.capacity is not None:
+            self.capacity.spend(batch.cost)
         name = f"writebehind-direct[{self.opts.name}]"
         self.direct[self._spawn(self._deliver(batch, direct=True), name)] = batch
 
@@ -177,6 +272,7 @@ class Flusher:
             if fatal:
                 raise
         finally:
+            self.in_flight_cost -= batch.cost
             if not abandoned:  # abandoned: stop() marks what is unsettled LOST, then finishes
                 batch.finish()
             task = asyncio.current_task()
@@ -199,6 +295,12 @@ class Flusher:
     async def drain(self, timeout: float) -> bool:
         """Cut everything and wait until it is settled; False if ``timeout`` passed first."""
         self.closing = True
+        now = self.clock.monotonic()
+        if self.resume_at > now:  # close() ends a pause
+            health = self.delivery.health
+            if health.resume_at == self.resume_at:  # not a throttle's later resume
+                health.resume_at = now
+            self.resume_at = now
         self.event.set()
         try:
             async with asyncio.timeout(timeout):
@@ -234,7 +336,14 @@ class Flusher:
                 fut.set_result(None)
         self._flush_waiters, self._flush_group = [], None
         self.publish_notice()
+        self.release_capacity()
         return lost
+
+    def release_capacity(self) -> None:
+        """Stop spending from the capacity (the last batcher to let go stops it). Once."""
+        cap, self.capacity = self.capacity, None
+        if cap is not None:
+            cap.detach(self.needs, self._rate_changed)
 
 
 async def _settle_flush(batches: list[Batch], waiters: list[asyncio.Future[None]]) -> None:

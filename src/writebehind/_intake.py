@@ -61,6 +61,7 @@ class Intake:
         self._version = make_getter(version, "version")
         self._kfast = fast_getter(key, "key") if key is not None else None
         self._vfast = fast_getter(version, "version") if version is not None else None
+        self.unit_cost, self._cost_of = opts.costing()
         self.max_batch = opts.max_batch
         self.max_pending = opts.pending_limit
         self.when_full = opts.when_full
@@ -130,7 +131,8 @@ class Intake:
         The one "wrong thread" check: every API that blocks asks it."""
         return threading.get_ident() == self.loop_thread
 
-    def _call_in_loop(self, fn: Callable[..., None], *args: Any) -> None:
+    def call_in_loop(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run ``fn(*args)`` on the loop: now if this is its thread, else soon."""
         if threading.get_ident() == self.loop_thread:
             fn(*args)
         else:
@@ -156,6 +158,7 @@ class Intake:
         seq = itertools.count()
         new_receipt = Receipt.bound(self)
         uuid_type = _UUID
+        cost_of = self._cost_of
 
         def put_nowait(record: Any) -> Receipt:
             # itemgetter (C) reads mapping records; anything else takes the slow getter.
@@ -189,6 +192,8 @@ class Intake:
             if k is None and kfast is not None:
                 raise RecordError("key is None: records are coalesced and upserted by key")
             r = new_receipt(record, v)
+            if cost_of is not None:
+                r._cost = cost_of(record)
             acquire()
             try:
                 if intake._state != _OPEN:
@@ -216,7 +221,7 @@ class Intake:
                 intake._woken = True
             finally:
                 release()
-            intake._call_in_loop(intake._wake)
+            intake.call_in_loop(intake._wake)
             return r
 
         return put_nowait
@@ -251,7 +256,7 @@ class Intake:
         counts = self.counts
         if not self._notice:  # the flusher publishes BufferFilled/RecordsDropped events
             self._notice = True
-            self._call_in_loop(self._wake)
+            self.call_in_loop(self._wake)
         action = overflow_action(
             self.when_full,
             has_pending=bool(self._pending),
@@ -269,7 +274,7 @@ class Intake:
             counts.in_flight += 1
             assert self.loop is not None
             r._batch = batch = Batch([r], "direct", self.loop)
-            self._call_in_loop(self._direct, batch)
+            self.call_in_loop(self._direct, batch)
             return r
         if action == "drop_oldest":
             first = next(iter(self._pending))
@@ -280,7 +285,7 @@ class Intake:
             if self._drops_since_compact > len(self._pending):
                 self._compact()
             if self._change is not None:  # someone awaits a pending receipt: maybe this one
-                self._call_in_loop(self._notify_change)
+                self.call_in_loop(self._notify_change)
         else:
             r._outcome = Outcome.DROPPED
             counts.dropped_newest += 1
@@ -362,10 +367,13 @@ class Intake:
             self._noticed_newest, self._noticed_oldest = c.dropped_newest, c.dropped_oldest
             return True, newest, oldest
 
-    def cut(self, n: int) -> list[Receipt]:
-        """Take up to ``n`` of the oldest pending records; they become in flight."""
+    def cut(self, n: int, budget: float | None = None) -> tuple[list[Receipt], float]:
+        """Take up to ``n`` of the oldest pending records (they become in flight), and no
+        more than ``budget`` cost of them; returns them and their cost."""
         with self._lock:
             pending = self._pending
+            if budget is not None:
+                n = self._fit(n, budget)
             if n >= len(pending):
                 taken = list(pending.values())
                 pending.clear()  # in place: the hot path holds this dict
@@ -375,7 +383,45 @@ class Intake:
             self.counts.in_flight += len(taken)
             self.counts.in_flight_held += len(taken)
         self._notify_change()
-        return taken
+        return taken, self.cost(taken)
+
+    def _fit(self, n: int, budget: float) -> int:  # lock held
+        """How many of the oldest ``n`` records cost no more than ``budget`` together."""
+        slack = budget * 1e-9  # credit is a float: a budget of exactly k records buys k
+        if self._cost_of is None:
+            unit = self.unit_cost
+            return n if unit <= 0 else min(n, int((budget + slack) / unit))
+        total, k = 0.0, 0
+        for r in itertools.islice(self._pending.values(), n):
+            total += r._cost
+            if total > budget + slack:
+                break
+            k += 1
+        return k
+
+    def head_cost(self, n: int) -> tuple[float, float]:
+        """The cost of the oldest pending record, and of the oldest ``n`` together."""
+        with self._lock:
+            if self._cost_of is None:
+                k = min(n, len(self._pending))
+                return (self.unit_cost if k else 0.0), self.unit_cost * k
+            costs = [r._cost for r in itertools.islice(self._pending.values(), n)]
+        return (costs[0] if costs else 0.0), sum(costs)
+
+    def cost(self, receipts: list[Receipt]) -> float:
+        """What ``receipts`` cost together."""
+        if self._cost_of is None:
+            return self.unit_cost * len(receipts)
+        return sum(r._cost for r in receipts)
+
+    def pending_cost(self) -> float:
+        """What every pending record costs together (``Stats.needs_capacity``, less what is
+        in flight)."""
+        with self._lock:
+            if self._cost_of is None:
+                return self.unit_cost * len(self._pending)
+            held = list(self._pending.values())  # a copy under the lock; summed outside it
+        return sum(r._cost for r in held)
 
     def settle(self, receipts: list[Receipt], outcome: Outcome, *, direct: bool = False) -> None:
         """Record the final outcome of in-flight receipts (none of them settled yet) and

@@ -16,7 +16,7 @@ import concurrent.futures
 import enum
 import threading
 from collections.abc import Generator
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from ._errors import WriteBehindError, would_deadlock
 
@@ -34,7 +34,11 @@ class Owner(Protocol):
     async def next_change(self) -> None: ...
 
 
-__all__ = ["Batch", "Outcome", "Owner", "Receipt"]
+__all__ = ["Batch", "BatchReason", "Outcome", "Owner", "Receipt"]
+
+BatchReason = Literal["close", "flush", "size", "linger", "direct"]
+"""Why a batch was cut: the flush decision's reasons, or ``direct`` (a ``when_full="direct"``
+record written alone)."""
 
 
 class Outcome(enum.Enum):
@@ -56,12 +60,20 @@ class Outcome(enum.Enum):
 class Batch:
     """Records cut from the buffer together, written (and retried, or split) as one."""
 
-    __slots__ = ("_done", "_future", "loop", "reason", "receipts")
+    __slots__ = ("_done", "_future", "cost", "loop", "reason", "receipts")
 
-    def __init__(self, receipts: list[Receipt], reason: str, loop: asyncio.AbstractEventLoop):
+    def __init__(
+        self,
+        receipts: list[Receipt],
+        reason: BatchReason,
+        loop: asyncio.AbstractEventLoop,
+        cost: float = 0.0,
+    ) -> None:
         self.receipts = receipts
         self.reason = reason
         self.loop = loop
+        self.cost = cost
+        """What its records cost together (``cost=``); spent from the capacity at the cut."""
         self._done = False
         self._future: asyncio.Future[None] | None = None
 
@@ -91,13 +103,15 @@ class Receipt:
     ``receipt.outcome`` is the outcome if already known, else ``None``.
     """
 
-    __slots__ = ("_batch", "_outcome", "_succ", "record", "version")
+    __slots__ = ("_batch", "_cost", "_outcome", "_succ", "record", "version")
 
     # Each Intake makes a subclass that sets this (``Receipt.bound``), so a receipt needs no
     # per-record reference to it. ``_batch``, ``_outcome`` and ``_succ`` start unset (absent
     # slots): the hot path stores two attributes, and readers use getattr with a default.
+    # ``_cost`` is set only when ``cost=`` reads each record (a field or a callable).
     _intake: Owner
     _batch: Batch
+    _cost: float
     _outcome: Outcome
     _succ: Receipt
     record: Any

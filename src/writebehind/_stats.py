@@ -60,6 +60,14 @@ class Stats:
     (retriable errors; one probing write at a time)."""
     concurrency: int = 1
     """Batches that may be written at once now (adaptive, at most ``max_in_flight``)."""
+    needs_capacity: float = 0.0
+    """What every record pending or in flight costs together (``cost=``; 1 per record by
+    default): go-batcher's "target", what this batcher asks its capacity for."""
+    capacity: float | None = None
+    """Cost units per second its capacity grants now (shared with every batcher holding
+    it); None without ``capacity=``."""
+    paused_for: float = 0.0
+    """Seconds left of a ``pause()`` (0 when not paused)."""
     dropped_by_reason: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
 
     @property

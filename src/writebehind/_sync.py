@@ -168,6 +168,10 @@ class Batcher:
         """A frozen snapshot of every counter."""
         return self._core.stats()
 
+    def pause(self, seconds: float) -> None:
+        """Cut no batch and start no write for ``seconds``; see ``AsyncBatcher.pause``."""
+        self._core.pause(seconds)
+
     def add_instrument(self, instrument: Instrument) -> None:
         """See ``AsyncBatcher.add_instrument``."""
         self._core.add_instrument(instrument)
