@@ -277,11 +277,11 @@ class ThrottlingSink(MemorySink):
             raise PermanentSinkError(
                 f"a batch of {n} records is larger than the burst ({self.burst:g}) (ThrottlingSink)"
             )
-        if n > self.tokens:
+        if n > self.tokens + 1e-9:  # float refills fall short by an ulp: not a throttle
             self.throttles += 1
             raise RetriableSinkError(
                 f"throttled: {self.rate:g} records/s (ThrottlingSink)",
-                retry_after=(n - self.tokens) / self.rate,
+                retry_after=max((n - self.tokens) / self.rate, 1e-6),
             )
-        self.tokens -= n
+        self.tokens = max(0.0, self.tokens - n)
         await super().write(batch)
