@@ -564,3 +564,26 @@ async def test_close_on_the_batcher_loop_does_not_wait_for_a_round_that_needs_th
         c.close(timeout=10)  # blocks the loop: only the halt can end the round
         assert c._thread is not None
         assert not c._thread.is_alive()
+
+
+async def test_capacity_gauges(registry: CollectorRegistry) -> None:
+    """A batcher with a capacity exports its rate and what it needs; one without exports no
+    rate (absent, not 0) and needs 0."""
+    gate = GatedSink()
+    cap = wb.ProvisionedCapacity(per_second=500)
+    async with (
+        wb.AsyncBatcher(gate, name="budgeted", cost="ru", capacity=cap, linger=FAR) as b,
+        wb.AsyncBatcher(MemorySink(), name="free", linger=FAR) as free,
+    ):
+        PrometheusCollector([b, free], registry=registry)
+        b.add_nowait({"ru": 2.5})
+        b.add_nowait({"ru": 4})
+        b.pause(30)
+        samples = scrape(registry)
+        assert value(samples, "writebehind_capacity_per_second", batcher="budgeted") == 500
+        assert value(samples, "writebehind_capacity_needed", batcher="budgeted") == 6.5
+        assert value(samples, "writebehind_capacity_needed", batcher="free") == 0
+        assert 29 < value(samples, "writebehind_paused_seconds", batcher="budgeted") <= 30
+        assert total(samples, "writebehind_capacity_per_second", batcher="free") == 0
+        assert ("writebehind_capacity_per_second", (("batcher", "free"),)) not in samples
+        gate.open()

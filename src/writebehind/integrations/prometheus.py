@@ -71,10 +71,16 @@ GAUGES: Mapping[str, tuple[str, str]] = {
     "in_flight": ("records_in_flight", "Records in a batch being written (or retried)."),
     "concurrency": ("concurrency", "Batches that may be written at once now (adaptive)."),
     "closed": ("closed", "1 once the batcher is closing or closed."),
+    "needs_capacity": (
+        "capacity_needed",
+        "Cost of the records pending or in flight: what the batcher asks its capacity for.",
+    ),
+    "paused_for": ("paused_seconds", "Seconds left of a pause() (0 when not paused)."),
 }
 """``Stats`` field -> (gauge name after ``writebehind_``, help)."""
-SPECIAL = frozenset({"dropped", "dropped_by_reason", "sink_state"})
-"""``Stats`` fields exported by hand: ``dropped`` by reason, ``sink_state`` as a state set."""
+SPECIAL = frozenset({"dropped", "dropped_by_reason", "sink_state", "capacity"})
+"""``Stats`` fields exported by hand: ``dropped`` by reason, ``sink_state`` as a state set,
+``capacity`` only for a batcher that has one."""
 
 _METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 
@@ -255,6 +261,16 @@ class PrometheusCollector:
             state = getattr(s, "sink_state", "healthy")
             for st in SINK_STATES:
                 fam.add_metric([n, st], 1.0 if state == st else 0.0)
+        yield fam
+        fam = mc.GaugeMetricFamily(
+            _P + "capacity_per_second",
+            "Cost units per second the batcher's capacity grants now (shared with every "
+            "batcher holding it); absent without capacity=.",
+            labels=["batcher"],
+        )
+        for n, s in snaps:
+            if getattr(s, "capacity", None) is not None:
+                fam.add_metric([n], float(s.capacity))
         yield fam
         yield from self._histograms()
         yield from self._refreshed()
