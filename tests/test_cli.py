@@ -308,3 +308,43 @@ def test_example_runs(script: Path, tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.server
+def test_demo_fleet_keeps_to_its_capacity(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--fleet 2 --capacity 400``: two processes share one RedisSharedCapacity into one
+    PostgreSQL table; the fleet's 5 s windows stay within +5% of 400/s and use at least 85%
+    of it, each instance gets a share, nothing is lost, and the password never shows."""
+    from tests.redis_server import SHARED_URL, shared_redis
+
+    shared_redis()  # fails (never skips) when Redis is missing
+    table = f"fleet_hb_{uuid.uuid4().hex[:12]}"
+    try:
+        args = ["demo", "--fleet", "2", "--capacity", "400", "--dsn", PG_DSN, "--redis",
+                SHARED_URL, "--table", table, "--agents", "500", "--duration", "7"]  # fmt: skip
+        assert main(args) == 0, capsys.readouterr()
+        out = capsys.readouterr().out
+        assert "lost: 0" in out, out
+        windows = re.search(r"5 s windows \(fleet / capacity\): (.*)", out)
+        assert windows, out
+        shares = [float(w.rstrip("%")) for w in windows.group(1).split(", ")]
+        assert shares, out
+        assert all(85.0 <= w <= 105.0 for w in shares), out
+        rates = [float(m.replace(",", "")) for m in re.findall(r"instance \d: +([\d,]+) ", out)]
+        assert len(rates) == 2, out
+        assert min(rates) >= 0.15 * sum(rates), out
+        assert pg_rows(table) == 500
+    finally:
+        pg_execute(f"DROP TABLE IF EXISTS {table}")
+
+
+def test_demo_fleet_flags_are_checked(capsys: pytest.CaptureFixture[str]) -> None:
+    """--fleet needs --capacity and --dsn; --reserved must leave something to share."""
+    assert main(["demo", "--fleet", "2"]) == 2
+    assert "--capacity" in capsys.readouterr().err
+    assert main(["demo", "--fleet", "2", "--capacity", "100"]) == 2
+    assert "--dsn" in capsys.readouterr().err
+    args = ["demo", "--fleet", "2", "--capacity", "100", "--reserved", "50", "--dsn", PG_DSN]
+    assert main(args) == 2
+    assert "--reserved" in capsys.readouterr().err
+    assert main(["demo", "--fleet", "0", "--capacity", "100"]) == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from .. import ConfigError
 from ._args import identifier, integer, non_negative_float, positive_float
 
 __all__ = ["register"]
@@ -32,8 +33,8 @@ def register(commands: Any) -> None:
     demo.add_argument(
         "--duration",
         type=positive_float,
-        default=5.0,
-        help="seconds to send heartbeats for (default: 5)",
+        default=None,
+        help="seconds to send heartbeats for (default: 5; 20 with --fleet)",
     )
     demo.add_argument(
         "--interval",
@@ -91,14 +92,46 @@ def register(commands: Any) -> None:
     demo.add_argument(
         "--plain", action="store_true", help="plain text lines instead of a live rich table"
     )
+    fleet = demo.add_argument_group(
+        "fleet",
+        "--fleet N runs N processes heartbeating into one PostgreSQL table (--dsn) through one "
+        "RedisSharedCapacity of --capacity records per second, and prints each instance's rate "
+        "and the fleet's against it",
+    )
+    fleet.add_argument("--fleet", type=_positive_int, metavar="N", help="instances (processes)")
+    fleet.add_argument(
+        "--capacity", type=positive_float, metavar="C", help="the fleet's records per second"
+    )
+    fleet.add_argument(
+        "--redis",
+        default="redis://127.0.0.1:6379/0",
+        metavar="URL",
+        help="the Redis the instances lease capacity through (default: redis://127.0.0.1:6379/0)",
+    )
+    fleet.add_argument(
+        "--reserved",
+        type=non_negative_float,
+        default=0.0,
+        metavar="R",
+        help="records per second each instance has without a lease (default: 0)",
+    )
+    fleet.add_argument(
+        "--lease",
+        type=positive_float,
+        default=15.0,
+        metavar="SECONDS",
+        help="how long a partition's lease lasts without renewal (default: 15)",
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.fleet is not None or args.capacity is not None:
+        return _run_fleet(args)
     from .demo import DemoConfig, run  # the demo's imports cost nothing for --help
 
     config = DemoConfig(
         agents=args.agents,
-        duration=args.duration,
+        duration=5.0 if args.duration is None else args.duration,
         interval=args.interval,
         db=args.db,
         dsn=args.dsn,
@@ -110,6 +143,23 @@ def _run(args: argparse.Namespace) -> int:
         plain=args.plain,
     )
     return run(config)
+
+
+def _run_fleet(args: argparse.Namespace) -> int:
+    if args.fleet is None or args.capacity is None:
+        raise ConfigError("--fleet N and --capacity C go together: give both")
+    if args.dsn is None:
+        raise ConfigError("--fleet writes to PostgreSQL: give --dsn postgresql://...")
+    from .fleet import FleetConfig, run_fleet
+
+    return run_fleet(
+        FleetConfig(
+            instances=args.fleet, capacity=args.capacity, dsn=args.dsn, redis=args.redis,
+            reserved=args.reserved, lease=args.lease, agents=args.agents,
+            duration=20.0 if args.duration is None else args.duration, table=args.table,
+            reset=args.reset,
+        )
+    )  # fmt: skip
 
 
 _positive_int = integer(1)
