@@ -127,6 +127,28 @@ async def test_writes_stay_within_the_rate_after_one_second_of_burst() -> None:
     assert end == pytest.approx(9.0, abs=0.6)  # 100 at once, then 900 at 100/s
 
 
+async def test_throttling_and_aimd_still_work_under_a_capacity() -> None:
+    """The sink takes less than the capacity grants: its throttles still pause the batcher
+    and shrink the concurrency, the writes keep to the sink's rate (the tighter of the two),
+    and nothing is lost or paid twice (a retried batch does not take capacity again)."""
+    clock = ManualClock(autojump=0)
+    sink = wb.testing.ThrottlingSink(rate=200, burst=50, clock=clock)
+    cap = wb.ProvisionedCapacity(1000)
+    async with wb.AsyncBatcher(
+        sink, capacity=cap, max_batch=50, max_pending=5000, max_in_flight=4, linger=0,
+        clock=clock,
+    ) as b:  # fmt: skip
+        for i in range(2000):
+            b.add_nowait({"n": i})
+        await b.flush()
+        s, end = b.stats(), clock.monotonic()
+    assert s.committed == s.accepted == 2000
+    assert (s.lost, s.dead_lettered) == (0, 0)
+    assert s.throttled > 0
+    assert s.concurrency < 4
+    assert end >= (2000 - 50) / 200 - 1e-6  # the sink's rate bounds it, not the capacity's
+
+
 async def test_several_batchers_on_one_capacity_share_its_rate() -> None:
     """Two tables, one database budget: together they stay within it, and both progress."""
     clock = ManualClock(autojump=0)
