@@ -17,11 +17,13 @@ import pytest
 
 import writebehind
 from tests.pg import DSN as PG_DSN
+from tests.redis_server import SHARED_URL as REDIS_URL
 from writebehind.cli.demo import DemoConfig
 from writebehind.cli.main import main
 
+SERVER = re.compile(r"postgres|redis")  # examples that need a server: they fail without it
 EXAMPLES = [
-    pytest.param(p, id=p.name, marks=[pytest.mark.server] if "postgres" in p.name else [])
+    pytest.param(p, id=p.name, marks=[pytest.mark.server] if SERVER.search(p.name) else [])
     for p in sorted((Path(__file__).parent.parent / "examples").glob("*.py"))
 ]
 LOST_ZERO = re.compile(r"^\s*lost\s+0\s*$", re.MULTILINE)
@@ -211,15 +213,37 @@ def test_reset_and_table_with_sqlite(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert count_rows(db, "beats") == 20
 
 
-def test_dsn_that_cannot_connect_exits_2_without_the_password(
-    capsys: pytest.CaptureFixture[str],
+def test_dsn_that_cannot_connect_exits_1_without_the_password(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An unreachable server is exit 2 with the DSN redacted; the password never shows."""
+    """An unreachable server is exit 1 (not 2, a usage error) with the DSN redacted; the
+    password never shows, given on the command line or as ``env:NAME``."""
     dsn = "postgresql://root:canary-pw-7f3a@127.0.0.1:1/test"
-    assert main(["demo", "--plain", "--dsn", dsn]) == 2
+    assert main(["demo", "--plain", "--dsn", dsn]) == 1
     captured = capsys.readouterr()
     assert "cannot connect to PostgreSQL at postgresql://root:***@127.0.0.1:1/test" in captured.err
     assert "canary-pw-7f3a" not in captured.out + captured.err
+    monkeypatch.setenv("WB_TEST_DSN", dsn)
+    assert main(["demo", "--plain", "--dsn", "env:WB_TEST_DSN"]) == 1
+    captured = capsys.readouterr()
+    assert "postgresql://root:***@127.0.0.1:1/test" in captured.err
+    assert "canary-pw-7f3a" not in captured.out + captured.err
+    assert main(["demo", "--plain", "--dsn", "env:WB_TEST_UNSET_NAME"]) == 2
+    assert "WB_TEST_UNSET_NAME" in capsys.readouterr().err
+
+
+def test_a_database_that_cannot_be_opened_is_one_line_and_exit_1(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """``--db /proc/x.db`` (or a missing directory): one line naming the file, no traceback,
+    exit 1; nothing is created."""
+    for path in ("/proc/x.db", str(tmp_path / "no" / "such" / "dir" / "x.db")):
+        assert main([*SMALL_DEMO, "--plain", "--db", path]) == 1
+        err = capsys.readouterr().err
+        assert f"cannot open the SQLite database {path!r}" in err, err
+        assert "Traceback" not in err
+        assert len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "no").exists()
 
 
 def test_db_and_dsn_exclude_each_other_and_table_is_checked(
@@ -297,7 +321,11 @@ def test_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.parametrize("script", EXAMPLES)
 def test_example_runs(script: Path, tmp_path: Path) -> None:
     """Each example script runs to completion with exit code 0."""
-    env = {**os.environ, "WB_PG_DSN": os.environ.get("WB_PG_DSN", PG_DSN)}
+    env = {
+        **os.environ,
+        "WB_PG_DSN": os.environ.get("WB_PG_DSN", PG_DSN),
+        "WB_REDIS_URL": os.environ.get("WB_REDIS_URL", REDIS_URL),  # fails if Redis is not there
+    }
     done = subprocess.run(
         [sys.executable, str(script)],
         cwd=tmp_path,
