@@ -150,7 +150,7 @@ def test_a_store_must_be_named(tmp_path: Path, capsys: pytest.CaptureFixture[str
         ["list"],
         ["show", "1"],
         ["replay", "--dry-run"],
-        ["replay", "--to-db", "x.db", "--table", "t"],
+        ["replay", "--to-db", "x.db", "--to-table", "t"],
         ["purge", "--all", "--yes"],
     ):
         code, out, err = run(capsys, *argv)
@@ -209,6 +209,31 @@ def test_human_output_escapes_terminal_controls(
     assert "\n          second line" in out
 
 
+def test_list_json_prints_the_record_as_plain_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The store's tagged encoding ({"$dt": ...}) is internal: --json prints datetimes,
+    UUIDs, decimals, bytes and tuples as plain JSON values a tool can read."""
+    import datetime as dt
+    import decimal
+    import uuid
+
+    path = tmp_path / "typed.db"
+    u = uuid.UUID("12345678-1234-5678-1234-567812345678")
+    when = dt.datetime(2026, 12, 3, 6, 0, tzinfo=dt.UTC)
+    record = {"id": u, "at": when, "amount": decimal.Decimal("1.50"), "raw": b"\x00\x01",
+              "pair": (1, "a"), "inf": float("inf")}  # fmt: skip
+    put(SQLiteDeadLetter(path), [(record, "hb", "PermanentSinkError")])
+    code, out, _ = run(capsys, "list", "--db", str(path), "--json")
+    assert code == 0
+    (row,) = [json.loads(line) for line in out.splitlines()]
+    assert row["record"] == {
+        "id": str(u), "at": "2026-12-03T06:00:00+00:00", "amount": "1.50", "raw": "AAE=",
+        "pair": [1, "a"], "inf": "inf",
+    }  # fmt: skip
+    assert "$" not in out
+
+
 def test_list_json_stays_exact(hostile: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """--json is for programs: the stored texts come back exactly, controls included."""
     code, out, _ = run(capsys, "list", "--db", str(hostile), "--json")
@@ -224,7 +249,7 @@ def test_replay_into_sqlite(db: Path, tmp_path: Path, capsys: pytest.CaptureFixt
     it cannot replay, and exits 1 because one stays."""
     to = target(tmp_path)
     code, out, err = run(
-        capsys, "replay", "--db", str(db), "--to-db", str(to), "--table", "agents",
+        capsys, "replay", "--db", str(db), "--to-db", str(to), "--to-table", "agents",
         "--key", "id", "--version", "updated_at", "--ids", "1,2,3,4",
     )  # fmt: skip
     assert code == 1
@@ -249,7 +274,7 @@ def test_replay_exit_codes_and_a_fresh_entry_for_a_refused_record(
         [({"id": "a", "updated_at": 1}, "hb", "E"), ({"id": "z", "updated_at": None}, "hb", "E")],
     )
     to = target(tmp_path)
-    argv = ["--db", str(db), "--to-db", str(to), "--table", "agents", "--key", "id"]
+    argv = ["--db", str(db), "--to-db", str(to), "--to-table", "agents", "--key", "id"]
     code, out, _ = run(capsys, "replay", *argv, "--ids", "1")
     assert code == 0
     assert "deleted        1" in out
@@ -280,11 +305,11 @@ def test_replay_dry_run_and_usage_errors(
     assert "--to-db PATH or --to-dsn DSN" in err
     to = str(target(tmp_path))
     code, _, err = run(
-        capsys, "replay", "--db", str(db), "--to-db", to, "--table", "agents", "--version", "v"
+        capsys, "replay", "--db", str(db), "--to-db", to, "--to-table", "agents", "--version", "v"
     )
     assert code == 2
     assert "--version needs --key" in err
-    code, _, err = run(capsys, "replay", "--db", str(db), "--to-db", to, "--table", "a;b")
+    code, _, err = run(capsys, "replay", "--db", str(db), "--to-db", to, "--to-table", "a;b")
     assert code == 2
     assert "not an allowed name" in err
     code, out, _ = run(capsys, "list", "--db", str(db), "--json")
@@ -338,11 +363,11 @@ def test_list_and_purge_a_postgres_store(
     monkeypatch.setenv("WB_TEST_DLQ_DSN", DSN)
     try:
         code, out, _ = run(
-            capsys, "list", "--dsn", "env:WB_TEST_DLQ_DSN", "--table", table, "--json"
+            capsys, "list", "--dsn", "env:WB_TEST_DLQ_DSN", "--dlq-table", table, "--json"
         )
         assert code == 0
         assert json.loads(out)["record"] == {"id": "a"}
-        code, out, _ = run(capsys, "purge", "--dsn", DSN, "--table", table, "--all", "--yes")
+        code, out, _ = run(capsys, "purge", "--dsn", DSN, "--dlq-table", table, "--all", "--yes")
         assert (code, out) == (0, "deleted 1\n")
     finally:
         asyncio.run(_drop(table))
@@ -357,7 +382,7 @@ def test_replay_into_postgres(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     asyncio.run(_sql(f"CREATE TABLE {table} (id text PRIMARY KEY, n integer)"))
     try:
         code, out, _ = run(
-            capsys, "replay", "--db", str(db), "--to-dsn", DSN, "--table", table, "--key", "id"
+            capsys, "replay", "--db", str(db), "--to-dsn", DSN, "--to-table", table, "--key", "id"
         )
         assert code == 0
         assert "committed      2" in out

@@ -150,7 +150,7 @@ async def test_canary_password_never_shows(
         ["dlq", "list", "--dsn", dsn],
         ["dlq", "show", "1", "--dsn", dsn],
         ["dlq", "purge", "--all", "--yes", "--dsn", dsn],
-        ["dlq", "replay", "--dsn", dsn, "--to-dsn", dsn, "--table", "t"],
+        ["dlq", "replay", "--dsn", dsn, "--to-dsn", dsn, "--to-table", "t"],
         ["demo", "--plain", "--no-naive", "--agents", "2", "--duration", "0.1", "--dsn", dsn],
     ):
         code = await asyncio.to_thread(main, argv)

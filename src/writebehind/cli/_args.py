@@ -78,3 +78,8 @@ def dsn(text: str) -> str:
     if not name or not value:
         raise argparse.ArgumentTypeError(f"environment variable {name!r} is not set or empty")
     return value
+
+
+class Unavailable(Exception):
+    """What a command needs is not there (a database that cannot be opened or reached): exit
+    status 1 with a one-line message, unlike a usage error (2)."""

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from .. import ConfigError
-from ._args import identifier, integer, non_negative_float, positive_float
+from ._args import dsn, identifier, integer, non_negative_float, positive_float
 
 __all__ = ["register"]
 
@@ -50,9 +50,11 @@ def register(commands: Any) -> None:
     )
     where.add_argument(
         "--dsn",
+        type=dsn,
         help=(
             "write to PostgreSQL instead (postgresql://user[:password]@host[:port]/db) through "
-            "PostgresSink; the table is created if missing and kept"
+            "PostgresSink; the table is created if missing and kept; env:NAME reads the DSN "
+            "from $NAME"
         ),
     )
     demo.add_argument(

@@ -18,6 +18,7 @@ from typing import Any
 from .. import ConfigError, PostgresSink
 from .._ident import quote
 from .._redact import describe, may_quote_password, redact_dsn, secrets_of
+from ._args import Unavailable
 from ._display import Row
 from ._naive import CHECK_EVERY, COLUMNS, NaiveResult, heartbeats, upsert_sql
 from ._target import Fleet, check_rows
@@ -58,7 +59,7 @@ class PostgresTarget:
         except Exception as exc:  # the driver's message may quote the DSN
             withhold = may_quote_password(self._dsn, exc)
             message = describe(exc, self._secrets, withhold=withhold)
-            raise ConfigError(
+            raise Unavailable(
                 f"cannot connect to PostgreSQL at {redact_dsn(self._dsn)}: {message}"
             ) from None
 

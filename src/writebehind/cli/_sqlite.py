@@ -16,6 +16,7 @@ from typing import Any
 
 from .. import SQLiteSink
 from .._ident import quote
+from ._args import Unavailable
 from ._display import Row
 from ._naive import NaiveResult, replay_sqlite
 from ._target import Fleet, check_rows
@@ -48,12 +49,15 @@ class SQLiteTarget:
         )
 
     async def prepare(self, *, reset: bool) -> None:
-        with contextlib.closing(sqlite3.connect(self.path)) as conn:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(self._schema)
-            if reset:
-                conn.execute(f"DELETE FROM {quote(self._table)}")
-            conn.commit()
+        try:
+            with contextlib.closing(sqlite3.connect(self.path)) as conn:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute(self._schema)
+                if reset:
+                    conn.execute(f"DELETE FROM {quote(self._table)}")
+                conn.commit()
+        except sqlite3.Error as exc:
+            raise Unavailable(f"cannot open the SQLite database {self.path!r}: {exc}") from None
 
     def new_fleet(self, agents: int) -> Fleet:
         width = len(str(agents - 1))

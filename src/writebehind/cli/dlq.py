@@ -8,7 +8,8 @@ is a usage error. Exit codes: 0 done; 1 a replay did not write every record it s
 table, or ``purge`` without ``--yes`` when it cannot ask.
 
 Stored messages and records are printed with terminal controls escaped (see
-:mod:`._text`); ``list --json`` prints them exactly.
+:mod:`._text`); ``list --json`` prints them exactly, the record as plain JSON
+(:func:`writebehind.dlq._codec.to_plain`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .._errors import ConfigError, WriteBehindError
+from ..dlq._codec import to_plain
 from ._args import dsn, identifier, integer
 from ._text import printable
 
@@ -41,7 +43,7 @@ def register(commands: Any) -> None:
     sub = dlq.add_subparsers(title="dlq commands", metavar="COMMAND")
 
     ls = sub.add_parser("list", help="list entries, oldest first")
-    _source(ls, table="--table", schema="--schema")
+    _source(ls)
     ls.add_argument("--limit", type=_count, default=100, help="at most N (default: 100)")
     ls.add_argument("--after", type=_count, default=None, metavar="ID", help="ids above ID")
     ls.add_argument("--error", help="only this error class, e.g. PermanentSinkError")
@@ -51,7 +53,7 @@ def register(commands: Any) -> None:
 
     show = sub.add_parser("show", help="one entry in full, its record as JSON")
     show.add_argument("id", type=_count, metavar="ID")
-    _source(show, table="--table", schema="--schema")
+    _source(show)
     show.set_defaults(command=_show)
 
     replay = sub.add_parser(
@@ -64,7 +66,7 @@ def register(commands: Any) -> None:
             "selected record was written."
         ),
     )
-    _source(replay, table="--dlq-table", schema="--dlq-schema")
+    _source(replay)
     target = replay.add_mutually_exclusive_group()
     target.add_argument("--to-db", metavar="PATH", help="the SQLite file to write (SQLiteSink)")
     target.add_argument(
@@ -73,8 +75,8 @@ def register(commands: Any) -> None:
         type=dsn,
         help="the PostgreSQL to write (PostgresSink); env:NAME reads it from $NAME",
     )
-    replay.add_argument("--table", type=_ident("table"), help="the table to write")
-    replay.add_argument("--schema", type=_ident("schema"), default="public", help="(PostgreSQL)")
+    replay.add_argument("--to-table", type=_ident("table"), help="the table to write")
+    replay.add_argument("--to-schema", type=_ident("schema"), default="public", help="(PostgreSQL)")
     replay.add_argument("--key", type=_names("key"), help="key column(s), comma separated")
     replay.add_argument("--version", type=_names("version"), help="the version column")
     replay.add_argument("--ids", type=_ids, help="only these ids, comma separated")
@@ -83,7 +85,7 @@ def register(commands: Any) -> None:
     replay.set_defaults(command=_replay)
 
     purge = sub.add_parser("purge", help="delete entries (asks for --yes)")
-    _source(purge, table="--table", schema="--schema")
+    _source(purge)
     what = purge.add_mutually_exclusive_group(required=True)
     what.add_argument("--ids", type=_ids, help="these ids, comma separated")
     what.add_argument("--before", type=_time, metavar="ISO-TIME", help="older than this (UTC)")
@@ -93,7 +95,9 @@ def register(commands: Any) -> None:
 
 
 # -- arguments -------------------------------------------------------------------------
-def _source(parser: argparse.ArgumentParser, *, table: str, schema: str) -> None:
+def _source(parser: argparse.ArgumentParser) -> None:
+    """The store's flags: ``--db`` or ``--dsn``, and ``--dlq-table``/``--dlq-schema`` (the
+    same names in every dlq command; ``replay`` names its target ``--to-...``)."""
     where = parser.add_mutually_exclusive_group()
     where.add_argument(
         "--db", metavar="PATH", help="the SQLite dead-letter file (no default: name it)"
@@ -107,13 +111,13 @@ def _source(parser: argparse.ArgumentParser, *, table: str, schema: str) -> None
         ),
     )
     parser.add_argument(
-        table,
+        "--dlq-table",
         dest="dlq_table",
         type=_ident("table"),
         help="the store's table (default: dead_letters, or writebehind_dead_letters with --dsn)",
     )
     parser.add_argument(
-        schema,
+        "--dlq-schema",
         dest="dlq_schema",
         type=_ident("schema"),
         default="public",
@@ -213,8 +217,9 @@ def _list(args: argparse.Namespace) -> int:
             limit=args.limit, after=args.after, batcher=args.batcher, error=args.error
         )
         if args.json:
-            for e in entries:
-                print(json.dumps(e.to_dict(), ensure_ascii=False, sort_keys=True))
+            for e in entries:  # the record as plain JSON, not the store's tagged form
+                row = {**e.to_dict(), "record": to_plain(e.record_json, e.encoding)}
+                print(json.dumps(row, ensure_ascii=False, sort_keys=True))
             return 0
         rows = [("id", "time", "batcher", "error", "message")]
         rows += [
@@ -273,8 +278,8 @@ def _show(args: argparse.Namespace) -> int:
 
 def _replay(args: argparse.Namespace) -> int:
     _named_store(args)
-    if not args.dry_run and not ((args.to_db or args.to_dsn) and args.table):
-        raise ConfigError("replay: give the target, --to-db PATH or --to-dsn DSN, and --table")
+    if not args.dry_run and not ((args.to_db or args.to_dsn) and args.to_table):
+        raise ConfigError("replay: give the target, --to-db PATH or --to-dsn DSN, and --to-table")
     if args.version and not args.key:
         raise ConfigError("replay: --version needs --key")
 
@@ -301,10 +306,10 @@ async def _replay_into(store: Any, args: argparse.Namespace) -> Any:
 
     key, version = args.key, args.version
     if args.to_db:
-        sink: Any = SQLiteSink(args.to_db, table=args.table, key=key, version=version)
+        sink: Any = SQLiteSink(args.to_db, table=args.to_table, key=key, version=version)
     else:
         sink = PostgresSink(
-            args.to_dsn, table=args.table, schema=args.schema, key=key, version=version
+            args.to_dsn, table=args.to_table, schema=args.to_schema, key=key, version=version
         )
     # records the sink refuses again go back to this store (a fresh entry each)
     batcher = AsyncBatcher(sink, key=key, version=version, dead_letter=store, name="dlq-replay")

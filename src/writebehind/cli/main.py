@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 
 from .. import ConfigError, __version__
+from ._args import Unavailable
 from ._text import printable
 
 __all__ = ["build_parser", "main"]
@@ -34,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:  # its message may quote stored data or a path: escaped
         print(f"writebehind {args.command_name}: error: {printable(str(exc))}", file=sys.stderr)
         return 2
+    except Unavailable as exc:  # a database that cannot be opened or reached: not usage
+        print(f"writebehind {args.command_name}: error: {printable(str(exc))}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"writebehind {args.command_name}: interrupted", file=sys.stderr)
         return 130

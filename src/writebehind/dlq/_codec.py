@@ -134,6 +134,33 @@ def decode(text: str, encoding: str = JSON) -> Any:
     return _dec(json.loads(text))
 
 
+def to_plain(text: str, encoding: str = JSON) -> Any:
+    """The stored record as plain JSON data, for people and tools reading it (``dlq list
+    --json``): datetimes, dates and times as ISO 8601 strings, UUIDs and decimals as
+    strings, bytes as base64, tuples as lists, non-finite floats as ``"nan"``/``"inf"``,
+    dict keys as strings. A record stored as its repr is that string. Not for replay:
+    :func:`decode` gives the record back exactly."""
+    if encoding != JSON:
+        return json.loads(text)
+    return _plain(decode(text))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dt.date | dt.time):  # datetime is a date
+        return value.isoformat()
+    if isinstance(value, uuid.UUID | decimal.Decimal):
+        return str(value)
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    return value
+
+
 def _float(value: float) -> Any:
     text = repr(value)
     if not math.isfinite(value) or "e" in text or (value == 0.0 and math.copysign(1, value) < 0):
