@@ -1,0 +1,146 @@
+"""The durable watermark: the highest sequence number known synced, and everyone waiting on
+it, in any thread or event loop.
+
+The writer thread calls :meth:`Watermark.advance` after each group commit, :meth:`fail` after
+a failed attempt and :meth:`stop` when the log closes; waiters block in :meth:`wait` (a
+thread), await :meth:`wait_async` (an asyncio task: resolved through one
+``call_soon_threadsafe`` per loop per commit, not one per record), or subscribe a callback
+(called on the writer thread with ``(watermark, error)``; keep it short, and hop to your own
+loop with ``call_soon_threadsafe``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import threading
+from collections.abc import Callable
+
+from ._errors import SpoolClosed, SpoolWriteError
+
+__all__ = ["DurableListener", "Watermark"]
+
+DurableListener = Callable[[int, SpoolWriteError | None], None]
+
+log = logging.getLogger("writebehind")
+
+
+class Watermark:
+    """The durable watermark and its waiters (thread-safe)."""
+
+    def __init__(self, start: int = 0) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self.value = start
+        self.error: SpoolWriteError | None = None  # the last attempt failed with this
+        self._stopped: BaseException | None = None
+        self._listeners: dict[int, DurableListener] = {}
+        self._ids = itertools.count()
+        # (seq, tiebreak, loop, future): async waiters, lowest seq first
+        self._futures: list[tuple[int, int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+
+    def advance(self, seq: int) -> None:
+        """Everything up to ``seq`` is durable."""
+        with self._cond:
+            self.value = max(self.value, seq)
+            self.error = None
+            self._cond.notify_all()
+            ready = []
+            while self._futures and self._futures[0][0] <= self.value:
+                ready.append(heapq.heappop(self._futures))
+            listeners = list(self._listeners.values())
+        self._settle(ready, None)
+        self._tell(listeners, seq, None)
+
+    def fail(self, error: SpoolWriteError) -> None:
+        """An attempt to sync failed: waiters not yet durable get ``error``."""
+        with self._cond:
+            self.error = error
+            self._cond.notify_all()
+            failed, self._futures = self._futures, []
+            listeners = list(self._listeners.values())
+            value = self.value
+        self._settle(failed, error)
+        self._tell(listeners, value, error)
+
+    def stop(self, reason: BaseException) -> None:
+        """No more advances: waiters not yet durable get ``reason``."""
+        with self._cond:
+            self._stopped = reason
+            self._cond.notify_all()
+            failed, self._futures = self._futures, []
+        self._settle(failed, reason)
+
+    def wait(self, seq: int, timeout: float | None = None) -> bool:
+        """Block until ``seq`` is durable (True) or ``timeout`` passes (False). Raises
+        :class:`SpoolWriteError` while the last attempt to sync has failed (the record stays
+        queued and is retried: waiting again may succeed), :class:`SpoolClosed` once the
+        log is closed with ``seq`` not durable."""
+        with self._cond:
+            ok = self._cond.wait_for(lambda: self._done(seq), timeout)
+            if self.value >= seq:
+                return True
+            if not ok:
+                return False
+            raise self._why()
+
+    async def wait_async(self, seq: int) -> None:
+        """Wait in an event loop until ``seq`` is durable; raises as :meth:`wait` does."""
+        loop = asyncio.get_running_loop()
+        with self._cond:
+            if self.value >= seq:
+                return
+            if self._stopped is not None or self.error is not None:
+                raise self._why()
+            future: asyncio.Future[None] = loop.create_future()
+            heapq.heappush(self._futures, (seq, next(self._ids), loop, future))
+        await future
+
+    def subscribe(self, listener: DurableListener) -> Callable[[], None]:
+        """Call ``listener(watermark, error)`` on the writer thread after every group commit
+        (``error`` None) and every failed attempt; returns the unsubscribe function."""
+        with self._cond:
+            key = next(self._ids)
+            self._listeners[key] = listener
+        return lambda: self._listeners.pop(key, None) and None
+
+    def _done(self, seq: int) -> bool:
+        return self.value >= seq or self.error is not None or self._stopped is not None
+
+    def _why(self) -> BaseException:
+        if self.error is not None and self._stopped is None:
+            return self.error
+        if isinstance(self._stopped, SpoolClosed):
+            return self._stopped
+        return SpoolClosed(f"the spool log stopped before the record was durable: {self._stopped}")
+
+    @staticmethod
+    def _settle(
+        waiters: list[tuple[int, int, asyncio.AbstractEventLoop, asyncio.Future[None]]],
+        error: BaseException | None,
+    ) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+        for _, _, loop, future in waiters:
+            by_loop.setdefault(loop, []).append(future)
+        for loop, futures in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits there
+                loop.call_soon_threadsafe(_resolve, futures, error)
+
+    @staticmethod
+    def _tell(listeners: list[DurableListener], seq: int, error: SpoolWriteError | None) -> None:
+        for listener in listeners:
+            try:
+                listener(seq, error)
+            except Exception:
+                log.exception("spool: an on_durable listener raised; ignored")
+
+
+def _resolve(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
+    for future in futures:
+        if not future.done():
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
