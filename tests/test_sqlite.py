@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import decimal
+import os
 import sqlite3
 import tempfile
 import uuid
@@ -46,10 +47,34 @@ def test_injection_shaped_names_are_rejected(tmp_path: Path, arg: str, value: An
 
 async def test_missing_table_is_found_at_start(tmp_path: Path) -> None:
     """A table that does not exist raises ConfigError when the batcher starts."""
-    sink = wb.SQLiteSink(tmp_path / "empty.db", table="nope", key="id")
+    path = tmp_path / "empty.db"
+    sqlite3.connect(path).close()
+    sink = wb.SQLiteSink(path, table="nope", key="id")
     with pytest.raises(wb.ConfigError, match="'nope' does not exist"):
         async with wb.AsyncBatcher(sink, key="id"):
             pass
+
+
+@pytest.mark.parametrize("where", ["missing-dir", "missing-file", "proc"])
+async def test_a_mistyped_path_is_a_config_error_that_creates_nothing(
+    tmp_path: Path, where: str
+) -> None:
+    """A path whose directory or file does not exist (or that cannot hold a file, like
+    /proc/x.db) raises ConfigError at start naming the path, and no file is created."""
+    path = {
+        "missing-dir": tmp_path / "no_such_dir" / "x.db",
+        "missing-file": tmp_path / "hearbeats.db",  # a typo of an existing file's name
+        "proc": Path("/proc/x.db"),
+    }[where]
+    before = set(os.listdir(tmp_path))
+    sink = wb.SQLiteSink(path, table="agents", key="id")
+    with pytest.raises(wb.ConfigError, match="does not exist") as info:
+        async with wb.AsyncBatcher(sink, key="id"):
+            pass
+    assert str(path) in str(info.value)
+    assert "nothing was created" in str(info.value)
+    assert not path.exists()
+    assert set(os.listdir(tmp_path)) == before
 
 
 async def test_missing_column_is_found_at_start(heartbeat_db: Path) -> None:

@@ -96,11 +96,33 @@ os.register_at_fork(
 )
 
 
+def _check_file(path: str, where: str, table: str) -> None:
+    """``ConfigError`` unless ``where`` is an existing file: the table must exist, so a
+    missing file is a mistyped path, and the sink creates nothing to find that out."""
+    if os.path.isfile(where):
+        return
+    if os.path.isdir(where):
+        raise ConfigError(f"path: {path!r} is a directory; give the database file's path")
+    parent = os.path.dirname(where)
+    why = (
+        f"its directory {parent!r} does not exist either"
+        if not os.path.isdir(parent)
+        else "no file by that name"
+    )
+    raise ConfigError(
+        f"path: the database file {path!r} does not exist ({why}); nothing was created. "
+        f"Check the path, or create the file and table {table!r} first (the sink writes to "
+        f"an existing table)"
+    )
+
+
 class SQLiteSink:
     """Write batches to a SQLite table with one upsert statement per batch.
 
     Args:
-        path: the database file (created if missing; the table must exist).
+        path: the database file, which must exist with the table in it (a path that does
+            not exist is a ``ConfigError`` at start, and nothing is created);
+            ``":memory:"`` opens a private in-memory database.
         table: the table's name.
         key: the column (or tuple of columns) of a PRIMARY KEY or UNIQUE index (not a
             partial one); with it, records upsert; without it, they are inserted.
@@ -171,11 +193,14 @@ class SQLiteSink:
     def _open(self, again: bool = False) -> None:
         """Open the file and read the table, on the sink's thread. ``again``: reopen a file
         that was deleted or replaced, and never create it."""
-        if again:
-            target, uri = pathlib.Path(self._where).as_uri() + "?mode=rw", True
-        else:
+        if self.path in ("", ":memory:"):
             target, uri = self.path, False
-            self._where = os.path.abspath(self.path)
+        else:
+            if not again:
+                self._where = os.path.abspath(self.path)
+                _check_file(self.path, self._where, self.table)
+            # mode=rw: SQLite never creates the file (a mistyped path leaves nothing behind)
+            target, uri = pathlib.Path(self._where).as_uri() + "?mode=rw", True
         conn = sqlite3.connect(
             target, uri=uri, isolation_level=None, check_same_thread=False,
             timeout=self.busy_timeout,
