@@ -93,8 +93,12 @@ def test_demo_in_a_subprocess(tmp_path: Path) -> None:
     assert count_rows(db) == 200
 
 
-def test_demo_with_rich(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Without ``--plain`` the rich display runs and the final table still says lost 0."""
+def test_demo_with_rich(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without ``--plain``, on a terminal, the rich display runs and the final table still
+    says lost 0."""
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
     db = tmp_path / "demo.db"
     args = [
         "demo",
@@ -109,9 +113,23 @@ def test_demo_with_rich(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
         str(db),
     ]
     assert main(args) == 0
-    out = capsys.readouterr().out
+    out = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", capsys.readouterr().out)  # the terminal's codes
     assert re.search(r"lost\s+│\s+0\s", out), out
     assert count_rows(db) == 50
+
+
+def test_demo_into_a_pipe_prints_plain_lines(tmp_path: Path) -> None:
+    """Into a pipe (not a terminal) the demo prints plain lines, not a rich table wrapped
+    and padded to 80 columns."""
+    db = tmp_path / "demo.db"
+    proc = subprocess.run(
+        [sys.executable, "-m", "writebehind.cli", *SMALL_DEMO, "--no-naive", "--db", str(db)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert LOST_ZERO.search(proc.stdout), proc.stdout
+    assert "│" not in proc.stdout
+    assert not [line for line in proc.stdout.splitlines() if line != line.rstrip()]
 
 
 def test_demo_falls_back_to_plain_without_rich(

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import socket
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -401,16 +403,20 @@ def test_top_once_plain_shows_the_counts(
 
 
 def test_top_once_rich_and_by_port(
-    sync_endpoint: tuple[wb.Batcher, str], capsys: pytest.CaptureFixture[str]
+    sync_endpoint: tuple[wb.Batcher, str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Without ``--plain`` the same snapshot is a rich table; ``--port`` finds 127.0.0.1."""
+    """Without ``--plain``, on a terminal, the same snapshot is a rich table; ``--port``
+    finds 127.0.0.1."""
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
     batcher, url = sync_endpoint
     for i in range(100):
         batcher.add({"id": i})
     batcher.flush()
     port = url.rsplit(":", 1)[1]
     assert main(["top", "--once", "--port", port, "--interval", "0.05"]) == 0
-    out = capsys.readouterr().out
+    out = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", capsys.readouterr().out)  # the terminal's codes
     assert f"accepted {batcher.stats().accepted:,}" in out
     assert "last notable events" in out
     assert "BatchFailed" in out

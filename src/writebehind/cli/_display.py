@@ -57,9 +57,20 @@ class Display(Protocol):
     def final(self, title: str, rows: list[Row]) -> None: ...
 
 
+def _terminal(out: TextIO | None) -> bool:
+    """Whether ``out`` (default: stdout) is a terminal. Rich output into a pipe or a file
+    would be wrapped and padded to 80 columns: not what a script reading it wants."""
+    stream = out if out is not None else sys.stdout
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
 def make_display(*, plain: bool, out: TextIO | None = None) -> Display:
-    """A rich live display, or the plain one when ``plain`` is set or rich is missing."""
-    if not plain:
+    """A rich live display, or the plain one when ``plain`` is set, rich is missing, or the
+    output is not a terminal."""
+    if not plain and _terminal(out):
         try:
             return _RichDisplay(out)
         except ImportError:
@@ -84,9 +95,10 @@ class Screen(Protocol):
 
 
 def make_screen(*, plain: bool, live: bool, out: TextIO | None = None) -> Screen:
-    """A rich screen, or the plain one when ``plain`` is set or rich is missing. ``live``:
-    each :meth:`Screen.show` replaces the last (rich) or follows it after a blank line."""
-    if not plain:
+    """A rich screen, or the plain one when ``plain`` is set, rich is missing, or the output
+    is not a terminal. ``live``: each :meth:`Screen.show` replaces the last (rich) or
+    follows it after a blank line."""
+    if not plain and _terminal(out):
         try:
             return _RichScreen(out, live=live)
         except ImportError:
