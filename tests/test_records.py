@@ -6,10 +6,12 @@ import dataclasses
 from collections import UserDict
 from typing import Any, NamedTuple
 
+import msgspec
+import pydantic
 import pytest
 
 import writebehind as wb
-from writebehind.sinks._records import group_rows
+from writebehind.sinks._records import field_names, group_rows
 
 
 @dataclasses.dataclass
@@ -129,3 +131,58 @@ def test_unreadable_record_is_a_permanent_error() -> None:
     """A record whose fields cannot be read fails the write permanently (it is isolated)."""
     with pytest.raises(wb.PermanentSinkError, match="int"):
         group_rows([Beat("a", "up", 1), 5])
+
+
+class Model(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="allow")
+    id: str
+    v: int
+
+
+class StrictModel(pydantic.BaseModel):
+    id: str
+    v: int
+
+
+def test_pydantic_extra_fields_are_read_not_dropped() -> None:
+    """A pydantic model with extra="allow" is read with its extra fields (model_extra),
+    whichever record comes first and whatever extras each one has."""
+    batch = [
+        Model(id="a", v=1),
+        Model(id="b", v=2, note="x"),
+        Model(id="c", v=3, note="y", status="up"),
+        Model(id="d", v=4, status="down"),
+    ]
+    expected = [
+        {"id": "a", "v": 1},
+        {"id": "b", "v": 2, "note": "x"},
+        {"id": "c", "v": 3, "note": "y", "status": "up"},
+        {"id": "d", "v": 4, "status": "down"},
+    ]
+    for order in (batch, batch[::-1], batch[1:] + batch[:1]):
+        assert _as_dicts(group_rows(order)) == expected
+    assert field_names(Model(id="b", v=2, note="x")) == ("id", "v", "note")
+
+
+def test_pydantic_models_without_extras_are_read_by_their_fields() -> None:
+    """A plain pydantic model is read by its declared fields, in order, in one group."""
+    groups = group_rows([StrictModel(id="a", v=1), StrictModel(id="b", v=2)])
+    assert groups == {("id", "v"): [("a", 1), ("b", 2)]}
+
+
+def test_msgspec_structs_are_read_by_their_fields() -> None:
+    """A msgspec Struct is read by its fields; one of another class keeps its own."""
+
+    class S(msgspec.Struct):
+        id: str
+        v: int
+
+    class T(msgspec.Struct):
+        id: str
+        v: int
+        note: str
+
+    assert _as_dicts(group_rows([S("a", 1), T("b", 2, "x")])) == [
+        {"id": "a", "v": 1},
+        {"id": "b", "v": 2, "note": "x"},
+    ]

@@ -1,4 +1,5 @@
-"""Reading a record's fields: mappings, dataclasses, msgspec Structs, named tuples, objects.
+"""Reading a record's fields: mappings, dataclasses, msgspec Structs, named tuples, objects
+(pydantic models included, with the extra fields of ``extra="allow"``).
 
 Records of one batch may have different shapes (a dataclass and its subclass, objects with
 an optional attribute set on some only, dicts with different keys): each record is read with
@@ -40,11 +41,25 @@ def _shape(record: Any) -> tuple[tuple[str, ...], bool]:
     if names is not None:
         return tuple(names), True
     if hasattr(record, "__dict__"):
-        return tuple(k for k in vars(record) if not k.startswith("_")), False
+        names = tuple(k for k in vars(record) if not k.startswith("_"))
+        return names + _extras(record), False
     raise PermanentSinkError(
         f"cannot read fields from a {type(record).__name__}; records must be mappings, "
         f"dataclasses, msgspec Structs, named tuples or plain objects"
     )
+
+
+def _extras(record: Any) -> tuple[str, ...]:
+    """The extra fields of a pydantic model with ``extra="allow"`` (``model_extra``, kept
+    outside ``__dict__``): they are fields of the record like the declared ones."""
+    extra = getattr(record, "__pydantic_extra__", None)
+    return tuple(extra) if extra else ()
+
+
+def _has_extras(cls: type) -> bool:
+    """Whether instances of ``cls`` may carry pydantic extras (``extra="allow"``)."""
+    config = getattr(cls, "model_config", None)
+    return isinstance(config, Mapping) and config.get("extra") == "allow"
 
 
 def row_getter(record: Any, names: tuple[str, ...]) -> Getter:
@@ -112,6 +127,14 @@ def group_rows(batch: list[Any]) -> Rows:
         return groups
     mapping = isinstance(first, Mapping)
     keys = first.keys() if mapping else getattr(first, "__dict__", {}).keys()
+    if not mapping and _has_extras(kind):  # pydantic extras: the same ones as the first's
+        extras = _extras(first)
+        for r in batch:
+            if type(r) is kind and r.__dict__.keys() == keys and _extras(r) == extras:
+                append(get_row(r))
+            else:
+                other.add(r)
+        return groups
     for r in batch:
         if type(r) is kind and (r.keys() if mapping else r.__dict__.keys()) == keys:
             append(get_row(r))

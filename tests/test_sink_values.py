@@ -1,0 +1,153 @@
+"""Records and values as people write them, through both SQL sinks (real SQLite files and the
+real PostgreSQL): pydantic extras, nested structured values in a JSON column, Enums, the
+``json_dumps=`` hook, ISO-8601 strings for typed columns, and errors that name the column
+and the record's key."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+import json
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pydantic
+import pytest
+
+import writebehind as wb
+
+from .pg import DSN as PG_DSN
+from .pg import connect
+
+T0 = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
+
+
+class Color(enum.Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+class Level(enum.Enum):
+    LOW = 1
+    HIGH = 2
+
+
+@dataclasses.dataclass
+class Inner:
+    name: str
+    level: Level
+    at: dt.datetime
+
+
+class InnerModel(pydantic.BaseModel):
+    name: str
+    color: Color
+
+
+class InnerStruct(msgspec.Struct):
+    name: str
+    ref: uuid.UUID
+
+
+class Extra(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="allow")
+    id: str
+    v: int
+
+
+PG_TABLE = (
+    "id text PRIMARY KEY, v int, note text, status text, doc jsonb, at timestamptz, "
+    "day date, ref uuid"
+)
+SQLITE_TABLE = (
+    "id TEXT PRIMARY KEY, v INTEGER, note TEXT, status TEXT, doc JSON, at TEXT, day TEXT, ref TEXT"
+)
+
+
+class Target:
+    """One table in one of the two sinks, read back as dicts."""
+
+    def __init__(self, kind: str, make: Callable[..., Any], read: Callable[[], Any]) -> None:
+        self.kind = kind
+        self.make = make
+        self.read = read
+
+    async def write(
+        self, records: list[Any], **sink_kw: Any
+    ) -> tuple[dict[str, dict[str, Any]], list[wb.DeadLetterEntry]]:
+        """Write ``records`` through a batcher; the table's rows by id and the dead letters."""
+        letters: list[wb.DeadLetterEntry] = []
+        sink = self.make(**sink_kw)
+        async with wb.AsyncBatcher(sink, key="id", version="v", dead_letter=letters.extend) as b:
+            for r in records:
+                b.add_nowait(r)
+        return await self.read(), letters
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.server)])
+async def target(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Target]:
+    """A fresh table in SQLite or PostgreSQL (which fails, never skips, when it is down)."""
+    if request.param == "sqlite":
+        path = tmp_path / "v.db"
+        with sqlite3.connect(path) as c:
+            c.execute(f"CREATE TABLE t ({SQLITE_TABLE})")
+
+        async def read_sqlite() -> dict[str, dict[str, Any]]:
+            with sqlite3.connect(path) as c:
+                c.row_factory = sqlite3.Row
+                got = {r["id"]: dict(r) for r in c.execute("SELECT * FROM t")}
+            for row in got.values():
+                row["doc"] = None if row["doc"] is None else json.loads(row["doc"])
+            return got
+
+        yield Target(
+            "sqlite",
+            lambda **kw: wb.SQLiteSink(path, table="t", key="id", version="v", **kw),
+            read_sqlite,
+        )
+        return
+    conn = await connect()
+    name = f"vals_{uuid.uuid4().hex[:10]}"
+    await conn.execute(f"CREATE TABLE {name} ({PG_TABLE})")
+
+    async def read_pg() -> dict[str, dict[str, Any]]:
+        got = {r["id"]: dict(r) for r in await conn.fetch(f"SELECT * FROM {name}")}
+        for row in got.values():
+            row["doc"] = None if row["doc"] is None else json.loads(row["doc"])
+        return got
+
+    try:
+        yield Target(
+            "postgres",
+            lambda **kw: wb.PostgresSink(PG_DSN, table=name, key="id", version="v", **kw),
+            read_pg,
+        )
+    finally:
+        await conn.execute(f"DROP TABLE {name}")
+        await conn.close()
+
+
+# -- pydantic extra="allow" -------------------------------------------------------------
+async def test_pydantic_extra_fields_are_written(target: Target) -> None:
+    """The extra fields of a pydantic model with extra="allow" land in their columns."""
+    rows, letters = await target.write(
+        [Extra(id="a", v=1, note="hello"), Extra(id="b", v=1), Extra(id="c", v=1, status="up")]
+    )
+    assert not letters
+    assert (rows["a"]["note"], rows["b"]["note"], rows["c"]["status"]) == ("hello", None, "up")
+
+
+async def test_a_pydantic_extra_that_is_no_column_is_dead_lettered_by_name(
+    target: Target,
+) -> None:
+    """An extra field the table lacks is refused for that record, naming the field; it is
+    never dropped silently, and the other records are written."""
+    rows, letters = await target.write([Extra(id="a", v=1, colour="red"), Extra(id="b", v=1)])
+    assert set(rows) == {"b"}
+    assert len(letters) == 1
+    assert "'colour'" in letters[0].message
