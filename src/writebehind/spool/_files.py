@@ -54,7 +54,8 @@ class FileSystem(Protocol):
     def listdir(self, path: str) -> list[str]: ...
 
     def mkdir(self, path: str) -> None:
-        """Create the directory ``path`` (0700); an existing one is left as it is."""
+        """Create the directory ``path`` (0700) and any missing parents (these as the umask
+        says); an existing one is left as it is."""
         ...
 
 
@@ -112,6 +113,9 @@ class OsFileSystem:
         return os.listdir(path)
 
     def mkdir(self, path: str) -> None:
+        parent = os.path.dirname(path)
+        if parent and not os.path.isdir(parent):
+            os.makedirs(parent, exist_ok=True)  # like mkdir -p: parents take the umask
         with contextlib.suppress(FileExistsError):
             os.mkdir(path, 0o700)
 

@@ -223,7 +223,10 @@ class SegmentStore:
         freed = 0
         active = self.active
         if active is not None and not active.live and active.size >= self._segment_bytes // 4:
-            self._seal()  # all done and big enough: trim it too (the next write starts anew)
+            # all done and big enough: trim it too, and start an empty one whose name keeps
+            # the sequence numbers rising across opens
+            with contextlib.suppress(OSError):  # if not, the next write creates one
+                self._rotate(active.last + 1)
         for seg in [s for s in self.segments if s is not self.active and not s.live]:
             try:
                 self._fs.unlink(os.path.join(self._path, seg.stem + SEG_SUFFIX))

@@ -5,7 +5,8 @@
 - :class:`PowerLossFileSystem` (alias ``PowerLossFS``): that, plus a model of what is on the
   platter. A file's bytes count as on disk once it was fsynced; a directory entry (a created,
   renamed or unlinked name) once its directory was fsynced. ``crash_at_fsync=N`` makes the Nth
-  sync (file or directory) raise :class:`SimulatedCrash` instead of syncing; :meth:`crash` then
+  sync (file or directory) raise :class:`SimulatedCrash` instead of syncing (syncs are
+  only modelled, not made, unless ``real_sync=True``); :meth:`crash` then
   rewrites the directory as a power loss at that moment could have left it: every write not
   yet synced dropped, cut short, zeroed or garbled, and every unsynced name change kept or
   undone, each chosen by a seeded random generator (or all dropped: ``mode="drop"``). Every
@@ -153,7 +154,8 @@ class FaultyFileSystem:
         with self._lock:
             self._sync_point()
             self._check("fsync_dir")
-            self._base.fsync_dir(path)
+            if self._real_sync():
+                self._base.fsync_dir(path)
             self._dir_synced(path)
 
     def listdir(self, path: str) -> list[str]:
@@ -184,7 +186,8 @@ class FaultyFileSystem:
         with self._lock:
             self._sync_point()
             self._check("fsync")
-            base.fsync()
+            if self._real_sync():
+                base.fsync()
             if handle.inode is not None:
                 handle.inode.synced = bytes(handle.inode.data)
 
@@ -203,6 +206,9 @@ class FaultyFileSystem:
 
     def _alive(self) -> None:
         pass
+
+    def _real_sync(self) -> bool:
+        return True
 
     def _sync_point(self) -> None:
         self._alive()
@@ -229,10 +235,16 @@ class PowerLossFileSystem(FaultyFileSystem):
     ``root`` (see the module docstring)."""
 
     def __init__(
-        self, root: str, *, crash_at_fsync: int | None = None, base: FileSystem | None = None
+        self,
+        root: str,
+        *,
+        crash_at_fsync: int | None = None,
+        real_sync: bool = False,
+        base: FileSystem | None = None,
     ) -> None:
         super().__init__(base)
         self.root = os.path.abspath(root)
+        self.real_sync = real_sync  # False: the model decides what survives; skip real syncs
         self.crash_at_fsync = crash_at_fsync
         self.syncs = 0
         self.crashed = False
@@ -286,6 +298,9 @@ class PowerLossFileSystem(FaultyFileSystem):
 
     def _tracked(self, path: str) -> bool:
         return os.path.abspath(path).startswith(self.root + os.sep)
+
+    def _real_sync(self) -> bool:
+        return self.real_sync
 
     def _alive(self) -> None:
         if self.crashed:
