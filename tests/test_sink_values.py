@@ -151,3 +151,73 @@ async def test_a_pydantic_extra_that_is_no_column_is_dead_lettered_by_name(
     assert set(rows) == {"b"}
     assert len(letters) == 1
     assert "'colour'" in letters[0].message
+
+
+# -- structured values in a JSON column, Enums, json_dumps= -------------------------------
+REF = uuid.UUID("12345678-1234-5678-1234-567812345678")
+NESTED: dict[str, tuple[Any, Any]] = {
+    "dataclass": (
+        Inner("a", Level.HIGH, T0),
+        {"name": "a", "level": 2, "at": "2026-11-23T12:00:00+00:00"},
+    ),
+    "pydantic": (InnerModel(name="b", color=Color.BLUE), {"name": "b", "color": "blue"}),
+    "msgspec": (InnerStruct("c", REF), {"name": "c", "ref": str(REF)}),
+    "enum": (Color.RED, "red"),
+    "mixed": (
+        {"items": [Inner("d", Level.LOW, T0)], "tags": {Color.RED}},
+        {"items": [{"name": "d", "level": 1, "at": T0.isoformat()}], "tags": ["red"]},
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(NESTED))
+async def test_structured_values_in_a_json_column_are_plain_json(target: Target, kind: str) -> None:
+    """A nested dataclass, pydantic model, msgspec Struct or Enum (alone or inside dicts and
+    lists) is written to a JSON column as plain JSON, not dead-lettered."""
+    value, expected = NESTED[kind]
+    rows, letters = await target.write([{"id": "a", "v": 1, "doc": value}])
+    assert not letters, letters[0].message
+    assert rows["a"]["doc"] == expected
+
+
+async def test_enum_values_are_written_as_their_values(target: Target) -> None:
+    """A plain Enum member in an ordinary column is written as its value."""
+    rows, letters = await target.write(
+        [{"id": "a", "v": 1, "status": Color.BLUE}, {"id": "b", "v": 1, "status": None}]
+    )
+    assert not letters, letters[0].message
+    assert (rows["a"]["status"], rows["b"]["status"]) == ("blue", None)
+
+
+async def test_json_dumps_hook_is_used_and_may_return_bytes(target: Target) -> None:
+    """json_dumps= replaces json.dumps for JSON columns; bytes (orjson's) are accepted."""
+    calls: list[Any] = []
+
+    def dumps(obj: Any) -> bytes:
+        calls.append(obj)
+        return json.dumps({"wrapped": obj}, default=str).encode()
+
+    rows, letters = await target.write([{"id": "a", "v": 1, "doc": {"k": 1}}], json_dumps=dumps)
+    assert not letters, letters[0].message
+    assert calls == [{"k": 1}]
+    assert rows["a"]["doc"] == {"wrapped": {"k": 1}}
+
+
+async def test_a_value_json_cannot_encode_names_the_column_and_key(target: Target) -> None:
+    """A value the JSON encoder refuses dead-letters its record alone, with an error that
+    names the column and the record's key; the others are written."""
+    rows, letters = await target.write(
+        [{"id": "a", "v": 1, "doc": {"k": object()}}, {"id": "b", "v": 1, "doc": {"k": 2}}]
+    )
+    assert set(rows) == {"b"}
+    assert len(letters) == 1
+    assert "column 'doc'" in letters[0].message
+    assert "id='a'" in letters[0].message
+
+
+def test_json_dumps_must_be_callable() -> None:
+    """json_dumps= that is not a function is a ConfigError naming the option, in both sinks."""
+    with pytest.raises(wb.ConfigError, match="json_dumps"):
+        wb.SQLiteSink("x.db", table="t", json_dumps="orjson")  # type: ignore[arg-type]
+    with pytest.raises(wb.ConfigError, match="json_dumps"):
+        wb.PostgresSink(PG_DSN, table="t", json_dumps=42)  # type: ignore[arg-type]

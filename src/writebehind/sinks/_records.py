@@ -10,14 +10,13 @@ common case, one shape for the whole batch, takes a C-level fast path.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import operator
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from .._errors import PermanentSinkError
 
-__all__ = ["adapt_columns", "check_shape", "field_names", "group_rows", "row_getter"]
+__all__ = ["check_shape", "field_names", "group_rows", "row_getter"]
 
 Getter = Callable[[Any], tuple[Any, ...]]
 Rows = dict[tuple[str, ...], list[tuple[Any, ...]]]
@@ -169,22 +168,6 @@ class _Others:
         if rows is None:
             rows = self.groups[names] = []
         rows.append(row)
-
-
-def adapt_columns(
-    rows: list[tuple[Any, ...]], adapters: Mapping[type, Callable[[Any], Any]]
-) -> list[tuple[Any, ...]]:
-    """Convert values whose type has an adapter, looking at each column once per batch (a
-    C-level pass over the column's types) and rebuilding only columns that need it."""
-    if adapters.keys().isdisjoint(set(map(type, itertools.chain.from_iterable(rows)))):
-        return rows  # the common case: one C-level pass over every value, nothing to convert
-    columns = list(zip(*rows, strict=True))
-    changed = False
-    for i, column in enumerate(columns):
-        if not adapters.keys().isdisjoint(set(map(type, column))):
-            columns[i] = tuple(adapters[type(v)](v) if type(v) in adapters else v for v in column)
-            changed = True
-    return list(zip(*columns, strict=True)) if changed else rows
 
 
 def check_shape(

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from dataclasses import dataclass
 
 from .._errors import ConfigError
 from .._ident import quote
 
-__all__ = ["Table", "inspect"]
+__all__ = ["Table", "check_file", "inspect"]
+
+_JSON_TYPES = ("JSON", "JSONB")
 
 
 @dataclass(frozen=True)
@@ -18,6 +21,8 @@ class Table:
     columns: tuple[str, ...]
     version_type: str
     """The version column's declared type ("" if none, or no version)."""
+    json: frozenset[str] = frozenset()
+    """Columns declared ``JSON`` or ``JSONB``: any value but a string is written as JSON."""
 
 
 def inspect(
@@ -37,7 +42,8 @@ def inspect(
     if key:
         _check_conflict_target(conn, table, key)
     declared = next((row[2] or "" for row in info if row[1] == version), "")
-    return Table(columns, declared)
+    json = frozenset(row[1] for row in info if (row[2] or "").strip().upper() in _JSON_TYPES)
+    return Table(columns, declared, json)
 
 
 def _check_conflict_target(conn: sqlite3.Connection, table: str, key: tuple[str, ...]) -> None:
@@ -74,4 +80,24 @@ def _no_index(conn: sqlite3.Connection, table: str, key: tuple[str, ...]) -> str
     return (
         f"key: table {table!r} has no PRIMARY KEY or UNIQUE index on ({cols}) that the upsert "
         f"can use{why}. Create one: CREATE UNIQUE INDEX {table}_key ON {table} ({cols})"
+    )
+
+
+def check_file(path: str, where: str, table: str) -> None:
+    """``ConfigError`` unless ``where`` is an existing file: the table must exist, so a
+    missing file is a mistyped path, and the sink creates nothing to find that out."""
+    if os.path.isfile(where):
+        return
+    if os.path.isdir(where):
+        raise ConfigError(f"path: {path!r} is a directory; give the database file's path")
+    parent = os.path.dirname(where)
+    why = (
+        f"its directory {parent!r} does not exist either"
+        if not os.path.isdir(parent)
+        else "no file by that name"
+    )
+    raise ConfigError(
+        f"path: the database file {path!r} does not exist ({why}); nothing was created. "
+        f"Check the path, or create the file and table {table!r} first (the sink writes to "
+        f"an existing table)"
     )

@@ -23,8 +23,8 @@ stuck on a lock neither lingers on the server nor commits late (docs/reliability
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from .._errors import ConfigError, PermanentSinkError
@@ -33,6 +33,7 @@ from .._redact import may_quote_password, redact_dsn, secrets_of
 from ._pg import COLUMNS_SQL, UNIQUE_SQL, is_client_error, map_error
 from ._records import Rows, check_shape, group_rows
 from ._upsert import on_conflict
+from ._values import JsonDumps, convert_rows, enum_values, json_encoder
 
 __all__ = ["PostgresSink"]
 
@@ -61,6 +62,11 @@ class PostgresSink:
             table has array columns).
         pool_size: connections in the sink's own pool; give it at least the batcher's
             ``max_in_flight`` so overlapping batches write on separate connections.
+        json_dumps: the function that turns values for ``json``/``jsonb`` columns into JSON
+            text, e.g. ``orjson.dumps`` (``str`` or UTF-8 ``bytes``); the default is
+            ``json.dumps`` writing nested dataclasses, pydantic models and msgspec Structs as
+            plain JSON objects (Enums as their values, datetimes as ISO 8601). A ``str`` is
+            taken as JSON text already and sent as is.
     """
 
     def __init__(
@@ -73,6 +79,7 @@ class PostgresSink:
         schema: str = "public",
         method: str = "auto",
         pool_size: int = 4,
+        json_dumps: JsonDumps | None = None,
     ) -> None:
         self.table = validate(table, "table")
         self.schema = validate(schema, "schema")
@@ -86,6 +93,8 @@ class PostgresSink:
         if not (isinstance(pool_size, int) and pool_size >= 1):
             raise ConfigError(f"pool_size: must be an integer >= 1, got {pool_size!r}")
         self.method = method
+        self._encode = json_encoder(json_dumps)
+        self._by_column: dict[str, Callable[[Any], Any]] = {}
         self.pool_size = pool_size
         if isinstance(dsn_or_pool, str):
             self._dsn: str | None = dsn_or_pool
@@ -159,6 +168,7 @@ class PostgresSink:
         self.columns = {r[0]: r[1] for r in info}
         self._arrays = {r[0] for r in info if r[2] == "A"}
         self._json = {r[0] for r in info if r[1] in ("json", "jsonb")}
+        self._by_column = {c: self._json_value for c in self._json}
         for col in (*self.key, *((self.version,) if self.version else ())):
             if col not in self.columns:
                 raise ConfigError(
@@ -271,9 +281,16 @@ class PostgresSink:
         for names in groups:
             if names not in self._sql:
                 check_shape(names, self.columns, self.key, f"{self.schema}.{self.table}")
+        groups = {
+            names: convert_rows(names, rows, self.key, enum_values, self._by_column)
+            for names, rows in groups.items()
+        }
         if self.key:
             groups = {names: self._dedupe(names, rows) for names, rows in groups.items()}
         return groups
+
+    def _json_value(self, v: Any) -> Any:
+        return v if v is None or isinstance(v, str) else self._encode(v)
 
     def _dedupe(self, names: tuple[str, ...], rows: list[tuple[Any, ...]]) -> list[Any]:
         """Keep the newest row per key (a tie goes to the later one): PostgreSQL refuses to
@@ -294,8 +311,6 @@ class PostgresSink:
     async def _write_rows(
         self, conn: Any, names: tuple[str, ...], rows: list[Any], shape: int
     ) -> None:
-        if self._json & set(names):
-            rows = [self._json_row(names, r) for r in rows]
         if not self.key:
             await conn.copy_records_to_table(
                 self.table, schema_name=self.schema, columns=list(names), records=rows
@@ -314,12 +329,6 @@ class PostgresSink:
 
     def _use_copy(self, names: tuple[str, ...]) -> bool:
         return self.method == "copy" or (self.method == "auto" and bool(self._arrays & set(names)))
-
-    def _json_row(self, names: tuple[str, ...], row: tuple[Any, ...]) -> tuple[Any, ...]:
-        return tuple(
-            json.dumps(v) if n in self._json and v is not None and not isinstance(v, str) else v
-            for n, v in zip(names, row, strict=True)
-        )
 
     def _statement(self, names: tuple[str, ...], source: str | None = None) -> str:
         cache_key = (*names, source or "")

@@ -22,15 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
-import decimal
-import json
 import logging
 import os
 import pathlib
 import sqlite3
 import threading
-import uuid
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -38,26 +34,19 @@ from typing import Any
 from .._errors import ConfigError, PermanentSinkError, RetriableSinkError, SinkMisconfigured
 from .._ident import quote, validate
 from .._workers import WorkerThreads
-from ._records import Rows, adapt_columns, check_shape, group_rows
+from ._records import Rows, check_shape, group_rows
 from ._sqlite_errors import map_error
-from ._sqlite_schema import inspect
+from ._sqlite_schema import check_file, inspect
 from ._sqlite_thread import Abandoned, Job, Moved, begin, file_identity, settled
 from ._sqlite_versions import Versions
 from ._upsert import on_conflict
+from ._values import JsonDumps, convert_rows, json_encoder, sqlite_types
 
 __all__ = ["SQLiteSink"]
 
 log = logging.getLogger("writebehind")
 
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
-_ADAPT: dict[type, Callable[[Any], Any]] = {
-    dt.datetime: dt.datetime.isoformat,
-    dt.date: dt.date.isoformat,
-    uuid.UUID: str,
-    decimal.Decimal: str,
-    dict: json.dumps,
-    list: json.dumps,
-}
 _BUSY_SLICE = 0.05  # s SQLite's own busy handler waits before the sink looks at the job again
 _PROGRESS_OPS = 1000  # SQLite VM steps between looks at whether the write was abandoned
 
@@ -96,26 +85,6 @@ os.register_at_fork(
 )
 
 
-def _check_file(path: str, where: str, table: str) -> None:
-    """``ConfigError`` unless ``where`` is an existing file: the table must exist, so a
-    missing file is a mistyped path, and the sink creates nothing to find that out."""
-    if os.path.isfile(where):
-        return
-    if os.path.isdir(where):
-        raise ConfigError(f"path: {path!r} is a directory; give the database file's path")
-    parent = os.path.dirname(where)
-    why = (
-        f"its directory {parent!r} does not exist either"
-        if not os.path.isdir(parent)
-        else "no file by that name"
-    )
-    raise ConfigError(
-        f"path: the database file {path!r} does not exist ({why}); nothing was created. "
-        f"Check the path, or create the file and table {table!r} first (the sink writes to "
-        f"an existing table)"
-    )
-
-
 class SQLiteSink:
     """Write batches to a SQLite table with one upsert statement per batch.
 
@@ -135,6 +104,10 @@ class SQLiteSink:
             ``"NORMAL"``, ``"OFF"``, ``"EXTRA"``). The journal is always WAL.
         busy_timeout: seconds a write waits for another connection's lock before failing
             (a retriable error).
+        json_dumps: the function that turns dicts, lists and structured values (nested
+            dataclasses, pydantic models, msgspec Structs) into JSON text, e.g.
+            ``orjson.dumps`` (``str`` or UTF-8 ``bytes``); the default is ``json.dumps``
+            writing them as plain JSON objects (Enums as their values, datetimes as ISO 8601).
     """
 
     def __init__(
@@ -146,6 +119,7 @@ class SQLiteSink:
         version: str | None = None,
         synchronous: str = "FULL",
         busy_timeout: float = 5.0,
+        json_dumps: JsonDumps | None = None,
     ) -> None:
         self.path = os.fspath(path)
         self.table = validate(table, "table")
@@ -160,6 +134,9 @@ class SQLiteSink:
         if not busy_timeout >= 0:
             raise ConfigError(f"busy_timeout: must be >= 0 seconds, got {busy_timeout!r}")
         self.busy_timeout = busy_timeout
+        self._encode = json_encoder(json_dumps)
+        self._types = sqlite_types(self._encode)
+        self._by_column: dict[str, Callable[[Any], Any]] = {}
         self.columns: tuple[str, ...] = ()
         self._conn: sqlite3.Connection | None = None
         self._pool: WorkerThreads | None = None
@@ -198,7 +175,7 @@ class SQLiteSink:
         else:
             if not again:
                 self._where = os.path.abspath(self.path)
-                _check_file(self.path, self._where, self.table)
+                check_file(self.path, self._where, self.table)
             # mode=rw: SQLite never creates the file (a mistyped path leaves nothing behind)
             target, uri = pathlib.Path(self._where).as_uri() + "?mode=rw", True
         conn = sqlite3.connect(
@@ -220,6 +197,7 @@ class SQLiteSink:
             raise
         conn.set_progress_handler(self._progress, _PROGRESS_OPS)
         self.columns = table.columns
+        self._by_column = {c: self._json_value for c in table.json}
         if self.version and (
             self._versions is None or self._versions.declared != table.version_type
         ):
@@ -401,8 +379,11 @@ class SQLiteSink:
                 check_shape(names, self.columns, self.key, self.table)
             if versions is not None and version in names:
                 rows = versions.adapt(rows, names.index(version))
-            out[names] = adapt_columns(rows, _ADAPT)
+            out[names] = convert_rows(names, rows, self.key, self._types, self._by_column)
         return out
+
+    def _json_value(self, v: Any) -> Any:
+        return v if v is None or isinstance(v, str) else self._encode(v)
 
     def _statement(self, names: tuple[str, ...]) -> str:
         sql = self._sql.get(names)
