@@ -67,7 +67,27 @@ def test_a_lower_rate_clips_the_credit_and_a_higher_one_does_not_add_any() -> No
     b.set_rate(1000)
     assert b.take(1, 1000) is None  # the credit did not jump with the rate
     clock.advance(0.01)
-    assert b.take(1, 1000) == pytest.approx(10)
+    assert b.take(1, 1000) is None  # 10 there: a take waits for 0.1 s of credit (100)
+    assert b.take(1, 10) == pytest.approx(10)  # ... unless it asks for no more than is there
+
+
+def test_a_refused_taker_is_served_before_later_ones() -> None:
+    """A taker refused for want of credit has the credit it needs kept for it: a later taker
+    asking for less cannot take it first; a claim not renewed in time lapses."""
+    clock = ManualClock()
+    b = TokenBucket(100, clock)
+    assert b.take(100, 100, "a") == 100  # empty now
+    assert b.take(10, 10, "costly") is None  # waits for 10
+    clock.advance(0.05)  # 5 there
+    assert b.take(1, 1, "cheap") is None  # 10 are kept for "costly": cheap waits behind
+    assert b.wait_for(1, "cheap") == pytest.approx(0.06)  # 10 for costly + 1 - 5 there
+    clock.advance(0.05)
+    assert b.take(10, 10, "costly") == pytest.approx(10)
+    clock.advance(0.01)
+    assert b.take(1, 1, "cheap") == pytest.approx(1)
+    assert b.take(10, 10, "gone") is None
+    clock.advance(0.1 + 1.0 + 0.01)  # "gone" never came back: its claim lapsed
+    assert b.take(100, 100, "other") == pytest.approx(100)
 
 
 def test_a_minimum_above_the_rate_goes_once_the_bucket_is_full_into_debt() -> None:
@@ -171,6 +191,51 @@ async def test_several_batchers_on_one_capacity_share_its_rate() -> None:
     assert end == pytest.approx(9.0, abs=0.6)  # 2,000 at 200/s after a second's burst
     half = [s.spent_by(end / 2) for s in (a, b)]
     assert min(half) > 0.3 * sum(half), half  # neither starves
+
+
+async def test_cheap_records_do_not_starve_costly_ones_on_a_shared_capacity() -> None:
+    """Two batchers on one budget, one with records of cost 1, one with cost 10: the costly
+    one is not starved by the cheap one taking every unit of credit as it refills (found by
+    the docs' example: the costly batcher wrote 50 of 1,000 in 19.5 s before the fix). A
+    waiting batcher's oldest record is served first; both progress within each second."""
+    clock = ManualClock(autojump=0)
+    cap = wb.ProvisionedCapacity(100)
+    cheap, costly = Timed(clock, "ru"), Timed(clock, "ru")
+    opts: dict[str, Any] = dict(
+        capacity=cap, cost="ru", max_batch=50, max_pending=10_000, linger=0, clock=clock
+    )
+    async with (
+        wb.AsyncBatcher(cheap, name="cheap", **opts) as bc,
+        wb.AsyncBatcher(costly, name="costly", **opts) as bx,
+    ):
+        for i in range(2000):
+            bc.add_nowait({"n": i, "ru": 1})
+        for i in range(100):
+            bx.add_nowait({"n": i, "ru": 10})
+        await asyncio.gather(bc.flush(), bx.flush())
+        end = clock.monotonic()
+    total = 2000 + 100 * 10
+    assert end == pytest.approx((total - 100) / 100, abs=1.0)  # the budget, fully used
+    both = min(costly.writes[-1][0], cheap.writes[-1][0])  # while both had work, each second
+    for t in range(1, int(both)):  # (after the first second's burst) shared about evenly
+        for sink in (costly, cheap):
+            assert 30 <= sink.spent_by(t + 1) - sink.spent_by(t) <= 70, (t, sink.writes[:9])
+    assert len(costly.writes) + len(cheap.writes) <= 15 * end  # batches, not single records
+    for t in [x / 2 for x in range(1, 2 * int(end) + 2)]:
+        spent = cheap.spent_by(t) + costly.spent_by(t)
+        assert spent <= 100 + 100 * t + 1e-6, (t, spent)
+
+
+async def test_a_closed_batcher_no_longer_counts_in_what_a_capacity_needs() -> None:
+    """A capacity asks its batchers what they need: one that closed is forgotten (its needs
+    stayed registered before the fix, so a Redis capacity kept asking for it)."""
+    cap = wb.ProvisionedCapacity(100)
+    async with cap:
+        for _ in range(3):
+            async with wb.AsyncBatcher(wb.testing.MemorySink(), capacity=cap) as b:
+                b.add_nowait({"n": 1})
+        assert cap._needs == {}
+        assert cap._listeners == []
 
 
 async def test_a_costly_batch_is_cut_to_fit_what_is_granted() -> None:

@@ -339,12 +339,14 @@ def test_winning_partitions_adds_rate_not_credit(name: str) -> None:
     with Held(cap(name, reserved=10), BIG) as a:
         attached = time.monotonic()
         wait_until(lambda: a.partitions == 10, 1.0, "all 10")
-        granted = a.cap.take(1, 1e9)
+        granted = a.cap.take(1, 1e9)  # a take waits for 0.1 s of credit (101 at 1,010/s)
+        while granted is None:
+            time.sleep(0.005)
+            granted = a.cap.take(1, 1e9)
         took = time.monotonic()
     won = a.heard[0][0]
-    assert granted is not None
     assert granted <= 10 + 10 * (won - attached) + 1010 * (took - won) + 1e-6
-    assert granted < 100, granted  # never a second of the shared rate (1,000) on top
+    assert granted < 500, granted  # never a second of the shared rate (1,000) on top
 
 
 def test_round_trips_about_four_a_second_active_one_idle(name: str) -> None:

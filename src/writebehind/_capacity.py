@@ -19,6 +19,7 @@ throttling and the adaptive concurrency pace those.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import threading
 from collections.abc import Callable
@@ -29,6 +30,14 @@ from ._errors import ConfigError, RecordError
 from ._keys import make_getter
 
 __all__ = ["Capacity", "CostSpec", "ProvisionedCapacity", "TokenBucket", "cost_getter"]
+
+_GRANT = 0.1
+"""Seconds of credit a taker waits for before it takes (unless what it asks for costs less):
+a batcher held back by its capacity writes about ten batches a second, not one record per
+refill (go-batcher's capacity interval)."""
+_WAIT_GRACE = 1.0
+"""Seconds past its expected wait that a refused taker's claim on credit is kept: a taker
+that does not come back by then (closed, or its loop stalled) stops holding credit back."""
 
 CostSpec = int | float | str | Callable[[Any], Any]
 """``cost=``: a number (every record costs it), a field name, or a callable on the record."""
@@ -79,6 +88,9 @@ class TokenBucket:
         self.rate = rate
         self.tokens = rate if full else 0.0
         self._at = clock.monotonic()
+        # takers that found too little credit, in order: who -> (ticket, need, expires)
+        self._waiting: dict[object, tuple[int, float, float]] = {}
+        self._tickets = itertools.count()
 
     def _refill(self) -> None:  # lock held
         now = self.clock.monotonic()
@@ -92,18 +104,56 @@ class TokenBucket:
             self.rate = rate
             self.tokens = min(self.tokens, rate)
 
-    def take(self, minimum: float, maximum: float) -> float | None:
+    def _held_for_others(self, who: object, now: float) -> float:  # lock held
+        """Credit kept for the taker that has waited longest (not ``who``, and only if it
+        came before ``who``): what it needs, so takers of cheaper records arriving as credit
+        refills cannot starve it. A wait not renewed in time is forgotten."""
+        head: tuple[int, float, float] | None = None
+        for w, entry in list(self._waiting.items()):
+            if entry[2] < now:
+                del self._waiting[w]  # its taker went away or came back too late
+            elif w is not who and (head is None or entry[0] < head[0]):
+                head = entry
+        if head is None:
+            return 0.0
+        mine = self._waiting.get(who)
+        return 0.0 if mine is not None and mine[0] < head[0] else min(head[1], self.rate)
+
+    def take(self, minimum: float, maximum: float, who: object = None) -> float | None:
         """Take up to ``maximum`` credit if at least ``minimum`` is there; None if not. A
         ``minimum`` above one second's credit is granted once the bucket is full, leaving it
-        in debt, so a record that costs more than the rate still goes, at the rate."""
+        in debt, so a record that costs more than the rate still goes, at the rate.
+
+        ``who`` (the taker: a batcher's flusher) makes sharing fair: a taker refused for want
+        of credit is remembered, and the credit it needs is kept for it ahead of takers that
+        came later, until it takes (or stops asking for :data:`_WAIT_GRACE` seconds past
+        the time :meth:`wait_for` gave it)."""
         with self._lock:
             self._refill()
-            need = min(minimum, self.rate) * (1 - 1e-9)  # float credit: exactly enough is enough
-            if minimum > 0 and (self.rate <= 0 or self.tokens < need):
+            now = self._at
+            held = self._held_for_others(who, now) if self._waiting else 0.0
+            free = self.tokens - held
+            need = self._need(minimum, maximum) * (1 - 1e-9)  # float credit: enough is enough
+            if minimum > 0 and (self.rate <= 0 or free < need):
+                if who is not None:
+                    ticket = self._waiting[who][0] if who in self._waiting else next(self._tickets)
+                    wait = (held + need - self.tokens) / self.rate if self.rate > 0 else 0.0
+                    self._waiting[who] = (ticket, need, now + wait + _WAIT_GRACE)
                 return None
-            granted = max(minimum, min(max(self.tokens, 0.0), maximum))
+            granted = max(minimum, min(max(free, 0.0), maximum))
             self.tokens -= granted
+            self._waiting.pop(who, None)
             return granted
+
+    def _need(self, minimum: float, maximum: float) -> float:  # lock held
+        """What a take waits for: ``minimum``, or :data:`_GRANT` seconds of credit if the
+        taker wants that much, and never more than one second's."""
+        return min(max(minimum, min(maximum, self.rate * _GRANT)), self.rate)
+
+    def forget(self, who: object) -> None:
+        """``who`` takes no more (its batcher closed): keep no credit for it."""
+        with self._lock:
+            self._waiting.pop(who, None)
 
     def give_back(self, amount: float) -> None:
         """Return credit that a cut did not use."""
@@ -118,14 +168,19 @@ class TokenBucket:
             self._refill()
             self.tokens -= amount
 
-    def wait_for(self, minimum: float) -> float | None:
-        """Seconds until :meth:`take` could grant ``minimum``; None while the rate is 0."""
+    def wait_for(
+        self, minimum: float, who: object = None, maximum: float | None = None
+    ) -> float | None:
+        """Seconds until :meth:`take` (with the same ``minimum`` and ``maximum``) could grant
+        credit to ``who``, after the credit kept for a taker waiting before it; None while
+        the rate is 0."""
         with self._lock:
             self._refill()
             if self.rate <= 0:
                 return None
-            deficit = min(minimum, self.rate) - self.tokens
-            return max(0.0, deficit / self.rate)
+            held = self._held_for_others(who, self._at) if self._waiting else 0.0
+            want = self._need(minimum, minimum if maximum is None else maximum)
+            return max(0.0, (held + want - self.tokens) / self.rate)
 
 
 class Capacity:
@@ -142,7 +197,7 @@ class Capacity:
         self._holders = 0
         self._hold_lock = threading.Lock()
         self._listeners: list[Listener] = []
-        self._needs: dict[int, Callable[[], float]] = {}
+        self._needs: dict[Callable[[], float], Callable[[], float]] = {}
 
     # -- what subclasses define ---------------------------------------------------------------
     @property
@@ -168,13 +223,17 @@ class Capacity:
             if not self._clock_given and self._holders == 0:
                 self._bucket.clock = clock  # one clock for the bucket and its first user
                 self._bucket._at = clock.monotonic()
-            self._needs[id(needs)] = needs
+            self._needs[needs] = needs  # a bound method: equal for the same holder
             self._listeners.append(listener)
             self._hold()
 
-    def detach(self, needs: Callable[[], float], listener: Listener) -> None:
+    def detach(self, needs: Callable[[], float], listener: Listener, who: object = None) -> None:
+        """The batcher closed: forget its ``needs`` and ``listener`` (and the credit kept
+        for ``who``, its flusher, if it was waiting)."""
+        if who is not None:
+            self._bucket.forget(who)
         with self._hold_lock:
-            self._needs.pop(id(needs), None)
+            self._needs.pop(needs, None)
             if listener in self._listeners:
                 self._listeners.remove(listener)
             self._release()
@@ -228,17 +287,26 @@ class Capacity:
         """Cost units per second granted now."""
         return self._bucket.rate
 
-    def take(self, minimum: float, maximum: float) -> float | None:
-        return self._bucket.take(minimum, maximum)
+    def take(self, minimum: float, maximum: float, who: object = None) -> float | None:
+        """Take between ``minimum`` and ``maximum`` cost units of credit now, or None when
+        there is not ``minimum`` to take (see :meth:`wait_for`). ``who`` is the taker (a
+        batcher's flusher): a taker refused is served before later ones."""
+        return self._bucket.take(minimum, maximum, who)
 
     def give_back(self, amount: float) -> None:
+        """Return credit taken but not used (a batch cut smaller than what was granted)."""
         self._bucket.give_back(amount)
 
     def spend(self, amount: float) -> None:
+        """Spend ``amount`` now, into debt if need be (a write that does not wait)."""
         self._bucket.spend(amount)
 
-    def wait_for(self, minimum: float) -> float | None:
-        return self._bucket.wait_for(minimum)
+    def wait_for(
+        self, minimum: float, who: object = None, maximum: float | None = None
+    ) -> float | None:
+        """Seconds until :meth:`take` could grant ``who`` credit; None while the rate is 0
+        (wait for a rate change instead)."""
+        return self._bucket.wait_for(minimum, who, maximum)
 
 
 class ProvisionedCapacity(Capacity):

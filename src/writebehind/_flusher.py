@@ -212,9 +212,9 @@ class Flusher:
             receipts, cost = intake.cut(most)
         else:
             first, full = intake.head_cost(most)
-            granted = cap.take(first, full)
+            granted = cap.take(first, full, self)
             if granted is None:
-                wait = cap.wait_for(first)
+                wait = cap.wait_for(first, self, full)
                 return _RECHECK if wait is None else wait
             receipts, cost = intake.cut(most, granted)
             cap.give_back(granted - cost)
@@ -343,7 +343,7 @@ class Flusher:
         """Stop spending from the capacity (the last batcher to let go stops it). Once."""
         cap, self.capacity = self.capacity, None
         if cap is not None:
-            cap.detach(self.needs, self._rate_changed)
+            cap.detach(self.needs, self._rate_changed, self)
 
 
 async def _settle_flush(batches: list[Batch], waiters: list[asyncio.Future[None]]) -> None:

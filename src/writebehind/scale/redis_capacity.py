@@ -257,17 +257,19 @@ class RedisSharedCapacity(Capacity):
             )  # fmt: skip
 
     # -- spending: leases presumed gone when not extended in time -------------------------------
-    def take(self, minimum: float, maximum: float) -> float | None:
+    def take(self, minimum: float, maximum: float, who: object = None) -> float | None:
         self._check_leases()
-        return self._bucket.take(minimum, maximum)
+        return self._bucket.take(minimum, maximum, who)
 
     def spend(self, amount: float) -> None:
         self._check_leases()
         self._bucket.spend(amount)
 
-    def wait_for(self, minimum: float) -> float | None:
+    def wait_for(
+        self, minimum: float, who: object = None, maximum: float | None = None
+    ) -> float | None:
         self._check_leases()
-        return self._bucket.wait_for(minimum)
+        return self._bucket.wait_for(minimum, who, maximum)
 
     def _check_leases(self) -> None:  # a batcher's thread
         if time.monotonic() > self._valid_until and self._lapse():
