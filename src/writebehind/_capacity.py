@@ -184,11 +184,16 @@ class TokenBucket:
 
 
 class Capacity:
-    """The budget that batchers holding this object share. Subclasses set the rate.
+    """The budget that batchers holding this object share: use :class:`ProvisionedCapacity`
+    or :class:`~writebehind.RedisSharedCapacity` (this base is not meant to be subclassed
+    by users yet: the rate is set through private hooks).
 
     A batcher attaches when it starts (the first attach starts the capacity) and detaches
     when it closes (the last detach stops it); ``async with cap:`` or ``with cap:`` holds it
-    open too. The methods batchers call are thread-safe.
+    open too. ``attach``, ``detach``, ``take``, ``give_back``, ``spend`` and ``wait_for``
+    are what batchers call (thread-safe); users need none of them. Batchers take turns:
+    one that found too little credit for its oldest record is served before batchers that
+    ask later, so cheap records do not starve costly ones.
     """
 
     def __init__(self, rate: float, clock: Clock | None, *, full: bool = True) -> None:
@@ -311,7 +316,10 @@ class Capacity:
 
 class ProvisionedCapacity(Capacity):
     """A fixed budget: ``per_second`` cost units per second for every batcher holding this
-    object, with at most one second of burst (go-batcher's ``ProvisionedResource``).
+    object, with at most one second of burst (go-batcher's ``ProvisionedResource``). It
+    starts full, so the first second may see up to twice ``per_second``; after that, writes
+    keep to the rate. A record costing more than ``per_second`` (``max_cost``) is refused at
+    ``add()`` with ``RecordError``.
 
     ``clock``: a :class:`~writebehind.Clock` (tests pass a ``ManualClock``); by default the
     clock of the first batcher that uses it.

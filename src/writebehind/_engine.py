@@ -282,8 +282,12 @@ class AsyncBatcher:
     def pause(self, seconds: float) -> None:
         """Cut no batch and start no write for ``seconds`` (the datastore is under pressure;
         go-batcher's ``Pause()``). Records keep arriving and coalescing meanwhile; a longer
-        pause extends a shorter one. ``close()`` ends a pause: everything goes. Publishes
-        ``Paused(reason="requested")`` now and ``Resumed`` when it ends. Any thread."""
+        pause extends a shorter one, and a shorter one inside a longer one changes nothing.
+        ``close()`` ends a pause: everything goes. A pause that starts or extends publishes
+        ``Paused(reason="requested")``, and ``Resumed`` when it ends. Any thread.
+
+        Raises ``ConfigError`` for ``seconds`` that is not a finite number >= 0, and
+        ``WriteBehindError`` when the batcher is not running (not started, or closed)."""
         check_number("seconds", seconds, minimum=0, finite=True)
         if self._flusher is None or self._report is not None:
             raise WriteBehindError("pause(): the batcher is not running (start it first)")

@@ -122,7 +122,8 @@ class Paused(_Base):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Resumed(_Base):
-    """A write succeeded after a ``Paused`` state: writes go at full pace again."""
+    """A ``Paused`` state ended: a write succeeded after a throttle or failures, or the
+    time given to ``pause()`` ran out. Writes go at full pace again."""
 
     reason: str
     """The state that ended: ``throttled``, ``failing`` or ``requested``."""
@@ -132,13 +133,14 @@ class Resumed(_Base):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CapacityChanged(_Base):
-    """The capacity this batcher spends from grants a new rate: a fleet member won or lost
-    partitions, or lost contact with Redis and fell back to its reserved capacity."""
+    """The capacity this batcher spends from grants a new rate: this fleet member won or
+    lost partitions, lost contact with Redis and fell back to its reserved capacity, heard
+    from Redis again, or let its leases lapse (no lease step answered in time)."""
 
     per_second: float
     """Cost units per second granted now (shared by every batcher holding the capacity)."""
     reason: str
-    """Why: ``won``, ``lost``, ``redis_unreachable``, ``redis_back``, ..."""
+    """Why: ``won``, ``lost``, ``redis_unreachable``, ``redis_back`` or ``lease_lapsed``."""
     partitions: int | None
     """Partitions this process holds now (None for a capacity without partitions)."""
 

@@ -49,7 +49,8 @@ class Stats:
     throttled: int = 0
     """Sink writes refused with "retry after N s" (also in ``write_errors``)."""
     pauses: int = 0
-    """Times the batcher left the healthy state: paused by a throttle, or failing."""
+    """Times the batcher paused: it left the healthy state (a throttle, or failing), or
+    ``pause()`` was called."""
     dead_letter_errors: int = 0
     """Dead-lettered records the dead-letter store failed to keep (logged at ERROR)."""
     lost: int = 0

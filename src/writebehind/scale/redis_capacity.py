@@ -91,8 +91,14 @@ class RedisSharedCapacity(Capacity):
     partition it no longer wants (for a second) is released. An instance that stops gives
     its partitions back at once; one that dies gives them back when their leases expire.
 
+    An instance asks only for what its batchers' backlog costs: for one instance to be able
+    to use the whole budget, its batchers must be able to hold that much (``max_pending``
+    times the records' cost at least ``shared + reserved``). A record costing more than
+    ``shared + reserved`` (``max_cost``) is refused at ``add()`` with ``RecordError``.
+
     Losing Redis never raises the fleet's rate: on any Redis error the rate drops to
-    ``reserved`` at once (one warning per outage on the ``writebehind`` logger), and a
+    ``reserved`` at once (with ``reserved=0`` the instance writes nothing until Redis
+    answers; one warning per outage on the ``writebehind`` logger), and a
     step is tried again every ``interval``; when Redis answers, partitions are leased
     again. Leases not extended for ``lease`` less a margin are presumed gone, whatever the
     thread is doing. Each rate change wakes the batchers, which publish ``CapacityChanged``
