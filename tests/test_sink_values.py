@@ -221,3 +221,74 @@ def test_json_dumps_must_be_callable() -> None:
         wb.SQLiteSink("x.db", table="t", json_dumps="orjson")  # type: ignore[arg-type]
     with pytest.raises(wb.ConfigError, match="json_dumps"):
         wb.PostgresSink(PG_DSN, table="t", json_dumps=42)  # type: ignore[arg-type]
+
+
+# -- ISO-8601 strings for typed columns; errors that name the column and the key -----------
+async def test_iso_strings_for_timestamp_date_and_uuid_columns_are_written(
+    target: Target,
+) -> None:
+    """ISO-8601 strings for a timestamptz, date or uuid column are written (PostgreSQL parses
+    them into the column's type, a string without an offset read as UTC as a naive datetime
+    is; SQLite stores the text), and the version comparison still holds."""
+    rows, letters = await target.write(
+        [
+            {"id": "a", "v": 1, "at": "2026-11-23T12:00:00Z", "day": "2026-11-23", "ref": str(REF)},
+            {"id": "b", "v": 1, "at": "2026-11-23T13:00:00+01:00"},
+            {"id": "c", "v": 1, "at": "2026-11-23 12:00:00"},
+        ]
+    )
+    assert not letters, letters[0].message
+    if target.kind == "postgres":
+        assert rows["a"]["at"] == rows["b"]["at"] == rows["c"]["at"] == T0
+        assert (rows["a"]["day"], rows["a"]["ref"]) == (T0.date(), REF)
+    else:
+        assert (rows["a"]["at"], rows["a"]["day"], rows["a"]["ref"]) == (
+            "2026-11-23T12:00:00Z",
+            "2026-11-23",
+            str(REF),
+        )
+
+
+@pytest.mark.server
+async def test_a_malformed_iso_string_names_the_column_and_key(tmp_path: Path) -> None:
+    """A string PostgreSQL's timestamptz, date or uuid column cannot take dead-letters its
+    record alone, with an error naming the column and the record's key (not a query
+    argument number)."""
+    conn = await connect()
+    name = f"vals_{uuid.uuid4().hex[:10]}"
+    await conn.execute(f"CREATE TABLE {name} ({PG_TABLE})")
+    try:
+        letters: list[wb.DeadLetterEntry] = []
+        sink = wb.PostgresSink(PG_DSN, table=name, key="id", version="v")
+        async with wb.AsyncBatcher(sink, key="id", version="v", dead_letter=letters.extend) as b:
+            b.add_nowait({"id": "a", "v": 1, "at": "yesterday"})
+            b.add_nowait({"id": "b", "v": 1, "day": "2026-02-30"})
+            b.add_nowait({"id": "c", "v": 1, "ref": "not-a-uuid"})
+            b.add_nowait({"id": "d", "v": 1, "at": "2026-11-23T12:00:00Z"})
+        written = [r["id"] for r in await conn.fetch(f"SELECT id FROM {name}")]
+    finally:
+        await conn.execute(f"DROP TABLE {name}")
+        await conn.close()
+    assert written == ["d"]
+    messages = {e.record["id"]: e.message for e in letters}
+    for key, column in (("a", "at"), ("b", "day"), ("c", "ref")):
+        assert f"column '{column}'" in messages[key], messages[key]
+        assert f"id='{key}'" in messages[key], messages[key]
+        assert "query argument" not in messages[key]
+
+
+async def test_a_value_the_driver_refuses_names_the_column_and_key(target: Target) -> None:
+    """A value the driver cannot bind for its column (a set for a text column) dead-letters
+    its record alone; the error names the column and the record's key."""
+    rows, letters = await target.write(
+        [
+            {"id": "a", "v": 1, "note": "fine"},
+            {"id": "b", "v": 1, "note": {1, 2}},
+            {"id": "c", "v": 1, "note": "fine"},
+        ]
+    )
+    assert set(rows) == {"a", "c"}
+    assert len(letters) == 1
+    assert "column 'note'" in letters[0].message, letters[0].message
+    assert "id='b'" in letters[0].message, letters[0].message
+    assert "query argument" not in letters[0].message

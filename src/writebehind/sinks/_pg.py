@@ -22,15 +22,18 @@ retriable and its outcome unknown; the replay is safe because the upsert is idem
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
 from .._errors import PermanentSinkError, RetriableSinkError, SinkError, SinkMisconfigured
 from .._redact import describe, password_of, redact_dsn, scrub  # redact_dsn: benchmarks use it
+from ._values import bad_value
 
 __all__ = [
     "COLUMNS_SQL",
     "UNIQUE_SQL",
+    "argument_error",
     "is_client_error",
     "map_error",
     "password_of",
@@ -85,6 +88,30 @@ def map_error(
         # the connection closed under us, or was left mid-operation: a fresh one may work
         return RetriableSinkError(message)
     return PermanentSinkError(message)
+
+
+# asyncpg's client-side DataError for a value it cannot encode: "invalid input for query
+# argument $3: [...the whole array...] (invalid array element at index 1: expected str, got int)"
+_ARGUMENT = re.compile(
+    r"invalid input for query argument \$(\d+): .*\((?:invalid array element"
+    r"(?: at index (\d+))?: )?(.*)\)\s*$",
+    re.DOTALL,
+)
+
+
+def argument_error(
+    exc: BaseException, names: tuple[str, ...], rows: list[tuple[Any, ...]],
+    key: tuple[str, ...],
+) -> PermanentSinkError | None:  # fmt: skip
+    """For asyncpg's error about an array argument of the unnest statement (argument ``$n``
+    is column ``names[n-1]``, element ``i`` is ``rows[i]``): an error naming the column and
+    the record's key instead of the argument number and the whole array. None for others."""
+    m = _ARGUMENT.search(str(exc)) if type(exc).__name__ == "DataError" else None
+    if m is None or not 1 <= int(m.group(1)) <= len(names):
+        return None
+    index = int(m.group(2)) if m.group(2) is not None else (0 if len(rows) == 1 else None)
+    row = rows[index] if index is not None and index < len(rows) else None
+    return bad_value(names[int(m.group(1)) - 1], m.group(3), names, row, key)
 
 
 def is_client_error(exc: BaseException) -> bool:

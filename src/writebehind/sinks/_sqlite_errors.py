@@ -10,11 +10,14 @@ causes (a constraint, a type mismatch, a value too big) are ``PermanentSinkError
 
 from __future__ import annotations
 
+import re
 import sqlite3
+from typing import Any
 
 from .._errors import PermanentSinkError, RetriableSinkError, SinkError, SinkMisconfigured
+from ._values import bad_value
 
-__all__ = ["SQLITE_BUSY", "error_code", "map_error"]
+__all__ = ["SQLITE_BUSY", "binding_error", "error_code", "map_error"]
 
 SQLITE_BUSY = 5
 # SQLite's primary result codes (https://sqlite.org/rescode.html)
@@ -72,3 +75,20 @@ def map_error(exc: sqlite3.Error) -> SinkError:
     if code == 1 and any(s in str(exc).lower() for s in _SCHEMA_GONE):
         return SinkMisconfigured(message)
     return PermanentSinkError(message)  # CONSTRAINT, MISMATCH, TOOBIG, RANGE, ERROR, ...
+
+
+_BINDING = re.compile(r"Error binding parameter (\d+)\W*(.*)", re.DOTALL)
+
+
+def binding_error(
+    exc: sqlite3.Error, names: tuple[str, ...], rows: list[tuple[Any, ...]],
+    key: tuple[str, ...],
+) -> SinkError:  # fmt: skip
+    """For a value ``sqlite3`` cannot bind ("Error binding parameter 3: type 'set' is not
+    supported"): an error naming the column (parameter ``n`` is ``names[n-1]``) and, for a
+    one-record write, the record's key (``executemany`` does not say which row failed)."""
+    m = _BINDING.search(str(exc))
+    if m is None or not 1 <= int(m.group(1)) <= len(names):
+        return map_error(exc)
+    row = rows[0] if len(rows) == 1 else None
+    return bad_value(names[int(m.group(1)) - 1], m.group(2), names, row, key)

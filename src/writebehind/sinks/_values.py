@@ -40,6 +40,7 @@ __all__ = [
     "sqlite_types",
     "structured",
     "enum_values",
+    "iso_parser",
 ]
 
 Fn = Callable[[Any], Any]
@@ -158,6 +159,46 @@ def convert_rows(
         columns[i] = _apply(fn, column, i, names, rows, key)
         changed = True
     return list(zip(*columns, strict=True)) if changed else rows
+
+
+def _timestamp(v: str) -> dt.datetime:
+    try:
+        return dt.datetime.fromisoformat(v)
+    except ValueError:
+        raise ValueError(f"{v!r} is not an ISO-8601 timestamp") from None
+
+
+def _date(v: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(v)
+    except ValueError:
+        raise ValueError(f"{v!r} is not an ISO-8601 date (YYYY-MM-DD)") from None
+
+
+def _uuid(v: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(v)
+    except ValueError:
+        raise ValueError(f"{v!r} is not a UUID") from None
+
+
+_ISO: dict[str, Callable[[str], Any]] = {
+    "timestamp with time zone": _timestamp,
+    "timestamp without time zone": _timestamp,
+    "date": _date,
+    "uuid": _uuid,
+}
+
+
+def iso_parser(pg_type: str) -> Fn | None:
+    """For a PostgreSQL column of ``pg_type`` (``format_type``'s spelling) that asyncpg
+    will not take a string for (timestamps, dates, UUIDs), the conversion of a string value
+    into that type: ISO 8601 (``datetime.fromisoformat``), as PostgreSQL would parse it from
+    text. A timestamp without an offset is naive, which asyncpg sends as UTC."""
+    parse = _ISO.get(pg_type)
+    if parse is None:
+        return None
+    return lambda v: parse(v) if isinstance(v, str) else v
 
 
 def enum_values(cls: type) -> Fn | None:

@@ -30,10 +30,10 @@ from typing import Any
 from .._errors import ConfigError, PermanentSinkError
 from .._ident import quote, validate
 from .._redact import may_quote_password, redact_dsn, secrets_of
-from ._pg import COLUMNS_SQL, UNIQUE_SQL, is_client_error, map_error
+from ._pg import COLUMNS_SQL, UNIQUE_SQL, argument_error, is_client_error, map_error
 from ._records import Rows, check_shape, group_rows
 from ._upsert import on_conflict
-from ._values import JsonDumps, convert_rows, enum_values, json_encoder
+from ._values import JsonDumps, convert_rows, describe_key, enum_values, iso_parser, json_encoder
 
 __all__ = ["PostgresSink"]
 
@@ -169,6 +169,10 @@ class PostgresSink:
         self._arrays = {r[0] for r in info if r[2] == "A"}
         self._json = {r[0] for r in info if r[1] in ("json", "jsonb")}
         self._by_column = {c: self._json_value for c in self._json}
+        for name, pg_type in self.columns.items():
+            parse = iso_parser(pg_type)
+            if parse is not None and name not in self._arrays:
+                self._by_column[name] = parse
         for col in (*self.key, *((self.version,) if self.version else ())):
             if col not in self.columns:
                 raise ConfigError(
@@ -256,9 +260,15 @@ class PostgresSink:
             raise
         except Exception as exc:
             error = self._error(exc)
+            if isinstance(error, PermanentSinkError) and len(batch) == 1:
+                names, rows = next(iter(groups.items()))
+                error.args = (f"{error.args[0]} (the record with key {self._key_of(names, rows)})",)
             if any(s in str(exc) for s in self._secrets):
                 raise error from None
             raise error from exc
+
+    def _key_of(self, names: tuple[str, ...], rows: list[Any]) -> str:
+        return describe_key(names, rows[0], self.key)
 
     def _abandon(self, conn: Any) -> None:
         """A write was cancelled (``write_timeout`` or the close deadline) with its statement
@@ -324,7 +334,15 @@ class PostgresSink:
             await conn.copy_records_to_table(name, columns=list(names), records=rows)
             await conn.execute(self._statement(names, source=stage))
         else:
-            await conn.execute(self._statement(names), *(list(c) for c in zip(*rows, strict=True)))
+            try:
+                await conn.execute(
+                    self._statement(names), *(list(c) for c in zip(*rows, strict=True))
+                )
+            except Exception as exc:
+                bad = argument_error(exc, names, rows, self.key)
+                if bad is None:
+                    raise
+                raise bad from None  # the driver's text quotes the whole array
         self.statements += 1
 
     def _use_copy(self, names: tuple[str, ...]) -> bool:

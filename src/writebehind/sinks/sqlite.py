@@ -35,7 +35,7 @@ from .._errors import ConfigError, PermanentSinkError, RetriableSinkError, SinkM
 from .._ident import quote, validate
 from .._workers import WorkerThreads
 from ._records import Rows, check_shape, group_rows
-from ._sqlite_errors import map_error
+from ._sqlite_errors import binding_error, map_error
 from ._sqlite_schema import check_file, inspect
 from ._sqlite_thread import Abandoned, Job, Moved, begin, file_identity, settled
 from ._sqlite_versions import Versions
@@ -297,7 +297,10 @@ class SQLiteSink:
         try:
             begin(conn, job, self.busy_timeout)
             for names, rows in groups.items():
-                conn.executemany(self._statement(names), rows)
+                try:
+                    conn.executemany(self._statement(names), rows)
+                except sqlite3.ProgrammingError as exc:
+                    raise binding_error(exc, names, rows, self.key) from exc
                 self.statements += 1
             if job.abandoned:
                 raise Abandoned
