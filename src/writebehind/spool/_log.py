@@ -193,20 +193,23 @@ class SpoolLog:
         """The highest sequence number known synced: every record up to it is durable."""
         return self._watermark.value
 
-    def wait_durable(self, seq: int, timeout: float | None = None) -> bool:
+    def wait_durable(
+        self, seq: int, timeout: float | None = None, *, tolerate_errors: bool = False
+    ) -> bool:
         """Block until record ``seq`` is durable (True) or ``timeout`` passes (False).
 
-        ``SpoolWriteError`` while the latest attempt to sync failed (the record stays queued
-        and is retried; waiting again may succeed), ``SpoolClosed`` if the log closed first.
-        Not on an event loop's thread: use :meth:`wait_durable_async` there."""
+        ``SpoolWriteError`` while the latest attempt to sync failed, at the call or during
+        the wait (the record stays queued and is retried; waiting again may succeed) unless
+        ``tolerate_errors`` (then it waits through failures); ``SpoolClosed`` if the log
+        closed first. Not on an event loop's thread: use :meth:`wait_durable_async` there."""
         self._check_pid()
-        return self._watermark.wait(seq, timeout)
+        return self._watermark.wait(seq, timeout, tolerate_errors=tolerate_errors)
 
-    async def wait_durable_async(self, seq: int) -> None:
+    async def wait_durable_async(self, seq: int, *, tolerate_errors: bool = False) -> None:
         """Wait in the running event loop until record ``seq`` is durable; raises as
         :meth:`wait_durable` does. Cancelling the wait does not cancel the record."""
         self._check_pid()
-        await self._watermark.wait_async(seq)
+        await self._watermark.wait_async(seq, tolerate_errors=tolerate_errors)
 
     def on_durable(self, listener: DurableListener) -> Callable[[], None]:
         """Call ``listener(durable_seq, error)`` on the writer thread after every group

@@ -24,6 +24,7 @@ from ._errors import SpoolClosed, SpoolWriteError
 __all__ = ["DurableListener", "Watermark"]
 
 DurableListener = Callable[[int, SpoolWriteError | None], None]
+_Waiter = tuple[int, int, asyncio.AbstractEventLoop, asyncio.Future[None]]
 
 log = logging.getLogger("writebehind")
 
@@ -38,8 +39,10 @@ class Watermark:
         self._stopped: BaseException | None = None
         self._listeners: dict[int, DurableListener] = {}
         self._ids = itertools.count()
-        # (seq, tiebreak, loop, future): async waiters, lowest seq first
-        self._futures: list[tuple[int, int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        # (seq, tiebreak, loop, future): async waiters, lowest seq first; the patient ones
+        # (tolerate_errors) are in _patient and not failed by fail()
+        self._futures: list[_Waiter] = []
+        self._patient: list[_Waiter] = []
 
     def advance(self, seq: int) -> None:
         """Everything up to ``seq`` is durable."""
@@ -48,8 +51,9 @@ class Watermark:
             self.error = None
             self._cond.notify_all()
             ready = []
-            while self._futures and self._futures[0][0] <= self.value:
-                ready.append(heapq.heappop(self._futures))
+            for heap in (self._futures, self._patient):
+                while heap and heap[0][0] <= self.value:
+                    ready.append(heapq.heappop(heap))
             listeners = list(self._listeners.values())
         self._settle(ready, None)
         self._tell(listeners, seq, None)
@@ -70,32 +74,46 @@ class Watermark:
         with self._cond:
             self._stopped = reason
             self._cond.notify_all()
-            failed, self._futures = self._futures, []
+            failed = self._futures + self._patient
+            self._futures, self._patient = [], []
         self._settle(failed, reason)
 
-    def wait(self, seq: int, timeout: float | None = None) -> bool:
-        """Block until ``seq`` is durable (True) or ``timeout`` passes (False). Raises
-        :class:`SpoolWriteError` while the last attempt to sync has failed (the record stays
-        queued and is retried: waiting again may succeed), :class:`SpoolClosed` once the
-        log is closed with ``seq`` not durable."""
+    def wait(
+        self, seq: int, timeout: float | None = None, *, tolerate_errors: bool = False
+    ) -> bool:
+        """Block until ``seq`` is durable (True) or ``timeout`` passes (False).
+
+        Raises :class:`SpoolClosed` once the log stopped with ``seq`` not durable, and
+        :class:`SpoolWriteError` while the latest attempt to sync has failed (at the call or
+        during the wait; the record stays queued and is retried, so waiting again may
+        succeed) unless ``tolerate_errors``: then it waits through failures."""
+
+        def over() -> bool:
+            return (
+                self.value >= seq
+                or self._stopped is not None
+                or (self.error is not None and not tolerate_errors)
+            )
+
         with self._cond:
-            ok = self._cond.wait_for(lambda: self._done(seq), timeout)
+            ok = self._cond.wait_for(over, timeout)
             if self.value >= seq:
                 return True
             if not ok:
                 return False
             raise self._why()
 
-    async def wait_async(self, seq: int) -> None:
+    async def wait_async(self, seq: int, *, tolerate_errors: bool = False) -> None:
         """Wait in an event loop until ``seq`` is durable; raises as :meth:`wait` does."""
         loop = asyncio.get_running_loop()
         with self._cond:
             if self.value >= seq:
                 return
-            if self._stopped is not None or self.error is not None:
+            if self._stopped is not None or (self.error is not None and not tolerate_errors):
                 raise self._why()
             future: asyncio.Future[None] = loop.create_future()
-            heapq.heappush(self._futures, (seq, next(self._ids), loop, future))
+            heap = self._patient if tolerate_errors else self._futures
+            heapq.heappush(heap, (seq, next(self._ids), loop, future))
         await future
 
     def subscribe(self, listener: DurableListener) -> Callable[[], None]:
@@ -106,9 +124,6 @@ class Watermark:
             self._listeners[key] = listener
         return lambda: self._listeners.pop(key, None) and None
 
-    def _done(self, seq: int) -> bool:
-        return self.value >= seq or self.error is not None or self._stopped is not None
-
     def _why(self) -> BaseException:
         if self.error is not None and self._stopped is None:
             return self.error
@@ -117,10 +132,7 @@ class Watermark:
         return SpoolClosed(f"the spool log stopped before the record was durable: {self._stopped}")
 
     @staticmethod
-    def _settle(
-        waiters: list[tuple[int, int, asyncio.AbstractEventLoop, asyncio.Future[None]]],
-        error: BaseException | None,
-    ) -> None:
+    def _settle(waiters: list[_Waiter], error: BaseException | None) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
         for _, _, loop, future in waiters:
             by_loop.setdefault(loop, []).append(future)
