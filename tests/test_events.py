@@ -133,3 +133,41 @@ def test_event_buffer_size_is_validated() -> None:
     """event_buffer must be a positive integer."""
     with pytest.raises(wb.ConfigError, match="event_buffer"):
         wb.AsyncBatcher(MemorySink(), event_buffer=0)
+
+
+def test_a_second_event_loop_gets_clear_errors_not_asyncios_or_a_hang() -> None:
+    """A batcher started on one loop and used from another: flush(), close(), awaiting a
+    receipt and iterating events() each raise WriteBehindError saying what to do (events()
+    waited for ever before: its wake-up was set from the batcher's thread on a future of the
+    other loop); add_nowait() and a non-waiting add() work from anywhere."""
+    import threading
+
+    b = wb.AsyncBatcher(MemorySink(), linger=3600)
+    first = asyncio.new_event_loop()
+    first.run_until_complete(b.start())
+    runner = threading.Thread(target=first.run_forever, daemon=True)
+    runner.start()
+
+    async def elsewhere() -> list[str]:
+        errors = []
+        r = await b.add({"n": 1})
+        for what in (b.flush(), r.wait(), anext(b.events())):
+            with pytest.raises(wb.WriteBehindError) as caught:
+                async with asyncio.timeout(5):
+                    await what
+            errors.append(str(caught.value))
+        return errors
+
+    try:
+        errors = asyncio.run(elsewhere())
+        assert "another event loop" in errors[0]
+        assert "receipt.result(timeout)" in errors[1]
+        assert "another event loop" in errors[2]
+        assert "sync Batcher" in errors[2]
+        report = asyncio.run_coroutine_threadsafe(b.close(), first).result(10)
+        assert report.lost == 0
+        assert report.stats.committed == 1
+    finally:
+        first.call_soon_threadsafe(first.stop)
+        runner.join(5)
+        first.close()

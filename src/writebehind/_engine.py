@@ -129,6 +129,7 @@ class AsyncBatcher:
         if start is not None:
             await start()
         self._loop = loop
+        self._events.loop = loop
         flusher = Flusher(
             self._intake, self._delivery, self._events, self._clock, self._opts, loop,
             on_shutdown=self._orphaned,

@@ -193,6 +193,7 @@ class EventBuffer:
         self._batcher = batcher
         self._waiter: asyncio.Future[None] | None = None
         self.closed = False
+        self.loop: asyncio.AbstractEventLoop | None = None  # the batcher's, once started
 
     @property
     def first(self) -> int:
@@ -223,8 +224,16 @@ class EventBuffer:
             waiter.set_result(None)
 
     async def _changed(self) -> None:
+        running = asyncio.get_running_loop()
+        if self.loop is not None and running is not self.loop:
+            raise WriteBehindError(
+                "AsyncBatcher.events() iterated on another event loop than the batcher's own: "
+                "events are published on the batcher's loop and could never wake this one. "
+                "Iterate on the batcher's loop, or use the sync Batcher, whose events() works "
+                "from any thread"
+            )
         if self._waiter is None:
-            self._waiter = asyncio.get_running_loop().create_future()
+            self._waiter = running.create_future()
         await asyncio.shield(self._waiter)
 
     def subscribe(self, since: int | None = None) -> Subscription:
