@@ -267,7 +267,8 @@ def test_replay_exit_codes_and_a_fresh_entry_for_a_refused_record(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A replay that writes everything exits 0. A record the target refuses again (NOT NULL)
-    is dead-lettered into the same store as a fresh entry (the old one goes): exit 1."""
+    is dead-lettered into the same store as a fresh entry (the old one goes), under the
+    batcher name it had (it was renamed "dlq-replay" before): exit 1."""
     db = tmp_path / "dl.db"
     put(
         SQLiteDeadLetter(db),
@@ -283,11 +284,7 @@ def test_replay_exit_codes_and_a_fresh_entry_for_a_refused_record(
     assert "dead_lettered  1" in out
     code, out, _ = run(capsys, "list", "--db", str(db), "--json")
     (fresh,) = [json.loads(line) for line in out.splitlines()]
-    assert (fresh["id"], fresh["batcher"], fresh["error"]) == (
-        3,
-        "dlq-replay",
-        "PermanentSinkError",
-    )
+    assert (fresh["id"], fresh["batcher"], fresh["error"]) == (3, "hb", "PermanentSinkError")
     assert fresh["record"] == {"id": "z", "updated_at": None}
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from .._errors import ConfigError, WriteBehindError
 from ..dlq._codec import to_plain
+from ..dlq._replay import OriginalBatcher
 from ._args import dsn, identifier, integer
 from ._text import printable
 
@@ -311,8 +312,10 @@ async def _replay_into(store: Any, args: argparse.Namespace) -> Any:
         sink = PostgresSink(
             args.to_dsn, table=args.to_table, schema=args.to_schema, key=key, version=version
         )
-    # records the sink refuses again go back to this store (a fresh entry each)
-    batcher = AsyncBatcher(sink, key=key, version=version, dead_letter=store, name="dlq-replay")
+    # records the sink refuses again go back to this store (a fresh entry each), under the
+    # batcher name they had
+    keeper = OriginalBatcher(store)
+    batcher = AsyncBatcher(sink, key=key, version=version, dead_letter=keeper, name="dlq-replay")
     async with batcher:
         return await store.replay(batcher, ids=args.ids, limit=args.limit)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from ._codec import RecordNotReplayable
 if TYPE_CHECKING:
     from ._entry import StoredEntry
 
-__all__ = ["ReplayReport", "ReplaySource", "replay"]
+__all__ = ["OriginalBatcher", "ReplayReport", "ReplaySource", "replay"]
 
 
 class ReplaySource(Protocol):
@@ -30,6 +31,35 @@ class ReplaySource(Protocol):
     ) -> list[StoredEntry]: ...
 
     async def delete(self, ids: Iterable[int]) -> int: ...
+
+
+class OriginalBatcher:
+    """A replaying batcher's dead-letter store that keeps each record's original batcher
+    name: a record the sink refuses again is stored under the name it had, not the
+    replaying batcher's. :func:`replay` tells it each record's origin (``note_origin``)."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self._origin: dict[int, tuple[Any, str]] = {}  # id(record) -> (record, name)
+
+    def note_origin(self, record: Any, batcher: str | None) -> None:
+        if batcher is not None:
+            self._origin[id(record)] = (record, batcher)  # the record kept: its id stays its
+
+    async def put(self, entries: Any) -> None:
+        kept = []
+        for e in entries:
+            origin = self._origin.pop(id(e.record), None)
+            same = origin is not None and origin[0] is e.record
+            kept.append(dataclasses.replace(e, batcher=origin[1]) if origin and same else e)
+        await self.store.put(kept)
+
+    def forget(self) -> None:
+        """Drop what was noted (the records replayed have settled)."""
+        self._origin.clear()
+
+    def __getattr__(self, name: str) -> Any:  # close(), start(), ...: the store's own
+        return getattr(self.store, name)
 
 
 _PAGE = 500  # entries read, added and settled at a time: memory stays bounded
@@ -120,6 +150,7 @@ async def replay(
     async for entries in _pages(store, ids, limit, report):
         report.selected += len(entries)
         todo: list[tuple[int, Any]] = []
+        origins = {entry.id: entry.batcher for entry in entries}
         for entry in entries:
             try:
                 todo.append((entry.id, entry.record()))
@@ -128,7 +159,7 @@ async def replay(
                 report.refused_ids.append(entry.id)
         report.replayable += len(todo)
         if todo and not dry_run:
-            await _settle(store, batcher, todo, report)
+            await _settle(store, batcher, todo, report, origins)
     return report
 
 
@@ -164,12 +195,20 @@ async def _pages(
 
 
 async def _settle(
-    store: ReplaySource, batcher: Any, todo: list[tuple[int, Any]], report: ReplayReport
+    store: ReplaySource,
+    batcher: Any,
+    todo: list[tuple[int, Any]],
+    report: ReplayReport,
+    origins: dict[int, str],
 ) -> None:
     sync = not inspect.iscoroutinefunction(batcher.add)
     failures_before = _store_failures(batcher)
+    keeper = getattr(_engine(batcher), "dead_letter", None)  # keeps the original names?
+    keeper = keeper if isinstance(keeper, OriginalBatcher) else None
     receipts = []
     for entry_id, record in todo:
+        if keeper is not None:
+            keeper.note_origin(record, origins.get(entry_id))
         if sync:
             receipt = await asyncio.to_thread(batcher.add, record)
         else:
@@ -195,6 +234,8 @@ async def _settle(
         if outcome in _DELETE and (fresh or outcome is not Outcome.DEAD_LETTERED)
     ]
     report.deleted += await store.delete(done)
+    if keeper is not None:
+        keeper.forget()
 
 
 def _engine(batcher: Any) -> Any:
