@@ -15,6 +15,7 @@ import pytest
 import writebehind as wb
 from writebehind._redact import (
     has_unencoded_userinfo,
+    may_quote_password,
     password_of,
     redact_dsn,
     scrub_secrets,
@@ -47,6 +48,9 @@ PIECES = re.split(r"[/?#@:]", CANARY)
         ("host=h password=pw dbname=x", "host=h password=*** dbname=x"),
         ("host=h password='a b\\' c' dbname=x", "host=h password=*** dbname=x"),
         ("host=h password = 'never closed dbname=x", "host=h password = ***"),
+        ("host=h password=a\\ b\\ c dbname=x", "host=h password=*** dbname=x"),
+        ("host=h sslpassword=k3y password=pw", "host=h sslpassword=*** password=***"),
+        ("host=h\tpassword=\tpw\nuser=u", "host=h\tpassword=\t***\nuser=u"),
         ("PGPASSWORD=hunter2 psql", "PGPASSWORD=*** psql"),
     ],
 )
@@ -56,17 +60,34 @@ def test_redact_dsn_masks_whatever_the_password_holds(dsn: str, shown: str) -> N
     assert redact_dsn(dsn) == shown
 
 
+def test_key_value_passwords_are_scrubbed_in_every_form_libpq_and_asyncpg_see() -> None:
+    """A key=value DSN's password is a secret as written (escapes included), as libpq reads
+    it (quotes and backslash escapes removed) and percent-encoded (the URL PostgresSink hands
+    asyncpg), and may_quote_password withholds a parse error of such a DSN."""
+    dsn = "host=h password='it\\'s a s3cret' user=u"
+    secrets = set(secrets_of(dsn))
+    assert {"it\\'s a s3cret", "it's a s3cret", quote("it's a s3cret", safe="")} <= secrets
+    assert password_of(dsn) == "it\\'s a s3cret"
+    bare = "host=h password=a\\ b\\\\c user=u"
+    assert {"a\\ b\\\\c", "a b\\c"} <= set(secrets_of(bare))
+    assert may_quote_password(dsn, ValueError("bad"))
+    assert not may_quote_password("host=h user=u", ValueError("bad"))
+    text = scrub_secrets("connect failed: " + quote("it's a s3cret", safe=""), secrets_of(dsn))
+    assert "s3cret" not in text
+
+
 def test_secrets_of_names_the_password_its_decoded_form_and_its_pieces() -> None:
     """A password is scrubbed as written, percent-decoded, and, when a parser could split it
     on a delimiter, piece by piece (pieces of 3 characters or more)."""
     assert password_of("postgresql://root:S3cr/et!Zq9@host/db") == "S3cr/et!Zq9"
     assert set(secrets_of("postgresql://root:S3cr/et!Zq9@host/db")) == {
         "S3cr/et!Zq9",
+        "S3cr%2Fet%21Zq9",  # percent-encoded: the form a URL carries
         "S3cr",
         "et!Zq9",
     }
     assert "a/b@cdef" in secrets_of("postgresql://u:a%2Fb%40cdef@h/db")
-    assert secrets_of("host=h password='x y z'") == ("x y z",)
+    assert set(secrets_of("host=h password='x y z'")) == {"x y z", "x%20y%20z"}
     assert secrets_of("postgresql://u@h/db") == ()
     assert has_unencoded_userinfo("postgresql://root:S3cr/et@host/db")
     assert not has_unencoded_userinfo("postgresql://root:S3cr%2Fet@host/db")

@@ -10,8 +10,10 @@ it after its first ``:`` is masked: a password with an unencoded ``/``, ``?``, `
 or ``:`` is masked whole (``urlsplit`` would end the host at the first ``/`` and show the
 rest). When an ``@`` is in the query instead, this masks too much, never too little.
 ``password=`` values are masked in URL queries, in ``key=value`` DSNs (quoted values with
-spaces and ``\\'`` escapes included; an unterminated quote masks to the end) and in any
-text (``PGPASSWORD=...``, ``"password": "..."``).
+spaces and ``\\'`` escapes included, bare values with libpq's ``\\`` escapes, ``\\ `` too;
+an unterminated quote masks to the end) and in any text (``PGPASSWORD=...``,
+``"password": "..."``). A ``key=value`` password is scrubbed as written, as libpq reads it
+(escapes and quotes removed) and percent-encoded (the form ``PostgresSink`` hands asyncpg).
 
 A driver that cannot parse such a DSN may quote a *piece* of the password in its error
 (``invalid literal for int() with base 10: 'S3cr'``): :func:`secrets_of` returns the pieces
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from urllib.parse import unquote, unquote_plus
+from urllib.parse import quote, unquote, unquote_plus
 
 __all__ = [
     "describe",
@@ -46,11 +48,13 @@ _SCHEME = re.compile(r"(?i)^\s*([a-z][a-z0-9+.-]*://)")
 _URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^:/?#@\s]*:)\S*@")
 # key = value, key: value, "key": "value" (PGPASSWORD=..., sslpassword=... included)
 _QUOTED = r"'(?:[^'\\]|\\.)*(?:'|$)|\"(?:[^\"\\]|\\.)*(?:\"|$)"
+# a bare value ends at whitespace, but libpq lets "\" escape the next character (a space too)
+_BARE = r"(?:\\.|\\$|[^\s\\])+"
 _KV_PASSWORD = re.compile(
-    r"(?is)(password|passwd|pwd|pw|secret|token)([\"']?\s*[=:]\s*)(" + _QUOTED + r"|\S+)"
+    r"(?is)(password|passwd|pwd|pw|secret|token)([\"']?\s*[=:]\s*)(" + _QUOTED + "|" + _BARE + ")"
 )
 # a libpq key=value DSN (or PGPASSWORD=...): the value, quoted (libpq's escapes) or bare
-_KV_DSN_PASSWORD = re.compile(r"(?is)[a-z]*password\s*=\s*(" + _QUOTED + r"|\S+)")
+_KV_DSN_PASSWORD = re.compile(r"(?is)[a-z]*password\s*=\s*(" + _QUOTED + "|" + _BARE + ")")
 _QUERY_PASSWORD = re.compile(r"(?i)(password=)([^&]*)")
 
 
@@ -94,9 +98,9 @@ def _passwords(dsn: str) -> list[str]:
             if value[:1] in ("'", '"'):
                 quote = value[0]
                 value = value[1:-1] if len(value) > 1 and value.endswith(quote) else value[1:]
-                value = re.sub(r"\\(.)", r"\1", value)
-            found.append(value)
-        return found
+            found.append(value)  # as written, escapes included
+            found.append(re.sub(r"\\(.)", r"\1", value, flags=re.DOTALL))  # as libpq reads it
+        return [p for p in dict.fromkeys(found) if p]
     _head, userinfo, rest = parts
     if userinfo is not None and ":" in userinfo:
         found.append(userinfo.split(":", 1)[1])
@@ -116,7 +120,8 @@ def secrets_of(dsn: str) -> tuple[str, ...]:
     on), each piece of it of ``_PIECE`` characters or more. Longest first."""
     out: set[str] = set()
     for raw in _passwords(dsn):
-        for form in (raw, unquote(raw), unquote_plus(raw)):
+        # percent-encoded too: PostgresSink hands a key=value DSN to asyncpg as a URL
+        for form in (raw, unquote(raw), unquote_plus(raw), quote(raw, safe="")):
             out.add(form)
             pieces = [p for p in _DELIMITERS.split(form) if p]
             if len(pieces) > 1:

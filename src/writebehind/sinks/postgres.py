@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .._errors import ConfigError, PermanentSinkError
 from .._ident import quote, validate
 from .._redact import may_quote_password, redact_dsn, secrets_of
 from ._pg import COLUMNS_SQL, UNIQUE_SQL, argument_error, is_client_error, map_error
+from ._pg_connect import asyncpg_dsn, check_connect_kwargs
 from ._records import Rows, check_shape, group_rows
 from ._upsert import on_conflict
 from ._values import JsonDumps, convert_rows, describe_key, enum_values, iso_parser, json_encoder
@@ -51,8 +52,9 @@ class PostgresSink:
     """Write batches to a PostgreSQL table (``pip install 'writebehind[postgres]'``).
 
     Args:
-        dsn_or_pool: a ``postgresql://`` DSN (the sink opens and closes its own pool) or an
-            ``asyncpg.Pool`` of yours (used as is, never closed by the sink).
+        dsn_or_pool: a DSN, as a ``postgresql://`` URL or in libpq's ``key=value`` form
+            (``"host=db user=app dbname=prod"``; the sink opens and closes its own pool), or
+            an ``asyncpg.Pool`` of yours (used as is, never closed by the sink).
         table, schema: the table (default schema ``public``); plain identifiers only.
         key: the column (or tuple) of a PRIMARY KEY or UNIQUE index; records upsert on it.
             Without a key, records are appended by COPY.
@@ -67,6 +69,12 @@ class PostgresSink:
             ``json.dumps`` writing nested dataclasses, pydantic models and msgspec Structs as
             plain JSON objects (Enums as their values, datetimes as ISO 8601). A ``str`` is
             taken as JSON text already and sent as is.
+        connect_kwargs: asyncpg's connect options for the sink's own pool, passed through
+            (``ssl``, ``server_settings``, ``command_timeout``, ``statement_cache_size=0``
+            behind PgBouncer in transaction mode, ...), and the pool's ``max_queries``,
+            ``max_inactive_connection_lifetime``, ``setup``, ``init``. An unknown option, or
+            one the sink sets itself (``min_size``, ``max_size``, ``reset``), is a
+            ``ConfigError`` naming it. Only with a DSN: configure a pool of yours yourself.
     """
 
     def __init__(
@@ -80,6 +88,7 @@ class PostgresSink:
         method: str = "auto",
         pool_size: int = 4,
         json_dumps: JsonDumps | None = None,
+        connect_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         self.table = validate(table, "table")
         self.schema = validate(schema, "schema")
@@ -96,13 +105,26 @@ class PostgresSink:
         self._encode = json_encoder(json_dumps)
         self._by_column: dict[str, Callable[[Any], Any]] = {}
         self.pool_size = pool_size
+        self._connect = check_connect_kwargs(connect_kwargs)
         if isinstance(dsn_or_pool, str):
             self._dsn: str | None = dsn_or_pool
             self._pool: Any = None
             self._secrets: tuple[str, ...] = secrets_of(dsn_or_pool)
             self._where = redact_dsn(dsn_or_pool)
+            self._url, implied = asyncpg_dsn(dsn_or_pool)
+            self._connect = implied | self._connect
+            password = self._connect.get("password")
+            if isinstance(password, str) and password:
+                self._secrets = tuple(sorted({*self._secrets, password}, key=len, reverse=True))
         else:
+            if connect_kwargs:
+                raise ConfigError(
+                    "connect_kwargs: apply to the pool the sink opens from a DSN; a pool of "
+                    "yours is used as you configured it (pass the options to "
+                    "asyncpg.create_pool)"
+                )
             self._dsn, self._pool, self._secrets = None, dsn_or_pool, ()
+            self._url = ""
             self._where = "<pool>"
         self._own_pool = self._dsn is not None
         self.columns: dict[str, str] = {}
@@ -146,8 +168,9 @@ class PostgresSink:
                 # batcher's backoff (and logs a traceback each time). Without a floor, every
                 # connection attempt is a write's, paced by the batcher.
                 self._pool = await asyncpg.create_pool(
-                    self._dsn, min_size=0, max_size=self.pool_size, reset=_no_reset
-                )
+                    self._url, min_size=0, max_size=self.pool_size, reset=_no_reset,
+                    **self._connect,
+                )  # fmt: skip
             except Exception as exc:
                 raise self._error(exc, connecting=True) from None  # it may quote the DSN
         try:

@@ -1,0 +1,182 @@
+"""How ``PostgresSink`` connects: libpq ``key=value`` DSNs, and the driver's connect options.
+
+**key=value DSNs.** asyncpg takes only URLs (``postgresql://...``); libpq, psql and psycopg
+also take ``"host=db user=app password='s3 cret' dbname=prod"``. :func:`asyncpg_dsn`
+parses that form by libpq's rules (``key = value`` pairs separated by whitespace; a value in
+single quotes may hold spaces, with ``\\'`` and ``\\\\`` escapes; a bare value ends at
+whitespace, ``\\`` escaping the next character) and translates it into the URL asyncpg
+reads the same way: every option travels percent-encoded in the query, where asyncpg takes
+``host``, ``port``, ``dbname``, ``user``, ``password``, ``passfile``, the ``ssl*`` options,
+``service``, ``target_session_attrs``, ``krbsrvname`` and ``gsslib``, and sends the others
+(``application_name``, ``options``) to the server as startup settings, as libpq does.
+``connect_timeout`` becomes asyncpg's ``timeout``. An option libpq knows but asyncpg cannot
+honour (``keepalives``, ``hostaddr``, ``gssencmode``, ...) and a key libpq does not know
+are a ``ConfigError`` naming the key; no error quotes a value, so none shows a password.
+
+**Connect options** (``connect_kwargs=``): a mapping of keyword arguments for asyncpg's
+``connect()`` (``ssl``, ``server_settings``, ``command_timeout``, ``statement_cache_size``,
+...) and for the pool (``max_queries``, ``max_inactive_connection_lifetime``, ``setup``,
+``init``). A mapping rather than keywords of the sink: the options are the driver's, the
+sink passes them through untouched, and its own signature stays the sink's. :data:`OPTIONS`
+is checked against the installed asyncpg by a test.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+from .._errors import ConfigError
+
+__all__ = ["OPTIONS", "SINK_OWNED", "asyncpg_dsn", "check_connect_kwargs", "parse_conninfo"]
+
+CONNECT_OPTIONS = frozenset(
+    {
+        "host", "port", "user", "password", "passfile", "service", "servicefile", "database",
+        "timeout", "statement_cache_size", "max_cached_statement_lifetime",
+        "max_cacheable_statement_size", "command_timeout", "ssl", "direct_tls",
+        "connection_class", "record_class", "server_settings", "target_session_attrs",
+        "krbsrvname", "gsslib",
+    }
+)  # fmt: skip
+"""asyncpg.connect()'s keyword arguments (0.30-0.32), but ``dsn`` and ``loop``."""
+POOL_OPTIONS = frozenset({"max_queries", "max_inactive_connection_lifetime", "setup", "init"})
+OPTIONS = CONNECT_OPTIONS | POOL_OPTIONS
+SINK_OWNED = {
+    "dsn": "give the DSN as the sink's first argument",
+    "min_size": "the sink keeps no idle connections (min_size=0, see docs/postgres.md)",
+    "max_size": "use pool_size=",
+    "init_size": "the sink opens connections as writes need them",
+    "reset": "the sink's own pool resets nothing (it keeps no session state)",
+    "connect": "pass a pool factory as the sink's first argument instead",
+    "loop": "the pool is made on the batcher's loop",
+}
+
+# libpq's keywords (PostgreSQL 17) that a URL query carries to asyncpg as libpq means them
+_URL_KEYS = frozenset(
+    {
+        "host", "port", "dbname", "user", "password", "passfile", "sslmode", "sslcert",
+        "sslkey", "sslrootcert", "sslcrl", "sslpassword", "sslnegotiation",
+        "ssl_min_protocol_version", "ssl_max_protocol_version", "target_session_attrs",
+        "krbsrvname", "gsslib", "service", "application_name", "options",
+    }
+)  # fmt: skip
+# libpq's keywords asyncpg has no equivalent for
+_UNSUPPORTED = frozenset(
+    {
+        "hostaddr", "require_auth", "channel_binding", "client_encoding", "keepalives",
+        "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout",
+        "replication", "gssencmode", "requiressl", "sslcompression", "sslcertmode",
+        "sslcrldir", "sslsni", "requirepeer", "gssdelegation", "load_balance_hosts",
+    }
+)  # fmt: skip
+_OTHER_KEYS = frozenset({"connect_timeout", "fallback_application_name"})
+_LIBPQ_KEYS = _URL_KEYS | _UNSUPPORTED | _OTHER_KEYS
+
+
+def parse_conninfo(dsn: str) -> list[tuple[str, str]]:
+    """The ``(key, value)`` pairs of a libpq ``key=value`` string, by libpq's rules.
+    ``ConfigError`` (quoting no value) if it is malformed."""
+    pairs: list[tuple[str, str]] = []
+    i, n = 0, len(dsn)
+    while True:
+        while i < n and dsn[i].isspace():
+            i += 1
+        if i >= n:
+            return pairs
+        start = i
+        while i < n and not dsn[i].isspace() and dsn[i] != "=":
+            i += 1
+        key = dsn[start:i]
+        while i < n and dsn[i].isspace():
+            i += 1
+        if i >= n or dsn[i] != "=":
+            where = f"after {pairs[-1][0]!r}" if pairs else "at its start"
+            raise ConfigError(  # the word itself is not shown: it may be a password
+                f"dsn: a word {where} has no '='; a key=value DSN is pairs like "
+                f'"host=db user=app dbname=prod" (or give a postgresql:// URL)'
+            )
+        i += 1
+        while i < n and dsn[i].isspace():
+            i += 1
+        value: list[str] = []
+        if i < n and dsn[i] == "'":
+            i += 1
+            while True:
+                if i >= n:
+                    raise ConfigError(f"dsn: the quoted value of {key!r} has no closing quote")
+                c = dsn[i]
+                if c == "\\" and i + 1 < n:
+                    value.append(dsn[i + 1])
+                    i += 2
+                elif c == "'":
+                    i += 1
+                    break
+                else:
+                    value.append(c)
+                    i += 1
+        else:
+            while i < n and not dsn[i].isspace():
+                if dsn[i] == "\\" and i + 1 < n:
+                    i += 1
+                value.append(dsn[i])
+                i += 1
+        pairs.append((key, "".join(value)))
+
+
+def asyncpg_dsn(dsn: str) -> tuple[str, dict[str, Any]]:
+    """``dsn`` as asyncpg takes it: a URL (a URL is returned as is) and keyword arguments
+    (``timeout`` from ``connect_timeout``). ``ConfigError`` names a key it cannot honour."""
+    if "://" in dsn.split("=", 1)[0] or not dsn.strip():
+        return dsn, {}
+    options: dict[str, str] = {}
+    for key, value in parse_conninfo(dsn):
+        if key not in _LIBPQ_KEYS:
+            close = difflib.get_close_matches(key, sorted(_LIBPQ_KEYS), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"dsn: {key!r} is not a libpq connection option{hint}")
+        if key in _UNSUPPORTED:
+            raise ConfigError(
+                f"dsn: the libpq option {key!r} has no equivalent in asyncpg, which the sink "
+                f"uses; remove it (connect_kwargs= takes asyncpg's own options, e.g. ssl=)"
+            )
+        options[key] = value
+    kwargs: dict[str, Any] = {}
+    fallback = options.pop("fallback_application_name", "")
+    if fallback and not options.get("application_name"):
+        options["application_name"] = fallback
+    timeout = options.pop("connect_timeout", "")
+    if timeout:
+        try:
+            kwargs["timeout"] = float(timeout)
+        except ValueError:
+            raise ConfigError(
+                f"dsn: connect_timeout must be a number of seconds, got {timeout!r}"
+            ) from None
+    query = "&".join(f"{k}={quote(v, safe='')}" for k, v in options.items() if v)
+    return "postgresql://" + (f"?{query}" if query else ""), kwargs
+
+
+def check_connect_kwargs(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``connect_kwargs`` as a dict, or ``ConfigError`` naming an option the sink cannot
+    pass on: one it owns (with what to do instead) or one asyncpg does not take."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise ConfigError(
+            f"connect_kwargs: must be a mapping of asyncpg connect options, e.g. "
+            f"{{'statement_cache_size': 0}}; got {type(options).__name__}"
+        )
+    for name in options:
+        if name in SINK_OWNED:
+            raise ConfigError(f"connect_kwargs: {name!r} is set by the sink; {SINK_OWNED[name]}")
+        if name not in OPTIONS:
+            close = difflib.get_close_matches(str(name), sorted(OPTIONS), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(
+                f"connect_kwargs: {name!r} is not an option of asyncpg.connect() or its pool; "
+                f"{hint}(known: {', '.join(sorted(OPTIONS))})"
+            )
+    return dict(options)
