@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import uuid
@@ -199,3 +200,89 @@ async def test_a_key_value_dsn_connects_and_its_password_never_shows(
     for text in seen:
         for secret in ("Canary", "Kv%20Canary"):
             assert secret not in text, text
+
+
+# -- your own pool, on the batcher's loop --------------------------------------------------------
+def _beat(i: int) -> dict[str, Any]:
+    return {"id": uuid.UUID(int=i), "updated_at": "2026-11-23T12:00:00Z", "note": str(i)}
+
+
+@pytest.mark.server
+async def test_a_pool_from_another_loop_is_a_config_error_with_the_sync_batcher(table: str) -> None:
+    """A pool made on the caller's loop, given to the sync Batcher (whose loop runs in its
+    own thread), is a ConfigError at start that says what happened and what to do."""
+    pool = await asyncpg.create_pool(DSN, min_size=0, max_size=1)
+    try:
+        sink = wb.PostgresSink(pool, table=table, key="id", version="updated_at")
+        batcher = wb.Batcher(sink, key="id", version="updated_at")
+        with pytest.raises(wb.ConfigError, match="another event loop") as info:
+            await asyncio.to_thread(batcher.start)
+        assert "pool factory" in str(info.value)
+        assert not pool._closed  # a pool of yours is never closed by the sink
+    finally:
+        await pool.close()
+
+
+@pytest.mark.server
+async def test_a_pool_from_another_loop_is_a_config_error_with_the_async_batcher(
+    table: str,
+) -> None:
+    """A pool made on another loop (another thread's asyncio.run) is refused by
+    AsyncBatcher at start too, before any write fails opaquely."""
+
+    async def make() -> asyncpg.Pool:
+        return await asyncpg.create_pool(DSN, min_size=0, max_size=1)
+
+    pool = await asyncio.to_thread(asyncio.run, make())
+    sink = wb.PostgresSink(pool, table=table, key="id", version="updated_at")
+    with pytest.raises(wb.ConfigError, match="another event loop"):
+        async with wb.AsyncBatcher(sink, key="id", version="updated_at"):
+            pass
+
+
+@pytest.mark.server
+def test_a_pool_factory_works_with_the_sync_batcher(table: str) -> None:
+    """A sync factory returning an un-awaited asyncpg.create_pool(...) is called on the sync
+    Batcher's loop: writes commit, and the sink closes the pool it made."""
+    made: list[Any] = []
+
+    def factory() -> Any:
+        made.append(asyncpg.create_pool(DSN, min_size=0, max_size=2))
+        return made[-1]
+
+    sink = wb.PostgresSink(factory, table=table, key="id", version="updated_at")
+    assert "<pool factory>" in repr(sink)
+    with wb.Batcher(sink, key="id", version="updated_at", linger=0.01) as b:
+        for i in range(20):
+            b.add(_beat(i))
+        b.flush()
+    assert b.stats().committed == 20
+    assert len(made) == 1
+    assert made[0]._closed
+
+
+@pytest.mark.server
+async def test_an_async_pool_factory_works_with_the_async_batcher(
+    table: str, pg: asyncpg.Connection
+) -> None:
+    """An async factory is awaited at start; records commit; the pool is closed at close."""
+    made: list[asyncpg.Pool] = []
+
+    async def factory() -> asyncpg.Pool:
+        made.append(await asyncpg.create_pool(DSN, min_size=0, max_size=2))
+        return made[-1]
+
+    sink = wb.PostgresSink(factory, table=table, key="id", version="updated_at")
+    async with wb.AsyncBatcher(sink, key="id", version="updated_at") as b:
+        for i in range(20):
+            b.add_nowait(_beat(i))
+    assert b.stats().committed == 20
+    assert await pg.fetchval(f"SELECT count(*) FROM {table}") == 20
+    assert made[0]._closed
+
+
+async def test_a_factory_that_returns_no_pool_is_a_config_error() -> None:
+    """A factory returning something that is not a pool is a ConfigError at start."""
+    sink = wb.PostgresSink(lambda: "postgresql://x", table="t")
+    with pytest.raises(wb.ConfigError, match="returned a str, not an asyncpg pool"):
+        await sink.start()

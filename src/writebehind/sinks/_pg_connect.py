@@ -13,6 +13,10 @@ reads the same way: every option travels percent-encoded in the query, where asy
 honour (``keepalives``, ``hostaddr``, ``gssencmode``, ...) and a key libpq does not know
 are a ``ConfigError`` naming the key; no error quotes a value, so none shows a password.
 
+**Your own pool** must live on the batcher's event loop: :func:`on_this_loop` tells, and a
+pool *factory* (:func:`pool_from_factory`) makes one there, which is how a pool of yours
+reaches the sync ``Batcher`` (its loop runs in a thread of its own).
+
 **Connect options** (``connect_kwargs=``): a mapping of keyword arguments for asyncpg's
 ``connect()`` (``ssl``, ``server_settings``, ``command_timeout``, ``statement_cache_size``,
 ...) and for the pool (``max_queries``, ``max_inactive_connection_lifetime``, ``setup``,
@@ -23,14 +27,25 @@ is checked against the installed asyncpg by a test.
 
 from __future__ import annotations
 
+import asyncio
 import difflib
-from collections.abc import Mapping
+import inspect
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote
 
 from .._errors import ConfigError
 
-__all__ = ["OPTIONS", "SINK_OWNED", "asyncpg_dsn", "check_connect_kwargs", "parse_conninfo"]
+__all__ = [
+    "OPTIONS",
+    "OTHER_LOOP",
+    "SINK_OWNED",
+    "asyncpg_dsn",
+    "check_connect_kwargs",
+    "on_this_loop",
+    "parse_conninfo",
+    "pool_from_factory",
+]
 
 CONNECT_OPTIONS = frozenset(
     {
@@ -180,3 +195,40 @@ def check_connect_kwargs(options: Mapping[str, Any] | None) -> dict[str, Any]:
                 f"{hint}(known: {', '.join(sorted(OPTIONS))})"
             )
     return dict(options)
+
+
+OTHER_LOOP = (
+    "PostgresSink: the asyncpg pool was made on another event loop than the batcher's (a "
+    "sync wb.Batcher runs its own loop in a thread; each asyncio.run() makes a new loop), and "
+    "asyncpg connections work only on the loop that made them. Pass a pool factory instead, "
+    "which the sink calls on the batcher's loop at start: "
+    "PostgresSink(lambda: asyncpg.create_pool(dsn, ...), table=...); or a DSN"
+)
+
+
+def on_this_loop(pool: Any) -> bool:
+    """Whether ``pool`` (if it says) was made on the running loop: asyncpg's connections
+    work only there ('another operation is in progress' otherwise). asyncpg has no public
+    accessor for a pool's loop; ``Pool._loop`` is where 0.30-0.32 keep it."""
+    loop = getattr(pool, "_loop", None)
+    return loop is None or loop is asyncio.get_running_loop()
+
+
+async def pool_from_factory(factory: Callable[[], Any], on_error: Callable[..., Exception]) -> Any:
+    """Call ``factory`` (on the batcher's loop) and await what it returns if need be (an
+    un-awaited ``asyncpg.create_pool(...)`` included). Its failure goes through
+    ``on_error(exc, connecting=True)``; a result that is no pool is a ``ConfigError``."""
+    try:
+        pool = factory()
+        if inspect.isawaitable(pool):
+            pool = await pool
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise on_error(exc, connecting=True) from exc
+    if not hasattr(pool, "acquire"):
+        raise ConfigError(
+            f"PostgresSink: the pool factory returned a {type(pool).__name__}, not an "
+            f"asyncpg pool; return asyncpg.create_pool(...) (awaited or not)"
+        )
+    return pool

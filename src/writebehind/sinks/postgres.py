@@ -31,7 +31,13 @@ from .._errors import ConfigError, PermanentSinkError
 from .._ident import quote, validate
 from .._redact import may_quote_password, redact_dsn, secrets_of
 from ._pg import COLUMNS_SQL, UNIQUE_SQL, argument_error, is_client_error, map_error
-from ._pg_connect import asyncpg_dsn, check_connect_kwargs
+from ._pg_connect import (
+    OTHER_LOOP,
+    asyncpg_dsn,
+    check_connect_kwargs,
+    on_this_loop,
+    pool_from_factory,
+)
 from ._records import Rows, check_shape, group_rows
 from ._upsert import on_conflict
 from ._values import JsonDumps, convert_rows, describe_key, enum_values, iso_parser, json_encoder
@@ -53,8 +59,13 @@ class PostgresSink:
 
     Args:
         dsn_or_pool: a DSN, as a ``postgresql://`` URL or in libpq's ``key=value`` form
-            (``"host=db user=app dbname=prod"``; the sink opens and closes its own pool), or
-            an ``asyncpg.Pool`` of yours (used as is, never closed by the sink).
+            (``"host=db user=app dbname=prod"``; the sink opens and closes its own pool); an
+            ``asyncpg.Pool`` of yours (used as is, never closed by the sink; it must have
+            been made on the batcher's event loop, else ``ConfigError`` at start); or a pool
+            *factory*: a function, sync or async, that the sink calls on the batcher's loop
+            at each start and whose pool it closes at close (``lambda:
+            asyncpg.create_pool(dsn, ...)``: the way to bring a pool of yours to the sync
+            ``Batcher``, whose loop runs in a thread of its own).
         table, schema: the table (default schema ``public``); plain identifiers only.
         key: the column (or tuple) of a PRIMARY KEY or UNIQUE index; records upsert on it.
             Without a key, records are appended by COPY.
@@ -116,6 +127,15 @@ class PostgresSink:
             password = self._connect.get("password")
             if isinstance(password, str) and password:
                 self._secrets = tuple(sorted({*self._secrets, password}, key=len, reverse=True))
+        elif callable(dsn_or_pool) and not hasattr(dsn_or_pool, "acquire"):
+            if connect_kwargs:
+                raise ConfigError(
+                    "connect_kwargs: apply to the pool the sink opens from a DSN; give the "
+                    "options to asyncpg.create_pool in your factory"
+                )
+            self._dsn, self._pool, self._secrets = None, None, ()
+            self._url = ""
+            self._where = "<pool factory>"
         else:
             if connect_kwargs:
                 raise ConfigError(
@@ -126,7 +146,8 @@ class PostgresSink:
             self._dsn, self._pool, self._secrets = None, dsn_or_pool, ()
             self._url = ""
             self._where = "<pool>"
-        self._own_pool = self._dsn is not None
+        self._factory: Any = dsn_or_pool if self._where == "<pool factory>" else None
+        self._own_pool = self._dsn is not None or self._factory is not None
         self.columns: dict[str, str] = {}
         self._arrays: set[str] = set()
         self._json: set[str] = set()
@@ -139,9 +160,12 @@ class PostgresSink:
     @property
     def source(self) -> Any:
         """What the sink connects with: the DSN it was given (password included: never log
-        it) or the caller's pool. For tools that reach the same server, such as
+        it), the caller's pool, or, for a pool factory, the pool it made (the factory
+        itself before start). For tools that reach the same server, such as
         :class:`~writebehind.PostgresDeadLetter`."""
-        return self._dsn if self._dsn is not None else self._pool
+        if self._dsn is not None:
+            return self._dsn
+        return self._pool if self._pool is not None else self._factory
 
     def __repr__(self) -> str:
         return f"PostgresSink({self._where!r}, table={self.schema}.{self.table}, key={self.key!r})"
@@ -161,6 +185,12 @@ class PostgresSink:
                 "connections belong to the parent process. Create the batcher (and its pool) "
                 "in the child, or pass a DSN so the sink opens its own pool there"
             )
+        if self._pool is None and self._factory is not None:
+            self._pool = await pool_from_factory(self._factory, self._error)
+        if not on_this_loop(self._pool):
+            if self._factory is not None:
+                self._pool = None  # not ours to close: it belongs to the other loop
+            raise ConfigError(OTHER_LOOP)
         if self._pool is None:
             try:
                 # min_size=0: asyncpg >= 0.32 keeps a pool's floor with a background task
