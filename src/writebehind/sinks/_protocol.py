@@ -6,13 +6,22 @@ says whether trying again can help (other exceptions are classified by
 :func:`writebehind._retry.is_retriable`). Optional hooks, called when present:
 ``async start()`` when the batcher starts (raise ``ConfigError`` there for a missing table),
 and ``async close()`` when it closes.
+
+:func:`check_sink_keys` is what the batcher runs at start: a sink that upserts on named
+columns (``key``, ``version``) must agree with the batcher's options.
 """
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Sink"]
+from .._errors import ConfigError
+
+__all__ = ["Mismatch", "Sink", "check_sink_keys", "key_mismatch"]
+
+log = logging.getLogger("writebehind")
 
 
 @runtime_checkable
@@ -22,3 +31,93 @@ class Sink(Protocol):
     async def write(self, batch: list[Any]) -> None:
         """Write every record of ``batch`` in one transaction, or raise."""
         ...
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """How a sink's ``key``/``version`` disagree with the batcher's."""
+
+    message: str
+    fatal: bool
+    """True: refuse at start (``ConfigError``); False: log a WARNING once at start."""
+
+
+def _names(spec: Any) -> frozenset[str] | None:
+    """A field spec as a set of field names; None when it cannot be compared (a callable)."""
+    if spec is None:
+        return frozenset()
+    if isinstance(spec, str):
+        return frozenset((spec,))
+    if isinstance(spec, tuple) and all(isinstance(s, str) for s in spec):
+        return frozenset(spec)
+    return None
+
+
+def _show(names: frozenset[str]) -> str:
+    return repr(next(iter(names))) if len(names) == 1 else repr(tuple(sorted(names)))
+
+
+def key_mismatch(key: Any, version: Any, sink: Any) -> Mismatch | None:
+    """Compare the batcher's ``key``/``version`` options with the sink's, for sinks that
+    have them (``SQLiteSink``, ``PostgresSink``: a tuple ``key`` and a ``version``).
+
+    Refused (fatal): both name a key and the names differ, or both name a version and they
+    differ. The buffer would coalesce records the table keeps apart (or keep apart records
+    the table merges), or the two would disagree on which record is newest, and either
+    drops records silently as ``COALESCED``; nothing could make such a pair useful, and the
+    fix is one word. A warning: the batcher coalesces by key but the sink appends (no key),
+    so the table gets only the newest record per key in each linger window; or the sink
+    orders by a version the batcher does not know, so within a linger window a later add()
+    with an older version supersedes a newer one before the upsert could keep it. A batcher
+    without a key (no coalescing) or with a callable key or version is not compared.
+    """
+    sink_key = getattr(sink, "key", None)
+    if not isinstance(sink_key, tuple) or not hasattr(sink, "version"):
+        return None  # not a sink that upserts on named columns
+    mine, theirs = _names(key), frozenset(sink_key)
+    if not mine:  # no coalescing (None) or a callable: nothing to compare
+        return None
+    sink_name = type(sink).__name__
+    if not theirs:
+        return Mismatch(
+            f"the batcher coalesces records by key {_show(mine)}, but {sink_name} has no key "
+            f"(it appends): the table gets only the newest record per key in each linger "
+            f"window. Drop key= from the batcher to append every record",
+            fatal=False,
+        )
+    if mine != theirs:
+        return Mismatch(
+            f"key: the batcher's key {_show(mine)} differs from {sink_name}'s key "
+            f"{_show(theirs)}: the buffer would coalesce records the table keeps apart (or "
+            f"the other way round), dropping some as COALESCED. Give both the same key",
+            fatal=True,
+        )
+    mine_v, theirs_v = _names(version), _names(getattr(sink, "version", None))
+    if mine_v is None or theirs_v is None:
+        return None
+    if mine_v and theirs_v and mine_v != theirs_v:
+        return Mismatch(
+            f"version: the batcher's version {_show(mine_v)} differs from {sink_name}'s "
+            f"version {_show(theirs_v)}: the buffer and the table would disagree on which "
+            f"record is newest. Give both the same version",
+            fatal=True,
+        )
+    if theirs_v and not mine_v:
+        return Mismatch(
+            f"{sink_name} orders rows by version {_show(theirs_v)}, but the batcher has no "
+            f"version=: within a linger window a later add() supersedes an earlier one even "
+            f"if its version is older. Pass version={_show(theirs_v)} to the batcher too",
+            fatal=False,
+        )
+    return None
+
+
+def check_sink_keys(key: Any, version: Any, sink: Any) -> None:
+    """At start: raise ``ConfigError`` for a fatal :func:`key_mismatch`, log a WARNING
+    (once: the batcher starts once) for the others."""
+    problem = key_mismatch(key, version, sink)
+    if problem is None:
+        return
+    if problem.fatal:
+        raise ConfigError(f"{problem.message} (sink {sink!r})")
+    log.warning("writebehind: %s (sink %r)", problem.message, sink)
