@@ -78,3 +78,19 @@ def test_check_sink_keys_raises_or_logs_once(
     assert "'id'" in caplog.records[0].getMessage()
     check_sink_keys("id", "v", sqlite(tmp_path, key="id", version="v"))
     assert len(caplog.records) == 1
+
+
+async def test_a_batcher_refuses_a_sink_keyed_differently_at_start(tmp_path: Path) -> None:
+    """Wired into start(): the batcher refuses the sink before opening it, with the error
+    naming both keys; nothing was accepted."""
+    import sqlite3
+
+    path = tmp_path / "x.db"
+    with sqlite3.connect(path) as c:
+        c.execute("CREATE TABLE t (id TEXT PRIMARY KEY, other TEXT, v INTEGER)")
+    batcher = wb.AsyncBatcher(wb.SQLiteSink(path, table="t", key="id"), key="other")
+    with pytest.raises(wb.ConfigError) as caught:
+        await batcher.start()
+    assert "other" in str(caught.value)
+    assert "id" in str(caught.value)
+    assert batcher.stats().accepted == 0

@@ -32,6 +32,7 @@ from ._receipt import Receipt
 from ._retry import check_number
 from ._stats import CloseReport, Stats
 from ._tasks import spawn
+from .sinks._protocol import check_sink_keys
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack  # typing.Unpack for **kwargs is Python 3.12+
@@ -125,6 +126,7 @@ class AsyncBatcher:
         if self._loop is not None:
             raise WriteBehindError("the batcher was already started")
         loop = asyncio.get_running_loop()
+        check_sink_keys(self._opts.key, self._opts.version, self._sink)
         start = getattr(self._sink, "start", None)
         if start is not None:
             await start()
