@@ -286,3 +286,42 @@ async def test_a_factory_that_returns_no_pool_is_a_config_error() -> None:
     sink = wb.PostgresSink(lambda: "postgresql://x", table="t")
     with pytest.raises(wb.ConfigError, match="returned a str, not an asyncpg pool"):
         await sink.start()
+
+
+@pytest.mark.server
+async def test_the_reaper_ends_only_the_sinks_own_statement() -> None:
+    """An abandoned write's backend is ended by pid, but only if that backend runs a
+    statement on the sink's table: behind PgBouncer the pid is made up and may be a
+    stranger's session, which must survive (a bare pg_terminate_backend(pid) ended it)."""
+    from writebehind.sinks.postgres import _terminate_backend
+
+    table = f"reap_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(DSN)
+    stranger = await asyncpg.connect(DSN)
+    ours = await asyncpg.connect(DSN)
+    pool = await asyncpg.create_pool(DSN, min_size=1, max_size=1)
+    try:
+        await admin.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, v int)")
+        await admin.execute(f"INSERT INTO {table} VALUES (1, 0)")
+        locker = admin.transaction()
+        await locker.start()
+        await admin.execute(f"SELECT * FROM {table} FOR UPDATE")
+        target = f'"public"."{table}"'  # as the sink quotes it in its statements
+        blocked = asyncio.ensure_future(ours.execute(f"UPDATE {target} SET v = 1"))
+        sleeping = asyncio.ensure_future(stranger.execute("SELECT pg_sleep(30)"))
+        await asyncio.sleep(0.3)
+        await _terminate_backend(pool, stranger.get_server_pid(), target)  # not ours
+        await asyncio.sleep(0.3)
+        assert not sleeping.done()
+        ours_pid = ours.get_server_pid()
+        await _terminate_backend(pool, ours_pid, target)  # ours: ended
+        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
+            await asyncio.wait_for(blocked, 5)
+        await locker.rollback()
+    finally:
+        sleeping.cancel()
+        for conn in (stranger, ours):
+            conn.terminate()
+        await pool.close()
+        await admin.execute(f"DROP TABLE IF EXISTS {table}")
+        await admin.close()

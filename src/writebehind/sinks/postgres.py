@@ -335,7 +335,8 @@ class PostgresSink:
         conn.terminate()
         if pool is None or not pid:
             return
-        task = asyncio.get_running_loop().create_task(_terminate_backend(pool, pid))
+        reaper = _terminate_backend(pool, pid, self._target)
+        task = asyncio.get_running_loop().create_task(reaper)
         self._reapers.add(task)
         task.add_done_callback(self._reapers.discard)
 
@@ -423,10 +424,17 @@ class PostgresSink:
         return sql + on_conflict(names, self.key, self.version, "t")
 
 
-async def _terminate_backend(pool: Any, pid: int) -> None:
+async def _terminate_backend(pool: Any, pid: int, target: str) -> None:
+    """End backend ``pid`` only if it is ours: this role's, running a statement on the
+    sink's table. Behind a pooler (PgBouncer) the pid a connection reports is not a real
+    backend's; a bare ``pg_terminate_backend(pid)`` could then end a stranger's session."""
     try:
         async with asyncio.timeout(_REAP_TIMEOUT):
-            await pool.execute("SELECT pg_terminate_backend($1)", pid)
+            await pool.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1 "
+                "AND usename = current_user AND position($2 in query) > 0",
+                pid, target,
+            )  # fmt: skip
     except Exception as exc:  # the server is gone too, or the pool closed: nothing to end
         log.debug("PostgresSink: could not end backend %d: %s", pid, type(exc).__name__)
 
