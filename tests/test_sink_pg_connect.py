@@ -325,3 +325,23 @@ async def test_the_reaper_ends_only_the_sinks_own_statement() -> None:
         await pool.close()
         await admin.execute(f"DROP TABLE IF EXISTS {table}")
         await admin.close()
+
+
+@pytest.mark.server
+async def test_a_dead_letter_store_connects_with_a_key_value_dsn() -> None:
+    """PostgresDeadLetter, given a libpq key=value DSN (or the sink holding one), connects
+    as the sink does (it handed the DSN to asyncpg as is, which refused it)."""
+    dsn = _key_value_dsn()
+    table = f"dl_{uuid.uuid4().hex[:10]}"
+    store = wb.PostgresDeadLetter(wb.PostgresSink(dsn, table="t"), table=table)
+    try:
+        entry = wb.DeadLetterEntry(record={"id": 1}, error="E", message="m", sink="s",
+                                   batcher="b", attempts=1, at=0.0)  # fmt: skip
+        await store.put([entry])
+        (stored,) = await store.list()
+        assert stored.record() == {"id": 1}
+    finally:
+        conn = await asyncpg.connect(DSN)
+        await conn.execute(f"DROP TABLE IF EXISTS {table}")
+        await conn.close()
+        await store.close()

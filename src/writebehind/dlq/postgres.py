@@ -17,6 +17,7 @@ from .._errors import ConfigError
 from .._ident import quote, validate
 from .._redact import may_quote_password, redact_dsn, secrets_of
 from ..sinks._pg import map_error
+from ..sinks._pg_connect import asyncpg_dsn
 from ..sinks.postgres import PostgresSink
 from ._store import DeadLetterStore, rowcount
 
@@ -78,6 +79,7 @@ class PostgresDeadLetter(DeadLetterStore):
             if source is None:
                 raise ConfigError("dsn_or_pool_or_sink: the PostgresSink has no DSN or pool")
         if isinstance(source, str):
+            asyncpg_dsn(source)  # a key=value DSN it cannot honour: ConfigError now
             self._dsn: str | None = source
             self._secrets: tuple[str, ...] = secrets_of(source)
             self._where = redact_dsn(source)
@@ -166,7 +168,8 @@ class PostgresDeadLetter(DeadLetterStore):
                 raise ConfigError(
                     "PostgresDeadLetter needs asyncpg: pip install 'writebehind[postgres]'"
                 ) from exc
-            pool = await asyncpg.create_pool(self._dsn, min_size=0, max_size=self.pool_size)
+            url, options = asyncpg_dsn(self._dsn or "")  # libpq key=value DSNs too
+            pool = await asyncpg.create_pool(url, min_size=0, max_size=self.pool_size, **options)
             if self._pool is None:
                 self._pool, self._pool_loop = pool, loop
             else:  # two first uses raced (batches dead-lettered at once): keep one pool
