@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import coalescing, hot_path, memory, observability, postgres_e2e, sqlite_e2e
+from . import capacity, coalescing, hot_path, memory, observability, postgres_e2e, sqlite_e2e
 from ._common import BenchmarkError, Section
 from ._report import ROOT, markdown, text
 
@@ -33,6 +33,7 @@ BENCHMARKS: dict[str, Callable[[bool], Section]] = {
     "memory": memory.measure,
     "postgres_e2e": postgres_e2e.measure,
     "observability": observability.measure,
+    "capacity": capacity.measure,
 }
 DOC = ROOT / "docs" / "benchmarks.md"
 
