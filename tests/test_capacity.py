@@ -90,14 +90,19 @@ def test_a_refused_taker_is_served_before_later_ones() -> None:
     assert b.take(100, 100, "other") == pytest.approx(100)
 
 
-def test_a_minimum_above_the_rate_goes_once_the_bucket_is_full_into_debt() -> None:
+def test_a_minimum_above_the_rate_waits_for_a_higher_rate_never_for_debt() -> None:
+    """A cost above one second's credit is not granted into debt (a fleet member at its
+    reserved rate would write a whole shared budget at once: the review measured the fleet
+    at 2x its budget before); it waits until the rate rises."""
     clock = ManualClock()
-    b = TokenBucket(10, clock, full=False)
+    b = TokenBucket(10, clock)
     assert b.take(25, 25) is None
-    assert b.wait_for(25) == pytest.approx(1.0)  # until full: then it may go
+    assert b.wait_for(25) is None  # no wait on the clock helps: a rate change will
+    clock.advance(10)
+    assert b.take(25, 25) is None
+    b.set_rate(30)
     clock.advance(1)
     assert b.take(25, 25) == 25
-    assert b.wait_for(1) == pytest.approx(1.6)  # 15 of debt, then one
 
 
 def test_a_rate_of_zero_grants_nothing_and_says_wait_for_a_change() -> None:
@@ -167,6 +172,69 @@ async def test_throttling_and_aimd_still_work_under_a_capacity() -> None:
     assert s.throttled > 0
     assert s.concurrency < 4
     assert end >= (2000 - 50) / 200 - 1e-6  # the sink's rate bounds it, not the capacity's
+
+
+class Attempts(Timed):
+    """Like Timed, but every attempt counts (the datastore did the work), and three of
+    every four fail with a retriable error; records with ``poison`` fail for good."""
+
+    def __init__(self, clock: ManualClock) -> None:
+        super().__init__(clock)
+        self.n = 0
+
+    async def write(self, batch: list[Any]) -> None:
+        await super().write(batch)
+        self.n += 1
+        if any(r.get("poison") for r in batch):
+            raise wb.PermanentSinkError("poison")
+        if self.n % 4:
+            raise wb.RetriableSinkError("the reply was lost")
+
+
+async def test_retries_and_split_halves_are_paid_for() -> None:
+    """Every attempt reaching the datastore is charged: the review measured 760 units in a
+    second against a 100/s budget when retries were free. Poison records split batches:
+    the halves are charged too. Nothing is lost."""
+    clock = ManualClock(autojump=0)
+    sink = Attempts(clock)
+    cap = wb.ProvisionedCapacity(100)
+    fast = wb.RetryPolicy(base=0.001, cap=0.01, max_attempts=50)
+    async with wb.AsyncBatcher(
+        sink, capacity=cap, max_batch=20, max_pending=5000, max_in_flight=4, linger=0,
+        retry=fast, clock=clock,
+    ) as b:  # fmt: skip
+        for i in range(400):
+            b.add_nowait({"n": i, "poison": i % 97 == 0})
+        await b.flush()
+        s = b.stats()
+        end = clock.monotonic()
+    assert s.committed + s.dead_lettered == 400
+    assert s.retried > 0
+    assert s.splits > 0
+    for t in [x / 4 for x in range(1, 4 * int(end) + 4)]:
+        assert sink.spent_by(t) <= 100 + 100 * t + 1e-6, (t, sink.spent_by(t))
+
+
+async def test_direct_writes_wait_for_the_capacity() -> None:
+    """when_full="direct" writes a record alone when the buffer is full, but not past the
+    budget: the review wrote 299 records in 0.02 s on a 10/s capacity before."""
+    clock = ManualClock(autojump=0)
+    sink = Timed(clock)
+    cap = wb.ProvisionedCapacity(10)
+    async with wb.AsyncBatcher(
+        sink, capacity=cap, when_full="direct", max_batch=1, max_pending=1, linger=0.01,
+        clock=clock,
+    ) as b:  # fmt: skip
+        for i in range(60):
+            await b.add({"n": i})
+        await b.flush()
+        s = b.stats()
+        end = clock.monotonic()
+    assert s.committed == 60
+    assert s.lost == 0
+    for t in [x / 4 for x in range(1, 4 * int(end) + 4)]:
+        assert sink.spent_by(t) <= 10 + 10 * t + 1e-6, (t, sink.spent_by(t))
+    assert end >= (60 - 10) / 10 - 0.5
 
 
 async def test_several_batchers_on_one_capacity_share_its_rate() -> None:

@@ -121,8 +121,8 @@ class TokenBucket:
 
     def take(self, minimum: float, maximum: float, who: object = None) -> float | None:
         """Take up to ``maximum`` credit if at least ``minimum`` is there; None if not. A
-        ``minimum`` above one second's credit is granted once the bucket is full, leaving it
-        in debt, so a record that costs more than the rate still goes, at the rate.
+        ``minimum`` above the rate is never granted (the bucket never goes into debt): it
+        waits for a higher rate (a fleet member that leases more partitions).
 
         ``who`` (the taker: a batcher's flusher) makes sharing fair: a taker refused for want
         of credit is remembered, and the credit it needs is kept for it ahead of takers that
@@ -134,6 +134,8 @@ class TokenBucket:
             held = self._held_for_others(who, now) if self._waiting else 0.0
             free = self.tokens - held
             need = self._need(minimum, maximum) * (1 - 1e-9)  # float credit: enough is enough
+            if minimum > self.rate * (1 + 1e-9):
+                return None  # more than a second's credit: only a higher rate can grant it
             if minimum > 0 and (self.rate <= 0 or free < need):
                 if who is not None:
                     ticket = self._waiting[who][0] if who in self._waiting else next(self._tickets)
@@ -176,8 +178,8 @@ class TokenBucket:
         the rate is 0."""
         with self._lock:
             self._refill()
-            if self.rate <= 0:
-                return None
+            if self.rate <= 0 or minimum > self.rate * (1 + 1e-9):
+                return None  # nothing, or too little ever: wait for the rate to change
             held = self._held_for_others(who, self._at) if self._waiting else 0.0
             want = self._need(minimum, minimum if maximum is None else maximum)
             return max(0.0, (held + want - self.tokens) / self.rate)

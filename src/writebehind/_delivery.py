@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import ExitStack
 from typing import Any
 
@@ -56,9 +57,15 @@ class Delivery:
         self.name, self.events, self.health = name, events, health
         self.sink_name = sink_name(sink)
         self.instruments: tuple[Instrument, ...] = ()
+        # capacity=: pays for an attempt the cut did not pay for (a retry, a split half)
+        self.charge: Callable[[float], Awaitable[None]] | None = None
 
-    async def deliver(self, receipts: list[Receipt], *, reason: str, direct: bool = False) -> None:
-        """Write ``receipts`` until each is committed or dead-lettered."""
+    async def deliver(
+        self, receipts: list[Receipt], *, reason: str, direct: bool = False, paid: bool = True
+    ) -> None:
+        """Write ``receipts`` until each is committed or dead-lettered. With a capacity,
+        every attempt is paid for: the first by the cut (``paid``), each retry and each half
+        of a split here, before it starts (a failed write may have cost the datastore)."""
         records = [r.record for r in receipts]
         clock, health, events, retry = self.clock, self.health, self.events, self.retry
         tries = 0
@@ -67,6 +74,8 @@ class Delivery:
         while True:
             if cancelled_by_batcher():  # abandoned, and the sink swallowed the cancellation:
                 raise asyncio.CancelledError  # no new attempt after the close deadline
+            if self.charge is not None and (tries or not paid):
+                await self.charge(self.intake.cost(receipts))
             probe = await health.admit()
             tries += 1
             began = clock.monotonic()
@@ -120,8 +129,8 @@ class Delivery:
                     self._unwatch(watch, "split", error, duration)
                 self.intake.count(splits=1)
                 left, right = split(receipts)
-                await self.deliver(left, reason=reason, direct=direct)
-                await self.deliver(right, reason=reason, direct=direct)
+                await self.deliver(left, reason=reason, direct=direct, paid=False)
+                await self.deliver(right, reason=reason, direct=direct, paid=False)
                 return
             if watch is not None:
                 self._unwatch(watch, "dead_lettered", error, duration)

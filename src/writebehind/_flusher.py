@@ -82,7 +82,17 @@ class Flusher:
         start spending from the capacity (the first batcher to use it starts it)."""
         if self.capacity is not None:
             self.capacity.attach(self.needs, self._rate_changed, self.clock)
+            self.delivery.charge = self.pay
         self.task = self._spawn(self._run(), f"writebehind-flusher[{self.opts.name}]")
+
+    async def pay(self, cost: float) -> None:
+        """Wait until the capacity grants ``cost`` and take it (a write the cut did not pay
+        for: a direct write, a retry, a split half). Cancelled at the close deadline."""
+        while (cap := self.capacity) is not None:
+            if cap.take(cost, cost, self) is not None:
+                return
+            wait = cap.wait_for(cost, self, cost)
+            await self.clock.sleep(_RECHECK if wait is None else max(wait, 1e-3))
 
     def needs(self) -> float:
         """What the records pending and in flight cost together (from any thread)."""
@@ -232,12 +242,10 @@ class Flusher:
         return None
 
     def start_direct(self, batch: Batch) -> None:
-        """Write a ``when_full="direct"`` record's batch of one, now (its cost is spent at
-        once, into the capacity's debt if need be: it does not wait for credit)."""
+        """Write a ``when_full="direct"`` record's batch of one, now; with a capacity, as
+        soon as the capacity grants its cost (it waits for credit like any batch)."""
         batch.cost = self.intake.cost(batch.receipts)
         self.in_flight_cost += batch.cost
-        if self.capacity is not None:
-            self.capacity.spend(batch.cost)
         name = f"writebehind-direct[{self.opts.name}]"
         self.direct[self._spawn(self._deliver(batch, direct=True), name)] = batch
 
@@ -247,7 +255,9 @@ class Flusher:
         batcher itself cancelled the write (then ``abandon`` counts it as lost)."""
         abandoned = False
         try:
-            await self.delivery.deliver(batch.receipts, reason=batch.reason, direct=direct)
+            await self.delivery.deliver(
+                batch.receipts, reason=batch.reason, direct=direct, paid=not direct
+            )
         except BaseException as exc:  # a bug, or a user hook that raised: never lose silently
             if isinstance(exc, asyncio.CancelledError) and cancelled_by_batcher():
                 abandoned = True
