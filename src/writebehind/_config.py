@@ -17,7 +17,7 @@ from typing import Any, Literal, TypedDict
 from ._capacity import Capacity, CostSpec, cost_getter
 from ._clock import Clock, MonotonicClock
 from ._deadletter import DeadLetterSpec
-from ._errors import ConfigError, RecordError
+from ._errors import ConfigError
 from ._instrument import Instrument
 from ._keys import FieldSpec
 from ._overflow import WHEN_FULL, WhenFull
@@ -154,22 +154,8 @@ class Options:
         """``(unit, None)`` when every record costs ``unit``; else ``(0, cost_of)``, where
         ``cost_of(record)`` raises ``RecordError`` for a record the capacity could never
         grant (or whose cost is not a finite number >= 0)."""
-        unit, read = cost_getter(self.cost)
         cap = self.capacity
-        if read is None or cap is None:
-            return unit, read
-        most = cap.max_cost
-
-        def cost_of(record: Any) -> float:
-            c = read(record)
-            if c > most:
-                raise RecordError(
-                    f"cost {c:g} is more than the capacity could ever grant in a second "
-                    f"({most:g}): the record was not accepted (it could never be written)"
-                )
-            return c
-
-        return 0.0, cost_of
+        return cost_getter(self.cost, None if cap is None else cap.max_cost)
 
 
 def _positive_int(arg: str, value: Any) -> None:

@@ -84,12 +84,15 @@ def check_number(
     """``ConfigError`` unless ``value`` is a real number (not a bool, not NaN; finite when
     ``finite``) above ``minimum`` (or equal to it, when ``inclusive``). The one check of
     every numeric option."""
+    try:  # an int beyond any float (10**400) is no number of seconds either
+        number = float(value) if isinstance(value, int | float) else math.nan
+    except OverflowError:
+        number = math.nan
     ok = (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and not math.isnan(value)
-        and (value >= minimum if inclusive else value > minimum)
-        and (not finite or math.isfinite(value))
+        not isinstance(value, bool)
+        and not math.isnan(number)
+        and (number >= minimum if inclusive else number > minimum)
+        and (not finite or math.isfinite(number))
     )
     if not ok:
         relation = ">=" if inclusive else ">"
