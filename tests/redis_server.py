@@ -51,8 +51,21 @@ class RedisServer:
 
     def start(self, timeout: float = 10.0) -> float:
         """Start it and wait until it answers; the monotonic time it first did."""
-        cmd = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-               "--appendonly", "no", "--dir", "/tmp"]  # fmt: skip
+        cmd = [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            "/tmp",
+            "--enable-debug-command",
+            "yes",
+        ]  # fmt: skip  (DEBUG SLEEP stalls it)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1)
         deadline = time.monotonic() + timeout

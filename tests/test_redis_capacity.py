@@ -108,8 +108,13 @@ def partition_owners(client: redis.Redis, name: str, total: int) -> list[Any]:
         ({"partition": 2000}, "partition"),
         ({"partition": 0.5}, "partition"),  # 2,000 partitions
         ({"lease": 0}, "lease"),
+        ({"lease": 0.001}, "lease"),  # cannot be renewed over a network
+        ({"lease": 1e308}, "lease"),
+        ({"lease": 10**400}, "lease"),
+        ({"shared": 10**400}, "shared"),
         ({"lease": float("nan")}, "lease"),
         ({"interval": 0}, "interval"),
+        ({"interval": 0.001}, "interval"),
         ({"interval": 1.0}, "interval"),  # more than lease / 3
     ],
 )
@@ -364,3 +369,92 @@ def test_round_trips_about_four_a_second_active_one_idle(name: str) -> None:
         idle = (a.cap.round_trips - before) / 3.0
     assert 3.3 <= active <= 4.1, active
     assert 0.6 <= idle <= 1.1, idle
+
+
+def test_an_asyncio_client_is_refused_at_construction() -> None:
+    """A redis.asyncio client was accepted, then every lease step failed with a TypeError
+    logged as 'Redis is unreachable' (the rate stuck at reserved)."""
+    import redis.asyncio
+
+    client = redis.asyncio.Redis.from_url(SHARED_URL)
+    with pytest.raises(wb.ConfigError, match=r"redis\.asyncio client"):
+        RedisSharedCapacity(client, name="x", shared=100, partition=10)
+
+
+def test_a_stop_with_redis_stalled_returns_within_a_quarter_second(name: str) -> None:
+    """A stop may run on a batcher's event loop: it waited for the lease thread up to two
+    socket timeouts plus 0.5 s (2.46 s for lease=3 with Redis in DEBUG SLEEP). The thread
+    still releases the leases once Redis answers."""
+    with private_redis() as server:
+        client = redis.Redis(port=server.port, socket_timeout=5)
+        held = Held(cap(name, f"redis://127.0.0.1:{server.port}/0", lease=3.0), BIG)
+        with held:
+            wait_until(lambda: held.partitions == 10, 2.0, "all 10")
+            stall = threading.Thread(target=lambda: _debug_sleep(server.port, 2.0))
+            stall.start()
+            time.sleep(0.2)
+            started = time.monotonic()
+        stopped = time.monotonic() - started
+        stall.join()
+        assert stopped < 0.4, stopped
+        wait_until(
+            lambda: partition_owners(client, name, 10) == [None] * 10, 5.0, "leases released"
+        )
+        client.close()
+
+
+def _debug_sleep(port: int, seconds: float) -> None:
+    c = redis.Redis(port=port, socket_timeout=seconds + 5)
+    try:
+        c.execute_command("DEBUG", "SLEEP", seconds)
+    finally:
+        c.close()
+
+
+def test_a_forked_child_leases_for_itself(name: str) -> None:
+    """gunicorn --preload: a process holding a capacity forks. The child's capacity starts
+    afresh (at its reserved rate, no holders, none of the parent's leases or thread); its
+    first batcher starts a lease run of its own and the parent and child split the
+    partitions. Before, the child wrote on the parent's leases (the fleet at 2x) and, once
+    they lapsed, stayed at reserved for good."""
+    import os
+
+    capacity = cap(name, reserved=1)
+    parent = Held(capacity, BIG)
+    with parent:
+        wait_until(lambda: parent.partitions == 10, 2.0, "the parent holds all 10")
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report, then leave without running the parent's cleanup
+            code = 1
+            try:
+                fresh = (capacity.rate, capacity._holders, capacity._run)
+                child = Held(capacity, BIG)
+                with child:
+                    deadline = time.monotonic() + 5
+                    while child.partitions < 5 and time.monotonic() < deadline:
+                        time.sleep(0.02)
+                    got = child.partitions
+                os.write(write, f"{fresh[0]} {fresh[1]} {fresh[2] is None} {got}".encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write)
+        _, status = os.waitpid(pid, 0)
+        report = os.read(read, 200).decode().split()
+        os.close(read)
+    assert status == 0, report
+    rate, holders, no_run, got = report
+    assert (float(rate), int(holders), no_run) == (1.0, 0, "True")  # afresh, at reserved
+    assert int(got) == 5  # its own run won its share from the parent
+
+
+def test_wrong_credentials_are_a_configuration_problem_not_an_outage() -> None:
+    """A wrong password was logged as 'Redis is unreachable' (a transient outage); it is
+    logged at ERROR as a configuration problem."""
+    from writebehind.scale.redis_capacity import _refused_credentials
+
+    assert _refused_credentials(redis.AuthenticationError("invalid password"))
+    assert _refused_credentials(redis.ResponseError("WRONGPASS invalid username-password"))
+    assert _refused_credentials(redis.ResponseError("NOAUTH Authentication required."))
+    assert not _refused_credentials(redis.ConnectionError("Connection refused"))

@@ -21,7 +21,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import operator
+import os
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -259,6 +261,7 @@ class Capacity:
         self._holders = 0
         self._hold_lock = threading.Lock()
         self._listeners: list[Listener] = []
+        _ALL.add(self)
         self._needs: dict[Callable[[], float], Callable[[], float]] = {}
 
     # -- what subclasses define ---------------------------------------------------------------
@@ -276,6 +279,22 @@ class Capacity:
     def describe(self) -> dict[str, Any]:
         """What the capacity holds now, for stats and metrics (no secrets)."""
         return {"per_second": self.rate}
+
+    def _forked(self) -> None:
+        """In a forked child (``os.register_at_fork``): no batcher of the child holds this
+        capacity yet (the parent's batchers and threads did not cross the fork), so the
+        child's first batcher starts it afresh. Locks are new: a thread of the parent may
+        have held them at the fork."""
+        self._hold_lock = threading.Lock()
+        self._holders = 0
+        self._needs.clear()
+        self._listeners.clear()
+        self._bucket._lock = threading.Lock()
+        self._bucket._waiting.clear()
+        self._after_fork()
+
+    def _after_fork(self) -> None:
+        """What a subclass resets in a forked child (its thread, leases, client)."""
 
     # -- holders -------------------------------------------------------------------------------
     def attach(self, needs: Callable[[], float], listener: Listener, clock: Clock) -> None:
@@ -369,6 +388,17 @@ class Capacity:
         """Seconds until :meth:`take` could grant ``who`` credit; None while the rate is 0
         (wait for a rate change instead)."""
         return self._bucket.wait_for(minimum, who, maximum)
+
+
+_ALL: weakref.WeakSet[Capacity] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    for capacity in list(_ALL):
+        capacity._forked()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 class ProvisionedCapacity(Capacity):

@@ -10,6 +10,7 @@ capacity's token bucket.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import math
 import os
@@ -42,6 +43,9 @@ _MAX_PARTITIONS = 1000  # every step reads every partition key
 _IDLE_INTERVAL = 1.0  # seconds between round trips when wanting and holding nothing
 _WANT_MEMORY = 1.0  # seconds: the want stepped is the largest of this long (no churn)
 _LOCK_POLL = 0.02  # seconds between tries of the holders' lock (see _holders_now)
+_MIN_LEASE, _MAX_LEASE = 1.0, 86_400.0  # seconds: shorter cannot be renewed over a network
+_MIN_INTERVAL = 0.01  # seconds between lease steps, at least
+_STOP_WAIT = 0.25  # seconds a stop waits for the lease thread (it may be on the event loop)
 
 
 def _import_redis() -> Any:
@@ -148,10 +152,12 @@ class RedisSharedCapacity(Capacity):
                 f"partition: shared // partition must be at most {_MAX_PARTITIONS} partitions, "
                 f"got {int(shared // partition)} (partition={partition:g}); use larger ones"
             )
-        check_number("lease", lease, minimum=0, inclusive=False, finite=True)
+        check_number("lease", lease, minimum=_MIN_LEASE, finite=True)
+        if lease > _MAX_LEASE:
+            raise ConfigError(f"lease: must be at most {_MAX_LEASE:g} s (a day), got {lease!r}")
         if interval is None:
             interval = min(0.25, lease / 4)
-        check_number("interval", interval, minimum=0, inclusive=False, finite=True)
+        check_number("interval", interval, minimum=_MIN_INTERVAL, finite=True)
         if interval > lease / 3:
             raise ConfigError(
                 f"interval: must be at most lease / 3 ({lease / 3:g} s: a lease is extended "
@@ -164,6 +170,11 @@ class RedisSharedCapacity(Capacity):
             except ValueError as exc:
                 why = describe_error(exc, self._secrets, withhold=bool(self._secrets))
                 raise ConfigError(f"redis_url: not a Redis URL ({why})") from None
+        elif inspect.iscoroutinefunction(getattr(redis_url, "execute_command", None)):
+            raise ConfigError(
+                "redis_url: a redis.asyncio client cannot be used: the capacity leases from a "
+                "thread of its own. Pass a redis:// URL, or a sync redis.Redis client"
+            )
         elif callable(getattr(redis_url, "register_script", None)):
             self._secrets = ()
         else:
@@ -255,12 +266,24 @@ class RedisSharedCapacity(Capacity):
             self._connected = False
             self._bucket.set_rate(self.reserved)
         assert run.thread is not None
-        run.thread.join(2 * self._timeout + 0.5)
+        # a stop may run on a batcher's event loop: wait briefly. A thread still talking to
+        # a slow Redis deletes this instance's leases when it can (or they expire).
+        run.thread.join(_STOP_WAIT)
         if run.thread.is_alive():
-            log.warning(
-                "RedisSharedCapacity %r: the lease thread did not end in time; its %d "
-                "partition(s) return when their leases expire", self.name, held,
+            log.debug(
+                "RedisSharedCapacity %r: the lease thread is still ending; its %d "
+                "partition(s) are released when Redis answers, or expire", self.name, held,
             )  # fmt: skip
+
+    def _after_fork(self) -> None:
+        """In a forked child: the parent's leases, thread and client are not this
+        process's. Start afresh (at the reserved rate); the child's first batcher starts a
+        lease run of its own, under a new instance id."""
+        self._state = threading.Lock()
+        self._run = None
+        self._held, self._valid_until = 0, math.inf
+        self._connected, self._down_since, self._wanting = False, None, 0
+        self._bucket.set_rate(self.reserved)
 
     # -- spending: leases presumed gone when not extended in time -------------------------------
     def take(self, minimum: float, maximum: float, who: object = None) -> float | None:
@@ -412,7 +435,14 @@ class RedisSharedCapacity(Capacity):
                 self._down_since = time.monotonic()
             self._connected, self._held, self._valid_until = False, 0, math.inf
             self._bucket.set_rate(self.reserved)
-        if first:
+        if first and _refused_credentials(exc):  # not an outage: nothing heals by itself
+            log.error(
+                "RedisSharedCapacity %r: Redis refused this client's credentials (%s): a "
+                "configuration problem (the URL's user or password), not an outage; writing "
+                "at the reserved %g/s and trying again every %g s", self.name,
+                describe_error(exc, self._secrets), self.reserved, self.interval,
+            )  # fmt: skip
+        elif first:
             log.warning(
                 "RedisSharedCapacity %r: Redis is unreachable (%s); writing at the reserved "
                 "%g/s and trying again every %g s", self.name,
@@ -431,3 +461,11 @@ class RedisSharedCapacity(Capacity):
         if run.owned:
             with contextlib.suppress(Exception):
                 run.client.close()
+
+
+def _refused_credentials(exc: BaseException) -> bool:
+    """Redis said the user or password is wrong (or that it needs one)."""
+    text = str(exc)
+    return type(exc).__name__.startswith("Authentication") or text.startswith(
+        ("NOAUTH", "WRONGPASS")
+    )
