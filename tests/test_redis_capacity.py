@@ -452,7 +452,7 @@ def test_a_forked_child_leases_for_itself(name: str) -> None:
 def test_wrong_credentials_are_a_configuration_problem_not_an_outage() -> None:
     """A wrong password was logged as 'Redis is unreachable' (a transient outage); it is
     logged at ERROR as a configuration problem."""
-    from writebehind.scale.redis_capacity import _refused_credentials
+    from writebehind.scale._lease_thread import refused_credentials as _refused_credentials
 
     assert _refused_credentials(redis.AuthenticationError("invalid password"))
     assert _refused_credentials(redis.ResponseError("WRONGPASS invalid username-password"))

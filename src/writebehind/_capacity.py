@@ -8,19 +8,21 @@ batcher that holds the same object spends from the same bucket, so several batch
 table, say) stay within one database's budget together.
 
 The flusher asks the capacity before it cuts a batch: :meth:`Capacity.take` grants up to
-what a full batch would cost if at least the oldest record's cost is available; the batch is
-cut to fit what was granted (never left to starve behind a costlier one), and what it did
-not use is given back. When not even the oldest record fits, :meth:`Capacity.wait_for` says
-how long until it would, and the flusher sleeps that long (one timer; a change of rate wakes
-it sooner). Retries and the halves of a split batch are not charged again: the sink's
-throttling and the adaptive concurrency pace those.
+what a full batch would cost if at least the oldest record's cost (or a tenth of a second's
+credit) is available; the batch is cut to fit what was granted, and what it did not use is
+given back. When too little is there, :meth:`Capacity.wait_for` says how long until it
+would be, and the flusher sleeps that long (one timer; a change of rate wakes it sooner).
+Batchers sharing a capacity take turns: one refused credit has what it needs kept for it
+ahead of later takers. Every attempt that reaches the datastore is paid for: a retry, each
+half of a split batch and a ``when_full="direct"`` write wait for their cost too. The bucket
+never goes into debt: a cost above the current rate waits for the rate to rise. What a
+record costs is read by :mod:`._cost`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-import operator
 import os
 import threading
 import weakref
@@ -28,10 +30,10 @@ from collections.abc import Callable
 from typing import Any
 
 from ._clock import Clock, MonotonicClock
-from ._errors import ConfigError, RecordError
-from ._keys import make_getter
+from ._cost import as_cost
+from ._errors import ConfigError
 
-__all__ = ["Capacity", "CostSpec", "ProvisionedCapacity", "TokenBucket", "cost_getter"]
+__all__ = ["Capacity", "Listener", "ProvisionedCapacity", "TokenBucket"]
 
 _GRANT = 0.1
 """Seconds of credit a taker waits for before it takes (unless what it asks for costs less):
@@ -41,95 +43,8 @@ _WAIT_GRACE = 1.0
 """Seconds past its expected wait that a refused taker's claim on credit is kept: a taker
 that does not come back by then (closed, or its loop stalled) stops holding credit back."""
 
-CostSpec = int | float | str | Callable[[Any], Any]
-"""``cost=``: a number (every record costs it), a field name, or a callable on the record."""
-
 Listener = Callable[[str], None]
 """Called (from any thread) with a reason when a capacity's rate changes."""
-
-
-_MAX_COST = 1e300
-"""The largest cost taken: sums of larger numbers would overflow a float."""
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _as_cost(value: Any) -> float | None:
-    """``value`` as a float if it is a real number (not a bool) from 0 to ``_MAX_COST``."""
-    if not _is_number(value):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:  # an int beyond any float
-        return None
-    return number if 0 <= number <= _MAX_COST else None  # NaN fails both
-
-
-def cost_getter(
-    spec: CostSpec, most: float | None = None
-) -> tuple[float, Callable[[Any], float] | None]:
-    """``(constant, None)`` when every record costs the same; ``(0, getter)`` otherwise.
-
-    The getter raises ``RecordError`` for a cost that is not a finite number >= 0 and, with
-    ``most`` (a capacity's ``max_cost``), for one above it: such a record is not accepted.
-    A field name reads mappings at C speed (``itemgetter``) and anything else by attribute;
-    an int or float in range is returned as it is (no conversion on the hot path)."""
-    if _is_number(spec):
-        constant = _as_cost(spec)
-        if constant is None:
-            raise ConfigError(f"cost: must be a finite number >= 0, got {spec!r}")
-        return constant, None
-    if isinstance(spec, str) and spec:
-        fast: Callable[[Any], Any] | None = operator.itemgetter(spec)
-        name = spec
-
-        def slow(record: Any) -> Any:
-            try:
-                return getattr(record, name)
-            except AttributeError:
-                raise RecordError(
-                    f"record has no cost field {name!r} (a {type(record).__name__}); with "
-                    f"cost={name!r} every record needs it"
-                ) from None
-
-    elif callable(spec) and not isinstance(spec, str | tuple):
-        fast, slow = None, make_getter(spec, "cost")  # type: ignore[assignment]
-    else:
-        raise ConfigError(
-            f"cost: must be a number, a field name (a non-empty str) or a callable on the "
-            f"record, got {spec!r}"
-        )
-    top = _MAX_COST if most is None else min(most, _MAX_COST)
-
-    def refuse(value: Any) -> float:
-        number = _as_cost(value)
-        if number is None:
-            raise RecordError(
-                f"cost {value!r} is not a finite number >= 0; the record was not accepted"
-            )
-        if number > top:
-            raise RecordError(
-                f"cost {number:g} is more than the capacity could ever grant in a second "
-                f"({top:g}): the record was not accepted (it could never be written)"
-            )
-        return number
-
-    def cost_of(record: Any) -> float:
-        if fast is not None:
-            try:
-                value = fast(record)
-            except (KeyError, TypeError, IndexError):
-                value = slow(record)
-        else:
-            value = slow(record)
-        kind = type(value)
-        if (kind is int or kind is float) and 0 <= value <= top:  # NaN and bools go below
-            return value  # type: ignore[no-any-return]
-        return refuse(value)
-
-    return 0.0, cost_of
 
 
 class TokenBucket:
@@ -413,7 +328,7 @@ class ProvisionedCapacity(Capacity):
     """
 
     def __init__(self, per_second: float, *, clock: Clock | None = None) -> None:
-        if _as_cost(per_second) is None or not per_second > 0:
+        if as_cost(per_second) is None or not per_second > 0:
             raise ConfigError(f"per_second: must be a finite number > 0, got {per_second!r}")
         self.per_second = float(per_second)
         super().__init__(self.per_second, clock)

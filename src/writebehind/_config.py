@@ -14,8 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, TypedDict
 
-from ._capacity import Capacity, CostSpec, cost_getter
+from ._capacity import Capacity
 from ._clock import Clock, MonotonicClock
+from ._cost import CostSpec, cost_getter
 from ._deadletter import DeadLetterSpec
 from ._errors import ConfigError
 from ._instrument import Instrument

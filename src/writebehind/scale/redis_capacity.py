@@ -9,27 +9,21 @@ capacity's token bucket.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
 import math
-import os
 import re
-import socket
 import threading
 import time
-import uuid
-from collections import deque
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .._capacity import Capacity, Listener
+from .._capacity import Capacity
 from .._clock import Clock
 from .._errors import ConfigError
 from .._redact import describe as describe_error
 from .._redact import secrets_of
 from .._retry import check_number
-from ._lease_script import STEP
+from ._lease_thread import LeaseSteps, Run
 
 if TYPE_CHECKING:
     import redis
@@ -40,9 +34,6 @@ log = logging.getLogger("writebehind")
 
 _NAME = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
 _MAX_PARTITIONS = 1000  # every step reads every partition key
-_IDLE_INTERVAL = 1.0  # seconds between round trips when wanting and holding nothing
-_WANT_MEMORY = 1.0  # seconds: the want stepped is the largest of this long (no churn)
-_LOCK_POLL = 0.02  # seconds between tries of the holders' lock (see _holders_now)
 _MIN_LEASE, _MAX_LEASE = 1.0, 86_400.0  # seconds: shorter cannot be renewed over a network
 _MIN_INTERVAL = 0.01  # seconds between lease steps, at least
 _STOP_WAIT = 0.25  # seconds a stop waits for the lease thread (it may be on the event loop)
@@ -59,20 +50,7 @@ def _import_redis() -> Any:
     return redis
 
 
-class _Run:
-    """One start-to-stop of the lease thread: its id in Redis, client and stop signal."""
-
-    def __init__(self, client: Any, owned: bool) -> None:
-        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
-        self.client = client
-        self.owned = owned
-        self.stop = threading.Event()
-        self.thread: threading.Thread | None = None
-        self.wants: deque[tuple[float, int]] = deque()  # (monotonic time, partitions wanted)
-        self.needs = 0.0  # the batchers' needs at the last look
-
-
-class RedisSharedCapacity(Capacity):
+class RedisSharedCapacity(LeaseSteps, Capacity):
     """A budget of ``shared`` cost units per second for a whole fleet, plus ``reserved``
     per instance, leased in partitions through Redis (``pip install 'writebehind[redis]'``).
 
@@ -194,7 +172,7 @@ class RedisSharedCapacity(Capacity):
         self._margin = min(lease / 5, 1.0)  # leases are presumed gone this long before expiry
         super().__init__(self.reserved, clock, full=True)
         self._state = threading.Lock()
-        self._run: _Run | None = None
+        self._run: Run | None = None
         self._held = 0
         self._valid_until = math.inf  # monotonic: the leases held are presumed gone after
         self._connected = False
@@ -232,7 +210,7 @@ class RedisSharedCapacity(Capacity):
             client, owned = self._connect(self._source), True
         else:
             client, owned = self._source, False
-        run = _Run(client, owned)
+        run = Run(client, owned)
         self._down_since = None
         run.thread = threading.Thread(
             target=self._loop, args=(run,), name=f"writebehind-capacity[{self.name}]", daemon=True
@@ -317,155 +295,3 @@ class RedisSharedCapacity(Capacity):
             self.name, self.lease - self._margin,
         )  # fmt: skip
         return True
-
-    # -- the lease thread -------------------------------------------------------------------
-    def _loop(self, run: _Run) -> None:
-        script = run.client.register_script(STEP)
-        last_trip = -math.inf
-        try:
-            while not run.stop.is_set():
-                now = time.monotonic()
-                want = self._want(run, now)
-                if run.stop.is_set():
-                    break
-                active = want > 0 or self._held > 0 or not self._connected
-                if active or now - last_trip >= _IDLE_INTERVAL:
-                    last_trip = now
-                    self._step(run, script, want)
-                wait = self.interval
-                if self._valid_until < math.inf:
-                    wait = min(wait, max(0.0, self._valid_until - time.monotonic()) + 0.001)
-                if run.stop.wait(wait):
-                    break
-                if time.monotonic() > self._valid_until and self._lapse():
-                    self._notify(run, "lease_lapsed")
-        finally:
-            self._give_up_leases(run, script)
-
-    def _want(self, run: _Run, now: float) -> int:
-        """Partitions wanted: what the batchers need beyond ``reserved``, the largest of the
-        last ``_WANT_MEMORY`` seconds (a backlog that dips for a moment keeps its leases)."""
-        needs = self._needs_now(run)
-        if needs is None or not math.isfinite(needs):
-            needs = run.needs
-        run.needs = needs
-        raw = math.ceil(max(0.0, needs - self.reserved) / self.partition)
-        wants = run.wants
-        wants.append((now, min(self.total, raw)))
-        while wants[0][0] < now - _WANT_MEMORY:
-            wants.popleft()
-        return max(w for _, w in wants)
-
-    def _holders_now(self, run: _Run) -> tuple[list[Callable[[], float]], list[Listener]] | None:
-        """The batchers' ``needs`` and listeners, or None once the capacity is stopping.
-        ``Capacity.needs()`` and ``_changed()`` would block on the holders' lock, which
-        ``_stop`` holds while it waits for this thread: this thread never blocks on it."""
-        while not run.stop.is_set():
-            if self._hold_lock.acquire(timeout=_LOCK_POLL):
-                try:
-                    return list(self._needs.values()), list(self._listeners)
-                finally:
-                    self._hold_lock.release()
-        return None
-
-    def _needs_now(self, run: _Run) -> float | None:
-        holders = self._holders_now(run)
-        try:
-            return None if holders is None else sum(need() for need in holders[0])
-        except Exception:
-            log.exception("RedisSharedCapacity %r: a batcher's needs() failed", self.name)
-            return None
-
-    def _notify(self, run: _Run, reason: str) -> None:
-        """``_changed(reason)`` from the lease thread."""
-        holders = self._holders_now(run)
-        for listener in [] if holders is None else holders[1]:
-            listener(reason)
-
-    def _step(self, run: _Run, script: Any, want: int) -> None:
-        sent = time.monotonic()
-        try:
-            held, _alloc, wanting, _free = self._round_trip(run, script, want)
-        except Exception as exc:
-            self._unreachable(run, exc)
-            return
-        reason, outage = None, None
-        with self._state:
-            if run.stop.is_set():
-                return
-            self._wanting = int(wanting)
-            if not self._connected:
-                if self._down_since is not None:
-                    outage = time.monotonic() - self._down_since
-                self._connected, self._down_since = True, None
-            held = int(held)
-            valid_until = sent + self.lease - self._margin
-            if time.monotonic() >= valid_until:  # an answer too late to trust its leases
-                held = 0
-            if held != self._held:  # tell the batchers only when the rate changes
-                reason = "won" if held > self._held else "lost"
-                reason = "redis_back" if outage is not None else reason
-                self._held = held
-                self._bucket.set_rate(self.reserved + held * self.partition)
-            self._valid_until = valid_until if held else math.inf
-        if outage is not None:
-            log.warning(
-                "RedisSharedCapacity %r: Redis answers again after %.1f s; leasing partitions "
-                "again", self.name, outage,
-            )  # fmt: skip
-        if reason is not None and not run.stop.is_set():
-            self._notify(run, reason)
-
-    def _round_trip(self, run: _Run, script: Any, want: int) -> list[int]:
-        """One script call: one round trip (two more after a NOSCRIPT, to load it)."""
-        with self._state:
-            self.round_trips += 1
-        result: list[int] = script(
-            keys=self._keys, args=[run.id, want, self._lease_ms], client=run.client
-        )
-        return result
-
-    def _unreachable(self, run: _Run, exc: Exception) -> None:
-        with self._state:
-            if run.stop.is_set():
-                return
-            first = self._down_since is None
-            changed = self._held > 0
-            if first:
-                self._down_since = time.monotonic()
-            self._connected, self._held, self._valid_until = False, 0, math.inf
-            self._bucket.set_rate(self.reserved)
-        if first and _refused_credentials(exc):  # not an outage: nothing heals by itself
-            log.error(
-                "RedisSharedCapacity %r: Redis refused this client's credentials (%s): a "
-                "configuration problem (the URL's user or password), not an outage; writing "
-                "at the reserved %g/s and trying again every %g s", self.name,
-                describe_error(exc, self._secrets), self.reserved, self.interval,
-            )  # fmt: skip
-        elif first:
-            log.warning(
-                "RedisSharedCapacity %r: Redis is unreachable (%s); writing at the reserved "
-                "%g/s and trying again every %g s", self.name,
-                describe_error(exc, self._secrets), self.reserved, self.interval,
-            )  # fmt: skip
-        if changed:
-            self._notify(run, "redis_unreachable")
-
-    def _give_up_leases(self, run: _Run, script: Any) -> None:
-        """On the way out: delete this instance's leases and want (best effort; whatever
-        is left expires with its lease), and close a client made from a URL."""
-        try:
-            self._round_trip(run, script, 0)
-        except Exception as exc:
-            log.debug("RedisSharedCapacity %r: release failed: %s", self.name, type(exc).__name__)
-        if run.owned:
-            with contextlib.suppress(Exception):
-                run.client.close()
-
-
-def _refused_credentials(exc: BaseException) -> bool:
-    """Redis said the user or password is wrong (or that it needs one)."""
-    text = str(exc)
-    return type(exc).__name__.startswith("Authentication") or text.startswith(
-        ("NOAUTH", "WRONGPASS")
-    )
