@@ -435,6 +435,10 @@ def test_pause_needs_a_running_batcher() -> None:
     b = wb.Batcher(wb.testing.MemorySink())
     with pytest.raises(wb.WriteBehindError, match="not running"):
         b.pause(1)
+    with b:
+        b.pause(0)
+    with pytest.raises(wb.WriteBehindError, match="closed"):  # not "start it first"
+        b.pause(1)
 
 
 def test_the_sync_batcher_spends_and_pauses_through_the_same_engine() -> None:

@@ -286,13 +286,16 @@ class AsyncBatcher:
         """Cut no batch and start no write for ``seconds`` (the datastore is under pressure;
         go-batcher's ``Pause()``). Records keep arriving and coalescing meanwhile; a longer
         pause extends a shorter one, and a shorter one inside a longer one changes nothing.
-        ``close()`` ends a pause: everything goes. A pause that starts or extends publishes
+        ``close()`` ends a pause: everything goes; ``flush()`` waits for it to end (give
+        ``flush(timeout=...)`` a bound). A pause that starts or extends publishes
         ``Paused(reason="requested")``, and ``Resumed`` when it ends. Any thread.
 
         Raises ``ConfigError`` for ``seconds`` that is not a finite number >= 0, and
         ``WriteBehindError`` when the batcher is not running (not started, or closed)."""
         check_number("seconds", seconds, minimum=0, finite=True)
-        if self._flusher is None or self._report is not None:
+        if self._report is not None or self._intake.closed:
+            raise WriteBehindError("pause(): the batcher is closed; there is nothing to pause")
+        if self._flusher is None:
             raise WriteBehindError("pause(): the batcher is not running (start it first)")
         self._intake.call_in_loop(self._flusher.pause, float(seconds))
 
