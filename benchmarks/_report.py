@@ -127,8 +127,10 @@ def markdown(
     quick: bool,
     command: str,
     load: str,
+    kept: str = "",
 ) -> str:
-    """The whole of docs/benchmarks.md."""
+    """The whole of docs/benchmarks.md. ``kept`` is the hand-written block of the file
+    being replaced (see :func:`kept_block`): it goes in again, before the notes."""
     out: list[str] = [
         "# Benchmarks",
         "",
@@ -187,6 +189,8 @@ def markdown(
             for t in s.targets:
                 out.append(f"- {t.claim}: {'met' if t.met else '**missed**'} ({t.figure})")
             out.append("")
+    if kept:
+        out += [KEPT_START, kept.strip("\n"), KEPT_END, ""]
     out += ["## Notes", ""]
     for s in sections:
         if s.notes:
@@ -194,6 +198,19 @@ def markdown(
             out += [f"- {n}" for n in s.notes]
             out.append("")
     return "\n".join(out).rstrip() + "\n"
+
+
+KEPT_START = "<!-- hand-written: kept by make bench -->"
+KEPT_END = "<!-- end of the hand-written part -->"
+
+
+def kept_block(doc: str) -> str:
+    """The hand-written part of an existing docs/benchmarks.md (readings of runs, A/B
+    comparisons across commits): what lies between the two markers, or ``""``."""
+    start, end = doc.find(KEPT_START), doc.find(KEPT_END)
+    if start < 0 or end < start:
+        return ""
+    return doc[start + len(KEPT_START) : end]
 
 
 def _plain(cell: str) -> str:

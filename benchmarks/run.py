@@ -22,7 +22,7 @@ from pathlib import Path
 
 from . import capacity, coalescing, hot_path, memory, observability, postgres_e2e, sqlite_e2e
 from ._common import BenchmarkError, Section
-from ._report import ROOT, markdown, text
+from ._report import ROOT, kept_block, markdown, text
 
 __all__ = ["BENCHMARKS", "main"]
 
@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             quick=args.quick,
             command=command,
             load=f"{load_start} / {_load()} (the benchmarks keep about one core busy)",
+            kept=kept_block(args.doc.read_text()) if args.doc.exists() else "",
         )
         args.doc.parent.mkdir(parents=True, exist_ok=True)
         args.doc.write_text(doc)
