@@ -27,6 +27,7 @@ from time import perf_counter_ns
 from typing import Any
 
 import writebehind as wb
+from writebehind._config import WhenFull
 from writebehind.testing import MemorySink
 
 from ._common import (
@@ -395,7 +396,7 @@ def _check_dropped(stats: wb.Stats, n: int, what: str) -> None:
     check(stats.dropped == n, f"full buffer ({what}): dropped {stats.dropped}, expected {n}")
 
 
-async def _full_buffer(records: Records, policy: str, max_pending: int) -> float:
+async def _full_buffer(records: Records, policy: WhenFull, max_pending: int) -> float:
     """``add_nowait`` per record (ns) once the buffer is full and the sink does not answer."""
     sink = _GatedSink()
     batcher = wb.AsyncBatcher(
@@ -425,7 +426,7 @@ async def _full_buffer(records: Records, policy: str, max_pending: int) -> float
     return add_ns / n
 
 
-def _full_buffer_thread(records: Records, policy: str, max_pending: int) -> float:
+def _full_buffer_thread(records: Records, policy: WhenFull, max_pending: int) -> float:
     """The same through ``Batcher.add_nowait``, from this (non-loop) thread."""
     sink = _GatedSink()
     n = len(records) - max_pending
@@ -456,7 +457,7 @@ def _full_buffer_thread(records: Records, policy: str, max_pending: int) -> floa
 def _full_buffer_table(records: Records, quick: bool) -> tuple[Table, dict[str, float]]:
     sizes = (10_000,) if quick else (10_000, 100_000)
     extra = 10_000 if quick else 50_000
-    policies = ("drop_newest", "drop_oldest")
+    policies: tuple[WhenFull, ...] = ("drop_newest", "drop_oldest")
     log = logging.getLogger("writebehind")
     level = log.level
     log.setLevel(logging.ERROR)  # the rate-limited "buffer full" warnings

@@ -31,6 +31,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from writebehind._config import WhenFull
+
 from ._common import BenchmarkError, Section, Table, Target, check, fmt_bytes, fmt_ratio
 
 __all__ = ["measure"]
@@ -89,7 +91,7 @@ def _maxrss_bytes() -> int:
 # -- the child ---------------------------------------------------------------------------
 
 
-async def _load(policy: str, duration: float) -> dict[str, Any]:
+async def _load(policy: WhenFull, duration: float) -> dict[str, Any]:
     import writebehind as wb
 
     sink = _ThrottledSink(SINK_RATE)
