@@ -52,6 +52,7 @@ from .dlq import (
 )
 from .scale import RedisSharedCapacity
 from .sinks import CallableSink, PostgresSink, Sink, SQLiteSink
+from .spool import Spool, SpoolFull
 
 __version__ = "0.1.0"
 
@@ -102,6 +103,8 @@ __all__ = [
     "Sink",
     "SinkError",
     "SinkMisconfigured",
+    "Spool",
+    "SpoolFull",
     "Stats",
     "StoredEntry",
     "SubscriberLagged",

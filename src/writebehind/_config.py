@@ -10,9 +10,10 @@ validated, frozen ``Options``. A test keeps the two in step.
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from ._capacity import Capacity
 from ._clock import Clock, MonotonicClock
@@ -23,6 +24,9 @@ from ._instrument import Instrument
 from ._keys import FieldSpec
 from ._overflow import WHEN_FULL, WhenFull
 from ._retry import RetryPolicy, check_number
+
+if TYPE_CHECKING:
+    from .spool import Spool
 
 __all__ = ["BatcherOptions", "Options", "WhenFull"]
 
@@ -48,6 +52,7 @@ class BatcherOptions(TypedDict, total=False):
     event_buffer: int
     cost: CostSpec
     capacity: Capacity | None
+    spool: str | os.PathLike[str] | Spool | None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -73,6 +78,7 @@ class Options:
     event_buffer: int = 4096
     cost: CostSpec = 1
     capacity: Capacity | None = None
+    spool: str | os.PathLike[str] | Spool | None = None
 
     @classmethod
     def of(cls, options: dict[str, Any]) -> Options:
@@ -117,9 +123,19 @@ class Options:
         when_full: str = self.when_full
         if when_full == "spill":
             raise ConfigError(
-                "when_full: 'spill' needs the durable spool, which this version does not have "
-                f"yet; use one of {', '.join(WHEN_FULL)}"
+                "when_full: 'spill' (memory first, the spool when full) is not built yet; for "
+                f"durability give spool= a directory; use one of {', '.join(WHEN_FULL)}"
             )
+        if self.spool is not None:
+            from .spool import Spool
+
+            spec = self.spool
+            if not isinstance(spec, Spool) and not (
+                isinstance(spec, str | os.PathLike) and os.fspath(spec)
+            ):
+                raise ConfigError(
+                    f"spool: must be a directory path or a writebehind.Spool, got {spec!r}"
+                )
         if self.when_full not in WHEN_FULL:
             raise ConfigError(
                 f"when_full: must be one of {', '.join(WHEN_FULL)}; got {self.when_full!r}"

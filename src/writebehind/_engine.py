@@ -22,7 +22,7 @@ from ._aimd import AdaptiveConcurrency
 from ._config import BatcherOptions, Options
 from ._deadletter import CallableDeadLetter, DeadLetter, DeadLetterSpec
 from ._delivery import Delivery
-from ._errors import BufferFull, ConfigError, WriteBehindError
+from ._errors import BufferFull, ConfigError, RecordError, WriteBehindError
 from ._events import Closed, EventBuffer, Subscription
 from ._flusher import Flusher
 from ._health import SinkHealth
@@ -30,6 +30,7 @@ from ._instrument import Instrument
 from ._intake import Intake
 from ._receipt import Receipt
 from ._retry import check_number
+from ._spooling import Spooling
 from ._stats import CloseReport, Stats
 from ._tasks import spawn
 from .sinks._protocol import check_sink_keys
@@ -109,6 +110,7 @@ class AsyncBatcher:
         self._owns_dead_letter = isinstance(opts.dead_letter, str | os.PathLike)
         for instrument in opts.instruments:
             self.add_instrument(instrument)
+        self._spooling = Spooling.of(opts.spool, opts.name)
         # the hot path, without a layer of call: see add_nowait's docstring
         self.add_nowait = self._intake.put_nowait  # type: ignore[method-assign,assignment]
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -130,6 +132,11 @@ class AsyncBatcher:
         start = getattr(self._sink, "start", None)
         if start is not None:
             await start()
+        recovered: list[tuple[int, Any]] = []
+        if self._spooling is not None:
+            recovered = await asyncio.to_thread(self._spooling.open)  # file I/O: off the loop
+            self._recover = self._intake.use_spool(self._spooling)
+            self.add_nowait = self._intake.put_nowait  # type: ignore[method-assign,assignment]
         self._loop = loop
         self._events.loop = loop
         flusher = Flusher(
@@ -138,10 +145,34 @@ class AsyncBatcher:
         )  # fmt: skip
         self._flusher = flusher
         self._intake.bind(loop, flusher.wake, flusher.start_direct)
+        if recovered:
+            self._take_recovered(recovered)
         flusher.start()
         if not self._facade:
             _lifecycle.register(self)
             _lifecycle.watch_loop(loop)
+
+    def _take_recovered(self, recovered: list[tuple[int, Any]]) -> None:
+        """What a previous batcher left in the spool, accepted again in its order (room or
+        not: it was accepted once); coalescing applies across it."""
+        spooling = self._spooling
+        assert spooling is not None
+        refused = 0
+        with spooling.order:
+            for seq, record in recovered:
+                spooling.current = seq
+                try:
+                    self._recover(record)
+                except RecordError:  # this batcher's key/version/cost= cannot take it
+                    refused += 1  # not marked done: it stays in the spool, never trimmed
+            spooling.current = 0
+        if refused:
+            log.error(
+                "writebehind[%s]: %d record(s) recovered from the spool do not fit this "
+                "batcher's key, version or cost= and were not taken; they stay in the spool "
+                "(its segment is kept) for a batcher configured as the one that wrote them",
+                self.name, refused,
+            )  # fmt: skip
 
     @property
     def name(self) -> str:
@@ -201,25 +232,32 @@ class AsyncBatcher:
         return self._intake.put_nowait(record)
 
     async def add(self, record: Any, *, timeout: float | None = None) -> Receipt:
-        """Take ``record``, waiting for room under ``when_full="block"``.
+        """Take ``record``, waiting for room under ``when_full="block"``. In spool mode
+        (``spool=``) it returns once the record is fsynced in the spool (group commit).
 
         ``timeout`` bounds the wait (``BufferFull`` after it). Under ``"raise"`` a full buffer
         raises ``BufferFull`` at once. Under ``"direct"``, a record that found the buffer full
         is written alone and ``add()`` returns when that write is settled; with
         ``max_pending`` direct writes already in flight it waits for room like ``"block"``.
         """
+        spooling = self._spooling
         try:
             r = self._intake.put_nowait(record)
-        except BufferFull:
+        except BufferFull as exc:
             if self._opts.when_full not in ("block", "direct"):
                 raise
             self._on_own_loop("add")
+            if spooling is not None and spooling.full(exc):  # the spool, not the buffer
+                await spooling.room(timeout)
+                return await self.add(record, timeout=timeout)
             r = await self._intake.put_waiting(record, timeout)
         if self._opts.when_full == "direct":  # only this policy attaches a batch at add time
             batch = r.batch
             if batch is not None and batch.reason == "direct":
                 self._on_own_loop("add")
                 await r.wait()
+        if spooling is not None:  # spool mode: add() returns once the record is durable
+            await spooling.durable(r)
         return r
 
     def _on_own_loop(self, what: str) -> None:
@@ -275,11 +313,14 @@ class AsyncBatcher:
         stats = self._intake.stats()
         in_flight_cost = 0.0 if flusher is None else flusher.in_flight_cost
         paused_for = 0.0 if flusher is None else flusher.resume_at - self._clock.monotonic()
+        spooling = self._spooling
         return replace(
             stats, sink_state=health.state, concurrency=health.concurrency.current,
             needs_capacity=self._intake.pending_cost() + in_flight_cost,
             capacity=None if cap is None else cap.rate,
             paused_for=max(0.0, paused_for) if self._report is None else 0.0,
+            spooled=0 if spooling is None else spooling.spooled(self._intake.spooled),
+            recovered=0 if spooling is None else spooling.recovered,
         )  # fmt: skip
 
     def pause(self, seconds: float) -> None:
@@ -356,7 +397,13 @@ class AsyncBatcher:
         deadline = started + timeout
         self._intake.close()
         drained = await self._flusher.drain(timeout)
+        spooling = self._spooling
+        if spooling is not None and not drained:  # what stays must be durable to be SPOOLED
+            left = max(0.05, deadline - time.monotonic())
+            await asyncio.to_thread(spooling.settle_tail, left)
         await self._flusher.stop(abandon=not drained)
+        if spooling is not None:
+            await asyncio.to_thread(spooling.close)
         await self._bounded(self._sink, "close", deadline, "closing the sink")
         if self._owns_dead_letter:
             await self._bounded(self._delivery.dead_letter, "close", deadline,
@@ -365,7 +412,7 @@ class AsyncBatcher:
         stats = self.stats()
         report = CloseReport(
             stats=stats, lost=stats.lost, timed_out=not drained,
-            duration=time.monotonic() - started,
+            duration=time.monotonic() - started, spooled=self._intake.spooled,
         )  # fmt: skip
         self._report = report
         self._intake.forget_thread()
@@ -377,6 +424,12 @@ class AsyncBatcher:
                 "writebehind[%s]: %d record(s) were dropped by when_full=%r while it ran (%s)",
                 self.name, stats.dropped, self._opts.when_full,
                 ", ".join(f"{k} {v}" for k, v in stats.dropped_by_reason.items() if v),
+            )  # fmt: skip
+        if report.spooled:
+            log.warning(
+                "writebehind[%s]: closed after %.1f s with %d record(s) left in the spool "
+                "(not written by the deadline); the next batcher on the spool delivers them",
+                self.name, report.duration, report.spooled,
             )  # fmt: skip
         if report.lost:
             log.warning(
@@ -433,6 +486,8 @@ class AsyncBatcher:
         lost = self._intake.abandon([r for b in writes for r in b.receipts])
         if flusher is not None:
             flusher.release_capacity()
+        if self._spooling is not None:
+            self._spooling.close()  # a last group commit; what is in it waits for the next
         self._report = CloseReport(stats=self.stats(), lost=lost, timed_out=True, duration=0.0)
         self._intake.forget_thread()
         _lifecycle.unregister(self)

@@ -24,8 +24,8 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from ._config import Options
 from ._counters import Counters
@@ -36,7 +36,12 @@ from ._receipt import Batch, Outcome, Receipt
 from ._room import Room
 from ._stats import Stats
 
+if TYPE_CHECKING:
+    from ._spooling import Spooling
+
 __all__ = ["WHEN_FULL", "Intake"]
+
+_NEVER_REFUSE = ("drop_newest", "drop_oldest")  # policies that take every record
 
 _UUID = uuid.UUID
 
@@ -88,6 +93,13 @@ class Intake:
         self._wake: Callable[[], None] = _nothing
         self._direct: Callable[[Batch], None] = _nothing_b
         self._change: asyncio.Future[None] | None = None
+        # spool=: told of every receipt whose fate is final; receipts carry their seq
+        self.on_done: Callable[[list[Receipt]], None] | None = None
+        self.is_durable: Callable[[Receipt], bool] | None = None
+        self.wait_durable: Callable[[Receipt], Awaitable[None]] | None = None
+        self.spool_full: Callable[[BaseException], bool] | None = None
+        self._receipt_type: type[Receipt] = Receipt.bound(self)
+        self.spooled = 0  # records left in the spool at the close deadline
         self.put_nowait: Callable[[Any], Receipt] = self._make_put()
         """Take a record or raise ``BufferFull`` (see :meth:`_make_put`). The hot path."""
 
@@ -106,6 +118,39 @@ class Intake:
         with self._lock:
             self._state = _OPEN
             self._owner_pid = os.getpid()
+
+    def use_spool(self, spooling: Spooling) -> Callable[[Any], Receipt]:
+        """Spool mode: receipts take their record's sequence number (``seq()``, read as
+        each is made, under the lock); ``on_done`` hears of every final fate. Returns the
+        put that takes recovered records whatever the room (they were accepted already)."""
+        base = Receipt.bound(self)
+
+        def init(r: Receipt, record: Any, version: Any) -> None:
+            r.record, r.version, r._seq = record, version, spooling.current
+
+        self._receipt_type = type("Receipt", (base,), {"__slots__": (), "__init__": init})
+        self.on_done, self.is_durable = spooling.done, spooling.is_durable
+        self.wait_durable, self.spool_full = spooling.durable, spooling.full
+        recovered = self._make_put(room=False)
+        self.put_nowait = spooling.wrap(
+            self._make_put(), self.has_room, drops=self.when_full in _NEVER_REFUSE
+        )
+        return recovered
+
+    def has_room(self) -> bool:
+        """Whether a put would take one more record now under ``when_full`` (what a spooled
+        put checks before it appends)."""
+        with self._lock:
+            return not self._full_for(self.when_full)
+
+    async def durable(self, r: Receipt) -> None:
+        """``await receipt.durable()``: spool mode only."""
+        if self.wait_durable is None:
+            raise WriteBehindError(
+                "receipt.durable(): the batcher has no spool (spool=), so a record is never "
+                "durable before it is committed; await the receipt for its outcome"
+            )
+        await self.wait_durable(r)
 
     def forked(self) -> None:
         """In a child process after ``os.fork()``: refuse everything from now on (the records
@@ -140,7 +185,7 @@ class Intake:
             self.loop.call_soon_threadsafe(fn, *args)
 
     # -- the hot path ----------------------------------------------------------------------
-    def _make_put(self) -> Callable[[Any], Receipt]:
+    def _make_put(self, room: bool = True) -> Callable[[Any], Receipt]:
         """Build ``put_nowait``: a closure over its configuration and the (stable) pending
         dict, so the hot path reads locals instead of attributes.
 
@@ -156,7 +201,7 @@ class Intake:
         acquire, release = self._acquire, self._release
         max_batch, max_pending = self.max_batch, self.max_pending
         seq = itertools.count()
-        new_receipt = Receipt.bound(self)
+        new_receipt = self._receipt_type
         uuid_type = _UUID
         cost_of = self._cost_of
 
@@ -208,7 +253,7 @@ class Intake:
                     if old is not None:
                         return intake._coalesce(k, old, r)
                 n = len(pending)
-                if n + counts.in_flight_held >= max_pending:
+                if n + counts.in_flight_held >= max_pending and room:
                     return intake._full(k, r)
                 pending[k] = r
                 counts.accepted += 1
@@ -241,13 +286,17 @@ class Intake:
             self._pending[k] = r
         else:
             r._succ = old
+        if self.on_done is not None:  # the superseded record's fate is final
+            self.on_done([old if newer else r])
         return r
 
     def put(self, record: Any) -> Receipt | None:
         """Like :meth:`put_nowait`, but None instead of ``BufferFull``."""
         try:
             return self.put_nowait(record)
-        except BufferFull:
+        except BufferFull as exc:
+            if self.spool_full is not None and self.spool_full(exc):
+                raise  # room in the buffer would not help: the caller waits for the spool
             return None
 
     def _full(self, k: Any, r: Receipt) -> Receipt:
@@ -278,7 +327,10 @@ class Intake:
             return r
         if action == "drop_oldest":
             first = next(iter(self._pending))
-            self._pending.pop(first)._outcome = Outcome.DROPPED
+            dropped = self._pending.pop(first)
+            dropped._outcome = Outcome.DROPPED
+            if self.on_done is not None:
+                self.on_done([dropped])
             counts.dropped_oldest += 1
             self._pending[k] = r
             self._drops_since_compact += 1
@@ -289,6 +341,8 @@ class Intake:
         else:
             r._outcome = Outcome.DROPPED
             counts.dropped_newest += 1
+            if self.on_done is not None:
+                self.on_done([r])
         self._log_drops()
         return r
 
@@ -442,6 +496,8 @@ class Intake:
                 c.dead_lettered += n
             else:
                 raise ValueError(f"settle() takes COMMITTED or DEAD_LETTERED, not {outcome}")
+            if self.on_done is not None:
+                self.on_done(receipts)
             self._room_freed = True  # released by the flusher, after it cut the next batch
 
     def release_room(self) -> None:
@@ -491,15 +547,22 @@ class Intake:
 
     def abandon(self, in_flight: list[Receipt]) -> int:
         """At the close deadline: count everything still held as lost (its receipts resolve
-        ``LOST``) and return how many. ``in_flight`` are the receipts of the writes still
-        running; later settlements no longer change anything, so the report is final."""
+        ``LOST``) and return how many; in spool mode, a record durable in the spool is
+        ``SPOOLED`` instead (the next batcher on the spool delivers it). ``in_flight`` are the
+        receipts of the writes still running; later settlements no longer change anything,
+        so the report is final."""
         with self._lock:
             self._abandoned = True
             left = list(self._pending.values())  # kept in the dict: stats still count them
-            self.counts.lost = len(left) + self.counts.in_flight
+            held = len(left) + self.counts.in_flight
+            spooled, durable = 0, self.is_durable
             for r in (*left, *in_flight):
                 if getattr(r, "_outcome", None) is None:
-                    r._outcome = Outcome.LOST
+                    kept = durable is not None and durable(r)
+                    r._outcome = Outcome.SPOOLED if kept else Outcome.LOST
+                    spooled += kept
+            self.spooled = spooled
+            self.counts.lost = held - spooled
         self._notify_change()
         return self.counts.lost
 

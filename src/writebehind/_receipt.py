@@ -33,6 +33,8 @@ class Owner(Protocol):
 
     async def next_change(self) -> None: ...
 
+    async def durable(self, r: Receipt) -> None: ...
+
 
 __all__ = ["Batch", "BatchReason", "Outcome", "Owner", "Receipt"]
 
@@ -55,6 +57,9 @@ class Outcome(enum.Enum):
     """An overflow policy (``drop_newest``/``drop_oldest``) dropped it."""
     LOST = "lost"
     """It was still pending or in flight when ``close()`` reached its deadline."""
+    SPOOLED = "spooled"
+    """Spool mode: it was not written by the close deadline and stays in the spool; the next
+    batcher on that spool delivers it."""
 
 
 class Batch:
@@ -103,16 +108,18 @@ class Receipt:
     ``receipt.outcome`` is the outcome if already known, else ``None``.
     """
 
-    __slots__ = ("_batch", "_cost", "_outcome", "_succ", "record", "version")
+    __slots__ = ("_batch", "_cost", "_outcome", "_seq", "_succ", "record", "version")
 
     # Each Intake makes a subclass that sets this (``Receipt.bound``), so a receipt needs no
     # per-record reference to it. ``_batch``, ``_outcome`` and ``_succ`` start unset (absent
     # slots): the hot path stores two attributes, and readers use getattr with a default.
-    # ``_cost`` is set only when ``cost=`` reads each record (a field or a callable).
+    # ``_cost`` is set only when ``cost=`` reads each record (a field or a callable);
+    # ``_seq`` only in spool mode (the record's sequence number in the spool).
     _intake: Owner
     _batch: Batch
     _cost: float
     _outcome: Outcome
+    _seq: int
     _succ: Receipt
     record: Any
     version: Any
@@ -172,6 +179,13 @@ class Receipt:
                 raise WriteBehindError(f"internal error: {self!r} has no outcome after its write")
             else:
                 await batch.wait()
+
+    async def durable(self) -> None:
+        """Spool mode (``spool=``): wait until the record is fsynced in the spool, so it
+        survives ``kill -9`` and power loss (``add()`` already waited; ``add_nowait()``
+        returns before). A record a policy dropped, or the spool closed, returns at once.
+        ``WriteBehindError`` without a spool."""
+        await self._intake.durable(self)
 
     def __await__(self) -> Generator[Any, None, Outcome]:
         return self.wait().__await__()

@@ -69,6 +69,12 @@ class Stats:
     it); None without ``capacity=``."""
     paused_for: float = 0.0
     """Seconds left of a ``pause()`` (0 when not paused)."""
+    spooled: int = 0
+    """Spool mode: records in the spool not yet done (committed, coalesced, dead-lettered or
+    dropped); after close, those left in it for the next batcher."""
+    recovered: int = 0
+    """Spool mode: records a previous batcher left in the spool, taken again at start
+    (counted in ``accepted``)."""
     dropped_by_reason: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
@@ -86,6 +92,9 @@ class CloseReport:
     lost: int
     timed_out: bool
     duration: float
+    spooled: int = 0
+    """Spool mode: records not written by the deadline and left in the spool (their
+    receipts resolve ``SPOOLED``); the next batcher on the spool delivers them."""
 
     @property
     def ok(self) -> bool:

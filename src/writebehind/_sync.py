@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 from . import _lifecycle
 from ._config import BatcherOptions
 from ._engine import AsyncBatcher
-from ._errors import WriteBehindError, would_deadlock
+from ._errors import BufferFull, WriteBehindError, would_deadlock
 from ._events import Event
 from ._instrument import Instrument
 from ._receipt import Receipt
@@ -120,15 +120,31 @@ class Batcher:
         self.close()
 
     def add(self, record: Any, *, timeout: float | None = None) -> Receipt:
-        """Take ``record``, blocking this thread for room under ``when_full="block"``."""
+        """Take ``record``, blocking this thread for room under ``when_full="block"``; in
+        spool mode, until the record is fsynced in the spool (the same group commit as
+        ``AsyncBatcher.add``)."""
         if self._restart:
             self._restart_in_child()
         intake = self._core._intake
         if intake.on_loop_thread():
             raise would_deadlock("Batcher.add()")
-        r = intake.put_blocking(record, timeout)
+        spooling = self._core._spooling
+        try:
+            r = intake.put_blocking(record, timeout)
+        except BufferFull as exc:
+            if (
+                spooling is None
+                or not spooling.full(exc)
+                or self._core.options.when_full != "block"
+            ):
+                raise
+            if not spooling.wait_for_room(timeout):  # the spool, not the buffer, is full
+                raise
+            return self.add(record, timeout=timeout)
         if self._direct and r.batch is not None and r.batch.reason == "direct":
             r.result()  # a record written alone, now: add() returns when it is settled
+        if spooling is not None:  # spool mode: returns once the record is fsynced
+            spooling.wait_durable(r, None)
         return r
 
     def add_nowait(self, record: Any) -> Receipt:
@@ -283,6 +299,12 @@ class Batcher:
         self._restart = True
 
     def _restart_in_child(self) -> None:
+        if self._core.options.spool is not None:
+            raise WriteBehindError(
+                "this Batcher has a spool, which belongs to the process that opened it (the "
+                "parent of this fork): a batcher with a spool cannot be used in a forked "
+                "child. Create one in the child after the fork, on a spool of its own"
+            )
         with self._lock:
             if self._restart:  # other threads wait on the lock until the start is done
                 self._start()

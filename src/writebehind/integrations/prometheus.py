@@ -64,6 +64,10 @@ COUNTERS: Mapping[str, tuple[str, str]] = {
     "throttled": ("writes_throttled", "Sink writes refused with 'retry after'."),
     "pauses": ("pauses", "Times the batcher left the healthy state (throttled or failing)."),
     "dead_letter_errors": ("dead_letter_errors", "Dead letters the store failed to keep."),
+    "recovered": (
+        "records_recovered",
+        "Records a previous batcher left in the spool, taken again.",
+    ),
 }
 """``Stats`` field -> (counter name after ``writebehind_``, help); ``_total`` is appended."""
 GAUGES: Mapping[str, tuple[str, str]] = {
@@ -76,6 +80,7 @@ GAUGES: Mapping[str, tuple[str, str]] = {
         "Cost of the records pending or in flight: what the batcher asks its capacity for.",
     ),
     "paused_for": ("paused_seconds", "Seconds left of a pause() (0 when not paused)."),
+    "spooled": ("records_spooled", "Records in the spool not yet done (spool mode)."),
 }
 """``Stats`` field -> (gauge name after ``writebehind_``, help)."""
 SPECIAL = frozenset({"dropped", "dropped_by_reason", "sink_state", "capacity"})
