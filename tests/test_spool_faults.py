@@ -217,3 +217,20 @@ def test_faults_while_marking_done_and_trimming(tmp_path: Path) -> None:
     log.close()
     with open_log(tmp_path) as again:
         assert [s for s, _ in again.recovered()] == seqs[151:]
+
+
+def test_done_while_the_write_is_failing(tmp_path: Path) -> None:
+    """A record marked done while its write keeps failing is remembered, and marked on disk
+    once the write goes through."""
+    fs = FaultyFileSystem()
+    log = open_log(tmp_path, fs=fs)
+    fs.fail("fsync", errno.EIO)
+    seqs = log.append_many(rec(i) for i in range(3))
+    wait_for_error(log, seqs[-1])
+    log.done([seqs[1]])
+    time.sleep(0.02)
+    fs.clear()
+    assert log.wait_durable(seqs[-1], timeout=10, tolerate_errors=True)
+    log.close()
+    with open_log(tmp_path) as again:
+        assert [s for s, _ in again.recovered()] == [seqs[0], seqs[2]]

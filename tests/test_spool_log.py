@@ -275,3 +275,84 @@ def test_open_accepts_a_plain_path(tmp_path: Path) -> None:
     with SpoolLog.open(tmp_path / "plain") as log:
         assert log.spool.max_bytes == 1 << 30
     assert spool_at(tmp_path).segment_bytes == 4096
+
+
+def test_done_before_durable_is_kept(tmp_path: Path) -> None:
+    """A record marked done before its group commit (delivered straight from memory) is
+    not given back after a reopen."""
+    with open_log(tmp_path) as log:
+        seqs = log.append_many(rec(i) for i in range(5))
+        log.done(seqs[1:3])  # maybe before the writer even saw them
+        log.wait_durable(seqs[-1], timeout=10)
+    with open_log(tmp_path) as log:
+        assert [s for s, _ in log.recovered()] == [seqs[0], *seqs[3:]]
+
+
+def test_recovered_records_marked_done_are_trimmed(tmp_path: Path) -> None:
+    """Marking recovered records done in the next life removes their old segments."""
+    with open_log(tmp_path) as log:
+        for i in range(300):
+            log.wait_durable(log.append(rec(i)), timeout=10)
+        assert log.stats().segments > 3
+    with open_log(tmp_path) as log:
+        got = log.recovered()
+        assert len(got) == 300
+        log.done(s for s, _ in got)
+        deadline = time.monotonic() + 10
+        while log.stats().segments > 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert log.stats().segments == 1
+        assert log.stats().spooled == 0
+    with open_log(tmp_path) as log:
+        assert log.recovered() == []
+
+
+def test_a_record_larger_than_a_segment_is_refused(tmp_path: Path) -> None:
+    """A record that could never fit is a RecordError naming the limit, not a SpoolFull."""
+    with open_log(tmp_path) as log:
+        with pytest.raises(wb.RecordError, match=r"segment_bytes \(4096\)"):
+            log.append({"blob": "x" * 5000})
+        assert log.stats().appended == 0
+
+
+def fsyncs_per_append(tmp_path: Path, threads: int, per_thread: int) -> float:
+    with open_log(tmp_path, segment_bytes=1 << 18, max_bytes=1 << 22) as log:
+        start = threading.Barrier(threads)
+        base = log.stats().fsyncs
+
+        def work() -> None:
+            start.wait()
+            for i in range(per_thread):
+                assert log.wait_durable(log.append(rec(i)), timeout=30)
+
+        ts = [threading.Thread(target=work) for _ in range(threads)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        return (log.stats().fsyncs - base) / (threads * per_thread)
+
+
+def test_sharing_grows_with_concurrency(tmp_path: Path) -> None:
+    """Fsyncs per durable append: about 1 alone, far fewer with 16 threads waiting."""
+    alone = fsyncs_per_append(tmp_path / "1", 1, 30)
+    sixteen = fsyncs_per_append(tmp_path / "16", 16, 30)
+    assert alone >= 0.95
+    assert sixteen < alone / 3
+
+
+async def test_256_tasks_share_fsyncs(tmp_path: Path) -> None:
+    """256 asyncio tasks appending and awaiting durability: at least 20 appends per fsync."""
+    log = await asyncio.to_thread(open_log, tmp_path, None, segment_bytes=1 << 18)
+    try:
+        base = log.stats().fsyncs
+
+        async def work(k: int) -> None:
+            for i in range(10):
+                await log.wait_durable_async(log.append(rec(k * 100 + i)))
+
+        await asyncio.gather(*(work(k) for k in range(256)))
+        fsyncs = log.stats().fsyncs - base
+        assert fsyncs < 2560 / 20
+    finally:
+        await asyncio.to_thread(log.close)

@@ -11,7 +11,8 @@ Modules: ``_frames`` (the frame format and the scanner), ``_codec`` (what a payl
 ``_files`` (the file-system calls, replaceable for fault injection: see
 ``writebehind.spool.testing``), ``_dir`` (permissions, lock, fork), ``_segments`` (segment
 names and bookkeeping), ``_recovery`` (open: scan, repair, tidy), ``_store`` (the files as
-the writer changes them), ``_watermark`` (durability, across threads and loops) and ``_log``.
+the writer changes them), ``_watermark`` (durability, across threads and loops), ``_stats``
+and ``_log``.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from __future__ import annotations
 from ._config import Spool, SpoolSync
 from ._errors import SpoolClosed, SpoolForked, SpoolFull, SpoolWriteError
 from ._files import FileHandle, FileSystem, OsFileSystem
-from ._log import SpoolLog, SpoolStats
+from ._log import SpoolLog
 from ._recovery import SpoolDamage
+from ._stats import SpoolStats
 from ._watermark import DurableListener
 
 __all__ = [

@@ -23,7 +23,6 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from .._errors import RecordError
@@ -34,40 +33,15 @@ from ._errors import SpoolClosed, SpoolForked, SpoolFull, SpoolWriteError
 from ._files import FileHandle, FileSystem, OsFileSystem
 from ._frames import HEADER, crc32c
 from ._recovery import Recovered, SpoolDamage, recover
+from ._stats import SpoolStats
 from ._store import Entry, SegmentStore
 from ._watermark import DurableListener, Watermark
 
-__all__ = ["SpoolLog", "SpoolStats"]
+__all__ = ["SpoolLog"]
 
 _DONE_SYNC = 1.0  # seconds between syncs of done marks
 _RETRY_FIRST = 0.005
 _RETRY_CAP = 0.5
-
-
-@dataclass(frozen=True, slots=True)
-class SpoolStats:
-    """A snapshot of a spool log.
-
-    ``bytes``: on disk (segments and done files; ``damaged/`` not counted) plus what is
-    queued; ``spooled``: records appended or recovered and not yet done; ``oldest_age``:
-    seconds since the oldest of those was appended (None when there is none); ``queued``:
-    appended, not yet durable; ``fsyncs``: file and directory syncs so far; ``write_errors``:
-    failed attempts to write or sync so far, ``last_error`` the latest one's message."""
-
-    bytes: int
-    max_bytes: int
-    spooled: int
-    oldest_age: float | None
-    segments: int
-    fsyncs: int
-    appended: int
-    durable_seq: int
-    queued: int
-    write_errors: int
-    last_error: str | None
-    recovered: int
-    damaged_frames: int
-    damaged_bytes: int
 
 
 class SpoolLog:
@@ -153,6 +127,13 @@ class SpoolLog:
                 if i:
                     raise RecordError(f"record {i}: {exc}") from None
                 raise
+            if HEADER + len(payload) > self.spool.segment_size:
+                where = f"record {i}: " if i else ""
+                raise RecordError(
+                    f"{where}the record encodes to {HEADER + len(payload)} bytes, more than "
+                    f"the spool's segment_bytes ({self.spool.segment_size}); raise "
+                    f"segment_bytes (and max_bytes), or split the record"
+                )
             encoded.append((payload, crc32c(payload)))
         size = sum(HEADER + len(p) for p, _ in encoded)
         with self._lock:
@@ -179,6 +160,7 @@ class SpoolLog:
         """Those records are committed, coalesced or dead-lettered: never deliver them again
         (persisted with the next commits; after a crash a few may be delivered again)."""
         self._check_pid()
+        seqs = list(seqs)
         with self._lock:
             top = self._next
             self._dones.extend(s for s in seqs if 0 < s < top)
