@@ -52,7 +52,17 @@ from typing import Any
 import writebehind as wb
 from writebehind.testing import MemorySink
 
-from ._common import Section, Table, Target, check, fmt_int, fmt_us, heartbeats
+from ._common import (
+    Section,
+    Table,
+    Target,
+    check,
+    fmt_int,
+    fmt_us,
+    heartbeats,
+    time_pieces,
+    timed_adds,
+)
 from .sqlite_e2e import TABLE, verify_table
 
 __all__ = ["measure"]
@@ -267,12 +277,7 @@ def _cost_pieces() -> list[tuple[str, float]]:
         ("`isinstance(v, int | float)` (a union built per call)", "isinstance(v, int | float)"),
         ("`isinstance(v, (int, float))`", "isinstance(v, (int, float))"),
     ]
-    out = []
-    for label, stmt in pieces:
-        number = 300_000
-        best = min(timeit.repeat(stmt, globals=ns, number=number, repeat=5))
-        out.append((label, best / number * 1e9))
-    return out
+    return time_pieces(pieces, ns, 300_000)
 
 
 # -- Redis round trips, one process per instance -------------------------------------------
@@ -384,15 +389,7 @@ async def _add_nowait(plan: Plan, records: Records) -> int:
     sink = MemorySink()
     batcher = wb.AsyncBatcher(sink, key="id", version="updated_at", **_options(plan, "unused"))
     await batcher.start()
-    add = batcher.add_nowait
-    add_ns = 0
-    for i in range(0, len(records), BATCH):
-        part = records[i : i + BATCH]
-        t0 = perf_counter_ns()
-        for r in part:
-            add(r)
-        add_ns += perf_counter_ns() - t0
-        await asyncio.sleep(0)
+    add_ns = await timed_adds(batcher.add_nowait, records, BATCH)
     await batcher.close()
     s = batcher.stats()
     check(s.committed == len(records) == len(sink.records), f"add_nowait ({plan.key}): {s}")

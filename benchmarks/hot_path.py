@@ -19,7 +19,6 @@ import operator
 import queue
 import threading
 import time
-import timeit
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from ._common import (
     fmt_ratio,
     fmt_us,
     iso,
+    time_pieces,
     uuids,
 )
 
@@ -361,12 +361,7 @@ def _components(records: Records) -> list[tuple[str, float]]:
         ("`dict.get` + `dict[k] = r` (int key)", "d.get(12345); d[12345] = rec"),
         ("`hash(uuid.UUID)` (what `k.int` avoids)", "hash(u)"),
     ]
-    out = []
-    for label, stmt in pieces:
-        number = 200_000
-        best = min(timeit.repeat(stmt, globals=ns, number=number, repeat=5))
-        out.append((label, best / number * 1e9))
-    return out
+    return time_pieces(pieces, ns, 200_000)
 
 
 def _cyclic_garbage_per_record(records: Records) -> float:

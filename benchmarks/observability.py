@@ -28,7 +28,17 @@ from typing import Any
 import writebehind as wb
 from writebehind.testing import MemorySink
 
-from ._common import NullExporter, Section, Table, Target, check, fmt_int, fmt_ratio, fmt_us
+from ._common import (
+    NullExporter,
+    Section,
+    Table,
+    Target,
+    check,
+    fmt_int,
+    fmt_ratio,
+    fmt_us,
+    timed_adds,
+)
 
 __all__ = ["measure"]
 
@@ -130,16 +140,8 @@ async def _run(plan: Plan, records: list[dict[str, Any]]) -> Run:
     if scraper is not None:
         scraper.thread.start()
     await asyncio.sleep(0)
-    add = batcher.add_nowait
-    add_ns = 0
     start = perf_counter_ns()
-    for i in range(0, len(records), CHUNK):
-        part = records[i : i + CHUNK]
-        t0 = perf_counter_ns()
-        for r in part:
-            add(r)
-        add_ns += perf_counter_ns() - t0
-        await asyncio.sleep(0)
+    add_ns = await timed_adds(batcher.add_nowait, records, CHUNK)
     await batcher.close()
     e2e_ns = perf_counter_ns() - start
     scrapes = 0
