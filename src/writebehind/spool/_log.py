@@ -227,6 +227,7 @@ class SpoolLog:
         return self._found.damage
 
     def stats(self) -> SpoolStats:
+        self._check_pid()  # a fork may have copied our lock held: never take it in a child
         with self._lock:
             oldest = self._oldest_written or self._oldest_unsynced
             if oldest is None and self._queue:
@@ -261,6 +262,8 @@ class SpoolLog:
             self._room.notify_all()
         if self._writer.is_alive():
             self._writer.join()
+        with self._lock:
+            self._lost = self._next - 1 - self._watermark.value
         self._store.close()
         self._watermark.stop(SpoolClosed("the spool log closed before the record was durable"))
         if self._lock_file is not None:
@@ -340,11 +343,9 @@ class SpoolLog:
                     store.write(unsynced, frames)
                 except OSError as exc:
                     failures += 1
-                    retry_at = time.monotonic() + min(_RETRY_CAP, _RETRY_FIRST * 2**failures)
+                    wait = min(_RETRY_CAP, _RETRY_FIRST * 2 ** min(failures, 16))
+                    retry_at = time.monotonic() + wait
                     self._failed(exc)
-                    if stopping:
-                        with self._lock:
-                            self._lost = len(unsynced)
                 else:
                     failures, retry_at = 0, 0.0
                     last, size = unsynced[-1].seq, len(frames)
