@@ -164,3 +164,162 @@ def test_a_forked_child_cannot_use_the_parents_spool(tmp_path: Path) -> None:
         assert "forked child" in message
         b.flush()
     assert rows(sink) == [{"id": 1}]
+
+
+# -- found by a hostile review -------------------------------------------------------------
+@pytest.mark.parametrize("policy", ["block", "raise", "direct"])
+async def test_a_record_coalescing_into_a_full_buffer_is_spooled(
+    tmp_path: Path, policy: Any
+) -> None:
+    """The buffer is full but the key is pending: the record is taken (coalesced), so it
+    must be in the spool too. Before, it was taken with no seq (not durable, LOST at close)
+    and the version it replaced was marked done: the key vanished from the spool."""
+    spool = tmp_path / "spool"
+    gate = GatedSink()
+    b = wb.AsyncBatcher(gate, key="id", version="v", spool=spool, linger=0, max_batch=2,
+                        max_pending=4, when_full=policy)  # fmt: skip
+    await b.start()
+    for i in range(4):
+        await b.add({"id": i, "v": 1})
+    await settle(lambda: gate.waiting >= 1)
+    r = await b.add({"id": 3, "v": 2})
+    assert r._seq > 0
+    report = await b.close(timeout=0.3)
+    assert report.lost == 0
+    sink = MemorySink()
+    async with wb.AsyncBatcher(sink, key="id", version="v", spool=spool) as again:
+        await again.flush()
+    assert sorted((x["id"], x["v"]) for x in rows(sink)) == [(0, 1), (1, 1), (2, 1), (3, 2)]
+
+
+async def test_a_record_whose_key_does_not_survive_the_spool_is_refused(tmp_path: Path) -> None:
+    """A record comes back from the spool as plain data (a dataclass as a dict of its
+    fields, an enum as its value). If this batcher's key, version or cost would read it
+    differently after a round trip, recovery could not take it back: it is refused at add()
+    with RecordError, not acknowledged and then stranded in the spool."""
+    import dataclasses
+    import enum
+
+    @dataclasses.dataclass
+    class Ev:
+        id: int
+        v: int
+
+    class Kind(enum.Enum):
+        A = "a"
+
+    async with wb.AsyncBatcher(MemorySink(), key=lambda r: r.id, spool=tmp_path / "s") as b:
+        with pytest.raises(wb.RecordError, match="spool"):
+            await b.add(Ev(1, 1))
+        assert b.stats().accepted == 0
+    async with wb.AsyncBatcher(MemorySink(), key="kind", spool=tmp_path / "t") as b:
+        with pytest.raises(wb.RecordError, match="spool"):
+            await b.add({"kind": Kind.A})
+    sink = MemorySink()
+    async with wb.AsyncBatcher(sink, key="id", version="v", spool=tmp_path / "u") as b:
+        await b.add(Ev(2, 5))  # a field name reads the dict as it read the dataclass
+        await b.flush()
+    assert rows(sink)[0].id == 2
+
+
+@pytest.mark.parametrize("api", ["async", "sync"])
+def test_a_full_spool_under_block_waits_within_the_timeout_and_close_returns(
+    tmp_path: Path, api: str
+) -> None:
+    """The spool is full (the sink never answers): add(timeout=) waits for room without
+    spinning or recursing (RecursionError before), raises BufferFull after its one
+    deadline, and close() returns within its own deadline even with adds waiting (it hung:
+    the waits held the default executor's threads that close needed)."""
+    import threading
+    import time
+
+    spool = wb.Spool(tmp_path / "s", max_bytes=64 * 1024, segment_bytes=16 * 1024)
+    gate = GatedSink()
+
+    def fill(add: Any) -> int:
+        n = 0
+        while True:
+            try:
+                add({"id": n, "pad": "y" * 200})
+            except wb.BufferFull:
+                return n
+            n += 1
+
+    if api == "async":
+
+        async def run() -> None:
+            b = wb.AsyncBatcher(gate, key="id", spool=spool, linger=3600, max_pending=100000)
+            await b.start()
+            fill(b.add_nowait)
+            t0 = time.monotonic()
+            with pytest.raises(wb.BufferFull):
+                await b.add({"id": "big", "pad": "z" * 8000}, timeout=0.5)
+            assert 0.4 < time.monotonic() - t0 < 2.0
+            waiters = [asyncio.ensure_future(b.add({"id": f"w{i}"})) for i in range(12)]
+            await asyncio.sleep(0.1)
+            t0 = time.monotonic()
+            report = await b.close(timeout=1.0)
+            assert time.monotonic() - t0 < 3.0
+            assert report.lost == 0
+            for w in waiters:
+                w.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
+
+        asyncio.run(run())
+    else:
+        b = wb.Batcher(gate, key="id", spool=spool, linger=3600, max_pending=100000)
+        b.start()
+        fill(b.add_nowait)
+        t0 = time.monotonic()
+        with pytest.raises(wb.BufferFull):
+            b.add({"id": "big", "pad": "z" * 8000}, timeout=0.5)
+        assert 0.4 < time.monotonic() - t0 < 2.0
+        threads = [threading.Thread(target=_swallow, args=(b.add, {"id": f"w{i}"}))
+                   for i in range(6)]  # fmt: skip
+        for t in threads:
+            t.start()
+        time.sleep(0.1)
+        t0 = time.monotonic()
+        b.close(timeout=1.0)
+        assert time.monotonic() - t0 < 3.0
+        for t in threads:
+            t.join(5)
+            assert not t.is_alive()
+
+
+def _swallow(fn: Any, *args: Any) -> None:
+    try:
+        fn(*args)
+    except wb.WriteBehindError:
+        pass
+
+
+@pytest.mark.parametrize("policy", ["drop_newest", "drop_oldest"])
+async def test_a_drop_policy_drops_when_the_spool_is_full_instead_of_raising(
+    tmp_path: Path, policy: Any
+) -> None:
+    spool = wb.Spool(tmp_path / "s", max_bytes=64 * 1024, segment_bytes=16 * 1024)
+    async with wb.AsyncBatcher(GatedSink(), key="id", spool=spool, linger=3600,
+                               max_pending=100000, when_full=policy, close_timeout=0.3) as b:  # fmt: skip
+        outcomes = [b.add_nowait({"id": i, "pad": "y" * 200}).outcome for i in range(400)]
+        assert wb.Outcome.DROPPED in outcomes
+        s = b.stats()
+        assert s.dropped > 0
+        assert s.accepted == 400
+
+
+async def test_a_spool_that_cannot_open_leaves_the_sink_unstarted(tmp_path: Path) -> None:
+    """The spool opens before the sink starts: a spool path that is a file fails start()
+    with ConfigError and the sink was never started (a PostgreSQL pool leaked before)."""
+
+    class Counted(MemorySink):
+        started = 0
+
+        async def start(self) -> None:
+            Counted.started += 1
+
+    (tmp_path / "afile").write_text("x")
+    b = wb.AsyncBatcher(Counted(), spool=tmp_path / "afile")
+    with pytest.raises(wb.ConfigError):
+        await b.start()
+    assert Counted.started == 0

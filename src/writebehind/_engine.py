@@ -30,7 +30,7 @@ from ._instrument import Instrument
 from ._intake import Intake
 from ._receipt import Receipt
 from ._retry import check_number
-from ._spooling import Spooling
+from ._spooling import Spooling, off_loop
 from ._stats import CloseReport, Stats
 from ._tasks import spawn
 from .sinks._protocol import check_sink_keys
@@ -129,12 +129,18 @@ class AsyncBatcher:
             raise WriteBehindError("the batcher was already started")
         loop = asyncio.get_running_loop()
         check_sink_keys(self._opts.key, self._opts.version, self._sink)
+        recovered: list[tuple[int, Any]] = []
+        if self._spooling is not None:  # before the sink: a spool that cannot open starts nothing
+            recovered = await off_loop(self._spooling.open)  # file I/O, not on the loop
         start = getattr(self._sink, "start", None)
         if start is not None:
-            await start()
-        recovered: list[tuple[int, Any]] = []
+            try:
+                await start()
+            except BaseException:
+                if self._spooling is not None:
+                    await off_loop(self._spooling.close)
+                raise
         if self._spooling is not None:
-            recovered = await asyncio.to_thread(self._spooling.open)  # file I/O: off the loop
             self._recover = self._intake.use_spool(self._spooling)
             self.add_nowait = self._intake.put_nowait  # type: ignore[method-assign,assignment]
         self._loop = loop
@@ -144,9 +150,12 @@ class AsyncBatcher:
             on_shutdown=self._orphaned,
         )  # fmt: skip
         self._flusher = flusher
-        self._intake.bind(loop, flusher.wake, flusher.start_direct)
-        if recovered:
-            self._take_recovered(recovered)
+        if self._spooling is not None:  # no add slips in before the recovered records
+            with self._spooling.order:
+                self._intake.bind(loop, flusher.wake, flusher.start_direct)
+                self._take_recovered(recovered)
+        else:
+            self._intake.bind(loop, flusher.wake, flusher.start_direct)
         flusher.start()
         if not self._facade:
             _lifecycle.register(self)
@@ -157,15 +166,14 @@ class AsyncBatcher:
         not: it was accepted once); coalescing applies across it."""
         spooling = self._spooling
         assert spooling is not None
-        refused = 0
-        with spooling.order:
-            for seq, record in recovered:
-                spooling.current = seq
-                try:
-                    self._recover(record)
-                except RecordError:  # this batcher's key/version/cost= cannot take it
-                    refused += 1  # not marked done: it stays in the spool, never trimmed
-            spooling.current = 0
+        refused = 0  # spooling.order is held
+        for seq, record in recovered:
+            spooling.current = seq
+            try:
+                self._recover(record)
+            except RecordError:  # this batcher's key/version/cost= cannot take it
+                refused += 1  # not marked done: it stays in the spool, never trimmed
+        spooling.current = 0
         if refused:
             log.error(
                 "writebehind[%s]: %d record(s) recovered from the spool do not fit this "
@@ -241,23 +249,22 @@ class AsyncBatcher:
         ``max_pending`` direct writes already in flight it waits for room like ``"block"``.
         """
         spooling = self._spooling
-        try:
-            r = self._intake.put_nowait(record)
-        except BufferFull as exc:
-            if self._opts.when_full not in ("block", "direct"):
-                raise
+        if spooling is not None:  # spool mode: room in the buffer and the spool, durable
             self._on_own_loop("add")
-            if spooling is not None and spooling.full(exc):  # the spool, not the buffer
-                await spooling.room(timeout)
-                return await self.add(record, timeout=timeout)
-            r = await self._intake.put_waiting(record, timeout)
+            r = await spooling.add(self._intake, record, timeout, self._opts.when_full)
+        else:
+            try:
+                r = self._intake.put_nowait(record)
+            except BufferFull:
+                if self._opts.when_full not in ("block", "direct"):
+                    raise
+                self._on_own_loop("add")
+                r = await self._intake.put_waiting(record, timeout)
         if self._opts.when_full == "direct":  # only this policy attaches a batch at add time
             batch = r.batch
             if batch is not None and batch.reason == "direct":
                 self._on_own_loop("add")
                 await r.wait()
-        if spooling is not None:  # spool mode: add() returns once the record is durable
-            await spooling.durable(r)
         return r
 
     def _on_own_loop(self, what: str) -> None:
@@ -400,10 +407,10 @@ class AsyncBatcher:
         spooling = self._spooling
         if spooling is not None and not drained:  # what stays must be durable to be SPOOLED
             left = max(0.05, deadline - time.monotonic())
-            await asyncio.to_thread(spooling.settle_tail, left)
+            await off_loop(spooling.settle_tail, left)
         await self._flusher.stop(abandon=not drained)
         if spooling is not None:
-            await asyncio.to_thread(spooling.close)
+            await off_loop(spooling.close)
         await self._bounded(self._sink, "close", deadline, "closing the sink")
         if self._owns_dead_letter:
             await self._bounded(self._delivery.dead_letter, "close", deadline,

@@ -133,15 +133,49 @@ class Intake:
         self.wait_durable, self.spool_full = spooling.durable, spooling.full
         recovered = self._make_put(room=False)
         self.put_nowait = spooling.wrap(
-            self._make_put(), self.has_room, drops=self.when_full in _NEVER_REFUSE
+            self._make_put(), self, drops=self.when_full in _NEVER_REFUSE
         )
         return recovered
 
-    def has_room(self) -> bool:
-        """Whether a put would take one more record now under ``when_full`` (what a spooled
-        put checks before it appends)."""
+    def would_take(self, record: Any) -> bool:
+        """Whether a put would take ``record`` now (what a spooled put checks before it
+        appends): there is room under ``when_full``, or its key is pending (it coalesces)."""
         with self._lock:
-            return not self._full_for(self.when_full)
+            if not self._full_for(self.when_full):
+                return True
+        try:
+            k = self.identity(record)[0]
+        except Exception:  # the put raises the record's own error
+            return True
+        with self._lock:
+            try:
+                return k is not None and k in self._pending
+            except Exception:
+                return True
+
+    def identity(self, record: Any) -> tuple[Any, Any, float]:
+        """``(key, version, cost)`` as the buffer reads them (a UUID key as its int)."""
+        k = self._key(record) if self._key is not None else None
+        if type(k) is _UUID:
+            k = k.int
+        v = self._version(record) if self._version is not None else None
+        return k, v, (self._cost_of(record) if self._cost_of is not None else self.unit_cost)
+
+    def drop_new(self, record: Any) -> Receipt:
+        """Take ``record`` and drop it at once (``drop_*`` policies when the spool is full:
+        accepted, counted ``dropped``, never written)."""
+        r = self._receipt_type(record, None)
+        with self._lock:
+            if self._state != _OPEN:
+                raise _not_open(self._state)
+            r._outcome = Outcome.DROPPED
+            self.counts.accepted += 1
+            self.counts.dropped_newest += 1
+            if not self._notice:
+                self._notice = True
+                self.call_in_loop(self._wake)
+            self._log_drops()
+        return r
 
     async def durable(self, r: Receipt) -> None:
         """``await receipt.durable()``: spool mode only."""

@@ -18,23 +18,30 @@ on a writer thread of its own). This module connects it to the intake:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._errors import BufferFull, ConfigError, WriteBehindError
+from ._errors import BatcherClosed, BufferFull, ConfigError, RecordError, WriteBehindError
 from ._receipt import Receipt
 
 if TYPE_CHECKING:
+    from ._intake import Intake
     from .spool import Spool, SpoolLog
 
-__all__ = ["Spooling", "SpoolSpec"]
+__all__ = ["SpoolSpec", "Spooling", "off_loop"]
 
 log = logging.getLogger("writebehind")
 
 SpoolSpec = Any  # str | os.PathLike | writebehind.Spool (checked by Spooling.of)
+
+T = TypeVar("T")
+
+_POLL = 0.02  # seconds between two looks at a full spool (a wait holds no thread)
 
 
 class Spooling:
@@ -95,25 +102,34 @@ class Spooling:
             logged.close()
 
     # -- appending (any thread) ---------------------------------------------------------------
-    def wrap(self, put: Callable[[Any], Receipt], has_room: Callable[[], bool],
+    def wrap(self, put: Callable[[Any], Receipt], intake: Intake,
              drops: bool) -> Callable[[Any], Receipt]:  # fmt: skip
-        """``put_nowait`` in spool mode: check the buffer's room, append, then put (the
-        receipt takes the seq as it is made). ``drops``: the policy never refuses."""
+        """``put_nowait`` in spool mode: check that the record comes back from the spool as
+        the buffer reads it, that the buffer would take it (room, or its key pending), then
+        append and put (the receipt takes the seq as it is made). ``drops``: a ``drop_*``
+        policy, which drops a record the full spool cannot take instead of raising."""
         order = self.order
+        identity = intake.identity
 
         def put_spooled(record: Any) -> Receipt:
             spool_log = self.log
             if spool_log is None:
-                raise WriteBehindError("the batcher's spool is not open (start the batcher)")
+                raise BatcherClosed("the batcher is closed and takes no more records")
+            _same_after_round_trip(record, identity)
             with order:
-                if not drops and not has_room():
+                if not drops and not intake.would_take(record):
                     return put(record)  # the buffer refuses (BufferFull): nothing appended
-                seq = spool_log.append(record)  # RecordError, SpoolFull: nothing taken
+                try:
+                    seq = spool_log.append(record)  # RecordError, SpoolFull: nothing taken
+                except BufferFull:
+                    if drops:
+                        return intake.drop_new(record)
+                    raise
                 self.current = seq
                 try:
                     r = put(record)
                 except BaseException:
-                    spool_log.done((seq,))  # refused after all (closed meanwhile)
+                    spool_log.done((seq,))  # refused after all (closed, or cut meanwhile)
                     raise
                 finally:
                     self.current = 0
@@ -121,6 +137,43 @@ class Spooling:
             return r
 
         return put_spooled
+
+    async def add(self, intake: Intake, record: Any, timeout: float | None, policy: str
+                  ) -> Receipt:  # fmt: skip
+        """``AsyncBatcher.add`` in spool mode: wait for room in the buffer, or (polling on
+        the loop, no thread held) in the spool, within one deadline; then for durability."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            try:
+                r = await intake.put_waiting(record, left)
+                break
+            except BufferFull as exc:
+                if not self.full(exc) or policy not in ("block", "direct"):
+                    raise
+                if left is not None and left <= 0:
+                    raise
+                await asyncio.sleep(_POLL if left is None else min(_POLL, left))
+        await self.durable(r)
+        return r
+
+    def add_blocking(self, intake: Intake, record: Any, timeout: float | None, policy: str
+                     ) -> Receipt:  # fmt: skip
+        """``Batcher.add`` in spool mode: the same waits, blocking this thread."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            try:
+                r = intake.put_blocking(record, left)
+                break
+            except BufferFull as exc:
+                if not self.full(exc) or policy not in ("block", "direct"):
+                    raise
+                if left is not None and left <= 0:
+                    raise
+                time.sleep(_POLL if left is None else min(_POLL, left))
+        self.wait_durable(r, None)
+        return r
 
     def done(self, receipts: Iterable[Receipt]) -> None:
         """The intake's hook: these receipts' fates are final (called under its lock)."""
@@ -159,20 +212,55 @@ class Spooling:
             return True
         return spool_log.wait_durable(seq, timeout, tolerate_errors=True)
 
-    def wait_for_room(self, timeout: float | None) -> bool:
-        """Block until the spool has room again (records were delivered and trimmed)."""
-        spool_log = self.log
-        return spool_log is None or spool_log.wait_for_room(timeout)
-
-    async def room(self, timeout: float | None) -> None:
-        """Wait on the loop for room in the spool; ``BufferFull`` after ``timeout``."""
-        if not await asyncio.to_thread(self.wait_for_room, timeout):
-            raise BufferFull(
-                f"the spool held max_bytes={self.spool.max_bytes} for {timeout} s; the record "
-                f"was not accepted"
-            )
-
     def spooled(self, at_close: int) -> int:
         """Records in the spool not yet done (after close: those it left there)."""
         spool_log = self.log
         return at_close if spool_log is None else spool_log.stats().spooled
+
+
+def _same_after_round_trip(record: Any, identity: Callable[[Any], tuple[Any, Any, float]]) -> None:
+    """``RecordError`` unless the record, as it comes back from the spool (plain data: a
+    dataclass as a dict of its fields, an enum as its value), has the same key, version and
+    cost for this batcher: else a batcher recovering the spool could not take it back."""
+    from .spool._codec import decode_record, encode_record
+
+    mine = identity(record)  # the record's own RecordError (no key, a bad cost) goes as is
+    payload = encode_record(record)  # RecordError: it cannot be encoded
+    try:
+        same = identity(decode_record(payload)) == mine
+    except Exception:
+        same = False
+    if not same:
+        raise RecordError(
+            "spool mode: this record would not come back from the spool as the batcher reads "
+            "it (the spool keeps plain data: a dataclass comes back as a dict of its fields, "
+            "an enum as its value), so its key, version or cost would differ after a crash. "
+            "Use plain values in key, version and cost fields, and field names (not "
+            "attribute-reading callables) for key=, version= and cost="
+        )
+
+
+async def off_loop(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` on a thread of its own (not the loop's default executor, which the
+    application's own ``to_thread`` calls may fill), awaited on the running loop."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if fut.done():
+            return
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(result)
+
+    def run() -> None:
+        try:
+            result, error = fn(*args), None
+        except BaseException as exc:
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name="writebehind-spool-io", daemon=True).start()
+    return await fut

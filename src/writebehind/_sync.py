@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 from . import _lifecycle
 from ._config import BatcherOptions
 from ._engine import AsyncBatcher
-from ._errors import BufferFull, WriteBehindError, would_deadlock
+from ._errors import WriteBehindError, would_deadlock
 from ._events import Event
 from ._instrument import Instrument
 from ._receipt import Receipt
@@ -129,22 +129,12 @@ class Batcher:
         if intake.on_loop_thread():
             raise would_deadlock("Batcher.add()")
         spooling = self._core._spooling
-        try:
+        if spooling is not None:  # spool mode: room in the buffer and the spool, durable
+            r = spooling.add_blocking(intake, record, timeout, self._core.options.when_full)
+        else:
             r = intake.put_blocking(record, timeout)
-        except BufferFull as exc:
-            if (
-                spooling is None
-                or not spooling.full(exc)
-                or self._core.options.when_full != "block"
-            ):
-                raise
-            if not spooling.wait_for_room(timeout):  # the spool, not the buffer, is full
-                raise
-            return self.add(record, timeout=timeout)
         if self._direct and r.batch is not None and r.batch.reason == "direct":
             r.result()  # a record written alone, now: add() returns when it is settled
-        if spooling is not None:  # spool mode: returns once the record is fsynced
-            spooling.wait_durable(r, None)
         return r
 
     def add_nowait(self, record: Any) -> Receipt:
