@@ -52,9 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"writebehind {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
-    from . import _demo_args, dlq, top  # each subcommand module adds its own parser
+    from . import _demo_args, dlq, spool, top  # each subcommand module adds its own parser
 
-    for module in (_demo_args, dlq, top):
+    for module in (_demo_args, dlq, spool, top):
         module.register(commands)
     return parser
 
