@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._config import Options
 from ._counters import Counters
@@ -35,9 +35,6 @@ from ._overflow import WHEN_FULL, overflow_action
 from ._receipt import Batch, Outcome, Receipt
 from ._room import Room
 from ._stats import Stats
-
-if TYPE_CHECKING:
-    from ._spooling import Spooling
 
 __all__ = ["WHEN_FULL", "Intake"]
 
@@ -119,10 +116,12 @@ class Intake:
             self._state = _OPEN
             self._owner_pid = os.getpid()
 
-    def use_spool(self, spooling: Spooling) -> Callable[[Any], Receipt]:
-        """Spool mode: receipts take their record's sequence number (``seq()``, read as
-        each is made, under the lock); ``on_done`` hears of every final fate. Returns the
-        put that takes recovered records whatever the room (they were accepted already)."""
+    def use_spool(self, spooling: Any) -> Callable[[Any], Receipt]:
+        """Spool mode (``spooling``: a ``_spooling.Spooling``; typed loosely, as it imports
+        this module): receipts take their record's sequence number (``spooling.current``,
+        read as each is made, under the lock); ``spooling.done`` hears of every final fate.
+        Returns the put that takes recovered records whatever the room (they were accepted
+        already)."""
         base = Receipt.bound(self)
 
         def init(r: Receipt, record: Any, version: Any) -> None:
