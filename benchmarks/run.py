@@ -20,7 +20,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import capacity, coalescing, hot_path, memory, observability, postgres_e2e, sqlite_e2e
+from . import (
+    capacity,
+    coalescing,
+    hot_path,
+    memory,
+    observability,
+    postgres_e2e,
+    spool,
+    sqlite_e2e,
+)
 from ._common import BenchmarkError, Section
 from ._report import ROOT, kept_block, markdown, text
 
@@ -34,6 +43,7 @@ BENCHMARKS: dict[str, Callable[[bool], Section]] = {
     "postgres_e2e": postgres_e2e.measure,
     "observability": observability.measure,
     "capacity": capacity.measure,
+    "spool": spool.measure,
 }
 DOC = ROOT / "docs" / "benchmarks.md"
 
