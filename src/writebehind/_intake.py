@@ -64,6 +64,7 @@ class Intake:
         self._kfast = fast_getter(key, "key") if key is not None else None
         self._vfast = fast_getter(version, "version") if version is not None else None
         self.unit_cost, self._cost_of = opts.costing()
+        self.fields = _field_names(key, version, opts.cost)  # what key/version/cost read
         self.max_batch = opts.max_batch
         self.max_pending = opts.pending_limit
         self.when_full = opts.when_full
@@ -628,6 +629,22 @@ def _unhashable(k: Any) -> RecordError:
         f"key of type {type(k).__name__} cannot be hashed and compared, so records cannot be "
         f"coalesced by it; use a field of str, int, UUID or a tuple of them"
     )
+
+
+def _field_names(*specs: Any) -> tuple[str, ...] | None:
+    """The record fields the key, version and cost read, if they are all field names (a
+    str or a tuple of str; a number reads none); None if any is a callable."""
+    names: list[str] = []
+    for spec in specs:
+        if spec is None or (isinstance(spec, int | float) and not isinstance(spec, bool)):
+            continue
+        if isinstance(spec, str):
+            names.append(spec)
+        elif isinstance(spec, tuple) and all(isinstance(n, str) for n in spec):
+            names.extend(spec)
+        else:
+            return None
+    return tuple(names)
 
 
 def _nothing() -> None:
