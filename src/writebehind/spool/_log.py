@@ -10,7 +10,7 @@ segments' done files (synced at most every second: a lost mark means a record de
 after a crash, never a lost one) before it deletes segments whose records are all done.
 
 Failures. A failed write or fsync makes every waiter not yet durable see
-``SpoolWriteError``; the records stay queued, and the writer retries with backoff (5 ms
+``SpoolWriteError``; the records stay queued, and the writer retries with backoff (10 ms
 doubling to 0.5 s) in a *new* segment (see ``_store``): when the fault clears (space
 returns), they become durable and waiting again succeeds.
 """
