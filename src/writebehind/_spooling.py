@@ -78,7 +78,7 @@ class Spooling:
         from .spool import SpoolLog
 
         self.log = SpoolLog.open(self.spool)
-        records = self.log.recovered()
+        records = self.log.take_recovered()
         damage = self.log.damage
         if damage.frames or damage.bytes:
             log.warning(

@@ -56,6 +56,7 @@ class SpoolLog:
         self._lock_file: FileHandle | None = lock
         self._pid = os.getpid()
         self._found = found
+        self._recovered = len(found.records)
         self._store = SegmentStore(fs, path, spool, found)
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)  # trimming freed space; the writer's wake
@@ -221,6 +222,12 @@ class SpoolLog:
         numbers (mark them done like any other once delivered)."""
         return list(self._found.records)
 
+    def take_recovered(self) -> list[tuple[int, Any]]:
+        """:meth:`recovered`, handed over: the log keeps no reference to them afterwards
+        (a large recovery is not held twice, nor after its records are delivered)."""
+        records, self._found.records = self._found.records, []
+        return records
+
     @property
     def damage(self) -> SpoolDamage:
         """What the open found damaged and moved aside (``damaged/``)."""
@@ -244,7 +251,7 @@ class SpoolLog:
                 queued=self._next - 1 - self._watermark.value,
                 write_errors=self._errors,
                 last_error=self._last_error,
-                recovered=len(self._found.records),
+                recovered=self._recovered,
                 damaged_frames=self._found.damage.frames,
                 damaged_bytes=self._found.damage.bytes,
             )
