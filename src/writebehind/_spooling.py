@@ -44,6 +44,10 @@ SpoolSpec = Any  # str | os.PathLike | writebehind.Spool (checked by Spooling.of
 
 T = TypeVar("T")
 
+_FILESYSTEM: Any = None
+"""A test hook: the ``writebehind.spool.FileSystem`` the next spool opens with (None: the
+real one). tests/spool_kill_worker.py sets one that SIGKILLs the process at a named point."""
+
 _POLL = 0.02  # seconds between two looks at a full spool (a wait holds no thread)
 
 
@@ -77,7 +81,7 @@ class Spooling:
         """Open and lock the spool, recover it; the records not yet done, in order."""
         from .spool import SpoolLog
 
-        self.log = SpoolLog.open(self.spool)
+        self.log = SpoolLog.open(self.spool, fs=_FILESYSTEM)
         records = self.log.take_recovered()
         damage = self.log.damage
         if damage.frames or damage.bytes:

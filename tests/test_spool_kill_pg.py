@@ -1,0 +1,97 @@
+"""kill -9 in spool mode, through the batcher, against the real PostgreSQL (the log alone is
+tested in test_spool_kill.py): a child adds unique ids at full speed
+and prints each once its add() returned; it is SIGKILLed at a random moment; the next
+batcher on the spool delivers what the child left. Every printed id must be in the table."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+import writebehind as wb
+
+from .pg import DSN
+
+pytestmark = pytest.mark.server
+
+RUNS = 12  # in the normal test run: 8 at random moments, 4 at named points
+POINTS = ("write", "fsync", "rename", "unlink")  # a torn write, mid-fsync, mid-rotation, mid-trim
+
+
+async def _drain(table: str, spool: Path) -> wb.CloseReport:
+    sink = wb.PostgresSink(DSN, table=table, key="id", version="v")
+    async with wb.AsyncBatcher(sink, key="id", version="v", spool=spool) as b:
+        await b.flush()
+        report = await b.close()
+    return report
+
+
+def test_every_acknowledged_record_survives_kill_9(tmp_path: Path) -> None:
+    table = f"spool_kill_{uuid.uuid4().hex[:10]}"
+
+    async def setup() -> None:
+        conn = await asyncpg.connect(DSN)
+        await conn.execute(f"CREATE TABLE {table} (id bigint PRIMARY KEY, v int, note text)")
+        await conn.close()
+
+    async def ids() -> set[int]:
+        conn = await asyncpg.connect(DSN)
+        rows = await conn.fetch(f"SELECT id FROM {table}")
+        await conn.close()
+        return {r["id"] for r in rows}
+
+    asyncio.run(setup())
+    rng = random.Random(20261203)
+    acked: set[int] = set()
+    recovered = 0
+    killed_itself = 0
+    try:
+        for run in range(RUNS):
+            spool = tmp_path / "spool"
+            start = run * 10_000_000
+            named = run >= RUNS - len(POINTS)
+            point = [f"{POINTS[run % len(POINTS)]}:{rng.randint(2, 40)}"] if named else []
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "tests.spool_kill_worker", DSN, table, str(spool),
+                 str(start), *point],
+                stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent,
+            )  # fmt: skip
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "ready"
+            try:  # at a named point the child kills itself; else (or if never reached) here
+                proc.wait(timeout=3.0 if named else rng.uniform(0.2, 1.2))
+                killed_itself += 1
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGKILL)
+            out, _ = proc.communicate(timeout=30)
+            assert proc.returncode == -signal.SIGKILL, proc.returncode
+            printed = {int(x) for x in out.split() if x.isdigit()}
+            assert printed, f"run {run}: nothing acknowledged before the kill"
+            acked |= printed
+            report = asyncio.run(_drain(table, spool))
+            assert report.lost == 0
+            recovered += report.stats.recovered
+        missing = acked - asyncio.run(ids())
+        assert not missing, f"{len(missing)} acknowledged ids missing, e.g. {sorted(missing)[:5]}"
+        assert recovered > 0  # the kills left records behind that the next batcher delivered
+        assert killed_itself >= 2  # the named points were reached, not just timed out
+        print(
+            f"\nkill -9 x {RUNS} ({killed_itself} at a named point): {len(acked)} "
+            f"acknowledged ids, 0 missing; {recovered} records recovered from the spool"
+        )
+    finally:
+
+        async def drop() -> None:
+            conn = await asyncpg.connect(DSN)
+            await conn.execute(f"DROP TABLE IF EXISTS {table}")
+            await conn.close()
+
+        asyncio.run(drop())
