@@ -158,11 +158,7 @@ class Spooling:
                 r = await intake.put_waiting(record, left)
                 break
             except BufferFull as exc:
-                if not self.full(exc) or policy not in ("block", "direct"):
-                    raise
-                if left is not None and left <= 0:
-                    raise
-                await asyncio.sleep(_POLL if left is None else min(_POLL, left))
+                await asyncio.sleep(self._room_wait(exc, left, policy))
         await self.durable(r)
         return r
 
@@ -176,13 +172,18 @@ class Spooling:
                 r = intake.put_blocking(record, left)
                 break
             except BufferFull as exc:
-                if not self.full(exc) or policy not in ("block", "direct"):
-                    raise
-                if left is not None and left <= 0:
-                    raise
-                time.sleep(_POLL if left is None else min(_POLL, left))
+                time.sleep(self._room_wait(exc, left, policy))
         self.wait_durable(r, None)
         return r
+
+    def _room_wait(self, exc: BufferFull, left: float | None, policy: str) -> float:
+        """After ``exc``: the seconds to wait for room in the spool before trying again, or
+        ``exc`` raised (the buffer refused, the policy does not wait, or time is up)."""
+        if not self.full(exc) or policy not in ("block", "direct"):
+            raise exc
+        if left is not None and left <= 0:
+            raise exc
+        return _POLL if left is None else min(_POLL, left)
 
     def done(self, receipts: Iterable[Receipt]) -> None:
         """The intake's hook: these receipts' fates are final (called under its lock)."""
