@@ -322,3 +322,28 @@ async def test_a_spool_that_cannot_open_leaves_the_sink_unstarted(tmp_path: Path
     with pytest.raises(wb.ConfigError):
         await b.start()
     assert Counted.started == 0
+
+
+async def test_dead_letters_the_store_failed_to_keep_stay_in_the_spool(tmp_path: Path) -> None:
+    """A poison record whose dead-letter store raises is counted (dead_letter_errors) and,
+    in spool mode, not marked done: the next batcher on the spool tries it again (it was
+    erased from the spool before, kept nowhere)."""
+    from writebehind.testing import FlakySink
+
+    spool = tmp_path / "spool"
+
+    def broken_store(entries: Any) -> None:
+        raise OSError("the dead-letter disk is gone")
+
+    sink = FlakySink(poison=lambda r: r["id"] == 3)
+    async with wb.AsyncBatcher(sink, key="id", spool=spool, dead_letter=broken_store) as b:
+        for i in range(5):
+            await b.add({"id": i})
+        await b.flush()
+        s = b.stats()
+        assert (s.dead_lettered, s.dead_letter_errors) == (1, 1)
+    healthy = MemorySink()
+    async with wb.AsyncBatcher(healthy, key="id", spool=spool) as again:
+        await again.flush()
+        assert again.stats().recovered == 1
+    assert rows(healthy) == [{"id": 3}]  # tried again, and this time written

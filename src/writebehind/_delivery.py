@@ -223,6 +223,7 @@ class Delivery:
             "" if store is not None else _NO_STORE,
         )  # fmt: skip
         fatal: BaseException | None = None
+        unkept = 0
         if store is not None:
             at = time.time()
             entries = [
@@ -245,9 +246,10 @@ class Delivery:
                     raise
                 if isinstance(exc, KeyboardInterrupt | SystemExit):
                     fatal = exc
-                unkept = getattr(exc, "unstored", None)  # a store that kept some of them
-                if not isinstance(unkept, int) or not 0 <= unkept <= len(records):
-                    unkept = len(records)
+                told = getattr(exc, "unstored", None)  # a store that kept some of them
+                unkept = len(records)
+                if isinstance(told, int) and 0 <= told <= len(records):
+                    unkept = told
                 self.intake.count(dead_letter_errors=unkept)
                 self.health.limiter(
                     "dead_letter_store", logging.ERROR,
@@ -256,7 +258,10 @@ class Delivery:
                     self.name, store, unkept, type(exc).__name__,
                     scrub_secrets(str(exc)),
                 )  # fmt: skip
-        self.intake.settle(receipts, Outcome.DEAD_LETTERED, direct=direct)
+        # a store that failed: in spool mode the records stay in the spool (not done), so
+        # the next batcher on it tries them, and the store, again
+        kept = store is None or unkept == 0
+        self.intake.settle(receipts, Outcome.DEAD_LETTERED, direct=direct, final=kept)
         self.events.publish(
             RecordsDeadLettered, count=len(records), error=type(error).__name__, attempts=attempts
         )

@@ -511,9 +511,12 @@ class Intake:
             held = list(self._pending.values())  # a copy under the lock; summed outside it
         return sum(r._cost for r in held)
 
-    def settle(self, receipts: list[Receipt], outcome: Outcome, *, direct: bool = False) -> None:
+    def settle(
+        self, receipts: list[Receipt], outcome: Outcome, *, direct: bool = False, final: bool = True
+    ) -> None:
         """Record the final outcome of in-flight receipts (none of them settled yet) and
-        release their room."""
+        release their room. ``final=False``: not done in the spool (dead letters that the
+        store failed to keep stay there for the next batcher)."""
         with self._lock:
             if self._abandoned:
                 return  # the close deadline already counted these as lost
@@ -530,7 +533,7 @@ class Intake:
                 c.dead_lettered += n
             else:
                 raise ValueError(f"settle() takes COMMITTED or DEAD_LETTERED, not {outcome}")
-            if self.on_done is not None:
+            if self.on_done is not None and final:
                 self.on_done(receipts)
             self._room_freed = True  # released by the flusher, after it cut the next batch
 
