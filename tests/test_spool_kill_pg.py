@@ -22,7 +22,7 @@ from .pg import DSN
 
 pytestmark = pytest.mark.server
 
-RUNS = 12  # in the normal test run: 8 at random moments, 4 at named points
+RUNS = 50  # in the normal test run (CI): 38 at random moments, 12 at named points
 POINTS = ("write", "fsync", "rename", "unlink")  # a torn write, mid-fsync, mid-rotation, mid-trim
 
 
@@ -57,15 +57,18 @@ def test_every_acknowledged_record_survives_kill_9(tmp_path: Path) -> None:
         for run in range(RUNS):
             spool = tmp_path / "spool"
             start = run * 10_000_000
-            named = run >= RUNS - len(POINTS)
-            point = [f"{POINTS[run % len(POINTS)]}:{rng.randint(2, 40)}"] if named else []
+            named = run >= RUNS - 3 * len(POINTS)  # the last 12: each point 3 times
+            op = POINTS[run % len(POINTS)]
+            nth = rng.randint(2, 40) if op in ("write", "fsync") else rng.randint(1, 3)
+            point = [f"{op}:{nth}"] if named else []
             proc = subprocess.Popen(
                 [sys.executable, "-m", "tests.spool_kill_worker", DSN, table, str(spool),
                  str(start), *point],
                 stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent,
             )  # fmt: skip
             assert proc.stdout is not None
-            assert proc.stdout.readline().strip() == "ready"
+            started = proc.stdout.readline().strip() == "ready"
+            assert started or named  # a named point may come during recovery, before it
             try:  # at a named point the child kills itself; else (or if never reached) here
                 proc.wait(timeout=3.0 if named else rng.uniform(0.2, 1.2))
                 killed_itself += 1
@@ -74,7 +77,7 @@ def test_every_acknowledged_record_survives_kill_9(tmp_path: Path) -> None:
             out, _ = proc.communicate(timeout=30)
             assert proc.returncode == -signal.SIGKILL, proc.returncode
             printed = {int(x) for x in out.split() if x.isdigit()}
-            assert printed, f"run {run}: nothing acknowledged before the kill"
+            assert printed or named, f"run {run}: nothing acknowledged before the kill"
             acked |= printed
             report = asyncio.run(_drain(table, spool))
             assert report.lost == 0
@@ -82,7 +85,7 @@ def test_every_acknowledged_record_survives_kill_9(tmp_path: Path) -> None:
         missing = acked - asyncio.run(ids())
         assert not missing, f"{len(missing)} acknowledged ids missing, e.g. {sorted(missing)[:5]}"
         assert recovered > 0  # the kills left records behind that the next batcher delivered
-        assert killed_itself >= 2  # the named points were reached, not just timed out
+        assert killed_itself >= 6  # the named points were reached, not just timed out
         print(
             f"\nkill -9 x {RUNS} ({killed_itself} at a named point): {len(acked)} "
             f"acknowledged ids, 0 missing; {recovered} records recovered from the spool"
