@@ -30,8 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._clock import Clock, MonotonicClock
-from ._cost import as_cost
-from ._errors import ConfigError
+from ._retry import check_number
 
 __all__ = ["Capacity", "Listener", "ProvisionedCapacity", "TokenBucket"]
 
@@ -328,8 +327,7 @@ class ProvisionedCapacity(Capacity):
     """
 
     def __init__(self, per_second: float, *, clock: Clock | None = None) -> None:
-        if as_cost(per_second) is None or not per_second > 0:
-            raise ConfigError(f"per_second: must be a finite number > 0, got {per_second!r}")
+        check_number("per_second", per_second, minimum=0, inclusive=False, finite=True)
         self.per_second = float(per_second)
         super().__init__(self.per_second, clock)
 

@@ -168,9 +168,8 @@ class Intake:
         with self._lock:
             if self._state != _OPEN:
                 raise _not_open(self._state)
-            r._outcome = Outcome.DROPPED
             self.counts.accepted += 1
-            self.counts.dropped_newest += 1
+            self._dropped_new(r)
             if not self._notice:
                 self._notice = True
                 self.call_in_loop(self._wake)
@@ -373,12 +372,16 @@ class Intake:
             if self._change is not None:  # someone awaits a pending receipt: maybe this one
                 self.call_in_loop(self._notify_change)
         else:
-            r._outcome = Outcome.DROPPED
-            counts.dropped_newest += 1
-            if self.on_done is not None:
-                self.on_done([r])
+            self._dropped_new(r)
         self._log_drops()
         return r
+
+    def _dropped_new(self, r: Receipt) -> None:  # lock held
+        """``r`` was accepted and is dropped at once (``drop_newest``, or a full spool)."""
+        r._outcome = Outcome.DROPPED
+        self.counts.dropped_newest += 1
+        if self.on_done is not None:
+            self.on_done([r])
 
     def _compact(self) -> None:
         """Rebuild the pending dict in place, dropping the empty slots that popping from its
