@@ -4,7 +4,8 @@ so a record whose ``add()`` returned survives ``kill -9`` and power loss.
 Part one: a process adds 500 job-state records into SQLite through a batcher with
 ``spool=``, and is SIGKILLed while the sink is slow (nothing has reached the table yet).
 Part two: a new batcher on the same spool delivers everything the first one acknowledged,
-at start, before it takes anything new.
+at start, before it takes anything new; then ``add_nowait()`` and ``await
+receipt.durable()`` show the non-blocking way to the same guarantee.
 
 Run it with ``python examples/spool_durable.py``; it uses a temporary directory and takes a
 few seconds.
@@ -56,6 +57,9 @@ async def recover(db: Path, spool: Path) -> None:
         await b.flush()  # returns once every recovered record is delivered
         s = b.stats()
         print(f"recovered from the spool: {s.recovered}, committed: {s.committed}")
+        r = b.add_nowait({"id": "job-500", "state": "queued", "v": 1})  # returns at once
+        await r.durable()  # ... and this waits for the group commit that made it durable
+        print(f"add_nowait: durable before committed: {r.outcome is None}")
 
 
 def main() -> None:
@@ -71,7 +75,7 @@ def main() -> None:
         with contextlib.closing(sqlite3.connect(db)) as conn:
             (rows,) = conn.execute("SELECT COUNT(*) FROM jobs").fetchone()
         print(f"rows in the table: {rows}")
-        assert rows == 500
+        assert rows == 501  # the 500 the producer acknowledged, and one more
 
 
 if __name__ == "__main__":
