@@ -201,19 +201,22 @@ def hypothesis_given_flat_records():  # type: ignore[no-untyped-def]
     from hypothesis import given
     from hypothesis import strategies as st
 
+    chars = st.characters(exclude_categories=())  # NUL and lone surrogates included
+    odd = st.sampled_from(["\x00", "a\ud800", "\udfffb", "\U0001f600", "\ud7ff", "\\u0000"])
     scalars = (
-        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(chars, max_size=8) | odd
         | st.uuids() | st.datetimes() | st.dates() | st.decimals(allow_nan=False)
         | st.binary(max_size=8) | st.datetimes(timezones=st.just(dt.UTC))
     )  # fmt: skip
-    keys = st.text(max_size=6)
+    keys = st.text(chars, max_size=6) | odd
     return given(st.dictionaries(keys, scalars, max_size=6))
 
 
 @hypothesis_given_flat_records()
 def test_the_flat_fast_path_writes_what_the_codec_writes(record: dict) -> None:  # type: ignore[type-arg]
-    """A dict of plain scalars takes a fast path (plain json.dumps): its bytes must be the
-    tagged codec's, byte for byte, and decode back to the record."""
+    """A dict of plain scalars takes a fast path (the C JSON encoder, made once): its bytes
+    must be the tagged codec's, byte for byte (strings with NUL or surrogates included), and
+    decode back to the record."""
     import json
 
     from writebehind.dlq import _codec as tagged

@@ -251,7 +251,9 @@ class AsyncBatcher:
         spooling = self._spooling
         if spooling is not None:  # spool mode: room in the buffer and the spool, durable
             self._on_own_loop("add")
-            r = await spooling.add(self._intake, record, timeout, self._opts.when_full)
+            loop = self._loop
+            assert loop is not None  # the running loop: _on_own_loop checked it
+            r = await spooling.add(self._intake, record, timeout, self._opts.when_full, loop)
         else:
             try:
                 r = self._intake.put_nowait(record)

@@ -147,20 +147,34 @@ class Spooling:
 
         return put_spooled
 
-    async def add(self, intake: Intake, record: Any, timeout: float | None, policy: str
-                  ) -> Receipt:  # fmt: skip
-        """``AsyncBatcher.add`` in spool mode: wait for room in the buffer, or (polling on
-        the loop, no thread held) in the spool, within one deadline; then for durability."""
+    async def add(self, intake: Intake, record: Any, timeout: float | None, policy: str,
+                  loop: asyncio.AbstractEventLoop) -> Receipt:  # fmt: skip
+        """``AsyncBatcher.add`` in spool mode, on ``loop`` (the batcher's, running): wait for
+        room in the buffer, or (polling on the loop, no thread held) in the spool, within one
+        deadline; then for durability."""
+        try:
+            r = intake.put_nowait(record)  # the usual case: room in the buffer and the spool
+        except BufferFull:
+            if policy not in ("block", "direct"):
+                raise
+            r = await self._add_waiting(intake, record, timeout, policy)
+        spool_log = self.log
+        seq = getattr(r, "_seq", 0)
+        if seq and spool_log is not None:
+            durable = spool_log.durable_future(seq, loop)  # no coroutine: the hot path
+            if durable is not None:
+                await durable
+        return r
+
+    async def _add_waiting(self, intake: Intake, record: Any, timeout: float | None,
+                           policy: str) -> Receipt:  # fmt: skip
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = None if deadline is None else deadline - time.monotonic()
             try:
-                r = await intake.put_waiting(record, left)
-                break
+                return await intake.put_waiting(record, left)
             except BufferFull as exc:
                 await asyncio.sleep(self._room_wait(exc, left, policy))
-        await self.durable(r)
-        return r
 
     def add_blocking(self, intake: Intake, record: Any, timeout: float | None, policy: str
                      ) -> Receipt:  # fmt: skip

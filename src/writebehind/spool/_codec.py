@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Iterable
+from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
 from .._errors import RecordError
@@ -23,40 +24,41 @@ __all__ = ["decode_done", "decode_record", "encode_done", "encode_record", "rang
 _RANGE = struct.Struct("<QQ")
 
 
-def _flat(record: Any) -> bool:
-    """A dict of plain scalars, UUIDs, datetimes, decimals and bytes (the common record),
-    for which ``json.dumps`` with the codec's tags as ``default`` writes the same text as the
-    codec's walk."""
-    if type(record) is not dict or (len(record) == 1 and str(next(iter(record)))[:1] == "$"):
+_FLAT_TYPES = frozenset({str, int, bool, type(None), *tagged._SIMPLE})
+
+_flat_json = c_make_encoder(  # the C encoder, made once (json.dumps makes one per call)
+    None, lambda v: tagged._SIMPLE[type(v)](v), encode_basestring_ascii, None, ":", ",",
+    False, False, True,
+)  # fmt: skip
+
+
+def _flat(record: dict[Any, Any]) -> bool:
+    """A dict of plain scalars, UUIDs, datetimes, decimals and bytes under string keys (the
+    common record), for which the C encoder with the codec's tags as ``default`` writes the
+    same text as the codec's walk, unless a string holds NUL or a surrogate (which
+    :func:`encode_record` looks for in the text)."""
+    if len(record) == 1 and str(next(iter(record)))[:1] == "$":
         return False
-    unstorable = tagged._UNSTORABLE.search
     for k, v in record.items():
-        if type(k) is not str or unstorable(k) is not None:
+        if type(k) is not str:
             return False
         t = type(v)
-        if t is str:
-            if unstorable(v) is not None:
-                return False
-        elif t is float:
+        if t is float:
             if tagged._float(v) is not v:
                 return False
-        elif not (v is None or t is bool or t is int or t in tagged._SIMPLE):
+        elif t not in _FLAT_TYPES:
             return False
     return True
 
 
-def _tag(value: Any) -> Any:
-    """``json.dumps``'s ``default``: a UUID, datetime, Decimal or bytes as the codec tags
-    it (``_flat`` let through only types in ``_SIMPLE``)."""
-    return tagged._SIMPLE[type(value)](value)
-
-
 def encode_record(record: Any) -> bytes:
     """``record`` as ASCII JSON bytes; ``RecordError`` naming the problem if it cannot be."""
-    if _flat(record):  # the same text as below, without the codec's walk
-        return json.dumps(record, ensure_ascii=True, separators=(",", ":"), default=_tag).encode(
-            "ascii"
-        )
+    if type(record) is dict and _flat(record):  # the codec's text, without its walk
+        text = "".join(_flat_json(record, 0))
+        # NUL and surrogates (which the codec tags) show as these escapes; so do other
+        # characters (U+D000-U+D7FF, pairs): those few take the codec's walk below
+        if "\\u0000" not in text and "\\ud" not in text:
+            return text.encode("ascii")
     try:
         tree = tagged._enc(record, 0)
         text = json.dumps(tree, ensure_ascii=True, allow_nan=False, separators=(",", ":"))

@@ -40,6 +40,7 @@ __all__ = [
     "Scan",
     "crc32c",
     "encode_frame",
+    "record_frames",
     "scan",
 ]
 
@@ -67,6 +68,16 @@ def encode_frame(
         pcrc = crc32c(payload)
     checked = _CHECKED.pack(FORMAT, kind, 0, len(payload), seq, time, pcrc)
     return MAGIC + checked + crc32c(checked).to_bytes(4, "little") + payload
+
+
+def record_frames(first: int, time: float, records: list[tuple[bytes, int]]) -> bytes:
+    """Frames for ``records`` (payload, its CRC32C), seqs from ``first``, all at ``time``."""
+    pack, crc, magic, fmt = _CHECKED.pack, google_crc32c.value, MAGIC, FORMAT
+    parts: list[bytes] = []
+    for seq, (payload, pcrc) in enumerate(records, first):
+        checked = pack(fmt, RECORD, 0, len(payload), seq, time, pcrc)
+        parts += (magic, checked, crc(checked).to_bytes(4, "little"), payload)
+    return b"".join(parts)
 
 
 @dataclass(frozen=True, slots=True)

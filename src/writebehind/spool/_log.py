@@ -17,6 +17,7 @@ returns), they become durable and waiting again succeeds.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno as errnos
 import os
@@ -31,10 +32,10 @@ from ._config import Spool
 from ._dir import check_dir, lock_dir, on_fork_in_child
 from ._errors import SpoolClosed, SpoolForked, SpoolFull, SpoolWriteError
 from ._files import FileHandle, FileSystem, OsFileSystem
-from ._frames import HEADER, crc32c
+from ._frames import HEADER, crc32c, record_frames
 from ._recovery import Recovered, SpoolDamage, recover
 from ._stats import SpoolStats
-from ._store import Entry, SegmentStore
+from ._store import SegmentStore
 from ._watermark import DurableListener, Watermark
 
 __all__ = ["SpoolLog"]
@@ -55,12 +56,14 @@ class SpoolLog:
         self._fs = fs
         self._lock_file: FileHandle | None = lock
         self._pid = os.getpid()
+        self._forked = False  # set in a forked child (by the fork hook): calls check the pid
         self._found = found
         self._recovered = len(found.records)
         self._store = SegmentStore(fs, path, spool, found)
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)  # trimming freed space; the writer's wake
-        self._queue: list[Entry] = []
+        self._queue: list[tuple[bytes, int]] = []  # (payload, its CRC32C), seqs from _next
+        self._queued_at = 0.0  # when the oldest queued record was appended
         self._dones: list[int] = []
         self._reserved = 0  # bytes queued or unsynced
         self._disk = self._store.bytes
@@ -113,14 +116,20 @@ class SpoolLog:
         """Queue ``record`` for the next group commit; its sequence number. Never waits for
         the disk. ``RecordError`` if it cannot be encoded (nothing is written), ``SpoolFull``
         if the spool holds ``max_bytes``, ``SpoolClosed`` after :meth:`close`."""
-        return self.append_many((record,))[0]
+        if self._forked:
+            self._check_pid()
+        payload = encode_record(record)
+        size = HEADER + len(payload)
+        if size > self.spool.segment_size:
+            raise self._too_big(size, "")
+        return self._enqueue([(payload, crc32c(payload))], size)
 
     def append_many(self, records: Iterable[Any]) -> list[int]:
         """:meth:`append` for several records at once (consecutive sequence numbers), all or
         none: a record that cannot be encoded, or no room for all, appends nothing."""
         self._check_pid()
-        now = time.time()
         encoded = []
+        size = 0
         for i, record in enumerate(records):
             try:
                 payload = encode_record(record)
@@ -129,14 +138,21 @@ class SpoolLog:
                     raise RecordError(f"record {i}: {exc}") from None
                 raise
             if HEADER + len(payload) > self.spool.segment_size:
-                where = f"record {i}: " if i else ""
-                raise RecordError(
-                    f"{where}the record encodes to {HEADER + len(payload)} bytes, more than "
-                    f"the spool's segment_bytes ({self.spool.segment_size}); raise "
-                    f"segment_bytes (and max_bytes), or split the record"
-                )
+                raise self._too_big(HEADER + len(payload), f"record {i}: " if i else "")
             encoded.append((payload, crc32c(payload)))
-        size = sum(HEADER + len(p) for p, _ in encoded)
+            size += HEADER + len(payload)
+        first = self._enqueue(encoded, size)
+        return list(range(first, first + len(encoded)))
+
+    def _too_big(self, size: int, where: str) -> RecordError:
+        return RecordError(
+            f"{where}the record encodes to {size} bytes, more than the spool's segment_bytes "
+            f"({self.spool.segment_size}); raise segment_bytes (and max_bytes), or split the "
+            f"record"
+        )
+
+    def _enqueue(self, encoded: list[tuple[bytes, int]], size: int) -> int:
+        """Queue encoded records (``size`` bytes framed) for the writer: the first's seq."""
         with self._lock:
             if self._stopping:
                 raise SpoolClosed("the spool log is closed; it takes no more records")
@@ -148,14 +164,17 @@ class SpoolLog:
                     f"(wait_for_room()), or raise max_bytes"
                 )
             first = self._next
-            self._next += len(encoded)
-            self._queue.extend(Entry(first + i, now, p, c) for i, (p, c) in enumerate(encoded))
+            self._next = first + len(encoded)
+            queue = self._queue
+            if not queue:
+                self._queued_at = time.time()
+            queue += encoded
             self._reserved += size
             self._spooled += len(encoded)
             if self._idle:
                 self._idle = False
                 self._room.notify_all()
-        return list(range(first, first + len(encoded)))
+        return first
 
     def done(self, seqs: Iterable[int]) -> None:
         """Those records are committed, coalesced or dead-lettered: never deliver them again
@@ -193,6 +212,16 @@ class SpoolLog:
         :meth:`wait_durable` does. Cancelling the wait does not cancel the record."""
         self._check_pid()
         await self._watermark.wait_async(seq, tolerate_errors=tolerate_errors)
+
+    def durable_future(
+        self, seq: int, loop: asyncio.AbstractEventLoop
+    ) -> asyncio.Future[None] | None:
+        """A future of ``loop`` resolved once record ``seq`` is durable (None if it is
+        already), waiting through failures (``tolerate_errors``); ``SpoolClosed`` if the log
+        closed first. Awaiting it is :meth:`wait_durable_async` without a coroutine."""
+        if self._forked:
+            self._check_pid()
+        return self._watermark.future(seq, loop, tolerate_errors=True)
 
     def on_durable(self, listener: DurableListener) -> Callable[[], None]:
         """Call ``listener(durable_seq, error)`` on the writer thread after every group
@@ -238,7 +267,7 @@ class SpoolLog:
         with self._lock:
             oldest = self._oldest_written or self._oldest_unsynced
             if oldest is None and self._queue:
-                oldest = self._queue[0].time
+                oldest = self._queued_at
             return SpoolStats(
                 bytes=self._disk + self._reserved,
                 max_bytes=self.spool.max_bytes,
@@ -287,6 +316,7 @@ class SpoolLog:
 
     def forked(self) -> None:
         """In a forked child: let go of the parent's files (the lock stays the parent's)."""
+        self._forked = True  # every call checks the pid from now on (getpid is a syscall)
         for seg in self._store.segments:
             for h in (seg.handle, seg.done_handle):
                 if h is not None:
@@ -297,7 +327,7 @@ class SpoolLog:
                 os.close(self._lock_file.fileno())
 
     def _check_pid(self) -> None:
-        if os.getpid() != self._pid:
+        if self._forked and os.getpid() != self._pid:
             raise SpoolForked(
                 f"this spool log belongs to process {self._pid}, which forked this one "
                 f"({os.getpid()}); a forked child cannot use its parent's spool: open the "
@@ -316,7 +346,9 @@ class SpoolLog:
             self._watermark.stop(exc)
 
     def _loop(self) -> None:
-        unsynced: list[Entry] = []
+        unsynced = 0  # records taken from the queue, not yet synced: seqs first..first+n-1
+        unsynced_first = 0
+        unsynced_at = 0.0  # when the first of them was appended
         frames = b""
         failures = 0
         retry_at = 0.0
@@ -338,16 +370,20 @@ class SpoolLog:
                     self._room.wait(min(waits) if waits else None)
                     self._idle = False
                 batch, self._queue = self._queue, []
+                first = self._next - len(batch)  # the queue holds the latest appends
+                queued_at = self._queued_at
                 dones, self._dones = self._dones, []
                 stopping = self._stopping
             if batch:
-                unsynced.extend(batch)
-                frames += b"".join(e.frame for e in batch)
-                with self._lock:
-                    self._oldest_unsynced = unsynced[0].time
+                if not unsynced:
+                    unsynced_first, unsynced_at = first, queued_at
+                    with self._lock:
+                        self._oldest_unsynced = queued_at
+                unsynced += len(batch)
+                frames += record_frames(first, queued_at, batch)
             if unsynced and (due or stopping):
                 try:
-                    store.write(unsynced, frames)
+                    store.write(unsynced_first, unsynced, unsynced_at, frames)
                 except OSError as exc:
                     failures += 1
                     wait = min(_RETRY_CAP, _RETRY_FIRST * 2 ** min(failures, 16))
@@ -355,8 +391,8 @@ class SpoolLog:
                     self._failed(exc)
                 else:
                     failures, retry_at = 0, 0.0
-                    last, size = unsynced[-1].seq, len(frames)
-                    unsynced, frames = [], b""
+                    last, size = unsynced_first + unsynced - 1, len(frames)
+                    unsynced, frames = 0, b""
                     with self._lock:
                         self._reserved -= size
                         self._oldest_unsynced = None

@@ -72,19 +72,28 @@ class Segment:
         """The highest sequence number it spans (``first - 1`` when empty)."""
         return self.first + len(self.state) - 1
 
+    def add_run(self, first: int, n: int, time: float) -> None:
+        """Record ``first`` .. ``first + n - 1`` (appended from ``time``), none done yet."""
+        gap = first - self.first - len(self.state)
+        if gap < 0:
+            raise ValueError(f"seq {first} is not after {self.last} in segment {self.stem}")
+        if gap:
+            self.state.extend(b"\x01" * gap)
+        self.state.extend(bytes(n))
+        self.live += n
+        if not self.stamp_times or time - self.stamp_times[-1] > 0.001:
+            self.stamp_seqs.append(first)
+            self.stamp_times.append(time)
+
     def add(self, seq: int, time: float, *, done: bool = False) -> None:
         """Record ``seq`` (appended at ``time``) as one of this segment's records."""
+        if not done:
+            self.add_run(seq, 1, time)
+            return
         gap = seq - self.first - len(self.state)
         if gap < 0:
             raise ValueError(f"seq {seq} is not after {self.last} in segment {self.stem}")
-        if gap:
-            self.state.extend(b"\x01" * gap)
-        self.state.append(1 if done else 0)
-        if not done:
-            self.live += 1
-            if not self.stamp_times or time - self.stamp_times[-1] > 0.001:
-                self.stamp_seqs.append(seq)
-                self.stamp_times.append(time)
+        self.state.extend(b"\x01" * (gap + 1))
 
     def owns(self, seq: int) -> bool:
         return self.first <= seq <= self.last

@@ -22,29 +22,15 @@ import contextlib
 import os
 import time
 from collections.abc import Iterable
-from typing import NamedTuple
 
 from ._codec import encode_done, ranges
 from ._config import Spool
 from ._files import FileSystem, write_all
-from ._frames import DONE, RECORD, encode_frame
+from ._frames import DONE, encode_frame
 from ._recovery import Recovered
 from ._segments import DONE_SUFFIX, SEG_SUFFIX, Segment, segment_stem
 
-__all__ = ["Entry", "SegmentStore"]
-
-
-class Entry(NamedTuple):
-    """One appended record waiting for its group commit."""
-
-    seq: int
-    time: float
-    payload: bytes
-    pcrc: int
-
-    @property
-    def frame(self) -> bytes:
-        return encode_frame(RECORD, self.seq, self.time, self.payload, self.pcrc)
+__all__ = ["SegmentStore"]
 
 
 class SegmentStore:
@@ -71,13 +57,13 @@ class SegmentStore:
         """Create the active segment now (so its name keeps the sequence floor on disk)."""
         self._rotate(first_seq)
 
-    def write(self, entries: list[Entry], frames: bytes) -> None:
-        """Append ``frames`` (``entries`` encoded, in order) to the active segment and sync
-        it. On an ``OSError`` the segment is abandoned (see the module docstring) and the
-        error raised: nothing of ``entries`` is durable."""
+    def write(self, first: int, n: int, time: float, frames: bytes) -> None:
+        """Append ``frames`` (records ``first`` .. ``first + n - 1``, appended from ``time``)
+        to the active segment and sync it. On an ``OSError`` the segment is abandoned (see the
+        module docstring) and the error raised: none of those records is durable."""
         active = self.active
         if active is None or (active.size and active.size + len(frames) > self._segment_bytes):
-            active = self._rotate(entries[0].seq)
+            active = self._rotate(first)
         assert active.handle is not None
         try:
             write_all(active.handle, frames)
@@ -89,13 +75,13 @@ class SegmentStore:
             raise
         active.size += len(frames)
         self.bytes += len(frames)
-        for e in entries:
-            active.add(e.seq, e.time)
-        self.live += len(entries)
-        early = [e.seq for e in entries if e.seq in self._early]
-        if early:
-            self._early.difference_update(early)
-            self.mark_done(early)
+        active.add_run(first, n, time)
+        self.live += n
+        if self._early:  # done before they were written (an earlier attempt failed)
+            early = [seq for seq in range(first, first + n) if seq in self._early]
+            if early:
+                self._early.difference_update(early)
+                self.mark_done(early)
 
     def _seal(self) -> None:
         """Stop appending to the active segment (its frames were synced)."""

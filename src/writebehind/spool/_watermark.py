@@ -105,16 +105,25 @@ class Watermark:
 
     async def wait_async(self, seq: int, *, tolerate_errors: bool = False) -> None:
         """Wait in an event loop until ``seq`` is durable; raises as :meth:`wait` does."""
-        loop = asyncio.get_running_loop()
+        future = self.future(seq, asyncio.get_running_loop(), tolerate_errors=tolerate_errors)
+        if future is not None:
+            await future
+
+    def future(
+        self, seq: int, loop: asyncio.AbstractEventLoop, *, tolerate_errors: bool = False
+    ) -> asyncio.Future[None] | None:
+        """A future of ``loop`` resolved when ``seq`` is durable (None: it is already);
+        raises as :meth:`wait` does. For callers that await it without a coroutine of ours
+        in between (the hot path of a durable ``add()``)."""
         with self._cond:
             if self.value >= seq:
-                return
+                return None
             if self._stopped is not None or (self.error is not None and not tolerate_errors):
                 raise self._why()
             future: asyncio.Future[None] = loop.create_future()
             heap = self._patient if tolerate_errors else self._futures
             heapq.heappush(heap, (seq, next(self._ids), loop, future))
-        await future
+        return future
 
     def subscribe(self, listener: DurableListener) -> Callable[[], None]:
         """Call ``listener(watermark, error)`` on the writer thread after every group commit
