@@ -114,6 +114,18 @@ def argument_error(
     return bad_value(names[int(m.group(1)) - 1], m.group(3), names, row, key)
 
 
+_PSYCOPG_CLIENT = frozenset({"OperationalError", "InterfaceError"})
+
+
 def is_client_error(exc: BaseException) -> bool:
-    """An asyncpg error raised by the client (no SQLSTATE): the connection is suspect."""
-    return type(exc).__module__.startswith("asyncpg") and not getattr(exc, "sqlstate", None)
+    """An error raised by the client (no SQLSTATE): the connection is suspect. For asyncpg
+    any of its errors; for psycopg (and psycopg_pool) an ``OperationalError`` (the
+    connection failed or closed, a pool timed out) or ``InterfaceError``."""
+    if getattr(exc, "sqlstate", None):
+        return False
+    module = type(exc).__module__
+    if module.startswith("asyncpg"):
+        return True
+    return module.startswith("psycopg") and any(
+        c.__name__ in _PSYCOPG_CLIENT for c in type(exc).__mro__
+    )

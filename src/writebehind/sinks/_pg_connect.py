@@ -226,7 +226,7 @@ async def pool_from_factory(factory: Callable[[], Any], on_error: Callable[..., 
         raise
     except Exception as exc:
         raise on_error(exc, connecting=True) from exc
-    if not hasattr(pool, "acquire"):
+    if not (hasattr(pool, "acquire") or hasattr(pool, "connection")):
         raise ConfigError(
             f"PostgresSink: the pool factory returned a {type(pool).__name__}, not an "
             f"asyncpg pool; return asyncpg.create_pool(...) (awaited or not)"

@@ -38,6 +38,7 @@ from ._pg_connect import (
     on_this_loop,
     pool_from_factory,
 )
+from ._pg_copy import CopyPath, PsycopgDriver, is_psycopg_pool
 from ._records import Rows, check_shape, group_rows
 from ._upsert import on_conflict
 from ._values import JsonDumps, convert_rows, describe_key, enum_values, iso_parser, json_encoder
@@ -47,6 +48,7 @@ __all__ = ["PostgresSink"]
 log = logging.getLogger("writebehind")
 
 _METHODS = ("auto", "unnest", "copy")
+_DRIVERS = ("auto", "asyncpg", "psycopg")
 _REAP_TIMEOUT = 1.0  # seconds to end the server side of an abandoned write
 _CLOSE_TIMEOUT = 2.0  # seconds the pool gets to close gracefully before it is terminated
 
@@ -86,6 +88,10 @@ class PostgresSink:
             ``max_inactive_connection_lifetime``, ``setup``, ``init``. An unknown option, or
             one the sink sets itself (``min_size``, ``max_size``, ``reset``), is a
             ``ConfigError`` naming it. Only with a DSN: configure a pool of yours yourself.
+        driver: ``"asyncpg"`` (``unnest`` upserts), ``"psycopg"`` (binary COPY into a
+            per-connection temporary table and one merge: ``_pg_copy``; needs
+            ``writebehind[psycopg]``), or ``"auto"``: psycopg for a ``psycopg_pool`` pool (or
+            a factory returning one), asyncpg otherwise.
     """
 
     def __init__(
@@ -100,6 +106,7 @@ class PostgresSink:
         pool_size: int = 4,
         json_dumps: JsonDumps | None = None,
         connect_kwargs: Mapping[str, Any] | None = None,
+        driver: str = "auto",
     ) -> None:
         self.table = validate(table, "table")
         self.schema = validate(schema, "schema")
@@ -112,7 +119,18 @@ class PostgresSink:
             raise ConfigError(f"method: must be one of {', '.join(_METHODS)}, got {method!r}")
         if not (isinstance(pool_size, int) and pool_size >= 1):
             raise ConfigError(f"pool_size: must be an integer >= 1, got {pool_size!r}")
+        if driver not in _DRIVERS:
+            raise ConfigError(f"driver: must be one of {', '.join(_DRIVERS)}, got {driver!r}")
+        psycopg_pool = is_psycopg_pool(dsn_or_pool)
+        if driver == "asyncpg" and psycopg_pool:
+            raise ConfigError("driver: 'asyncpg' cannot use a psycopg_pool pool")
+        if driver == "psycopg" and connect_kwargs:
+            raise ConfigError(
+                "connect_kwargs: are asyncpg's options; with driver='psycopg' put libpq's "
+                "options in the DSN, or pass a psycopg_pool.AsyncConnectionPool of yours"
+            )
         self.method = method
+        self.driver = "psycopg" if psycopg_pool else driver
         self._encode = json_encoder(json_dumps)
         self._by_column: dict[str, Callable[[Any], Any]] = {}
         self.pool_size = pool_size
@@ -122,7 +140,7 @@ class PostgresSink:
             self._pool: Any = None
             self._secrets: tuple[str, ...] = secrets_of(dsn_or_pool)
             self._where = redact_dsn(dsn_or_pool)
-            self._url, implied = asyncpg_dsn(dsn_or_pool)
+            self._url, implied = ("", {}) if driver == "psycopg" else asyncpg_dsn(dsn_or_pool)
             self._connect = implied | self._connect
             password = self._connect.get("password")
             if isinstance(password, str) and password:
@@ -156,6 +174,7 @@ class PostgresSink:
         self.statements = 0
         """Statements that wrote records (one per batch, or per record shape in a batch)."""
         self._reapers: set[asyncio.Task[None]] = set()
+        self._psy: PsycopgDriver | None = None
 
     @property
     def source(self) -> Any:
@@ -173,12 +192,6 @@ class PostgresSink:
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
         """Open the pool (for a DSN) and read the table's columns and unique indexes."""
-        try:
-            import asyncpg
-        except ImportError as exc:
-            raise ConfigError(
-                "PostgresSink needs asyncpg: pip install 'writebehind[postgres]'"
-            ) from exc
         if getattr(self, "_forked_pool", False):
             raise ConfigError(
                 "PostgresSink: the pool you passed in was created before os.fork(); its "
@@ -187,6 +200,15 @@ class PostgresSink:
             )
         if self._pool is None and self._factory is not None:
             self._pool = await pool_from_factory(self._factory, self._error)
+        if self.driver == "psycopg" or is_psycopg_pool(self._pool):
+            await self._start_psycopg(self._pool)
+            return
+        try:
+            import asyncpg
+        except ImportError as exc:
+            raise ConfigError(
+                "PostgresSink needs asyncpg: pip install 'writebehind[postgres]'"
+            ) from exc
         if not on_this_loop(self._pool):
             if self._factory is not None:
                 self._pool = None  # not ours to close: it belongs to the other loop
@@ -211,13 +233,32 @@ class PostgresSink:
                 raise
             raise self._error(exc, connecting=True) from None  # it may quote the DSN
 
+    async def _start_psycopg(self, pool: Any) -> None:
+        """The psycopg path (docs/postgres.md): a pool of yours, or connections of its own."""
+        path = CopyPath(
+            schema=self.schema, table=self.table, key=self.key, version=self.version,
+            method=self.method,
+        )  # fmt: skip
+        self._psy = PsycopgDriver(path, dsn=self._dsn, pool=pool, pool_size=self.pool_size)
+        try:
+            info, uniques = await self._psy.start()
+            self._apply_catalog(info, uniques)
+        except BaseException as exc:
+            await self.close()
+            if isinstance(exc, ConfigError) or not isinstance(exc, Exception):
+                raise
+            raise self._error(exc, connecting=True) from None  # it may quote the DSN
+
     async def _read_catalog(self) -> None:
         async with self._pool.acquire() as conn:
             where = f"{quote(self.schema)}.{quote(self.table)}"
             info = await conn.fetch(COLUMNS_SQL, where)
-            if not info:
-                raise ConfigError(f"table: {self.schema}.{self.table} does not exist")
             uniques = [set(r[0]) for r in await conn.fetch(UNIQUE_SQL, where)]
+        self._apply_catalog(info, uniques)
+
+    def _apply_catalog(self, info: Any, uniques: list[set[str]]) -> None:
+        if not info:
+            raise ConfigError(f"table: {self.schema}.{self.table} does not exist")
         self.columns = {r[0]: r[1] for r in info}
         self._arrays = {r[0] for r in info if r[2] == "A"}
         self._json = {r[0] for r in info if r[1] in ("json", "jsonb")}
@@ -245,6 +286,13 @@ class PostgresSink:
         gets ``_CLOSE_TIMEOUT`` s to close gracefully; then, or if this call is cancelled (the
         batcher's close deadline), its connections are terminated, so none is left behind.
         """
+        psy, self._psy = self._psy, None
+        if psy is not None:  # the psycopg path: its own connections, or a pool of yours
+            await psy.close(_CLOSE_TIMEOUT)
+            pool, self._pool = self._pool, (None if self._own_pool else self._pool)
+            if self._factory is not None and pool is not None:
+                await pool.close(timeout=_CLOSE_TIMEOUT)  # made by your factory: ours
+            return
         pool, self._pool = self._pool, (None if self._own_pool else self._pool)
         reapers = set(self._reapers)
         try:
@@ -270,6 +318,9 @@ class PostgresSink:
         are the parent's); the next ``start()`` opens a pool of the child's own. A pool you
         passed in cannot cross a fork: ``start()`` then raises ``ConfigError``."""
         _FORKED_AWAY.append(self._pool)
+        if self._psy is not None:
+            _FORKED_AWAY.append(self._psy.after_fork())
+            self._psy = None
         self._reapers = set()
         if self._own_pool:
             self._pool = None
@@ -290,10 +341,13 @@ class PostgresSink:
         """Write ``batch`` in one transaction: one upsert (or COPY) per record shape."""
         if not batch:
             return
-        if self._pool is None:
+        if self._pool is None and self._psy is None:
             raise map_error(ConnectionError("the PostgreSQL sink is not started"), ())
         groups = self._group(batch)
         try:
+            if self._psy is not None:
+                self.statements += await self._psy.write(groups)
+                return
             async with self._pool.acquire() as conn:
                 try:
                     if len(groups) == 1 and self._single_statement(*groups):
@@ -349,7 +403,7 @@ class PostgresSink:
             names: convert_rows(names, rows, self.key, enum_values, self._by_column)
             for names, rows in groups.items()
         }
-        if self.key:
+        if self.key and self._psy is None:  # psycopg's merge keeps the newest per key itself
             groups = {names: self._dedupe(names, rows) for names, rows in groups.items()}
         return groups
 
