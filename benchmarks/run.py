@@ -28,6 +28,7 @@ from . import (
     observability,
     postgres_e2e,
     spool,
+    spool_kill,
     sqlite_e2e,
 )
 from ._common import BenchmarkError, Section
@@ -44,6 +45,7 @@ BENCHMARKS: dict[str, Callable[[bool], Section]] = {
     "observability": observability.measure,
     "capacity": capacity.measure,
     "spool": spool.measure,
+    "spool_kill": spool_kill.measure,
 }
 DOC = ROOT / "docs" / "benchmarks.md"
 

@@ -6,6 +6,7 @@ batcher on the spool delivers what the child left. Every printed id must be in t
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import signal
 import subprocess
@@ -22,8 +23,11 @@ from .pg import DSN
 
 pytestmark = pytest.mark.server
 
-RUNS = 50  # in the normal test run (CI): 38 at random moments, 12 at named points
 POINTS = ("write", "fsync", "rename", "unlink")  # a torn write, mid-fsync, mid-rotation, mid-trim
+# 50 in the normal test run (CI): 38 at random moments, 12 at named points (3 per point);
+# `make bench` runs 200 (WRITEBEHIND_KILL_RUNS=200, benchmarks/spool_kill.py): 48 named
+RUNS = int(os.environ.get("WRITEBEHIND_KILL_RUNS", "50"))
+NAMED = 3 * len(POINTS) * max(1, RUNS // 50)
 
 
 async def _drain(table: str, spool: Path) -> wb.CloseReport:
@@ -57,7 +61,7 @@ def test_every_acknowledged_record_survives_kill_9(tmp_path: Path) -> None:
         for run in range(RUNS):
             spool = tmp_path / "spool"
             start = run * 10_000_000
-            named = run >= RUNS - 3 * len(POINTS)  # the last 12: each point 3 times
+            named = run >= RUNS - NAMED  # the last ones, each point in turn
             op = POINTS[run % len(POINTS)]
             nth = rng.randint(2, 40) if op in ("write", "fsync") else rng.randint(1, 3)
             point = [f"{op}:{nth}"] if named else []

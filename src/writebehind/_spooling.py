@@ -251,7 +251,10 @@ fields holding only these read the same after a round trip, with no need to chec
 
 
 def _plain(record: dict[str, Any], fields: tuple[str, ...]) -> bool:
-    return all(type(record.get(name)) in _EXACT for name in fields)
+    for name in fields:
+        if type(record.get(name)) not in _EXACT:
+            return False
+    return True
 
 
 def _same_after_round_trip(record: Any, identity: Callable[[Any], tuple[Any, Any, float]]) -> None:
