@@ -122,13 +122,14 @@ async def test_append_only_table_by_copy(pg: asyncpg.Connection) -> None:
     name = f"events_{uuid.uuid4().hex[:10]}"
     await pg.execute(f"CREATE TABLE {name} (seq bigint, kind text, at timestamptz)")
     try:
-        async with wb.AsyncBatcher(wb.PostgresSink(DSN, table=name), max_batch=300) as b:
+        sink = wb.PostgresSink(DSN, table=name, pool_size=3)
+        async with wb.AsyncBatcher(sink, max_batch=300, max_in_flight=3) as b:
             for i in range(1000):
                 b.add_nowait({"seq": i, "kind": "login", "at": T0})
                 if i % 300 == 0:
                     await asyncio.sleep(0)
-        assert await pg.fetchval(f"SELECT count(*), count(DISTINCT seq) FROM {name}") == 1000
-        assert await pg.fetchval(f"SELECT count(DISTINCT seq) FROM {name}") == 1000
+        total, distinct = await pg.fetchrow(f"SELECT count(*), count(DISTINCT seq) FROM {name}")
+        assert (total, distinct) == (1000, 1000)  # each record once: none lost, none twice
     finally:
         await pg.execute(f"DROP TABLE {name}")
 
@@ -209,19 +210,31 @@ async def test_max_in_flight_through_the_engine(pg: asyncpg.Connection, table: s
 TWO_PROCESS_WRITER = textwrap.dedent(
     """
     import asyncio, datetime as dt, sys, uuid
+    import asyncpg
     import writebehind as wb
     dsn, table, parity = sys.argv[1], sys.argv[2], int(sys.argv[3])
     agents = [uuid.UUID(int=i + 1) for i in range(300)]
     T0 = dt.datetime(2026, 11, 23, tzinfo=dt.timezone.utc)
     async def main():
+        watch = await asyncpg.connect(dsn)
         sink = wb.PostgresSink(dsn, table=table, key="id", version="updated_at")
         async with wb.AsyncBatcher(sink, key="id", version="updated_at", max_batch=50,
                                    linger=0.01) as b:
             for v in range(40):
-                if v % 2 == parity:
-                    for a in agents:
-                        await b.add({"id": a, "updated_at": T0 + dt.timedelta(seconds=v),
-                                     "note": f"p{parity}-v{v}"})
+                if v % 2 != parity:
+                    continue
+                if parity == 0:  # the barrier: the older version goes after the newer landed
+                    newer = T0 + dt.timedelta(seconds=v + 1)
+                    async with asyncio.timeout(20):
+                        while await watch.fetchval(
+                            f"SELECT count(*) FROM {table} WHERE updated_at >= $1", newer
+                        ) < len(agents):
+                            await asyncio.sleep(0.005)
+                for a in agents:
+                    await b.add({"id": a, "updated_at": T0 + dt.timedelta(seconds=v),
+                                 "note": f"p{parity}-v{v}"})
+                await b.flush()
+        await watch.close()
         assert b.stats().lost == 0
     asyncio.run(main())
     """
@@ -229,8 +242,10 @@ TWO_PROCESS_WRITER = textwrap.dedent(
 
 
 async def test_two_processes_write_the_same_keys(pg: asyncpg.Connection, table: str) -> None:
-    """Two batchers in two processes write interleaved versions of the same keys; every
-    row ends at the newest version, whichever process wrote it."""
+    """Two batchers in two processes write interleaved versions of the same keys, the odd
+    (newer) ones in one, the even in the other; a barrier holds each even version until the
+    next odd one has landed, so the older version is always written last. Every row ends at
+    the newest version, whichever process wrote it."""
     procs = [
         await asyncio.create_subprocess_exec(
             sys.executable, "-c", TWO_PROCESS_WRITER, DSN, table, str(parity)
