@@ -18,6 +18,7 @@ Every counter lives here, under the same lock, so a ``Stats`` snapshot always sa
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import os
@@ -74,6 +75,9 @@ class Intake:
         self._acquire = self._lock.acquire
         self._release = self._lock.release
         self._pending: dict[Any, Receipt] = {}
+        # the pending keys, oldest first (the dict's own order, kept beside it: taking from
+        # the front of a dict leaves empty slots that every later look at its front scans)
+        self._order: collections.deque[Any] = collections.deque()
         self._state = _NEW
         self._owner_pid = 0
         self.oldest_at: float | None = None
@@ -81,7 +85,6 @@ class Intake:
         self.counts = Counters()
         self._abandoned = False
         self._drop_log_due = 0.0
-        self._drops_since_compact = 0
         self._notice = False  # the buffer was full since the flusher last looked
         self._room_freed = False
         self._noticed_newest = self._noticed_oldest = 0
@@ -193,6 +196,7 @@ class Intake:
         self.room = Room(self._lock)
         self._state = _FORKED
         self._pending.clear()
+        self._order.clear()
 
         def refuse(record: Any) -> Receipt:
             raise _not_open(_FORKED)
@@ -229,6 +233,7 @@ class Intake:
         """
         intake = self
         pending = self._pending
+        remember = self._order.append
         counts = self.counts
         kfast, vfast, kslow, vslow = self._kfast, self._vfast, self._key, self._version
         acquire, release = self._acquire, self._release
@@ -289,6 +294,7 @@ class Intake:
                 if n + counts.in_flight_held >= max_pending and room:
                     return intake._full(k, r)
                 pending[k] = r
+                remember(k)
                 counts.accepted += 1
                 if n == 0:
                     intake.oldest_at = intake._clock()
@@ -359,16 +365,13 @@ class Intake:
             self.call_in_loop(self._direct, batch)
             return r
         if action == "drop_oldest":
-            first = next(iter(self._pending))
-            dropped = self._pending.pop(first)
+            dropped = self._pending.pop(self._order.popleft())
             dropped._outcome = Outcome.DROPPED
             if self.on_done is not None:
                 self.on_done([dropped])
             counts.dropped_oldest += 1
             self._pending[k] = r
-            self._drops_since_compact += 1
-            if self._drops_since_compact > len(self._pending):
-                self._compact()
+            self._order.append(k)
             if self._change is not None:  # someone awaits a pending receipt: maybe this one
                 self.call_in_loop(self._notify_change)
         else:
@@ -382,14 +385,6 @@ class Intake:
         self.counts.dropped_newest += 1
         if self.on_done is not None:
             self.on_done([r])
-
-    def _compact(self) -> None:
-        """Rebuild the pending dict in place, dropping the empty slots that popping from its
-        front leaves behind (they would make finding the oldest record O(n))."""
-        items = list(self._pending.items())
-        self._pending.clear()
-        self._pending.update(items)
-        self._drops_since_compact = 0
 
     def _log_drops(self) -> None:
         """One WARNING per ``_DROP_LOG_EVERY`` seconds while records are being dropped."""
@@ -468,9 +463,11 @@ class Intake:
             if n >= len(pending):
                 taken = list(pending.values())
                 pending.clear()  # in place: the hot path holds this dict
+                self._order.clear()
                 self.oldest_at = None
-            else:  # pop from the front; the dict compacts itself as it grows
-                taken = [pending.pop(k) for k in list(itertools.islice(pending, n))]
+            else:  # from the front, in time proportional to n whatever the backlog
+                oldest = self._order.popleft
+                taken = [pending.pop(oldest()) for _ in range(n)]
             self.counts.in_flight += len(taken)
             self.counts.in_flight_held += len(taken)
         self._notify_change()
@@ -483,8 +480,9 @@ class Intake:
             unit = self.unit_cost
             return n if unit <= 0 else min(n, int((budget + slack) / unit))
         total, k = 0.0, 0
-        for r in itertools.islice(self._pending.values(), n):
-            total += r._cost
+        pending = self._pending
+        for key in itertools.islice(self._order, n):
+            total += pending[key]._cost
             if total > budget + slack:
                 break
             k += 1
@@ -496,7 +494,8 @@ class Intake:
             if self._cost_of is None:
                 k = min(n, len(self._pending))
                 return (self.unit_cost if k else 0.0), self.unit_cost * k
-            costs = [r._cost for r in itertools.islice(self._pending.values(), n)]
+            pending = self._pending
+            costs = [pending[key]._cost for key in itertools.islice(self._order, n)]
         return (costs[0] if costs else 0.0), sum(costs)
 
     def cost(self, receipts: list[Receipt]) -> float:
