@@ -214,8 +214,9 @@ async def test_locked_database_is_retried(heartbeat_db: Path) -> None:
     policy = wb.RetryPolicy(base=0.05, cap=0.1, max_attempts=50)
     async with wb.AsyncBatcher(sink, key="id", max_batch=1, retry=policy) as b:
         receipt = b.add_nowait({"id": "a", "name": "x", "updated_at": 1})
-        while b.stats().retried < 2:  # noqa: ASYNC110 - waits on the sink's thread
-            await asyncio.sleep(0.01)
+        async with asyncio.timeout(20):  # fails instead of hanging if it is never retried
+            while b.stats().retried < 2:  # noqa: ASYNC110 - waits on the sink's thread
+                await asyncio.sleep(0.01)
         blocker.execute("COMMIT")
         assert await receipt is wb.Outcome.COMMITTED
     blocker.close()
