@@ -146,12 +146,20 @@ def convert_rows(
     Only columns that need it are rebuilt; a failure names the column and the record."""
     types = set(map(type, itertools.chain.from_iterable(rows)))
     found = {t: f for t in types if (f := by_type(t)) is not None}
-    if not found and by_column.keys().isdisjoint(names):
+    # a function marked strings_only (the ISO parsers) changes nothing when no value is a str
+    wanted = {
+        n: f for n in names
+        if (f := by_column.get(n)) is not None
+        and (str in types or not getattr(f, "strings_only", False))
+    }  # fmt: skip
+    if not found and not wanted:
         return rows  # the common case: nothing to convert
     columns = list(zip(*rows, strict=True))
     changed = False
     for i, column in enumerate(columns):
-        fn: Fn | None = by_column.get(names[i])
+        fn: Fn | None = wanted.get(names[i])
+        if fn is not None and getattr(fn, "strings_only", False):
+            fn = fn if str in set(map(type, column)) else None
         if fn is None:
             if not found or found.keys().isdisjoint(set(map(type, column))):
                 continue
@@ -198,7 +206,12 @@ def iso_parser(pg_type: str) -> Fn | None:
     parse = _ISO.get(pg_type)
     if parse is None:
         return None
-    return lambda v: parse(v) if isinstance(v, str) else v
+
+    def from_iso(v: Any) -> Any:
+        return parse(v) if isinstance(v, str) else v
+
+    from_iso.strings_only = True  # type: ignore[attr-defined]  # see convert_rows
+    return from_iso
 
 
 def enum_values(cls: type) -> Fn | None:
