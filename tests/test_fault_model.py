@@ -12,7 +12,8 @@ After every step: the conservation identity, ``max_pending``, outcomes that neve
 once known, counters that agree with the receipts, and a returned ``flush()`` has settled
 everything accepted before it. At the end, after ``close()``: ``pending + in_flight ==
 lost``, every receipt resolved within the close deadline, each receipt's outcome the one the
-write log allows (a superseded record is always ``COALESCED``), each outcome count its
+write log allows (a superseded record counted ``COALESCED``, its receipt saying its
+successor's outcome unless that committed: DESIGN.md section 6), each outcome count its
 counter, no write started after the deadline, no ``LOST``/``DEAD_LETTERED`` record in the
 store unless the sink stored it and then raised or ignored its cancellation (at-most-once
 holds only for atomic sinks: issue 9 item 16), for every key whose newest record committed
@@ -540,6 +541,16 @@ class Added:
     receipt: wb.Receipt
     seen: wb.Outcome | None = None  # the outcome once first observed: it must never change
 
+    @property
+    def superseded(self) -> bool:
+        return getattr(self.receipt, "_succ", None) is not None
+
+    @property
+    def fate(self) -> wb.Outcome | None:
+        """What the counters count this record as: ``COALESCED`` once superseded (its
+        receipt then tells what happened to its data: its successor's outcome)."""
+        return OC.COALESCED if self.seen is not None and self.superseded else self.seen
+
     def beats(self, other: Added) -> bool:
         """Would this record supersede ``other`` (same key): a greater version, or an equal
         one added later."""
@@ -838,8 +849,8 @@ class FaultModel(RuleBasedStateMachine):
         _conserved(s2)
         seen = dict.fromkeys(OC, 0)
         for a in self.added:
-            if a.seen is not None:
-                seen[a.seen] += 1
+            if a.fate is not None:
+                seen[a.fate] += 1
         # receipts are settled under the lock that guards the counters: s1 <= seen <= s2
         assert s1.committed <= seen[OC.COMMITTED] <= s2.committed, (s1, seen, s2)
         assert s1.dead_lettered <= seen[OC.DEAD_LETTERED] <= s2.dead_lettered, (s1, seen, s2)
@@ -916,8 +927,14 @@ class FaultModel(RuleBasedStateMachine):
         # each outcome count is its counter
         counts = dict.fromkeys(OC, 0)
         for a in self.added:
-            assert a.seen is not None
-            counts[a.seen] += 1
+            assert a.fate is not None
+            counts[a.fate] += 1
+            if a.superseded:  # DESIGN section 6: COALESCED if the successor committed, else
+                final = a.receipt  # the successor's outcome
+                while getattr(final, "_succ", None) is not None:
+                    final = final._succ
+                want = OC.COALESCED if final.outcome is OC.COMMITTED else final.outcome
+                assert a.seen is want, (a.seq, a.seen, final.outcome)
         assert counts[OC.COMMITTED] == s.committed, (counts, s)
         assert counts[OC.DEAD_LETTERED] == s.dead_lettered, (counts, s)
         assert counts[OC.COALESCED] == s.coalesced, (counts, s)
@@ -1010,8 +1027,8 @@ class FaultModel(RuleBasedStateMachine):
                 allowed.add(OC.LOST)  # the dead-letter store was still busy at the deadline
             if not lost_ok:
                 allowed.discard(OC.LOST)
-            assert a.seen in allowed, (
-                f"#{a.seq} (key {a.key} v{a.version}) is {a.seen}; its last write {w} "
+            assert a.fate in allowed, (
+                f"#{a.seq} (key {a.key} v{a.version}) is {a.fate}; its last write {w} "
                 f"allows {allowed}; dead-letter calls with it: "
                 f"{[c for c in self.letters.calls if a.seq in c.seqs]}; {report}; "
                 f"writes: {self.sink.log}; letters: {self.letters.calls}"
@@ -1031,7 +1048,7 @@ class FaultModel(RuleBasedStateMachine):
     def _judge_store(self) -> None:
         """Nothing reported lost or dead-lettered is in the store, unless a partial write
         put it there; for every key whose newest record committed, the store holds it."""
-        outcome = {a.seq: a.seen for a in self.added}
+        outcome = {a.seq: a.fate for a in self.added}
         failed = {seq for seq, o in outcome.items() if o in (OC.LOST, OC.DEAD_LETTERED)}
         stored_by_ok = failed & self.sink.stored_ok
         assert not stored_by_ok, (
@@ -1055,7 +1072,7 @@ class FaultModel(RuleBasedStateMachine):
             if a.key not in newest or a.beats(newest[a.key]):
                 newest[a.key] = a
         for key, a in newest.items():
-            if a.seen is OC.COMMITTED:
+            if a.fate is OC.COMMITTED:
                 assert key in self.sink.rows, f"key {key}: newest committed, nothing stored"
                 assert self.sink.rows[key]["v"] == a.version, (key, a, self.sink.rows[key])
 
@@ -1103,7 +1120,7 @@ class FaultModel(RuleBasedStateMachine):
             assert c.seqs == w.seqs, (c, w)
             assert c.errors == {w.error}, (c, w)
             assert c.attempts == {tries[w.seqs]}, (c, w, tries[w.seqs])
-        outcome = {a.seq: a.seen for a in self.added}
+        outcome = {a.seq: a.fate for a in self.added}
         dead = {seq for seq, o in outcome.items() if o is OC.DEAD_LETTERED}
         blocked = not self.letters.asynchronous and any(
             c.how is Letter.HANG for c in self.letters.calls

@@ -289,8 +289,9 @@ def test_flush_after_close_returns() -> None:
 
 
 async def test_drop_oldest_receipts_agree_with_the_counters(api: Open) -> None:
-    """A record superseded by one that drop_oldest then drops is counted coalesced, and its
-    receipt says COALESCED (it said DROPPED); the dropped one says DROPPED."""
+    """A record superseded by one that drop_oldest then drops is counted coalesced; its
+    receipt says what happened to its data: DROPPED, its successor's outcome (DESIGN.md
+    section 6); the dropped one says DROPPED."""
     sink = GatedSink()
     async with api(
         sink, key="id", max_batch=2, max_pending=2, when_full="drop_oldest", linger=FAR
@@ -302,7 +303,7 @@ async def test_drop_oldest_receipts_agree_with_the_counters(api: Open) -> None:
         s = b.stats()
         assert (s.coalesced, s.dropped) == (1, 1)
         assert second.outcome is wb.Outcome.DROPPED
-        assert first.outcome is wb.Outcome.COALESCED
+        assert first.outcome is wb.Outcome.DROPPED
         sink.open()
 
 

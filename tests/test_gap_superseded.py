@@ -1,14 +1,15 @@
 """A superseded record's receipt, for every fate of its successor (issue 18).
 
-The rule (docs/architecture.md, "Departures"): a superseded record is counted ``coalesced``
-the moment it is superseded, and its receipt says what its counter says, ``COALESCED``,
-but only once its successor's fate is known (committed, dead-lettered, dropped, lost).
-Until then it is unresolved: ``await`` does not return early, so a caller cannot take
-"coalesced" for "written" while the newest version may still fail. The newest receipt
-tells what happened to the data; a dead-letter replay, which deletes ``COALESCED`` entries,
-therefore keeps the newest version whenever it is dead-lettered again.
+The rule (DESIGN.md section 6): a superseded record is counted ``coalesced`` the moment it
+is superseded (``receipt.superseded``), and its receipt resolves once its successor's fate
+is known: ``COALESCED`` if the successor committed, else the successor's outcome
+(dead-lettered, dropped, lost). Until then it is unresolved: ``await`` does not return
+early, so a caller cannot take "coalesced" for "written" while the newest version may
+still fail. A dead-letter replay deletes superseded entries (the newer record carries the
+data) and keeps the newest version whenever it is dead-lettered again.
 
-Each case also checks that the receipts' outcomes, counted, equal the counters.
+Each case also checks that the records' fates (``COALESCED`` for a superseded one), counted,
+equal the counters.
 """
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ class PoisonGate(GatedSink):
 
 
 def tally(receipts: list[wb.Receipt], s: wb.Stats) -> None:
-    """Every receipt resolved, and each outcome's count is its counter."""
-    seen = Counter(r.outcome for r in receipts)
+    """Every receipt resolved, and each fate's count is its counter."""
+    assert all(r.outcome is not None for r in receipts), receipts
+    seen = Counter(OC.COALESCED if r.superseded else r.outcome for r in receipts)
     assert None not in seen, seen
     assert seen[OC.COMMITTED] == s.committed, (seen, s)
     assert seen[OC.COALESCED] == s.coalesced, (seen, s)
@@ -66,11 +68,11 @@ async def unresolved(d: Driver, receipt: wb.Receipt) -> None:
 
 
 @pytest.mark.parametrize("successor", ["committed", "dead_lettered"])
-async def test_superseded_waits_for_its_successor_then_says_coalesced(
+async def test_superseded_waits_for_its_successor_then_takes_its_fate(
     api: Open, successor: str
 ) -> None:
     """v1 superseded by v2 (pending, then in flight): v1 stays unresolved until v2's write
-    settles, then says COALESCED whether v2 committed or was dead-lettered."""
+    settles, then says COALESCED if v2 committed, DEAD_LETTERED if v2 was."""
     sink = PoisonGate()
     letters: list[wb.DeadLetterEntry] = []
     async with api(sink, key="id", version="v", linger=FAR, dead_letter=letters.extend) as b:
@@ -84,7 +86,10 @@ async def test_superseded_waits_for_its_successor_then_says_coalesced(
         sink.open()
         await flushed
         assert await b.outcome(second) is OC[successor.upper()]
-        assert await b.outcome(first) is OC.COALESCED
+        assert first.superseded
+        assert not second.superseded
+        want = OC.COALESCED if successor == "committed" else OC.DEAD_LETTERED
+        assert await b.outcome(first) is want
         s = b.stats()
         assert (s.coalesced, s.committed, s.dead_lettered) == (
             1, int(successor == "committed"), int(successor == "dead_lettered"),
@@ -95,7 +100,7 @@ async def test_superseded_waits_for_its_successor_then_says_coalesced(
 
 async def test_superseded_by_a_successor_lost_at_the_close_deadline(api: Open) -> None:
     """v2 in flight on a write that never finishes: close(0.3) counts it LOST; v1, which
-    was unresolved until then, says COALESCED (as its counter says)."""
+    was unresolved until then, says LOST too (its data went with v2; counted coalesced)."""
     sink = GatedSink()
     d = api.cls(sink, key="id", version="v", linger=FAR)
     await d.start()
@@ -107,7 +112,7 @@ async def test_superseded_by_a_successor_lost_at_the_close_deadline(api: Open) -
     report = await d.close(0.3)
     assert report.lost == 1
     assert second.outcome is OC.LOST
-    assert first.outcome is OC.COALESCED
+    assert first.outcome is OC.LOST
     tally([first, second], report.stats)
     if isinstance(d, AsyncDriver):
         sink.open()
@@ -117,7 +122,7 @@ async def test_superseded_by_a_successor_lost_at_the_close_deadline(api: Open) -
 
 async def test_superseded_by_a_pending_successor_lost_at_the_close_deadline(api: Open) -> None:
     """The successor never left the buffer (the one write slot is held): LOST at the
-    deadline; the record it superseded says COALESCED only then."""
+    deadline; the record it superseded says LOST only then."""
     sink = GatedSink()
     d = api.cls(sink, key="id", version="v", max_batch=1, linger=FAR)
     await d.start()
@@ -128,14 +133,14 @@ async def test_superseded_by_a_pending_successor_lost_at_the_close_deadline(api:
     await idle()
     await unresolved(d, first)
     report = await d.close(0.3)
-    assert (blocker.outcome, second.outcome, first.outcome) == (OC.LOST, OC.LOST, OC.COALESCED)
+    assert (blocker.outcome, second.outcome, first.outcome) == (OC.LOST, OC.LOST, OC.LOST)
     tally([blocker, first, second], report.stats)
     if isinstance(d, AsyncDriver):
         sink.open()
 
 
 async def test_superseded_by_a_successor_that_drop_oldest_drops(api: Open) -> None:
-    """The successor is dropped by drop_oldest: it says DROPPED; v1 says COALESCED."""
+    """The successor is dropped by drop_oldest: it says DROPPED, and so does v1."""
     sink = GatedSink()
     async with api(
         sink, key="id", version="v", max_batch=2, max_pending=2, when_full="drop_oldest",
@@ -145,7 +150,7 @@ async def test_superseded_by_a_successor_that_drop_oldest_drops(api: Open) -> No
         second = b.add_nowait({"id": "a", "v": 2})
         third = b.add_nowait({"id": "b", "v": 1})
         fourth = b.add_nowait({"id": "c", "v": 1})  # full: drops "a" (second)
-        assert (second.outcome, first.outcome) == (OC.DROPPED, OC.COALESCED)
+        assert (second.outcome, first.outcome) == (OC.DROPPED, OC.DROPPED)
         sink.open()
         await b.flush()
         tally([first, second, third, fourth], b.stats())
@@ -153,7 +158,7 @@ async def test_superseded_by_a_successor_that_drop_oldest_drops(api: Open) -> No
 
 async def test_an_older_record_arriving_later_is_the_superseded_one(api: Open) -> None:
     """v2 pending, then v1 arrives: v1 is superseded by v2 (not the other way round), waits
-    for v2's write, and says COALESCED even when v2 is dead-lettered."""
+    for v2's write, and says DEAD_LETTERED when v2 is dead-lettered."""
     sink = PoisonGate()
     async with api(sink, key="id", version="v", linger=FAR, dead_letter=lambda e: None) as b:
         newer = b.add_nowait({"id": "a", "v": 2, "bad": True})
@@ -162,13 +167,14 @@ async def test_an_older_record_arriving_later_is_the_superseded_one(api: Open) -
         sink.open()
         await b.flush()
         assert (await b.outcome(newer), await b.outcome(older)) == (
-            OC.DEAD_LETTERED, OC.COALESCED,
+            OC.DEAD_LETTERED, OC.DEAD_LETTERED,
         )  # fmt: skip
         tally([newer, older], b.stats())
 
 
 async def test_a_chain_of_three_resolves_through_to_the_newest(api: Open) -> None:
-    """v1 -> v2 -> v3, v3 dead-lettered: v1 and v2 unresolved until then, then COALESCED."""
+    """v1 -> v2 -> v3, v3 dead-lettered: v1 and v2 unresolved until then, then they say
+    DEAD_LETTERED too (their data ended with v3)."""
     sink = PoisonGate()
     async with api(sink, key="id", version="v", linger=FAR, dead_letter=lambda e: None) as b:
         chain = [b.add_nowait({"id": "a", "v": v, "bad": v == 3}) for v in (1, 2, 3)]
@@ -178,7 +184,8 @@ async def test_a_chain_of_three_resolves_through_to_the_newest(api: Open) -> Non
             await unresolved(b, r)
         sink.open()
         await flushed
-        assert [await b.outcome(r) for r in chain] == [OC.COALESCED, OC.COALESCED, OC.DEAD_LETTERED]
+        assert [await b.outcome(r) for r in chain] == [OC.DEAD_LETTERED] * 3
+        assert [r.superseded for r in chain] == [True, True, False]
         tally(chain, b.stats())
 
 

@@ -3,10 +3,12 @@
 A receipt is the buffer's own entry for a record, so ``add()`` allocates one object per
 record and no future. Waiting is lazy: a receipt in a batch waits on that batch's completion
 (one future per batch, made only when someone awaits); a receipt still in the buffer waits
-for the next cut. A superseded receipt points at its successor and resolves ``COALESCED`` once the
-successor's fate is known (each record's receipt says what its counter says: a superseded
-record is counted ``coalesced``; await the newest receipt to learn whether the newest
-version committed).
+for the next cut. A superseded receipt points at its successor and resolves once the
+successor's fate is known, as DESIGN.md section 6 states: ``COALESCED`` if the successor
+committed, else the successor's outcome (``DEAD_LETTERED``, ``LOST``, ``DROPPED``,
+``SPOOLED``): a receipt says what happened to its data. The counters count a superseded
+record ``coalesced`` at once (conservation holds at every instant), so a receipt and the
+counters may name different outcomes for a superseded record whose successor failed.
 """
 
 from __future__ import annotations
@@ -153,7 +155,16 @@ class Receipt:
         if getattr(self, "_succ", None) is None:
             return None
         final: Outcome | None = getattr(self._final(), "_outcome", None)
-        return None if final is None else Outcome.COALESCED
+        if final is None:
+            return None
+        return Outcome.COALESCED if final is Outcome.COMMITTED else final
+
+    @property
+    def superseded(self) -> bool:
+        """True once a newer record with its key took its place in the buffer: it is
+        counted ``coalesced`` from then on, and its outcome is its successor's (``COALESCED``
+        when that committed)."""
+        return getattr(self, "_succ", None) is not None
 
     @property
     def done(self) -> bool:

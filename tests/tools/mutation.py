@@ -69,18 +69,17 @@ MUTATIONS: tuple[Mutation, ...] = (
         "superseded-early",
         "a superseded record reports COALESCED whatever (and whenever) its successor's fate",
         "writebehind/_receipt.py",
-        "return None if final is None else Outcome.COALESCED",
-        "return Outcome.COALESCED",
+        "if final is None:\n            return None\n        return Outcome.COALESCED if final",
+        "return Outcome.COALESCED\n        return Outcome.COALESCED if final",
         (T + "test_gap_superseded.py",),
     ),
     Mutation(
-        "superseded-takes-successor",
-        "a superseded record's receipt disagrees with its counter (takes a failed "
-        "successor's outcome, DESIGN's old rule)",
+        "superseded-always-coalesced",
+        "a superseded record says COALESCED even when its successor was dead-lettered, "
+        "dropped or lost (DESIGN section 6: it takes the successor's outcome)",
         "writebehind/_receipt.py",
-        "return None if final is None else Outcome.COALESCED",
-        "return None if final is None else "
-        "(Outcome.COALESCED if final is Outcome.COMMITTED else final)",
+        "return Outcome.COALESCED if final is Outcome.COMMITTED else final",
+        "return Outcome.COALESCED",
         (T + "test_gap_superseded.py",),
     ),
     Mutation(

@@ -87,7 +87,8 @@ class ReplayReport:
     committed: int = 0
     """Records the sink committed (entry deleted)."""
     coalesced: int = 0
-    """Records superseded by a newer one with the same key that committed (entry deleted)."""
+    """Records superseded by a newer one with the same key (entry deleted: the newer record
+    carries the data, and its own entry, if it fails again, is kept)."""
     dead_lettered: int = 0
     """Records the sink refused again. The engine wrote a fresh entry to the batcher's store,
     and the old one was deleted; without a store (or if it failed) the old one is kept."""
@@ -223,6 +224,8 @@ async def _settle(
         outcome = await asyncio.to_thread(receipt.result) if sync else await receipt
         if not isinstance(outcome, Outcome):
             raise WriteBehindError(f"a receipt gave {outcome!r}, not an Outcome")
+        if receipt.superseded:  # a newer version took its place: that one carries the data
+            outcome = Outcome.COALESCED  # (its receipt says the successor's outcome)
         setattr(report, outcome.value, getattr(report, outcome.value) + 1)
         outcomes.append((entry_id, outcome))
     # a record dead-lettered again has a fresh entry only if the batcher has a store and
