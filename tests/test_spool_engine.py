@@ -347,3 +347,26 @@ async def test_dead_letters_the_store_failed_to_keep_stay_in_the_spool(tmp_path:
         await again.flush()
         assert again.stats().recovered == 1
     assert rows(healthy) == [{"id": 3}]  # tried again, and this time written
+
+
+async def test_keyless_records_recovered_and_new_ones_are_all_delivered(tmp_path: Path) -> None:
+    """Without a key every record is its own: recovered ones and new ones must not take each
+    other's place in the buffer (each put closure counted its own keyless slots from 0, so a
+    new keyless record overwrote a recovered one, which was then never written)."""
+    spool = tmp_path / "spool"
+    gate = GatedSink()
+    first = wb.AsyncBatcher(gate, spool=spool, linger=3600, max_batch=1000)
+    await first.start()
+    for i in range(20):
+        await first.add({"n": i})
+    report = await first.close(timeout=0.3)
+    assert report.spooled == 20
+    sink = MemorySink()
+    async with wb.AsyncBatcher(sink, spool=spool, linger=3600, max_batch=1000) as second:
+        assert second.stats().recovered == 20
+        for i in range(20, 30):
+            await second.add({"n": i})
+        await asyncio.wait_for(second.flush(), 10)
+        s = second.stats()
+        assert (s.accepted, s.committed, s.pending) == (30, 30, 0)
+    assert sorted(r["n"] for r in rows(sink)) == list(range(30))

@@ -78,6 +78,9 @@ class Intake:
         # the pending keys, oldest first (the dict's own order, kept beside it: taking from
         # the front of a dict leaves empty slots that every later look at its front scans)
         self._order: collections.deque[Any] = collections.deque()
+        # the keys of keyless records: one count for every put this intake builds (each
+        # counting from 0 made a recovered record and a new one share a slot)
+        self._keyless = itertools.count()
         self._state = _NEW
         self._owner_pid = 0
         self.oldest_at: float | None = None
@@ -238,7 +241,7 @@ class Intake:
         kfast, vfast, kslow, vslow = self._kfast, self._vfast, self._key, self._version
         acquire, release = self._acquire, self._release
         max_batch, max_pending = self.max_batch, self.max_pending
-        seq = itertools.count()
+        keyless = self._keyless
         new_receipt = self._receipt_type
         uuid_type = _UUID
         cost_of = self._cost_of
@@ -282,7 +285,7 @@ class Intake:
                 if intake._state != _OPEN:
                     raise _not_open(intake._state)
                 if k is None:
-                    k = next(seq)
+                    k = next(keyless)
                 else:
                     try:
                         old = pending.get(k)
