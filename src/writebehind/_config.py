@@ -13,7 +13,7 @@ import difflib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Literal, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from ._capacity import Capacity
 from ._clock import Clock, MonotonicClock
@@ -39,7 +39,7 @@ class BatcherOptions(TypedDict, total=False):
     max_batch: int
     linger: float
     max_pending: int | None
-    when_full: WhenFull | Literal["spill"]
+    when_full: WhenFull
     max_in_flight: int
     write_timeout: float
     close_timeout: float
@@ -120,11 +120,10 @@ class Options:
             object.__setattr__(self, "latency_target", self.write_timeout / 2)
         else:
             check_number("latency_target", self.latency_target, minimum=0, inclusive=False)
-        when_full: str = self.when_full
-        if when_full == "spill":
+        if self.when_full == "spill" and self.spool is None:
             raise ConfigError(
-                "when_full: 'spill' (memory first, the spool when full) is not built yet; for "
-                f"durability give spool= a directory; use one of {', '.join(WHEN_FULL)}"
+                "when_full: 'spill' sends what does not fit in the buffer to a spool: give "
+                "spool= a directory (or a writebehind.Spool)"
             )
         if self.spool is not None:
             from .spool import Spool

@@ -59,8 +59,10 @@ class AsyncBatcher:
         max_batch: the most records in one write (default 500).
         linger: seconds the oldest pending record may wait before a flush (default 5.0).
         max_pending: the most records held, pending or in flight (default 5 x max_batch).
-        when_full: ``"block"``, ``"raise"``, ``"drop_newest"``, ``"drop_oldest"`` or
-            ``"direct"`` (write the record alone, now).
+        when_full: ``"block"``, ``"raise"``, ``"drop_newest"``, ``"drop_oldest"``,
+            ``"direct"`` (write the record alone, now) or ``"spill"`` (with ``spool=``:
+            memory first; a record that does not fit is appended to the spool, durable, and
+            waits there for room, in order).
         max_in_flight: the most batches written at once (default 1). Above 1 the batcher
             adapts: it halves its concurrency when the sink throttles, times out or answers
             slower than ``latency_target``, and grows it back by one per good round.

@@ -170,7 +170,9 @@ class Flusher:
         intake, event, clock, opts = self.intake, self.event, self.clock, self.opts
         while True:
             event.clear()
+            intake.refill()  # when_full="spill": spilled records into the room there is
             pending, oldest_at = intake.begin_decision()
+            spilled = len(intake.spilled) if intake.spilled is not None else 0
             self.publish_notice()
             if self._flush_waiters:
                 in_flight = [*self.writing.values(), *self.direct.values()]
@@ -180,7 +182,9 @@ class Flusher:
                     self._flush_group[0].extend(in_flight)
                 self._flush_group[1].extend(self._flush_waiters)
                 self._flush_waiters = []
-                self._forced = pending
+                self._forced = pending + spilled
+            if pending == 0 and spilled == 0:
+                self._forced = 0  # all cut (spilled records that coalesced were counted)
             now = clock.monotonic()
             d = decide(
                 now=now, pending=pending, oldest_at=oldest_at,
@@ -206,7 +210,13 @@ class Flusher:
                 aux = self._spawn(_settle_flush(batches, waiters), "writebehind-flush")
                 self._aux.add(aux)
                 aux.add_done_callback(self._aux.discard)
-            drained = self.closing and pending == 0 and not self.writing and not self.direct
+            drained = (
+                self.closing
+                and pending == 0
+                and spilled == 0
+                and not self.writing
+                and not self.direct
+            )
             if drained and not self.drained.done():
                 self.drained.set_result(None)
             if cut:

@@ -81,6 +81,9 @@ class Intake:
         # the keys of keyless records: one count for every put this intake builds (each
         # counting from 0 made a recovered record and a new one share a slot)
         self._keyless = itertools.count()
+        # when_full="spill": accepted records waiting in the spool for room, oldest first
+        # (their keys beside them); None in the other modes
+        self.spilled: collections.deque[tuple[Any, Receipt]] | None = None
         self._state = _NEW
         self._owner_pid = 0
         self.oldest_at: float | None = None
@@ -138,9 +141,15 @@ class Intake:
         self.on_done, self.is_durable = spooling.done, spooling.is_durable
         self.wait_durable, self.spool_full = spooling.durable, spooling.full
         recovered = self._make_put(room=False)
-        self.put_nowait = spooling.wrap(
-            self._make_put(), self, drops=self.when_full in _NEVER_REFUSE
-        )
+        if self.when_full == "spill":  # memory first; the spool takes what does not fit
+            self.spilled = collections.deque()
+            self.put_nowait = spooling.wrap_spill(
+                self._make_put(), self._make_put(spill=self.spilled), self
+            )
+        else:
+            self.put_nowait = spooling.wrap(
+                self._make_put(), self, drops=self.when_full in _NEVER_REFUSE
+            )
         return recovered
 
     def would_take(self, record: Any) -> bool:
@@ -225,7 +234,9 @@ class Intake:
             self.loop.call_soon_threadsafe(fn, *args)
 
     # -- the hot path ----------------------------------------------------------------------
-    def _make_put(self, room: bool = True) -> Callable[[Any], Receipt]:
+    def _make_put(
+        self, room: bool = True, spill: collections.deque[tuple[Any, Receipt]] | None = None
+    ) -> Callable[[Any], Receipt]:
         """Build ``put_nowait``: a closure over its configuration and the (stable) pending
         dict, so the hot path reads locals instead of attributes.
 
@@ -233,6 +244,9 @@ class Intake:
         one lock round trip, one Receipt, no clock read (except for the first record of a
         linger window), and no wake-up unless a trigger fires. The getters run before the
         lock is taken, so a slow or raising getter never holds it.
+
+        ``room=False``: whatever the room (recovered records, accepted already once).
+        ``spill``: append to that queue instead of the buffer (``when_full="spill"``).
         """
         intake = self
         pending = self._pending
@@ -245,6 +259,7 @@ class Intake:
         new_receipt = self._receipt_type
         uuid_type = _UUID
         cost_of = self._cost_of
+        to_spill = None if spill is None else spill.append
 
         def put_nowait(record: Any) -> Receipt:
             # itemgetter (C) reads mapping records; anything else takes the slow getter.
@@ -286,13 +301,17 @@ class Intake:
                     raise _not_open(intake._state)
                 if k is None:
                     k = next(keyless)
-                else:
+                elif to_spill is None:
                     try:
                         old = pending.get(k)
                     except Exception as exc:  # unhashable, or a __hash__/__eq__ that raised
                         raise _unhashable(k) from exc
                     if old is not None:
                         return intake._coalesce(k, old, r)
+                if to_spill is not None:  # counted as pending: Stats.pending holds the queue
+                    to_spill((k, r))
+                    counts.accepted += 1
+                    return r
                 n = len(pending)
                 if n + counts.in_flight_held >= max_pending and room:
                     return intake._full(k, r)
@@ -322,6 +341,10 @@ class Intake:
                 f"versions {r.version!r} and {old.version!r} cannot be compared"
             ) from exc
         self.counts.accepted += 1
+        return self._supersede(k, old, r, newer)
+
+    def _supersede(self, k: Any, old: Receipt, r: Receipt, newer: bool) -> Receipt:
+        """``r`` and the pending ``old`` share key ``k``: the loser is superseded (lock held)."""
         self.counts.coalesced += 1
         if newer:
             old._succ = r
@@ -331,6 +354,54 @@ class Intake:
         if self.on_done is not None:  # the superseded record's fate is final
             self.on_done([old if newer else r])
         return r
+
+    def refill(self) -> int:
+        """``when_full="spill"``: move spilled records (accepted already) into the buffer
+        while it has room, oldest first, coalescing as a put does; how many moved. Called
+        by the flusher before each decision (the spill queue drains before new records
+        take the room: a new record spills while the queue is not empty)."""
+        spilled = self.spilled
+        if not spilled:
+            return 0
+        moved = 0
+        with self._lock:
+            if self._abandoned:
+                return 0
+            pending, counts = self._pending, self.counts
+            while spilled:
+                k, r = spilled[0]
+                old = pending.get(k)
+                if old is None and len(pending) + counts.in_flight_held >= self.max_pending:
+                    break
+                spilled.popleft()
+                moved += 1
+                if old is not None:
+                    try:
+                        newer = r.version is None or r.version >= old.version
+                    except Exception:  # checked at add() against what was pending then
+                        newer = True  # the later add wins
+                    self._supersede(k, old, r, newer)
+                    continue
+                if not pending:
+                    self.oldest_at = self._clock()
+                pending[k] = r
+                self._order.append(k)
+        return moved
+
+    def spill_next(self, record: Any) -> bool:
+        """``when_full="spill"``: whether ``record`` goes to the spool: the buffer has no
+        room for it (or spilled records wait, which go first) and its key is not pending."""
+        if not self.spilled:
+            return not self.would_take(record)
+        try:
+            k = self.identity(record)[0]
+        except Exception:  # the put raises the record's own error
+            return False
+        with self._lock:
+            try:
+                return k is None or k not in self._pending
+            except Exception:
+                return False
 
     def put(self, record: Any) -> Receipt | None:
         """Like :meth:`put_nowait`, but None instead of ``BufferFull``."""
@@ -596,6 +667,8 @@ class Intake:
         with self._lock:
             self._abandoned = True
             left = list(self._pending.values())  # kept in the dict: stats still count them
+            if self.spilled:
+                left += [r for _, r in self.spilled]
             held = len(left) + self.counts.in_flight
             spooled, durable = 0, self.is_durable
             for r in (*left, *in_flight):
@@ -610,11 +683,12 @@ class Intake:
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        """Records accepted and not cut yet (the spill queue's included)."""
+        return len(self._pending) + (len(self.spilled) if self.spilled is not None else 0)
 
     def stats(self) -> Stats:
         with self._lock:
-            return self.counts.snapshot(len(self._pending), self._state == _CLOSING)
+            return self.counts.snapshot(self.pending, self._state == _CLOSING)
 
 
 def _not_open(state: int) -> WriteBehindError:

@@ -15,8 +15,10 @@ from typing import Literal
 
 __all__ = ["WHEN_FULL", "Action", "WhenFull", "overflow_action"]
 
-WhenFull = Literal["block", "raise", "drop_newest", "drop_oldest", "direct"]
-WHEN_FULL: tuple[WhenFull, ...] = ("block", "raise", "drop_newest", "drop_oldest", "direct")
+WhenFull = Literal["block", "raise", "drop_newest", "drop_oldest", "direct", "spill"]
+WHEN_FULL: tuple[WhenFull, ...] = (
+    "block", "raise", "drop_newest", "drop_oldest", "direct", "spill",
+)  # fmt: skip
 
 Action = Literal["refuse", "drop_newest", "drop_oldest", "direct"]
 
@@ -28,7 +30,8 @@ def overflow_action(
 
     ``refuse``: raise ``BufferFull`` (the record is not accepted). ``drop_newest``: accept
     and drop it. ``drop_oldest``: drop the oldest pending record and take this one.
-    ``direct``: write it alone, now.
+    ``direct``: write it alone, now. (``spill`` sends such a record to the spool before
+    it reaches the buffer, see ``_spooling``; here it refuses, as ``block`` does.)
     """
     if policy == "drop_oldest":
         return "drop_oldest" if has_pending else "drop_newest"

@@ -49,6 +49,7 @@ _FILESYSTEM: Any = None
 real one). tests/spool_kill_worker.py sets one that SIGKILLs the process at a named point."""
 
 _POLL = 0.02  # seconds between two looks at a full spool (a wait holds no thread)
+_WAITS = ("block", "direct", "spill")  # the policies under which add() waits for room
 
 
 class Spooling:
@@ -147,6 +148,44 @@ class Spooling:
 
         return put_spooled
 
+    def wrap_spill(self, put: Callable[[Any], Receipt], spill: Callable[[Any], Receipt],
+                   intake: Intake) -> Callable[[Any], Receipt]:  # fmt: skip
+        """``put_nowait`` under ``when_full="spill"``: a record the buffer takes (room, no
+        spilled record waiting, or its key pending) goes to memory only, as without a spool;
+        any other is appended to the spool and queued (``spill``, the receipt taking the
+        seq): it is durable at the next group commit, and the flusher moves it into the
+        buffer when there is room (``Intake.refill``), oldest first. A full spool raises
+        ``SpoolFull`` (a ``BufferFull``): ``add()`` waits for it to be trimmed."""
+        order = self.order
+        identity = intake.identity
+        fields = intake.fields
+
+        def put_spilling(record: Any) -> Receipt:
+            spool_log = self.log
+            if spool_log is None:
+                raise BatcherClosed("the batcher is closed and takes no more records")
+            with order:
+                if not intake.spill_next(record):
+                    return put(record)
+            if fields is None or type(record) is not dict or not _plain(record, fields):
+                _same_after_round_trip(record, identity)
+            with order:
+                if not intake.spill_next(record):  # room came meanwhile
+                    return put(record)
+                seq = spool_log.append(record)  # RecordError, SpoolFull: nothing taken
+                self.current = seq
+                try:
+                    r = spill(record)
+                except BaseException:
+                    spool_log.done((seq,))  # refused after all (closed, a bad key)
+                    raise
+                finally:
+                    self.current = 0
+                self.last = seq
+            return r
+
+        return put_spilling
+
     async def add(self, intake: Intake, record: Any, timeout: float | None, policy: str,
                   loop: asyncio.AbstractEventLoop) -> Receipt:  # fmt: skip
         """``AsyncBatcher.add`` in spool mode, on ``loop`` (the batcher's, running): wait for
@@ -155,7 +194,7 @@ class Spooling:
         try:
             r = intake.put_nowait(record)  # the usual case: room in the buffer and the spool
         except BufferFull:
-            if policy not in ("block", "direct"):
+            if policy not in _WAITS:
                 raise
             r = await self._add_waiting(intake, record, timeout, policy)
         spool_log = self.log
@@ -193,7 +232,7 @@ class Spooling:
     def _room_wait(self, exc: BufferFull, left: float | None, policy: str) -> float:
         """After ``exc``: the seconds to wait for room in the spool before trying again, or
         ``exc`` raised (the buffer refused, the policy does not wait, or time is up)."""
-        if not self.full(exc) or policy not in ("block", "direct"):
+        if not self.full(exc) or policy not in _WAITS:
             raise exc
         if left is not None and left <= 0:
             raise exc
