@@ -50,8 +50,15 @@ from .dlq import (
     SQLiteDeadLetter,
     StoredEntry,
 )
-from .scale import RedisSharedCapacity
-from .sinks import CallableSink, PostgresSink, Sink, SQLiteSink
+from .scale import RedisSharedCapacity, StreamReport, consume_stream
+from .sinks import (
+    CallableSink,
+    PostgresSink,
+    RedisSink,
+    RedisStreamSink,
+    Sink,
+    SQLiteSink,
+)
 from .spool import Spool, SpoolFull
 
 __version__ = "0.1.0"
@@ -93,6 +100,8 @@ __all__ = [
     "RecordsDeadLettered",
     "RecordsDropped",
     "RedisSharedCapacity",
+    "RedisSink",
+    "RedisStreamSink",
     "ReplayReport",
     "Resumed",
     "RetriableSinkError",
@@ -107,11 +116,13 @@ __all__ = [
     "SpoolFull",
     "Stats",
     "StoredEntry",
+    "StreamReport",
     "SubscriberLagged",
     "Subscription",
     "WriteAttempt",
     "WriteBehindError",
     "WriteTimeout",
+    "consume_stream",
 ]
 
 

@@ -3,6 +3,8 @@
 from ._protocol import Sink
 from .callable import CallableSink
 from .postgres import PostgresSink
+from .redis import RedisSink
+from .redis_stream import RedisStreamSink
 from .sqlite import SQLiteSink
 
-__all__ = ["CallableSink", "PostgresSink", "SQLiteSink", "Sink"]
+__all__ = ["CallableSink", "PostgresSink", "RedisSink", "RedisStreamSink", "SQLiteSink", "Sink"]
