@@ -16,6 +16,8 @@ import psycopg
 import pytest
 
 import writebehind
+from tests.example_output import EXPECTED as EXAMPLE_OUTPUT
+from tests.example_output import check_example_output
 from tests.pg import DSN as PG_DSN
 from tests.redis_server import SHARED_URL as REDIS_URL
 from writebehind.cli.demo import DemoConfig
@@ -338,7 +340,9 @@ def test_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.mark.parametrize("script", EXAMPLES)
 def test_example_runs(script: Path, tmp_path: Path) -> None:
-    """Each example script runs to completion with exit code 0."""
+    """Each example script runs to completion with exit code 0 and prints what it is there
+    to show (tests/example_output.py: its key lines, and every ``Stats`` it prints conserved
+    with nothing lost)."""
     env = {
         **os.environ,
         "WB_PG_DSN": os.environ.get("WB_PG_DSN", PG_DSN),
@@ -354,6 +358,12 @@ def test_example_runs(script: Path, tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
+    check_example_output(script.name, done.stdout)
+
+
+def test_every_example_has_its_expected_output() -> None:
+    """A new example gets its expected lines in tests/example_output.py, and none is stale."""
+    assert sorted(EXAMPLE_OUTPUT) == sorted(p.values[0].name for p in EXAMPLES)  # type: ignore[union-attr]
 
 
 @pytest.mark.server
