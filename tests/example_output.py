@@ -166,6 +166,12 @@ EXPECTED: dict[str, list[Expectation]] = {
         r"^statements: 1$",
         r"^rows: 50, newest seen_at: 999$",
     ],
+    "spill_overflow.py": [
+        r"^accepted 100, waiting 100, in the spool 80$",
+        r"^committed 100, pending 0, lost 0$",
+        r"^written once each, in order: True$",
+        r"^outcomes: \{<Outcome\.COMMITTED: 'committed'>\}$",
+    ],
     "spool_durable.py": [
         r"^acknowledged 500 records; spooled: 500$",
         r"^the producer was killed \(exit status -9\)$",
