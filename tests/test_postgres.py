@@ -18,6 +18,7 @@ import writebehind as wb
 
 from .conftest import assert_conserved
 from .pg import DSN
+from .replays import WriteLog, unexplained_duplicates
 
 pytestmark = pytest.mark.server
 
@@ -260,13 +261,19 @@ async def test_two_processes_write_the_same_keys(pg: asyncpg.Connection, table: 
 async def test_terminated_backends_lose_and_duplicate_nothing(
     pg: asyncpg.Connection, table: str
 ) -> None:
-    """Backends killed with pg_terminate_backend mid-run: every record is still committed
-    exactly once (every id checked), thanks to retries and the idempotent upsert."""
+    """Backends killed with pg_terminate_backend mid-run, under two batchers: one upserting
+    into the keyed table, one appending the same records into a log with no key. Every
+    record is committed exactly once: each key at its newest note, and the log holds every
+    record, with count(*) against count(DISTINCT seq) (a primary key would make a duplicate
+    impossible to see); a duplicate is allowed only as a whole batch whose write was killed
+    after its COMMIT reached the server, and then replayed (tests/replays.py)."""
     app = f"wbkill{uuid.uuid4().hex[:8]}"
+    log = f"{table}_log"
+    await pg.execute(f"CREATE TABLE {log} (seq bigint NOT NULL, id uuid NOT NULL, note text)")
     agents = [uuid.uuid4() for _ in range(3000)]
-    sink = wb.PostgresSink(
-        f"{DSN}?application_name={app}", table=table, key="id", version="updated_at", pool_size=2
-    )
+    dsn = f"{DSN}?application_name={app}"
+    sink = wb.PostgresSink(dsn, table=table, key="id", version="updated_at", pool_size=2)
+    log_sink = WriteLog(wb.PostgresSink(dsn, table=log, pool_size=2), field="seq")
     policy = wb.RetryPolicy(base=0.01, cap=0.2, max_attempts=50)
     killed = 0
     done = asyncio.Event()
@@ -281,31 +288,44 @@ async def test_terminated_backends_lose_and_duplicate_nothing(
             )
             await asyncio.sleep(0.05)
 
-    async with wb.AsyncBatcher(
-        sink,
-        key="id",
-        version="updated_at",
-        max_batch=200,
-        max_in_flight=2,
-        linger=0.005,
-        retry=policy,
-    ) as b:
-        task = asyncio.create_task(killer())
-        receipts = []
-        for second in range(4):
-            for a in agents:
-                receipts.append(await b.add(heartbeat(a, second, str(second))))
-        await b.flush()
-        done.set()  # the pool keeps no idle minimum: after the run there may be none to kill
-        await task
-    s = b.stats()
+    opts: dict[str, Any] = dict(max_batch=200, max_in_flight=2, linger=0.005, retry=policy)
+    try:
+        async with (
+            wb.AsyncBatcher(sink, key="id", version="updated_at", **opts) as b,
+            wb.AsyncBatcher(log_sink, **opts) as appender,
+        ):
+            task = asyncio.create_task(killer())
+            receipts = []
+            seq = 0
+            for second in range(4):
+                for a in agents:
+                    receipts.append(await b.add(heartbeat(a, second, str(second))))
+                    await appender.add({"seq": seq, "id": a, "note": str(second)})
+                    seq += 1
+            await b.flush()
+            await appender.flush()
+            done.set()  # the pool keeps no idle minimum: after the run there may be none
+            await task
+        total, distinct = await pg.fetchrow(f"SELECT count(*), count(DISTINCT seq) FROM {log}")
+        copies = dict(
+            await pg.fetch(f"SELECT seq, count(*) FROM {log} GROUP BY seq HAVING count(*) > 1")
+        )
+    finally:
+        await pg.execute(f"DROP TABLE IF EXISTS {log}")
+    s, sa = b.stats(), appender.stats()
+    print(f"\nkilled {killed}; retried: upsert {s.retried}, append {sa.retried}; "
+          f"append duplicates {total - distinct}")  # fmt: skip
     assert killed >= 5, killed
-    assert s.retried > 0
-    assert s.lost == s.dead_lettered == 0
+    assert s.retried > 0  # both batchers were hit
+    assert sa.retried > 0
+    assert s.lost == s.dead_lettered == sa.lost == sa.dead_lettered == 0
     assert all(r.outcome in (wb.Outcome.COMMITTED, wb.Outcome.COALESCED) for r in receipts)
     stored = {r["id"]: r["note"] for r in await pg.fetch(f"SELECT id, note FROM {table}")}
     assert stored == {a: "3" for a in agents}
-    assert await pg.fetchval(f"SELECT count(*) FROM {table}") == len(agents)
+    assert distinct == seq == sa.committed == len(agents) * 4
+    assert sorted(log_sink.committed()) == list(range(seq))
+    assert total - distinct == sum(copies.values()) - len(copies)
+    assert unexplained_duplicates(copies, log_sink.tries) == []
 
 
 async def test_canary_password_never_appears(caplog: pytest.LogCaptureFixture, table: str) -> None:

@@ -86,17 +86,27 @@ async def test_missing_column_is_found_at_start(heartbeat_db: Path) -> None:
 
 
 async def test_key_needs_a_unique_index(tmp_path: Path) -> None:
-    """Upserting on a key without a PRIMARY KEY or UNIQUE index is a ConfigError at start."""
+    """Upserting on a key without a PRIMARY KEY or UNIQUE index is a ConfigError at start;
+    with a UNIQUE index (and no primary key) the upsert works on it: a second write of a
+    key updates its row, a new key inserts one."""
     path = tmp_path / "x.db"
     with sqlite3.connect(path) as c:
         c.execute("CREATE TABLE t (id TEXT, v INTEGER)")
     with pytest.raises(wb.ConfigError, match="UNIQUE"):
         async with wb.AsyncBatcher(wb.SQLiteSink(path, table="t", key="id"), key="id"):
             pass
-    with sqlite3.connect(path) as c:
+    with contextlib.closing(sqlite3.connect(path)) as c:
+        assert c.execute("SELECT count(*) FROM t").fetchone() == (0,)
         c.execute("CREATE UNIQUE INDEX t_id ON t (id)")
+        c.commit()
     async with wb.AsyncBatcher(wb.SQLiteSink(path, table="t", key="id"), key="id") as b:
-        b.add_nowait({"id": "a", "v": 1})
+        first = b.add_nowait({"id": "a", "v": 1})
+        await b.flush()
+        second = [b.add_nowait({"id": "a", "v": 2}), b.add_nowait({"id": "b", "v": 1})]
+        await b.flush()
+    assert [first.outcome, *(r.outcome for r in second)] == [wb.Outcome.COMMITTED] * 3
+    with contextlib.closing(sqlite3.connect(path)) as c:
+        assert c.execute("SELECT id, v FROM t ORDER BY id").fetchall() == [("a", 2), ("b", 1)]
 
 
 async def test_unknown_field_is_dead_lettered_by_name(api: Open, heartbeat_db: Path) -> None:

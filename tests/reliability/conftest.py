@@ -4,7 +4,6 @@ a dead-letter collector and an event recorder."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -84,7 +83,9 @@ class DeadLetters:
 
 @dataclass
 class Recorder:
-    """Collects a batcher's events with the monotonic time each was seen."""
+    """Collects a batcher's events with the time each was published (``event.at``,
+    wall-clock seconds: ``time.time()``), not the time this reader got round to it, which
+    trails by however long the loop was busy. Compare with ``time.time()`` readings."""
 
     seen: list[tuple[float, Any]] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
@@ -92,7 +93,7 @@ class Recorder:
     def start(self, batcher: wb.AsyncBatcher) -> None:
         async def run() -> None:
             async for event in batcher.events(since=0):
-                self.seen.append((time.monotonic(), event))
+                self.seen.append((event.at, event))
 
         self.task = asyncio.get_running_loop().create_task(run())
 
