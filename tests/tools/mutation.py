@@ -163,6 +163,47 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
 )
 
+# Guards added with issue 18's remaining weak assertions (a test of each named below).
+LAG = T + "test_events_lag.py::"
+MUTATIONS += (
+    Mutation(
+        "events-lag-skipped",
+        "a reader of AsyncBatcher.events() that fell behind silently skips to the oldest "
+        "event held instead of getting SubscriberLagged",
+        "writebehind/_events.py",
+        "            events = self._intake.take(self._next)",
+        "            events = self._intake.take(max(self._next, self._intake.first))",
+        (LAG + "test_a_stopped_async_reader_lags_and_the_writers_do_not_wait",),
+    ),
+    Mutation(
+        "sync-events-lag-hidden",
+        "Batcher.events() ends quietly when its reader lagged, instead of raising SubscriberLagged",
+        "writebehind/_sync.py",
+        "chunk = fut.result()",
+        "chunk = fut.result() if fut.exception() is None else []",
+        (LAG + "test_a_stopped_sync_reader_lags_and_the_writers_do_not_wait",),
+    ),
+    Mutation(
+        "committed-write-replayed",
+        "every 10th write that committed is taken for a retriable failure and written again "
+        "(duplicates in a table without a key; an upsert hides them)",
+        "writebehind/_delivery.py",
+        "        return None\n\n    # -- instruments",
+        '        globals()["_N"] = globals().get("_N", 0) + 1\n'
+        '        return RetriableSinkError("replayed") if globals()["_N"] % 10 == 0 else None\n'
+        "\n    # -- instruments",
+        (T + "test_postgres.py::test_terminated_backends_lose_and_duplicate_nothing",),
+    ),
+    Mutation(
+        "upsert-do-nothing",
+        "a key already in the table is never updated (ON CONFLICT DO NOTHING)",
+        "writebehind/sinks/_upsert.py",
+        'clause = f" ON CONFLICT ({conflict}) DO UPDATE SET {sets}"',
+        'return f" ON CONFLICT ({conflict}) DO NOTHING"',
+        (T + "test_sqlite.py::test_key_needs_a_unique_index",),
+    ),
+)
+
 GUARD = """
 import os, sys
 import writebehind
