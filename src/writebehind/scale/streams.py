@@ -271,7 +271,9 @@ class _Reader:
         self._cursor = cursor if isinstance(cursor, bytes) else str(cursor).encode()
         if self._cursor in (b"0-0", b"0"):
             self._next_claim = time.monotonic() + self.claim_every
-        entries = [(i, f) for i, f in claimed if i not in self.acks.ids] if self.acks else []
+        entries = (
+            [(i, f) for i, f in claimed if i not in self.acks.ids] if self.acks is not None else []
+        )
         self.read += len(entries)
         self.claimed += len(entries)
         return entries

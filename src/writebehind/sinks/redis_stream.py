@@ -5,7 +5,7 @@ batchers whose sink is the stream, and flushers on any host read it as a consume
 with :func:`writebehind.consume_stream`. Each record is one entry with one field, ``r``,
 holding the record as the dead-letter stores' tagged JSON (``dlq/_codec.py``: datetimes,
 UUIDs, decimals, bytes and tuples round-trip; dataclasses, named tuples and structs arrive
-as dicts of their fields; never pickle).
+as dicts of the fields the SQL sinks would read from them; never pickle).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 from .._errors import ConfigError, PermanentSinkError, RetriableSinkError
 from ..dlq._codec import JSON, encode
+from ._records import field_names, row_getter
 from ._redis import RedisSource
 
 __all__ = ["FIELD", "RedisStreamSink", "check_stream_name"]
@@ -38,6 +39,19 @@ for i = 2, #ARGV do
 end
 return {1, n + #ARGV - 1}
 """
+
+
+def _as_fields(record: Any) -> Any:
+    """A record as the dict of the fields the SQL sinks read from it (``_records``): what
+    arrives at the other end is then the row it would have been here (a plain object's
+    ``_private`` attributes are not fields). A record of no shape they read goes as is."""
+    if type(record) is dict:
+        return record
+    try:
+        names = field_names(record)
+    except PermanentSinkError:
+        return record
+    return dict(zip(names, row_getter(record, names)(record), strict=True))
 
 
 def check_stream_name(name: Any, what: str) -> str:
@@ -134,7 +148,7 @@ class RedisStreamSink:
         """Each record as tagged JSON; ``PermanentSinkError`` for one the codec cannot carry."""
         texts = []
         for record in batch:
-            text, encoding, name = encode(record)
+            text, encoding, name = encode(_as_fields(record))
             if encoding != JSON:
                 raise PermanentSinkError(
                     f"{self!r}: a {name} record cannot be encoded as tagged JSON (a set, a "
