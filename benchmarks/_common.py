@@ -157,11 +157,13 @@ class NullExporter:
 
     def __init__(self) -> None:
         self.exported = 0
+        self.batches = 0
 
     def export(self, spans: Sequence[Any]) -> Any:
         from opentelemetry.sdk.trace.export import SpanExportResult
 
         self.exported += len(spans)
+        self.batches += 1
         return SpanExportResult.SUCCESS
 
     def shutdown(self) -> None:
