@@ -269,3 +269,26 @@ def test_redis_killed_and_restarted_mid_run(tmp_path: Path) -> None:
     finally:
         procs.kill_all()
         server.kill()
+
+
+def test_demo_hosts_runs_and_drains(tmp_path: Path) -> None:
+    """``writebehind demo --hosts 2 --flushers 2``: rates and lag printed each second, the
+    stream drained, nothing lost or left pending (exit status 0)."""
+    shared_redis().close()
+    table_name = f"hosts_{uuid.uuid4().hex[:10]}"
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "writebehind.cli", "demo", "--hosts", "2", "--flushers", "2",
+             "--dsn", DSN, "--redis", SHARED_URL, "--duration", "2", "--agents", "2000",
+             "--table", table_name],
+            capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "lost: 0" in done.stdout, done.stdout
+        assert "0 entries, 0 pending" in done.stdout, done.stdout
+        assert "-> flushers" in done.stdout
+        (rows,) = fetch(f"SELECT count(*) FROM {table_name}")
+        assert rows == 2000
+    finally:
+        with pg() as conn:
+            conn.execute(f"DROP TABLE IF EXISTS {table_name}".encode())

@@ -34,7 +34,7 @@ def register(commands: Any) -> None:
         "--duration",
         type=positive_float,
         default=None,
-        help="seconds to send heartbeats for (default: 5; 20 with --fleet)",
+        help="seconds to send heartbeats for (default: 5; 20 with --fleet, 10 with --hosts)",
     )
     demo.add_argument(
         "--interval",
@@ -108,7 +108,10 @@ def register(commands: Any) -> None:
         "--redis",
         default="redis://127.0.0.1:6379/0",
         metavar="URL",
-        help="the Redis the instances lease capacity through (default: redis://127.0.0.1:6379/0)",
+        help=(
+            "the Redis the instances lease capacity through, or (--hosts) the stream's "
+            "(default: redis://127.0.0.1:6379/0)"
+        ),
     )
     fleet.add_argument(
         "--reserved",
@@ -124,9 +127,25 @@ def register(commands: Any) -> None:
         metavar="SECONDS",
         help="how long a partition's lease lasts without renewal (default: 15)",
     )
+    hosts = demo.add_argument_group(
+        "hosts",
+        "--hosts N runs N producer processes and --flushers M flusher processes with one Redis "
+        "stream between them (RedisStreamSink, consume_stream) into one PostgreSQL table "
+        "(--dsn), and prints the rates on both sides and the stream's lag (uses --redis)",
+    )
+    hosts.add_argument("--hosts", type=_positive_int, metavar="N", help="producer processes")
+    hosts.add_argument(
+        "--flushers",
+        type=_positive_int,
+        default=2,
+        metavar="M",
+        help="flusher processes (default: 2)",
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.hosts is not None:
+        return _run_hosts(args)
     if args.fleet is not None or args.capacity is not None:
         return _run_fleet(args)
     from .demo import DemoConfig, run  # the demo's imports cost nothing for --help
@@ -160,6 +179,22 @@ def _run_fleet(args: argparse.Namespace) -> int:
             reserved=args.reserved, lease=args.lease, agents=args.agents,
             duration=20.0 if args.duration is None else args.duration, table=args.table,
             reset=args.reset,
+        )
+    )  # fmt: skip
+
+
+def _run_hosts(args: argparse.Namespace) -> int:
+    if args.fleet is not None or args.capacity is not None:
+        raise ConfigError("--hosts and --fleet are two demos: give one of them")
+    if args.dsn is None:
+        raise ConfigError("--hosts writes to PostgreSQL: give --dsn postgresql://...")
+    from .hosts import HostsConfig, run_hosts
+
+    return run_hosts(
+        HostsConfig(
+            producers=args.hosts, flushers=args.flushers, dsn=args.dsn, redis=args.redis,
+            agents=args.agents, duration=10.0 if args.duration is None else args.duration,
+            table=args.table, reset=args.reset,
         )
     )  # fmt: skip
 
