@@ -9,6 +9,7 @@ from pathlib import Path
 __all__ = ["bars", "lines"]
 
 _FONT = 'font-family="sans-serif" font-size="12"'
+_TITLE = 'font-family="sans-serif" font-size="14" font-weight="bold"'
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
 
 
@@ -42,7 +43,7 @@ def bars(path: Path, title: str, items: list[tuple[str, float]], marker: tuple[s
     plot = width - left - 90
     top = _nice(max([v for _, v in items] + [marker[1]]))
     height = 50 + len(items) * (bar + gap) + 40
-    body = [f'<text x="10" y="22" {_FONT} font-size="14" font-weight="bold">{escape(title)}</text>']
+    body = [f'<text x="10" y="22" {_TITLE}>{escape(title)}</text>']
     for i, (label, value) in enumerate(items):
         y = 40 + i * (bar + gap)
         w = plot * value / top
@@ -73,7 +74,7 @@ def lines(path: Path, title: str, xs: list[int], series: list[tuple[str, list[fl
     def px(x: float, y: float) -> tuple[float, float]:
         return (left + pw * (math.log10(x) - lo) / (hi - lo), top_px + ph * (1 - y / ymax))
 
-    body = [f'<text x="10" y="22" {_FONT} font-size="14" font-weight="bold">{escape(title)}</text>']
+    body = [f'<text x="10" y="22" {_TITLE}>{escape(title)}</text>']
     body.append(
         f'<rect x="{left}" y="{top_px}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>'
     )

@@ -36,6 +36,7 @@ __all__ = [
     "argument_error",
     "is_client_error",
     "map_error",
+    "newest_per_key",
     "password_of",
     "redact_dsn",
     "scrub",
@@ -129,3 +130,32 @@ def is_client_error(exc: BaseException) -> bool:
     return module.startswith("psycopg") and any(
         c.__name__ in _PSYCOPG_CLIENT for c in type(exc).__mro__
     )
+
+
+def newest_per_key(
+    names: tuple[str, ...], rows: list[tuple[Any, ...]], key: tuple[str, ...],
+    version: str | None,
+) -> list[tuple[Any, ...]]:  # fmt: skip
+    """The asyncpg path's rows with the newest row per key kept (a tie goes to the later
+    one): PostgreSQL refuses to update one row twice in a statement. (The psycopg path
+    does the same in SQL, with ``DISTINCT ON``.)"""
+    kidx = [names.index(k) for k in key]
+    vidx = names.index(version) if version in names else None
+    newest: dict[Any, tuple[Any, ...]] = {}
+    for row in rows:
+        k = row[kidx[0]] if len(kidx) == 1 else tuple(row[i] for i in kidx)
+        old = newest.get(k)
+        if old is None or vidx is None or _newer_or_equal(row[vidx], old[vidx]):
+            newest[k] = row
+    return rows if len(newest) == len(rows) else list(newest.values())
+
+
+def _newer_or_equal(a: Any, b: Any) -> bool:
+    if b is None:
+        return True
+    if a is None:
+        return False
+    try:
+        return bool(a >= b)
+    except TypeError as exc:
+        raise PermanentSinkError(f"versions {a!r} and {b!r} cannot be compared") from exc

@@ -30,11 +30,15 @@ from __future__ import annotations
 import asyncio
 import difflib
 import inspect
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote
 
 from .._errors import ConfigError
+
+log = logging.getLogger("writebehind")
+REAP_TIMEOUT = 1.0  # seconds to end the server side of an abandoned write
 
 __all__ = [
     "OPTIONS",
@@ -232,3 +236,23 @@ async def pool_from_factory(factory: Callable[[], Any], on_error: Callable[..., 
             f"asyncpg pool; return asyncpg.create_pool(...) (awaited or not)"
         )
     return pool
+
+
+async def _terminate_backend(pool: Any, pid: int, target: str) -> None:
+    """End backend ``pid`` only if it is ours: this role's, running a statement on the
+    sink's table. Behind a pooler (PgBouncer) the pid a connection reports is not a real
+    backend's; a bare ``pg_terminate_backend(pid)`` could then end a stranger's session."""
+    try:
+        async with asyncio.timeout(REAP_TIMEOUT):
+            await pool.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1 "
+                "AND usename = current_user AND position($2 in query) > 0",
+                pid, target,
+            )  # fmt: skip
+    except Exception as exc:  # the server is gone too, or the pool closed: nothing to end
+        log.debug("PostgresSink: could not end backend %d: %s", pid, type(exc).__name__)
+
+
+async def _no_reset(conn: Any) -> None:
+    """The sink's own pool uses no session state (advisory locks, LISTEN, cursors,
+    settings), so the reset query asyncpg runs on every release is a wasted round trip."""

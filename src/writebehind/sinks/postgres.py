@@ -30,9 +30,19 @@ from typing import Any
 from .._errors import ConfigError, PermanentSinkError
 from .._ident import quote, validate
 from .._redact import may_quote_password, redact_dsn, secrets_of
-from ._pg import COLUMNS_SQL, UNIQUE_SQL, argument_error, is_client_error, map_error
+from ._pg import (
+    COLUMNS_SQL,
+    UNIQUE_SQL,
+    argument_error,
+    is_client_error,
+    map_error,
+    newest_per_key,
+)
 from ._pg_connect import (
     OTHER_LOOP,
+    REAP_TIMEOUT,
+    _no_reset,
+    _terminate_backend,
     asyncpg_dsn,
     check_connect_kwargs,
     on_this_loop,
@@ -49,7 +59,6 @@ log = logging.getLogger("writebehind")
 
 _METHODS = ("auto", "unnest", "copy")
 _DRIVERS = ("auto", "asyncpg", "psycopg")
-_REAP_TIMEOUT = 1.0  # seconds to end the server side of an abandoned write
 _CLOSE_TIMEOUT = 2.0  # seconds the pool gets to close gracefully before it is terminated
 
 
@@ -297,7 +306,7 @@ class PostgresSink:
         reapers = set(self._reapers)
         try:
             if reapers:
-                await asyncio.wait(reapers, timeout=_REAP_TIMEOUT)
+                await asyncio.wait(reapers, timeout=REAP_TIMEOUT)
             if self._own_pool and pool is not None:
                 try:
                     async with asyncio.timeout(_CLOSE_TIMEOUT):
@@ -404,24 +413,14 @@ class PostgresSink:
             for names, rows in groups.items()
         }
         if self.key and self._psy is None:  # psycopg's merge keeps the newest per key itself
-            groups = {names: self._dedupe(names, rows) for names, rows in groups.items()}
+            groups = {
+                names: newest_per_key(names, rows, self.key, self.version)
+                for names, rows in groups.items()
+            }
         return groups
 
     def _json_value(self, v: Any) -> Any:
         return v if v is None or isinstance(v, str) else self._encode(v)
-
-    def _dedupe(self, names: tuple[str, ...], rows: list[tuple[Any, ...]]) -> list[Any]:
-        """Keep the newest row per key (a tie goes to the later one): PostgreSQL refuses to
-        update one row twice in a statement."""
-        kidx = [names.index(k) for k in self.key]
-        vidx = names.index(self.version) if self.version in names else None
-        newest: dict[Any, tuple[Any, ...]] = {}
-        for row in rows:
-            k = row[kidx[0]] if len(kidx) == 1 else tuple(row[i] for i in kidx)
-            old = newest.get(k)
-            if old is None or vidx is None or _newer_or_equal(row[vidx], old[vidx]):
-                newest[k] = row
-        return rows if len(newest) == len(rows) else list(newest.values())
 
     def _single_statement(self, names: tuple[str, ...]) -> bool:
         return bool(self.key) and not self._use_copy(names)
@@ -476,34 +475,3 @@ class PostgresSink:
             select = f"SELECT {cols} FROM {source} ORDER BY {', '.join(quote(k) for k in self.key)}"
         sql = f"INSERT INTO {self._target} AS t ({cols}) {select}"
         return sql + on_conflict(names, self.key, self.version, "t")
-
-
-async def _terminate_backend(pool: Any, pid: int, target: str) -> None:
-    """End backend ``pid`` only if it is ours: this role's, running a statement on the
-    sink's table. Behind a pooler (PgBouncer) the pid a connection reports is not a real
-    backend's; a bare ``pg_terminate_backend(pid)`` could then end a stranger's session."""
-    try:
-        async with asyncio.timeout(_REAP_TIMEOUT):
-            await pool.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1 "
-                "AND usename = current_user AND position($2 in query) > 0",
-                pid, target,
-            )  # fmt: skip
-    except Exception as exc:  # the server is gone too, or the pool closed: nothing to end
-        log.debug("PostgresSink: could not end backend %d: %s", pid, type(exc).__name__)
-
-
-async def _no_reset(conn: Any) -> None:
-    """The sink's own pool uses no session state (advisory locks, LISTEN, cursors,
-    settings), so the reset query asyncpg runs on every release is a wasted round trip."""
-
-
-def _newer_or_equal(a: Any, b: Any) -> bool:
-    if b is None:
-        return True
-    if a is None:
-        return False
-    try:
-        return bool(a >= b)
-    except TypeError as exc:
-        raise PermanentSinkError(f"versions {a!r} and {b!r} cannot be compared") from exc
