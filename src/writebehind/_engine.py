@@ -176,6 +176,7 @@ class AsyncBatcher:
             except RecordError:  # this batcher's key/version/cost= cannot take it
                 refused += 1  # not marked done: it stays in the spool, never trimmed
         spooling.current = 0
+        spooling.recovered -= refused  # Stats.recovered: the records taken back
         if refused:
             log.error(
                 "writebehind[%s]: %d record(s) recovered from the spool do not fit this "
@@ -330,7 +331,7 @@ class AsyncBatcher:
             needs_capacity=self._intake.pending_cost() + in_flight_cost,
             capacity=None if cap is None else cap.rate,
             paused_for=max(0.0, paused_for) if self._report is None else 0.0,
-            spooled=0 if spooling is None else spooling.spooled(self._intake.spooled),
+            spooled=0 if spooling is None else spooling.spooled(),
             recovered=0 if spooling is None else spooling.recovered,
         )  # fmt: skip
 
@@ -423,7 +424,8 @@ class AsyncBatcher:
         stats = self.stats()
         report = CloseReport(
             stats=stats, lost=stats.lost, timed_out=not drained,
-            duration=time.monotonic() - started, spooled=self._intake.spooled,
+            duration=time.monotonic() - started,
+            spooled=0 if spooling is None else spooling.spooled(),
         )  # fmt: skip
         self._report = report
         self._intake.forget_thread()

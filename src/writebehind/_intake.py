@@ -70,7 +70,8 @@ class Intake:
         self.max_pending = opts.pending_limit
         self.when_full = opts.when_full
         self._clock = opts.clock.monotonic
-        self._lock = threading.Lock()
+        # spill mode decides memory or spool and puts in one step against cut(): reentrant
+        self._lock = threading.RLock() if opts.when_full == "spill" else threading.Lock()
         self.room = Room(self._lock)
         self._acquire = self._lock.acquire
         self._release = self._lock.release
@@ -84,6 +85,7 @@ class Intake:
         # when_full="spill": accepted records waiting in the spool for room, oldest first
         # (their keys beside them); None in the other modes
         self.spilled: collections.deque[tuple[Any, Receipt]] | None = None
+        self._spilled_keys: dict[Any, int] = {}  # how many of each key wait there
         self._state = _NEW
         self._owner_pid = 0
         self.oldest_at: float | None = None
@@ -204,7 +206,7 @@ class Intake:
         """In a child process after ``os.fork()``: refuse everything from now on (the records
         and the event loop belong to the parent). The lock may have crossed the fork held
         by a thread that did not: a new one, and a ``put_nowait`` that never takes it."""
-        self._lock = threading.Lock()
+        self._lock = threading.RLock() if self.when_full == "spill" else threading.Lock()
         self.room = Room(self._lock)
         self._state = _FORKED
         self._pending.clear()
@@ -309,9 +311,7 @@ class Intake:
                     if old is not None:
                         return intake._coalesce(k, old, r)
                 if to_spill is not None:  # counted as pending: Stats.pending holds the queue
-                    to_spill((k, r))
-                    counts.accepted += 1
-                    return r
+                    return intake._spill(k, r, to_spill)
                 n = len(pending)
                 if n + counts.in_flight_held >= max_pending and room:
                     return intake._full(k, r)
@@ -355,6 +355,22 @@ class Intake:
             self.on_done([old if newer else r])
         return r
 
+    def _spill(self, k: Any, r: Receipt, to_spill: Callable[[Any], None]) -> Receipt:
+        """Queue ``r`` (key ``k``) in the spill queue (lock held); its version must compare
+        with the pending one's, as a put's would."""
+        old = self._pending.get(k)
+        if old is not None and r.version is not None:
+            try:
+                r.version >= old.version  # noqa: B015 (compared for its error only)
+            except Exception as exc:
+                raise RecordError(
+                    f"versions {r.version!r} and {old.version!r} cannot be compared"
+                ) from exc
+        to_spill((k, r))
+        self._spilled_keys[k] = self._spilled_keys.get(k, 0) + 1
+        self.counts.accepted += 1
+        return r
+
     def refill(self) -> int:
         """``when_full="spill"``: move spilled records (accepted already) into the buffer
         while it has room, oldest first, coalescing as a put does; how many moved. Called
@@ -375,6 +391,9 @@ class Intake:
                     break
                 spilled.popleft()
                 moved += 1
+                left = self._spilled_keys.pop(k) - 1
+                if left:
+                    self._spilled_keys[k] = left
                 if old is not None:
                     try:
                         newer = r.version is None or r.version >= old.version
@@ -388,9 +407,14 @@ class Intake:
                 self._order.append(k)
         return moved
 
+    def locked(self) -> Any:
+        """The intake's lock, to hold across a decision and a put (spill mode: reentrant)."""
+        return self._lock
+
     def spill_next(self, record: Any) -> bool:
         """``when_full="spill"``: whether ``record`` goes to the spool: the buffer has no
-        room for it (or spilled records wait, which go first) and its key is not pending."""
+        room for it, or spilled records wait (they go first) and its key is not pending in
+        memory, or its key waits in the spill queue (a later add of a key follows it)."""
         if not self.spilled:
             return not self.would_take(record)
         try:
@@ -399,7 +423,7 @@ class Intake:
             return False
         with self._lock:
             try:
-                return k is None or k not in self._pending
+                return k is None or k in self._spilled_keys or k not in self._pending
             except Exception:
                 return False
 

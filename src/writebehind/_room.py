@@ -24,7 +24,7 @@ __all__ = ["Room"]
 class Room:
     """The waiters for room in one intake. ``lock`` is the intake's lock."""
 
-    def __init__(self, lock: threading.Lock) -> None:
+    def __init__(self, lock: threading.Lock | threading.RLock) -> None:
         self._cond = threading.Condition(lock)
         self._futures: list[asyncio.Future[None]] = []
         self._thread_waiters = 0

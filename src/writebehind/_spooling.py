@@ -63,6 +63,7 @@ class Spooling:
         self.current = 0  # the seq of the receipt being made (under ``order``)
         self.recovered = 0
         self.last = 0  # the highest seq appended
+        self.left: int | None = None  # records left in the spool (once closed)
 
     @classmethod
     def of(cls, spec: SpoolSpec | None, name: str) -> Spooling | None:
@@ -107,7 +108,8 @@ class Spooling:
     def close(self) -> None:
         logged, self.log = self.log, None
         if logged is not None:
-            logged.close()
+            unsynced = logged.close()  # appended, never made durable: not in the spool
+            self.left = logged.stats().spooled - unsynced  # what the next batcher finds
 
     # -- appending (any thread) ---------------------------------------------------------------
     def wrap(self, put: Callable[[Any], Receipt], intake: Intake,
@@ -164,13 +166,14 @@ class Spooling:
             spool_log = self.log
             if spool_log is None:
                 raise BatcherClosed("the batcher is closed and takes no more records")
-            with order:
-                if not intake.spill_next(record):
-                    return put(record)
+            # the same check for every record, spilled or not: whether a record is taken
+            # must not depend on how full the buffer is
             if fields is None or type(record) is not dict or not _plain(record, fields):
                 _same_after_round_trip(record, identity)
-            with order:
-                if not intake.spill_next(record):  # room came meanwhile
+            # decide and put in one step: the intake's lock (reentrant in this mode) keeps
+            # cut() from taking the key or the room between the two
+            with order, intake.locked():
+                if not intake.spill_next(record):
                     return put(record)
                 seq = spool_log.append(record)  # RecordError, SpoolFull: nothing taken
                 self.current = seq
@@ -275,10 +278,13 @@ class Spooling:
             return True
         return spool_log.wait_durable(seq, timeout, tolerate_errors=True)
 
-    def spooled(self, at_close: int) -> int:
-        """Records in the spool not yet done (after close: those it left there)."""
+    def spooled(self) -> int:
+        """Records in the spool not yet done (after close: those it left there, whether
+        this batcher took them or not)."""
         spool_log = self.log
-        return at_close if spool_log is None else spool_log.stats().spooled
+        if spool_log is None:
+            return self.left or 0
+        return spool_log.stats().spooled
 
 
 _EXACT = frozenset(

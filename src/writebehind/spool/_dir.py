@@ -24,6 +24,7 @@ from typing import Protocol
 
 from .._errors import ConfigError
 from ._files import FileHandle, FileSystem
+from ._segments import DONE_SUFFIX, SEG_SUFFIX, TMP_SUFFIX
 
 __all__ = ["LOCK", "check_dir", "lock_dir", "on_fork_in_child"]
 
@@ -77,6 +78,19 @@ def check_dir(fs: FileSystem, path: str) -> None:
             f"{stat.S_IMODE(st.st_mode):04o}); anyone who can write there could plant records. "
             f"Run 'chmod 700 {path}' or use a private directory"
         )
+    try:
+        names = os.listdir(path)
+    except OSError as exc:
+        raise ConfigError(f"path: cannot list the spool directory {path!r}: {exc}") from None
+    for name in names:  # what the spool opens as files must be files (not a directory)
+        if name == LOCK or name.endswith((SEG_SUFFIX, DONE_SUFFIX, TMP_SUFFIX)):
+            with contextlib.suppress(OSError):  # gone meanwhile: nothing to open
+                if not stat.S_ISREG(os.lstat(os.path.join(path, name)).st_mode):
+                    raise ConfigError(
+                        f"path: the spool directory {path!r} holds {name!r}, which is not a "
+                        f"regular file but is named like one of the spool's files; move it "
+                        f"out of the directory"
+                    )
 
 
 def lock_dir(fs: FileSystem, path: str) -> FileHandle:
