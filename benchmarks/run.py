@@ -31,6 +31,7 @@ from . import (
     spool,
     spool_kill,
     sqlite_e2e,
+    streams,
 )
 from ._common import BenchmarkError, Section
 from ._report import ROOT, kept_block, markdown, text
@@ -48,6 +49,7 @@ BENCHMARKS: dict[str, Callable[[bool], Section]] = {
     "capacity": capacity.measure,
     "spool": spool.measure,
     "spool_kill": spool_kill.measure,
+    "streams": streams.measure,
 }
 DOC = ROOT / "docs" / "benchmarks.md"
 

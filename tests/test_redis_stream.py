@@ -537,3 +537,19 @@ async def test_bad_arguments_are_refused(stream: str) -> None:
         await wb.consume_stream(
             SHARED_URL, stream=stream, group="g", consumer="c", into=wb.AsyncBatcher(MemorySink())
         )
+
+
+def test_the_consumers_fast_decoder_agrees_with_the_codec() -> None:
+    """consume_stream decodes entries with a json object_hook; for every tag the codec
+    writes (and a user dict that looks like a tag) it gives what the codec's decode does."""
+    from writebehind.dlq._codec import decode, encode
+    from writebehind.scale.streams import _record
+
+    values: list[Any] = [
+        fields(3), Beat(**fields(8)), {"$dt": "not a date"}, {"$x": {"$uuid": 1}},
+        {1: "int key", (1, 2): [b"\x00", (3, {"a": dt.time(1, 2)})]}, {"s": "a\x00b\ud800"},
+        {"deep": [[[{"n": 1e-310}]]]}, (1, "t"), [], {},
+    ]  # fmt: skip
+    for value in values:
+        text, _, _ = encode(value)
+        assert _record({b"r": text.encode()}) == decode(text), value

@@ -43,6 +43,7 @@ class Acks:
         self.acked = 0
         self.left_pending = 0  # LOST or SPOOLED: not written, left for another consumer
         self.changed = asyncio.Event()  # something was tracked, or resolved
+        self.progress = asyncio.Event()  # entries were taken off the tracked list
         self._last_sweep = time.monotonic()
 
     def __len__(self) -> int:
@@ -90,6 +91,16 @@ class Acks:
             self.tracked = keep
         return taken
 
+    async def wait_progress(self, timeout: float) -> None:
+        """Until the acknowledging task takes entries off the tracked list (room for more),
+        at most ``timeout`` s; always yields to the loop, so that task runs."""
+        self.progress.clear()
+        try:
+            async with asyncio.timeout(timeout):
+                await self.progress.wait()
+        except TimeoutError:
+            pass
+
     async def wait_front(self, timeout: float) -> None:
         """Until the oldest tracked receipt resolves (or something is tracked), at most
         ``timeout`` s."""
@@ -129,7 +140,8 @@ class Acks:
         send (the caller bounds the wait for a Redis that does not answer)."""
         failures = 0
         while True:
-            self.collect()
+            if self.collect():
+                self.progress.set()
             sent = await self.send(client)
             failures = 0 if sent else failures + 1
             if stop.is_set() and not self.tracked and not self.to_ack:

@@ -13,10 +13,15 @@ claims it, which the sinks' version-conditional upserts make harmless.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import datetime as dt
+import decimal
+import json
 import logging
 import random
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -220,8 +225,8 @@ class _Reader:
     async def _step(self, acks: Acks) -> None:
         """One read (or claim) of as many entries as the batcher has room for."""
         room = self._room(acks)
-        if room <= 0:
-            await acks.wait_front(0.05)
+        if room <= 0:  # the batcher is full, or too many entries await their records' fate
+            await acks.wait_progress(0.05)
             return
         now = time.monotonic()
         if now >= self._next_renew and acks.ids:
@@ -400,7 +405,43 @@ def _record(fields: Any) -> Any:
         raise ValueError(f"the entry has no field {FIELD!r}: not written by RedisStreamSink")
     if isinstance(text, bytes):
         text = text.decode("utf-8")
-    return decode(text)
+    if '"$map"' in text:  # a user's dict with one $-key: the codec's own exact decoder
+        return decode(text)
+    return json.loads(text, object_hook=_untag)
+
+
+def _untag(obj: dict[str, Any]) -> Any:
+    """The codec's tags undone bottom-up, as ``json`` builds each object (2-3x faster than
+    the codec's recursive walk; the same result unless a ``$map`` is present, which
+    :func:`_record` leaves to the codec)."""
+    if len(obj) != 1:
+        return obj
+    ((tag, body),) = obj.items()
+    if tag[:1] != "$":
+        return obj
+    if tag == "$obj":
+        return body[1]
+    if tag == "$tuple":
+        return tuple(body)
+    if tag == "$pairs":
+        return {k: v for k, v in body}
+    simple = _SIMPLE_TAGS.get(tag)
+    if simple is None:
+        raise ValueError(f"unknown tag {tag!r} in a stream entry")
+    return simple(body)
+
+
+_SIMPLE_TAGS: dict[str, Any] = {
+    "$dt": dt.datetime.fromisoformat,
+    "$date": dt.date.fromisoformat,
+    "$time": dt.time.fromisoformat,
+    "$uuid": uuid.UUID,
+    "$dec": decimal.Decimal,
+    "$bytes": lambda b: base64.b64decode(b.encode("ascii")),
+    "$float": float,
+    "$str": "\x00".join,
+    "$chars": lambda b: "".join(p if isinstance(p, str) else chr(p) for p in b),
+}
 
 
 def _raw(stream: str, entry_id: bytes, fields: Any) -> dict[str, Any]:
