@@ -479,3 +479,35 @@ def test_a_sqlite_sink_forked_mid_write_works_in_the_child(tmp_path: Path) -> No
     proc, _, _ = run(tmp_path, body, timeout=60)
     assert proc.stdout.count("child 20 0") == 6, proc.stdout + proc.stderr
     assert "parent 0 0" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_a_sync_batcher_whose_start_failed_lets_the_process_exit() -> None:
+    """A Batcher whose start() raised (its sink could not start) and was then dropped: at
+    interpreter exit its __del__ started a thread to close it, which never ran, and the
+    process hung for ever after its last line."""
+    script = textwrap.dedent(
+        """
+        import writebehind as wb
+        from writebehind.testing import MemorySink
+
+        async def refuse():
+            raise RuntimeError("no database today")
+
+        class Refusing(MemorySink):
+            async def start(self):
+                await refuse()
+
+        try:
+            with wb.Batcher(Refusing(), key="id") as b:
+                b.add({"id": 1})
+        except Exception as exc:
+            print("start failed:", type(exc).__name__)
+        print("done", flush=True)
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=10
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "start failed:" in proc.stdout
+    assert proc.stdout.rstrip().endswith("done")

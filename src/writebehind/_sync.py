@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import threading
 import time
 from collections.abc import Coroutine, Iterator
@@ -107,6 +108,7 @@ class Batcher:
             self._call(self._core.start())
         except BaseException:
             self._stop_loop()
+            self._loop = self._thread = None  # not started: nothing to close, start() again
             raise
         _lifecycle.register(self)
 
@@ -302,6 +304,8 @@ class Batcher:
 
     def __del__(self) -> None:
         started = getattr(self, "_loop", None) is not None
+        if sys.is_finalizing():  # no thread starts now (the exit hook closed what was open)
+            return
         if started and self._report is None and not self._restart:
             # nobody holds it any more: close it on a thread of its own (never in the GC)
             threading.Thread(target=self._close_unclosed, args=("it was garbage-collected",),
