@@ -161,6 +161,18 @@ EXPECTED: dict[str, list[Expectation]] = {
         r"^app_agents_known 100\.0$",
         rf"^Stats\(accepted=2000, committed=99, coalesced=1900, dead_lettered=1, .*{STATS_TAIL}",
     ],
+    "redis_sink_newest_wins.py": [
+        r"^a1 \{.*'v': '9', 'status': 'up at 9'",
+        r"^a3 \{.*'v': '9', 'status': 'up at 9'",
+        r"^last seen: \[\('a1', 9\.0\), \('a2', 9\.0\), \('a3', 9\.0\)\]$",
+    ],
+    "redis_stream_handoff.py": [
+        r"^app-1: 100 heartbeats in the stream$",
+        r"^flusher-a: killed after",
+        r"^flusher-b: wrote 200 rows; StreamReport\(read=200, claimed=200, added=200, "
+        r"acked=200, dead_lettered=0, left_pending=0\)$",
+        r"^table: 200 agents, every one at its newest version: True$",
+    ],
     "quickstart.py": [
         rf"^Stats\(accepted=1000, committed=50, coalesced=950, .*batches=1, .*{STATS_TAIL}",
         r"^statements: 1$",
