@@ -444,13 +444,18 @@ _SIMPLE_TAGS: dict[str, Any] = {
 }
 
 
-def _raw(stream: str, entry_id: bytes, fields: Any) -> dict[str, Any]:
+def _id(entry_id: Any) -> str:
+    """An entry id as text (bytes, or str from a client with ``decode_responses``)."""
+    return entry_id.decode(errors="replace") if isinstance(entry_id, bytes) else str(entry_id)
+
+
+def _raw(stream: str, entry_id: Any, fields: Any) -> dict[str, Any]:
     """An undecodable entry as the dead-letter record: its stream, id and raw fields."""
-    return {"stream": stream, "id": entry_id.decode(errors="replace"), "fields": dict(fields)}
+    return {"stream": stream, "id": _id(entry_id), "fields": dict(fields)}
 
 
-def _message(entry_id: bytes, exc: BaseException) -> str:
+def _message(entry_id: Any, exc: BaseException) -> str:
     text = str(exc)
     if len(text) > 500:
         text = text[:500] + "..."
-    return f"entry {entry_id.decode(errors='replace')}: {type(exc).__name__}: {text}"
+    return f"entry {_id(entry_id)}: {type(exc).__name__}: {text}"

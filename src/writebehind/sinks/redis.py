@@ -291,6 +291,8 @@ class RedisSink:
                 args += (v, text)
                 continue
             names = field_names(record)
+            if VERSION_FIELD in names:
+                raise PermanentSinkError(f"a record has a field {VERSION_FIELD!r}, the sink's own")
             values = row_getter(record, names)(record)
             pairs = [(n, _text(x)) for n, x in zip(names, values, strict=True) if x is not None]
             keys.append(key)
