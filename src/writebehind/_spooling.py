@@ -132,23 +132,30 @@ class Spooling:
                 if not drops and not intake.would_take(record):
                     return put(record)  # the buffer refuses (BufferFull): nothing appended
                 try:
-                    seq = spool_log.append(record)  # RecordError, SpoolFull: nothing taken
-                except BufferFull:
+                    return self._appended(spool_log, record, put)
+                except BufferFull:  # the spool is full (a put under drop_* never refuses)
                     if drops:
                         return intake.drop_new(record)
                     raise
-                self.current = seq
-                try:
-                    r = put(record)
-                except BaseException:
-                    spool_log.done((seq,))  # refused after all (closed, or cut meanwhile)
-                    raise
-                finally:
-                    self.current = 0
-                self.last = seq
-            return r
 
         return put_spooled
+
+    def _appended(self, spool_log: SpoolLog, record: Any,
+                  take: Callable[[Any], Receipt]) -> Receipt:  # fmt: skip
+        """Append ``record`` (``RecordError``, ``SpoolFull``: nothing taken) and let ``take``
+        make its receipt, which takes the seq as it is made; if ``take`` refuses it after all
+        (closed, a bad key, cut meanwhile), the seq is marked done. ``order`` is held."""
+        seq = spool_log.append(record)
+        self.current = seq
+        try:
+            r = take(record)
+        except BaseException:
+            spool_log.done((seq,))
+            raise
+        finally:
+            self.current = 0
+        self.last = seq
+        return r
 
     def wrap_spill(self, put: Callable[[Any], Receipt], spill: Callable[[Any], Receipt],
                    intake: Intake) -> Callable[[Any], Receipt]:  # fmt: skip
@@ -175,17 +182,7 @@ class Spooling:
             with order, intake.locked():
                 if not intake.spill_next(record):
                     return put(record)
-                seq = spool_log.append(record)  # RecordError, SpoolFull: nothing taken
-                self.current = seq
-                try:
-                    r = spill(record)
-                except BaseException:
-                    spool_log.done((seq,))  # refused after all (closed, a bad key)
-                    raise
-                finally:
-                    self.current = 0
-                self.last = seq
-            return r
+                return self._appended(spool_log, record, spill)
 
         return put_spilling
 

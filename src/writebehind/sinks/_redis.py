@@ -84,6 +84,12 @@ class RedisSource:
             client_name=name,
         )
 
+    async def release(self, client: Any) -> None:
+        """At a sink's close: close ``client`` if we made it (yours is left open)."""
+        if client is not None and self.owned:
+            closing = getattr(client, "aclose", None) or client.close
+            await closing()
+
     def error(self, exc: BaseException, what: str) -> Exception:
         """``exc`` (a redis-py error, an ``OSError``) as a ``SinkError``, secrets scrubbed."""
         return redis_error(exc, self.secrets, f"{self.who} at {self.where}: {what}")

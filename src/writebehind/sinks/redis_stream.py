@@ -144,9 +144,7 @@ class RedisStreamSink:
         """Close the sink's own client (yours is left open)."""
         client, self._client = self._client, None
         self._script = None
-        if client is not None and self._source.owned:
-            closing = getattr(client, "aclose", None) or client.close
-            await closing()
+        await self._source.release(client)
 
     def after_fork(self) -> None:
         """In a forked child: forget the parent's client without closing it."""
