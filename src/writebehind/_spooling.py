@@ -123,11 +123,7 @@ class Spooling:
         fields = intake.fields
 
         def put_spooled(record: Any) -> Receipt:
-            spool_log = self.log
-            if spool_log is None:
-                raise BatcherClosed("the batcher is closed and takes no more records")
-            if fields is None or type(record) is not dict or not _plain(record, fields):
-                _same_after_round_trip(record, identity)
+            spool_log = self._checked(record, identity, fields)
             with order:
                 if not drops and not intake.would_take(record):
                     return put(record)  # the buffer refuses (BufferFull): nothing appended
@@ -139,6 +135,17 @@ class Spooling:
                     raise
 
         return put_spooled
+
+    def _checked(self, record: Any, identity: Callable[[Any], tuple[Any, Any, float]],
+                 fields: tuple[str, ...] | None) -> SpoolLog:  # fmt: skip
+        """The open log, once ``record`` is known to come back from it as the buffer reads
+        it (``BatcherClosed``, ``RecordError``)."""
+        spool_log = self.log
+        if spool_log is None:
+            raise BatcherClosed("the batcher is closed and takes no more records")
+        if fields is None or type(record) is not dict or not _plain(record, fields):
+            _same_after_round_trip(record, identity)
+        return spool_log
 
     def _appended(self, spool_log: SpoolLog, record: Any,
                   take: Callable[[Any], Receipt]) -> Receipt:  # fmt: skip
@@ -170,13 +177,9 @@ class Spooling:
         fields = intake.fields
 
         def put_spilling(record: Any) -> Receipt:
-            spool_log = self.log
-            if spool_log is None:
-                raise BatcherClosed("the batcher is closed and takes no more records")
             # the same check for every record, spilled or not: whether a record is taken
             # must not depend on how full the buffer is
-            if fields is None or type(record) is not dict or not _plain(record, fields):
-                _same_after_round_trip(record, identity)
+            spool_log = self._checked(record, identity, fields)
             # decide and put in one step: the intake's lock (reentrant in this mode) keeps
             # cut() from taking the key or the room between the two
             with order, intake.locked():

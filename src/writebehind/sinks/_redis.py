@@ -114,3 +114,24 @@ def redis_error(exc: BaseException, secrets: tuple[str, ...], where: str) -> Exc
     if isinstance(exc, rx.RedisError):
         return RetriableSinkError(text)
     return PermanentSinkError(text)
+
+
+class RedisClientSink:
+    """What both Redis sinks share: their client (``_client``, made at start from
+    ``_source``), the script they run (``_script``), closing and forking."""
+
+    _source: RedisSource
+    _client: Any = None
+    _script: Any = None
+
+    async def close(self) -> None:
+        """Close the sink's own client (yours is left open)."""
+        client, self._client = self._client, None
+        self._script = None
+        await self._source.release(client)
+
+    def after_fork(self) -> None:
+        """In a forked child: forget the parent's client without closing it."""
+        if self._source.owned:
+            self._client = None
+        self._script = None

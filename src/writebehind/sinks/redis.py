@@ -32,7 +32,7 @@ from .._errors import ConfigError, PermanentSinkError, RecordError, RetriableSin
 from .._keys import make_getter
 from ..dlq._codec import JSON, encode
 from ._records import field_names, row_getter
-from ._redis import RedisSource
+from ._redis import RedisClientSink, RedisSource
 
 __all__ = ["VERSION_FIELD", "RedisSink", "version_number"]
 
@@ -164,7 +164,7 @@ def _text(value: Any) -> str | bytes:
     return text
 
 
-class RedisSink:
+class RedisSink(RedisClientSink):
     """Write each record to Redis only if its version is newer than (or equal to) the one
     stored, whichever process wrote that (``pip install 'writebehind[redis]'``).
 
@@ -241,17 +241,6 @@ class RedisSink:
         except Exception as exc:
             await self.close()
             raise self._source.error(exc, "cannot start") from None
-
-    async def close(self) -> None:
-        client, self._client = self._client, None
-        self._script = None
-        await self._source.release(client)
-
-    def after_fork(self) -> None:
-        """In a forked child: forget the parent's client without closing it."""
-        if self._source.owned:
-            self._client = None
-        self._script = None
 
     def _member(self, record: Any) -> str:
         assert self._get_key is not None

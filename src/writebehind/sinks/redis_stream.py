@@ -16,7 +16,7 @@ from typing import Any
 from .._errors import ConfigError, PermanentSinkError, RetriableSinkError
 from ..dlq._codec import JSON, encode
 from ._records import field_names, row_getter
-from ._redis import RedisSource
+from ._redis import RedisClientSink, RedisSource
 
 __all__ = ["FIELD", "RedisStreamSink", "check_stream_name"]
 
@@ -68,7 +68,7 @@ def check_stream_name(name: Any, what: str) -> str:
     return name
 
 
-class RedisStreamSink:
+class RedisStreamSink(RedisClientSink):
     """Append each batch to the Redis stream ``stream`` (``pip install 'writebehind[redis]'``).
 
     A batch is one round trip: one ``EVALSHA`` of a short Lua script that ``XADD``s each of
@@ -139,18 +139,6 @@ class RedisStreamSink:
                 f"stream: the key {self.stream!r} holds a {kind}, not a stream; name another key"
             )
         self._script = self._client.register_script(_ADD)
-
-    async def close(self) -> None:
-        """Close the sink's own client (yours is left open)."""
-        client, self._client = self._client, None
-        self._script = None
-        await self._source.release(client)
-
-    def after_fork(self) -> None:
-        """In a forked child: forget the parent's client without closing it."""
-        if self._source.owned:
-            self._client = None
-        self._script = None
 
     # -- writing ----------------------------------------------------------------------------
     def encode(self, batch: list[Any]) -> list[str]:
