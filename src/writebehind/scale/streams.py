@@ -190,7 +190,14 @@ class _Reader:
         stop = asyncio.Event()
         acker = asyncio.ensure_future(acks.run(self.client, stop))
         try:
-            await self._create_group()
+            while not self.into.stats().closed:  # Redis may be down at start: ride it out
+                try:
+                    await self._create_group()
+                    break
+                except ConfigError:
+                    raise
+                except Exception as exc:  # a retriable error: retry as a read would
+                    await self._down(exc)
             while not self.into.stats().closed:
                 if acker.done():
                     acker.result()  # a bug in the acknowledging task: raise it
