@@ -10,8 +10,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import writebehind as wb
 from writebehind.testing import FlakySink, MemorySink
 
@@ -54,12 +52,6 @@ class _SlowFlaky(FlakySink):
         await super().write(batch)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="OPEN DEFECT (found 2026-12-03, present at a28bc89 too): in about half the runs 2 "
-    "of the poison records whose dead-letter store call failed are not recovered by the next "
-    "batcher (recovered 10 of 12). Not yet diagnosed; see the closing note of that day",
-)
 def test_threads_poison_and_a_failing_dead_letter_store_then_the_next_life(
     tmp_path: Path,
 ) -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import itertools
 import sqlite3
@@ -18,6 +19,14 @@ from writebehind.testing import GatedSink
 from .conftest import settle
 
 OC = wb.Outcome
+
+
+def settle_sync(cond: Any, timeout: float = 5.0) -> None:
+    """Poll ``cond()`` from this thread until it is true; fails after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.001)
 
 
 async def _spilled_then_coalesced_in_memory(sink: Any, tmp_path: Path, **kw: Any) -> list[Any]:
@@ -249,3 +258,39 @@ async def test_a_stray_directory_named_like_a_segment_does_not_crash_start(
     except wb.ConfigError:
         return
     await b.close(timeout=0.2)
+
+
+def test_room_freed_between_the_spool_check_and_the_put_is_not_a_way_around_the_spool(
+    tmp_path: Path,
+) -> None:
+    """Found by tests/test_hostile_spool_stress.py (8 threads, a stats() reader): a spooled
+    put asked the buffer whether it would take the record (no: full), then called the plain
+    put to raise the refusal; if a write settled in between, the plain put took the record
+    into memory with no spool seq. add() returned, the record was accepted, and a crash (or
+    a dead-letter store failing) lost it: the next batcher never saw it. Expected: every
+    accepted record is in the spool (appended == accepted); a record the buffer refused at
+    the check is refused (BufferFull) or appended, never taken around the spool."""
+    sink = GatedSink()
+    with wb.Batcher(sink, key="id", spool=wb.Spool(tmp_path / "s", fsync="never"),
+                    max_pending=1, max_batch=1, linger=0, when_full="raise") as b:  # fmt: skip
+        b.add({"id": 1})
+        settle_sync(lambda: sink.waiting == 1)
+        # held in flight, it keeps the buffer full (max_pending=1)
+        intake = b._core._intake
+        check = intake.would_take
+
+        def racing_check(record: Any) -> bool:
+            answer = check(record)
+            if not answer:  # the race: a write settles and frees room right now
+                sink.open()
+                settle_sync(lambda: b.stats().pending == 0 and b.stats().in_flight == 0)
+            return answer
+
+        intake.would_take = racing_check
+        with contextlib.suppress(wb.BufferFull):  # refused, or appended: both are fine
+            b.add({"id": 3})
+        intake.would_take = check
+        sink.open()
+        b.flush(10)
+        s = b.stats()
+        assert b._core._spooling.log.stats().appended == s.accepted

@@ -170,6 +170,14 @@ class Intake:
             except Exception:
                 return True
 
+    def refusal(self) -> BufferFull:
+        """The error a put raises when the buffer has no room under ``when_full``."""
+        more = " and as many direct writes in flight" if self.when_full == "direct" else ""
+        return BufferFull(
+            f"buffer full: {self.max_pending} records held (max_pending){more}; the record "
+            f"was not accepted. Use add() to wait for room, or another when_full policy"
+        )
+
     def identity(self, record: Any) -> tuple[Any, Any, float]:
         """``(key, version, cost)`` as the buffer reads them (a UUID key as its int)."""
         k = self._key(record) if self._key is not None else None
@@ -450,11 +458,7 @@ class Intake:
             max_pending=self.max_pending,
         )
         if action == "refuse":
-            more = " and as many direct writes in flight" if self.when_full == "direct" else ""
-            raise BufferFull(
-                f"buffer full: {self.max_pending} records held (max_pending){more}; the record "
-                f"was not accepted. Use add() to wait for room, or another when_full policy"
-            )
+            raise self.refusal()
         counts.accepted += 1
         if action == "direct":
             counts.in_flight += 1

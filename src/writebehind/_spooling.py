@@ -126,7 +126,9 @@ class Spooling:
             spool_log = self._checked(record, identity, fields)
             with order:
                 if not drops and not intake.would_take(record):
-                    return put(record)  # the buffer refuses (BufferFull): nothing appended
+                    # refused here, not by a put: room freed since the check would let a
+                    # put take the record into memory around the spool
+                    raise intake.refusal()
                 try:
                     return self._appended(spool_log, record, put)
                 except BufferFull:  # the spool is full (a put under drop_* never refuses)
