@@ -19,7 +19,7 @@ class Counters:
     __slots__ = (
         "accepted", "batches", "coalesced", "committed", "dead_letter_errors", "dead_lettered",
         "dropped_newest", "dropped_oldest", "in_flight", "in_flight_held", "lost", "pauses",
-        "retried", "splits", "throttled", "timeouts", "write_errors",
+        "retried", "splits", "stale", "throttled", "timeouts", "write_errors",
     )  # fmt: skip
     accepted: int
     batches: int
@@ -35,6 +35,7 @@ class Counters:
     pauses: int
     retried: int
     splits: int
+    stale: int
     throttled: int
     timeouts: int
     write_errors: int
@@ -53,6 +54,7 @@ class Counters:
         return Stats(
             accepted=self.accepted,
             committed=self.committed,
+            stale=self.stale,
             coalesced=self.coalesced,
             dead_lettered=self.dead_lettered,
             dropped=self.dropped_newest + self.dropped_oldest,

@@ -633,10 +633,13 @@ class Intake:
                 c.in_flight_held -= n
             if outcome is Outcome.COMMITTED:
                 c.committed += n
+            elif outcome is Outcome.STALE:  # committed, the row unchanged
+                c.committed += n
+                c.stale += n
             elif outcome is Outcome.DEAD_LETTERED:
                 c.dead_lettered += n
             else:
-                raise ValueError(f"settle() takes COMMITTED or DEAD_LETTERED, not {outcome}")
+                raise ValueError(f"settle() takes COMMITTED, STALE or DEAD_LETTERED, not {outcome}")
             if self.on_done is not None and final:
                 self.on_done(receipts)
             self._room_freed = True  # released by the flusher, after it cut the next batch

@@ -59,9 +59,18 @@ class Outcome(enum.Enum):
     """An overflow policy (``drop_newest``/``drop_oldest``) dropped it."""
     LOST = "lost"
     """It was still pending or in flight when ``close()`` reached its deadline."""
+    STALE = "stale"
+    """The sink's transaction committed, but the row was not changed: the store already held
+    this key at a newer (or the same) version, so the conditional write skipped it. Counted in
+    ``committed`` and in ``stale``. Only sinks that can tell report it (see
+    ``Sink.reports_stale``); others report ``COMMITTED``."""
     SPOOLED = "spooled"
     """Spool mode: it was not written by the close deadline and stays in the spool; the next
     batcher on that spool delivers it."""
+
+
+_WRITTEN = frozenset((Outcome.COMMITTED, Outcome.STALE))
+"""Outcomes of a record the sink's transaction committed."""
 
 
 class Batch:
@@ -157,7 +166,7 @@ class Receipt:
         final: Outcome | None = getattr(self._final(), "_outcome", None)
         if final is None:
             return None
-        return Outcome.COALESCED if final is Outcome.COMMITTED else final
+        return Outcome.COALESCED if final in _WRITTEN else final
 
     @property
     def superseded(self) -> bool:

@@ -63,7 +63,7 @@ class OriginalBatcher:
 
 
 _PAGE = 500  # entries read, added and settled at a time: memory stays bounded
-_DELETE = frozenset({Outcome.COMMITTED, Outcome.COALESCED, Outcome.DEAD_LETTERED})
+_DELETE = frozenset({Outcome.COMMITTED, Outcome.STALE, Outcome.COALESCED, Outcome.DEAD_LETTERED})
 
 
 @dataclass(slots=True, kw_only=True)

@@ -28,7 +28,9 @@ __all__ = ["Acks"]
 log = logging.getLogger("writebehind")
 
 _SWEEP = 0.25  # seconds between looks at every tracked receipt
-_ACKED = frozenset((Outcome.COMMITTED, Outcome.COALESCED, Outcome.DEAD_LETTERED, Outcome.DROPPED))
+_ACKED = frozenset(
+    (Outcome.COMMITTED, Outcome.STALE, Outcome.COALESCED, Outcome.DEAD_LETTERED, Outcome.DROPPED)
+)
 
 
 class Acks:
