@@ -39,6 +39,7 @@ from ._events import (
 )
 from ._instrument import Instrument, WriteAttempt
 from ._receipt import Batch, Outcome, Receipt
+from ._receipt_group import Receipts
 from ._retry import RetryPolicy
 from ._stats import CloseReport, Stats
 from ._sync import Batcher
@@ -58,6 +59,7 @@ from .sinks import (
     RedisStreamSink,
     Sink,
     SQLiteSink,
+    WriteResult,
 )
 from .spool import Spool, SpoolFull
 
@@ -95,6 +97,7 @@ __all__ = [
     "PostgresSink",
     "ProvisionedCapacity",
     "Receipt",
+    "Receipts",
     "RecordError",
     "RecordNotReplayable",
     "RecordsDeadLettered",
@@ -121,6 +124,7 @@ __all__ = [
     "Subscription",
     "WriteAttempt",
     "WriteBehindError",
+    "WriteResult",
     "WriteTimeout",
     "consume_stream",
 ]

@@ -25,7 +25,8 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from functools import partial
 from typing import Any
 
 from ._config import Options
@@ -33,6 +34,7 @@ from ._counters import Counters
 from ._errors import BatcherClosed, BufferFull, RecordError, WriteBehindError
 from ._keys import fast_getter, make_getter
 from ._overflow import WHEN_FULL, overflow_action
+from ._put_many import make_put_many, put_each
 from ._receipt import Batch, Outcome, Receipt
 from ._room import Room
 from ._stats import Stats
@@ -111,6 +113,12 @@ class Intake:
         self.spooled = 0  # records left in the spool at the close deadline
         self.put_nowait: Callable[[Any], Receipt] = self._make_put()
         """Take a record or raise ``BufferFull`` (see :meth:`_make_put`). The hot path."""
+        self.put_many: Callable[[Iterable[Any]], list[Receipt]] = (
+            make_put_many(self, _OPEN, _not_open)
+            if self.when_full != "direct"  # each record may be written alone
+            else partial(put_each, self.put_nowait)
+        )
+        """Take a group of records in one lock round trip (see ``_put_many``)."""
 
     # -- wiring ----------------------------------------------------------------------------
     def bind(
@@ -152,6 +160,7 @@ class Intake:
             self.put_nowait = spooling.wrap(
                 self._make_put(), self, drops=self.when_full in _NEVER_REFUSE
             )
+        self.put_many = partial(put_each, self.put_nowait)  # one spool append per record
         return recovered
 
     def would_take(self, record: Any) -> bool:
@@ -224,6 +233,7 @@ class Intake:
             raise _not_open(_FORKED)
 
         self.put_nowait = refuse
+        self.put_many = partial(put_each, refuse)
 
     def forget_thread(self) -> None:
         """At close: no call blocks on the loop any more, and a thread started after the

@@ -14,7 +14,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
@@ -24,7 +24,9 @@ from ._engine import AsyncBatcher
 from ._errors import WriteBehindError, would_deadlock
 from ._events import Event
 from ._instrument import Instrument
+from ._put_many import add_group_blocking
 from ._receipt import Receipt
+from ._receipt_group import Receipts
 from ._stats import CloseReport, Stats
 
 if TYPE_CHECKING:
@@ -138,6 +140,32 @@ class Batcher:
         if self._direct and r.batch is not None and r.batch.reason == "direct":
             r.result()  # a record written alone, now: add() returns when it is settled
         return r
+
+    def add_many(self, records: Iterable[Any], *, timeout: float | None = None) -> Receipts:
+        """Take a group of records, blocking for room as ``add()`` does (see
+        ``AsyncBatcher.add_many``); ``result(timeout)`` on what it returns counts each
+        outcome once the group is settled."""
+        if self._restart:
+            self._restart_in_child()
+        intake = self._core._intake
+        if intake.on_loop_thread():
+            raise would_deadlock("Batcher.add_many()")
+        spooling = self._core._spooling
+        taken = add_group_blocking(
+            intake.put_many, self.add, records, timeout,
+            None if spooling is None else spooling.wait_durable,
+        )  # fmt: skip
+        if self._direct:  # as add(): records written alone are settled first
+            for r in taken:
+                if r.batch is not None and r.batch.reason == "direct":
+                    r.result()
+        return Receipts(taken)
+
+    def add_many_nowait(self, records: Iterable[Any]) -> Receipts:
+        """Take a group of records now or raise (see ``AsyncBatcher.add_many_nowait``)."""
+        if self._restart:
+            self._restart_in_child()
+        return self._core.add_many_nowait(records)
 
     def add_nowait(self, record: Any) -> Receipt:
         """Take ``record`` now or raise ``BufferFull``; never blocks."""
