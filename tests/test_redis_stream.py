@@ -543,7 +543,7 @@ def test_the_consumers_fast_decoder_agrees_with_the_codec() -> None:
     """consume_stream decodes entries with a json object_hook; for every tag the codec
     writes (and a user dict that looks like a tag) it gives what the codec's decode does."""
     from writebehind.dlq._codec import decode, encode
-    from writebehind.scale.streams import _record
+    from writebehind.scale._stream_entries import record_of as _record
 
     values: list[Any] = [
         fields(3), Beat(**fields(8)), {"$dt": "not a date"}, {"$x": {"$uuid": 1}},

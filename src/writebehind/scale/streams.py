@@ -13,27 +13,30 @@ claims it, which the sinks' version-conditional upserts make harmless.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import datetime as dt
-import decimal
-import json
 import logging
 import random
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from .._deadletter import DeadLetterEntry
 from .._engine import AsyncBatcher
-from .._errors import BatcherClosed, BufferFull, ConfigError, RecordError, WriteBehindError
+from .._errors import (
+    BatcherClosed,
+    BufferFull,
+    ConfigError,
+    RecordError,
+    SinkError,
+    WriteBehindError,
+)
+from .._events import RecordsDeadLettered
 from .._retry import check_number
 from .._sync import Batcher
-from ..dlq._codec import decode
 from ..sinks._redis import RedisSource
-from ..sinks.redis_stream import FIELD, check_stream_name
+from ..sinks.redis_stream import check_stream_name
 from ._stream_acks import Acks
+from ._stream_entries import bytes_client, entries_of, group_gone, message, raw, record_of
 
 __all__ = ["StreamReport", "consume_stream"]
 
@@ -42,6 +45,7 @@ log = logging.getLogger("writebehind")
 _FINAL_ACKS = 5.0  # seconds the last acknowledgements may take once the batcher closed
 _MAX_BACKOFF = 2.0  # seconds between tries while Redis does not answer
 _TRACKED_PER_PENDING = 4  # entries tracked at most, per max_pending (superseded ones count)
+_MAX_SECONDS = 10**9  # claim_after and block: Redis takes them as 64-bit milliseconds
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -121,6 +125,9 @@ async def consume_stream(
         check_stream_name(value, what)
     check_number("claim_after", claim_after, minimum=0, inclusive=False, finite=True)
     check_number("block", block, minimum=0, inclusive=False, finite=True)
+    for what, seconds in (("claim_after", claim_after), ("block", block)):
+        if seconds > _MAX_SECONDS:
+            raise ConfigError(f"{what}: at most {_MAX_SECONDS:,} seconds, got {seconds!r}")
     if count is not None and not (
         isinstance(count, int) and not isinstance(count, bool) and count >= 1
     ):
@@ -176,6 +183,7 @@ class _Reader:
         self.delete = True
         self.read = self.claimed = self.added = self.dead_lettered = self.unadded = 0
         self.client: Any = None
+        self._own_client: Any = None  # ours, for a client of yours that decodes replies
         self.acks: Acks | None = None
         self._history: bytes | None = b"0"  # our own pending entries, read again at start
         self._cursor = b"0-0"
@@ -186,6 +194,9 @@ class _Reader:
     # -- the loop ---------------------------------------------------------------------------
     async def run(self) -> StreamReport:
         self.client = self.source.connect(f"writebehind-consumer-{self.consumer}"[:60])
+        if not self.source.owned:
+            self._own_client = bytes_client(self.client)
+            self.client = self._own_client or self.client
         acks = self.acks = Acks(self.stream, self.group, delete=self.delete)
         stop = asyncio.Event()
         acker = asyncio.ensure_future(acks.run(self.client, stop))
@@ -224,7 +235,7 @@ class _Reader:
             )  # fmt: skip
         finally:
             acker.cancel()
-            if self.source.owned:
+            if self.source.owned or self._own_client is not None:
                 closing = getattr(self.client, "aclose", None) or self.client.close
                 with contextlib.suppress(Exception):
                     await asyncio.shield(closing())
@@ -270,7 +281,7 @@ class _Reader:
             self.group, self.consumer, {self.stream: start}, count=room,
             block=self.block_ms if block else None,
         )  # fmt: skip
-        entries = _entries(reply)
+        entries = entries_of(reply)
         self.read += len(entries)
         return entries
 
@@ -310,9 +321,9 @@ class _Reader:
                 acks.ack_now(entry_id)
                 continue
             try:
-                record = _record(fields)
+                record = record_of(fields)
             except Exception as exc:
-                bad.append((entry_id, _raw(self.stream, entry_id, fields), exc))
+                bad.append((entry_id, raw(self.stream, entry_id, fields), exc))
                 continue
             try:
                 try:
@@ -338,7 +349,7 @@ class _Reader:
             DeadLetterEntry(
                 record=record,
                 error=type(exc).__name__,
-                message=_message(entry_id, exc),
+                message=message(entry_id, exc),
                 sink=f"consume_stream({self.stream!r}, group={self.group!r})",
                 batcher=self.into.name,
                 attempts=0,
@@ -362,22 +373,41 @@ class _Reader:
                     self.stream, type(exc).__name__, len(bad),
                 )  # fmt: skip
                 return
+            log.warning(
+                "consume_stream(%r): dead-lettered %d entries as they were (first: %s); not in "
+                "the batcher's stats(), which counts accepted records; StreamReport.dead_lettered "
+                "and a RecordsDeadLettered event (attempts=0) count them",
+                self.stream, len(bad), entries[0].message,
+            )  # fmt: skip
         self.dead_lettered += len(bad)
         for entry_id, *_ in bad:
             acks.ack_now(entry_id)
+        events = self.into._events  # on the batcher's loop, as every publisher
+        if not events.closed:
+            kinds: dict[str, int] = {}
+            for entry in entries:
+                kinds[entry.error] = kinds.get(entry.error, 0) + 1
+            for error, count in kinds.items():
+                events.publish(RecordsDeadLettered, count=count, error=error, attempts=0)
 
     # -- outages ----------------------------------------------------------------------------
     async def _down(self, exc: BaseException) -> None:
-        error = self.source.error(exc, "reading")
+        if group_gone(exc):  # the stream was deleted, or Redis restarted without persistence
+            log.warning(
+                "consume_stream(%r): the stream or its group %r is gone (%s); creating it again",
+                self.stream, self.group, str(exc).split(" ", 1)[0],
+            )  # fmt: skip
+            self._history, self._cursor = None, b"0-0"
+            try:
+                await self._create_group()
+                return
+            except ConfigError:
+                raise
+            except Exception as again:  # Redis down as well: back off as below
+                exc = again
+        error = exc if isinstance(exc, SinkError) else self.source.error(exc, "reading")
         if not getattr(error, "retriable", True):
             raise error from None
-        if "NOGROUP" in str(exc):  # Redis lost the group (restarted without persistence)
-            log.warning("consume_stream(%r): the group %r is gone; creating it again",
-                        self.stream, self.group)  # fmt: skip
-            self._history, self._cursor = None, b"0-0"
-            with contextlib.suppress(Exception):
-                await self._create_group()
-            return
         now = time.monotonic()
         if self._down_since is None:
             self._down_since = now
@@ -392,77 +422,3 @@ class _Reader:
                 self.stream, time.monotonic() - self._down_since,
             )  # fmt: skip
             self._down_since = None
-
-
-def _entries(reply: Any) -> list[tuple[bytes, Any]]:
-    """The entries of an ``XREADGROUP`` reply, RESP2 (a list) or RESP3 (a dict)."""
-    if not reply:
-        return []
-    if isinstance(reply, dict):
-        streams = list(reply.values())
-        return [tuple(e) for s in streams for e in (s[0] if s and isinstance(s[0], list) else s)]
-    return [tuple(e) for _name, entries in reply for e in entries]
-
-
-def _record(fields: Any) -> Any:
-    text = fields.get(FIELD.encode())
-    if text is None:
-        text = fields.get(FIELD)
-    if text is None:
-        raise ValueError(f"the entry has no field {FIELD!r}: not written by RedisStreamSink")
-    if isinstance(text, bytes):
-        text = text.decode("utf-8")
-    if '"$map"' in text:  # a user's dict with one $-key: the codec's own exact decoder
-        return decode(text)
-    return json.loads(text, object_hook=_untag)
-
-
-def _untag(obj: dict[str, Any]) -> Any:
-    """The codec's tags undone bottom-up, as ``json`` builds each object (2-3x faster than
-    the codec's recursive walk; the same result unless a ``$map`` is present, which
-    :func:`_record` leaves to the codec)."""
-    if len(obj) != 1:
-        return obj
-    ((tag, body),) = obj.items()
-    if tag[:1] != "$":
-        return obj
-    if tag == "$obj":
-        return body[1]
-    if tag == "$tuple":
-        return tuple(body)
-    if tag == "$pairs":
-        return {k: v for k, v in body}
-    simple = _SIMPLE_TAGS.get(tag)
-    if simple is None:
-        raise ValueError(f"unknown tag {tag!r} in a stream entry")
-    return simple(body)
-
-
-_SIMPLE_TAGS: dict[str, Any] = {
-    "$dt": dt.datetime.fromisoformat,
-    "$date": dt.date.fromisoformat,
-    "$time": dt.time.fromisoformat,
-    "$uuid": uuid.UUID,
-    "$dec": decimal.Decimal,
-    "$bytes": lambda b: base64.b64decode(b.encode("ascii")),
-    "$float": float,
-    "$str": "\x00".join,
-    "$chars": lambda b: "".join(p if isinstance(p, str) else chr(p) for p in b),
-}
-
-
-def _id(entry_id: Any) -> str:
-    """An entry id as text (bytes, or str from a client with ``decode_responses``)."""
-    return entry_id.decode(errors="replace") if isinstance(entry_id, bytes) else str(entry_id)
-
-
-def _raw(stream: str, entry_id: Any, fields: Any) -> dict[str, Any]:
-    """An undecodable entry as the dead-letter record: its stream, id and raw fields."""
-    return {"stream": stream, "id": _id(entry_id), "fields": dict(fields)}
-
-
-def _message(entry_id: Any, exc: BaseException) -> str:
-    text = str(exc)
-    if len(text) > 500:
-        text = text[:500] + "..."
-    return f"entry {_id(entry_id)}: {type(exc).__name__}: {text}"
