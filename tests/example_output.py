@@ -173,6 +173,12 @@ EXPECTED: dict[str, list[Expectation]] = {
         r"acked=200, dead_lettered=0, left_pending=0\)$",
         r"^table: 200 agents, every one at its newest version: True$",
     ],
+    "add_many.py": [
+        r"^500 readings: 50 rows written, 450 superseded by a newer reading$",
+        r"^refused: records\[1\]: key is None: .*no record of the group was taken$",
+        rf"^Stats\(accepted=500, committed=50, coalesced=450, .*batches=1, .*{STATS_TAIL}",
+        r"^rows: 50, newest seq: 499$",
+    ],
     "quickstart.py": [
         rf"^Stats\(accepted=1000, committed=50, coalesced=950, .*batches=1, .*{STATS_TAIL}",
         r"^statements: 1$",

@@ -26,9 +26,6 @@ class Stats:
     """Records an ``add()``/``add_nowait()`` took (including those a drop policy then dropped)."""
     committed: int = 0
     """Records the sink committed."""
-    stale: int = 0
-    """Of ``committed``: records whose write changed nothing, because the store held the key
-    at a newer version (``Outcome.STALE``; counted only by sinks that report it)."""
     coalesced: int = 0
     """Records superseded in the buffer by a record with the same key and a newer version."""
     dead_lettered: int = 0
@@ -78,6 +75,9 @@ class Stats:
     recovered: int = 0
     """Spool mode: records a previous batcher left in the spool, taken again at start
     (counted in ``accepted``)."""
+    stale: int = 0
+    """Of ``committed``: records whose write changed nothing, because the store held the key
+    at a newer version (``Outcome.STALE``; counted only by sinks that report it)."""
     dropped_by_reason: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
