@@ -7,6 +7,8 @@ Against the real Redis (a private ``redis-server`` where one is killed); never s
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import decimal
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -190,3 +192,74 @@ async def test_entries_dead_lettered_raw_are_counted_logged_and_evented(
     assert stats.accepted == 1
     assert stats.dead_lettered == 0
     await store.close()
+
+
+# -- RedisSink -----------------------------------------------------------------------------------
+async def test_a_record_whose_key_holds_another_type_is_isolated(stream: str, r: Any) -> None:
+    """Showed: one record whose hash key already held a string (WRONGTYPE inside the
+    script) was mapped to SinkMisconfigured for the whole batch: all 6 records of the
+    batch were dead-lettered, 5 of them fine. Expected: that record alone is
+    dead-lettered; the others are committed."""
+    prefix = f"{stream}:"
+    await r.set(f"{prefix}3", "a string someone else wrote")
+    sink = wb.RedisSink(SHARED_URL, kind="hash", key="id", version="v", prefix=prefix)
+    async with wb.AsyncBatcher(sink, key="id", version="v", **FAST) as b:
+        receipts = [await b.add({"id": i, "v": 1}) for i in range(6)]
+    outcomes = [await x for x in receipts]
+    assert outcomes[3] is wb.Outcome.DEAD_LETTERED
+    assert [o for i, o in enumerate(outcomes) if i != 3] == [wb.Outcome.COMMITTED] * 5
+    assert await r.hget(f"{prefix}0", "v") == b"1"
+
+
+async def test_a_hash_record_with_ten_thousand_fields_is_written(stream: str, r: Any) -> None:
+    """Showed: a record of 10,000 fields failed in the hash script with "too many results
+    to unpack" (one HSET of every field through Lua's unpack) and was dead-lettered.
+    Expected: it is written (the fields set in chunks)."""
+    sink = wb.RedisSink(SHARED_URL, kind="hash", key="id", version="v", prefix=f"{stream}:")
+    record = {"id": 1, "v": 1, **{f"f{i}": i for i in range(10_000)}}
+    async with wb.AsyncBatcher(sink, key="id", version="v", **FAST) as b:
+        receipt = await b.add(record)
+    assert await receipt is wb.Outcome.COMMITTED
+    assert await r.hlen(f"{stream}:1") == 10_003  # id, v, f0..f9999 and _wb_version
+    assert await r.hget(f"{stream}:1", "f9999") == b"9999"
+
+
+async def test_a_string_record_keyed_like_a_version_key_cannot_poison_another(
+    stream: str, r: Any
+) -> None:
+    """Showed: with kind="string", a record whose key is "1:version" overwrote the version
+    key of record "1" with its JSON; every later write of key "1" then failed in the script
+    ("attempt to compare nil with number") and was dead-lettered, for good. Expected: such
+    a record is refused alone (dead-lettered), and key "1" stays writable."""
+    sink = wb.RedisSink(SHARED_URL, kind="string", key="id", version="v", prefix=f"{stream}:")
+    async with wb.AsyncBatcher(sink, key="id", version="v", **FAST) as b:
+        first = await b.add({"id": "1", "v": 1})
+        await b.flush()
+        evil = await b.add({"id": "1:version", "v": 9})
+        await b.flush()
+        later = await b.add({"id": "1", "v": 2})
+    assert await first is wb.Outcome.COMMITTED
+    assert await evil is wb.Outcome.DEAD_LETTERED
+    assert await later is wb.Outcome.COMMITTED
+    assert await r.get(f"{stream}:1:version") == b"2"
+
+
+async def test_versions_a_double_cannot_order_are_refused_not_overwritten(
+    stream: str, r: Any
+) -> None:
+    """Showed: version Decimal("1.00000000000000001") was written, then the older
+    Decimal("1.0") overwrote it (both became the double 1.0, so "equal"); likewise two
+    datetimes one microsecond apart in the year 9000 (beyond 2**53 microseconds). The
+    newest did not win. Expected: a version the script's doubles cannot order exactly is
+    refused (PermanentSinkError: dead-lettered), as an int beyond 2**53 already is."""
+    sink = wb.RedisSink(SHARED_URL, kind="zset", key="id", version="v", name=stream)
+    await sink.start()
+    try:
+        await sink.write([{"id": "ok", "v": decimal.Decimal("12.34")}])  # exact enough
+        with pytest.raises(wb.PermanentSinkError):
+            await sink.write([{"id": "d", "v": decimal.Decimal("1.00000000000000001")}])
+        with pytest.raises(wb.PermanentSinkError):
+            await sink.write([{"id": "t", "v": dt.datetime(9000, 1, 1, 0, 0, 0, 1)}])
+        assert await r.zscore(stream, "ok") == 12.34
+    finally:
+        await sink.close()

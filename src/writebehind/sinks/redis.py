@@ -7,16 +7,20 @@ Three shapes (``kind``):
   newest record replaces the hash whole) and its version, as a number, in the field
   ``_wb_version``.
 - ``"string"``: one string per record key, ``{prefix}{key}``, holding the record as tagged
-  JSON (the dead-letter stores' codec), and its version in ``{prefix}{key}:version``.
+  JSON (the dead-letter stores' codec), and its version in ``{prefix}{key}:version`` (so a
+  record whose key ends in ``:version`` is refused: it would overwrite another's version).
 - ``"zset"``: one sorted set, ``name``, whose members are the record keys and whose scores
   are their versions (a "last seen" index: the record's other fields are not stored).
 
 Versions are compared as numbers by the script, so they must be numbers, datetimes or
 dates: ``int`` (within +-2**53, where a double is exact), ``float`` (finite),
-``Decimal`` (as a float), ``datetime`` (microseconds since the epoch; a naive one is taken
-as UTC), ``date`` (its midnight). Another kind is refused with ``PermanentSinkError`` (the
-record is isolated and dead-lettered, the others written). An equal version overwrites, as
-in the SQL sinks (a replay writes identical data).
+``Decimal`` (as a float, if that float gives the same number back: not
+``Decimal("1.00000000000000001")``), ``datetime`` (microseconds since the epoch, within
++-2**53: about the years 1685 to 2255; a naive one is taken as UTC), ``date`` (its
+midnight). Another kind is refused with ``PermanentSinkError`` (the
+record is isolated and dead-lettered, the others written), and so is a record whose key
+holds another type (``WRONGTYPE``: a string where its hash goes). An equal version
+overwrites, as in the SQL sinks (a replay writes identical data).
 """
 
 from __future__ import annotations
@@ -54,12 +58,17 @@ for i, key in ipairs(KEYS) do
   local cur = redis.call('HGET', key, '%s')
   if (not cur) or tonumber(v) >= tonumber(cur) then
     redis.call('DEL', key)
-    local args = {'%s', v}
+    redis.call('HSET', key, '%s', v)
+    local args = {}
     for k = 0, n - 1 do
       args[#args + 1] = ARGV[j + 2 + 2 * k]
       args[#args + 1] = ARGV[j + 3 + 2 * k]
+      if #args >= 1000 then  -- unpack() takes a few thousand values at most
+        redis.call('HSET', key, unpack(args))
+        args = {}
+      end
     end
-    redis.call('HSET', key, unpack(args))
+    if #args > 0 then redis.call('HSET', key, unpack(args)) end
     if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
     out[i] = 1
   else
@@ -127,13 +136,18 @@ def version_number(v: Any) -> str:
         if math.isfinite(v):
             return repr(v)
         raise PermanentSinkError(f"version {v!r} orders against nothing")
-    if isinstance(v, dt.datetime):
+    if isinstance(v, dt.datetime):  # microseconds: within +-2**53, about 1685 to 2255
         aware = v if v.tzinfo is not None else v.replace(tzinfo=dt.UTC)
-        return str((aware - _EPOCH) // dt.timedelta(microseconds=1))
+        return version_number((aware - _EPOCH) // dt.timedelta(microseconds=1))
     if isinstance(v, dt.date):
         return version_number(dt.datetime(v.year, v.month, v.day))
     if isinstance(v, decimal.Decimal):
-        return version_number(float(v))
+        f = float(v)
+        if math.isfinite(f) and decimal.Decimal(repr(f)) == v:
+            return repr(f)
+        raise PermanentSinkError(
+            f"version {v} has more digits than a double holds: Lua compares doubles"
+        )
     if isinstance(v, int) and not isinstance(v, bool):  # IntEnum, int subclasses
         return version_number(int(v))
     raise PermanentSinkError(
@@ -271,6 +285,10 @@ class RedisSink(RedisClientSink):
             key = self.prefix + self._member(record)
             v = self._version(record)
             if self.kind == "string":
+                if key.endswith(":version"):
+                    raise PermanentSinkError(
+                        f"the key {key!r} ends in ':version', the name of another key's version"
+                    )
                 text, encoding, type_name = encode(record)
                 if encoding != JSON:
                     raise PermanentSinkError(f"a {type_name} record cannot be stored as JSON")
@@ -301,7 +319,13 @@ class RedisSink(RedisClientSink):
         try:
             out = await self._script(keys=keys, args=args)
         except Exception as exc:
-            raise self._source.error(exc, "the newest-wins script") from None
+            error = self._source.error(exc, "the newest-wins script")
+            if self.kind != "zset" and "WRONGTYPE" in str(exc):
+                # one record's key holds another type: a permanent error splits the batch
+                # until that record is alone and dead-lettered (the rest is rewritten:
+                # harmless, newest wins)
+                error = PermanentSinkError(str(error))
+            raise error from None
         landed = sum(int(x) for x in out)
         self.written += landed
         self.refused += len(out) - landed
