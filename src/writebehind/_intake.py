@@ -109,7 +109,7 @@ class Intake:
         self.is_durable: Callable[[Receipt], bool] | None = None
         self.wait_durable: Callable[[Receipt], Awaitable[None]] | None = None
         self.spool_full: Callable[[BaseException], bool] | None = None
-        self._receipt_type: type[Receipt] = Receipt.bound(self)
+        self._receipt_type: type[Receipt] = Receipt.bound(self, self._cost_slot())
         self.spooled = 0  # records left in the spool at the close deadline
         self.put_nowait: Callable[[Any], Receipt] = self._make_put()
         """Take a record or raise ``BufferFull`` (see :meth:`_make_put`). The hot path."""
@@ -142,7 +142,7 @@ class Intake:
         read as each is made, under the lock); ``spooling.done`` hears of every final fate.
         Returns the put that takes recovered records whatever the room (they were accepted
         already)."""
-        base = Receipt.bound(self)
+        base = Receipt.bound(self, ("_seq", *self._cost_slot()))
 
         def init(r: Receipt, record: Any, version: Any) -> None:
             r.record, r.version, r._seq = record, version, spooling.current
@@ -254,6 +254,10 @@ class Intake:
             self.loop.call_soon_threadsafe(fn, *args)
 
     # -- the hot path ----------------------------------------------------------------------
+    def _cost_slot(self) -> tuple[str, ...]:
+        """A receipt's ``_cost`` slot, if each record has its own cost."""
+        return ("_cost",) if self._cost_of is not None else ()
+
     def _make_put(
         self, room: bool = True, spill: collections.deque[tuple[Any, Receipt]] | None = None
     ) -> Callable[[Any], Receipt]:

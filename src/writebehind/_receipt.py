@@ -119,13 +119,14 @@ class Receipt:
     ``receipt.outcome`` is the outcome if already known, else ``None``.
     """
 
-    __slots__ = ("_batch", "_cost", "_outcome", "_seq", "_succ", "record", "version")
+    __slots__ = ("_batch", "_outcome", "_succ", "record", "version")
 
     # Each Intake makes a subclass that sets this (``Receipt.bound``), so a receipt needs no
     # per-record reference to it. ``_batch``, ``_outcome`` and ``_succ`` start unset (absent
     # slots): the hot path stores two attributes, and readers use getattr with a default.
-    # ``_cost`` is set only when ``cost=`` reads each record (a field or a callable);
-    # ``_seq`` only in spool mode (the record's sequence number in the spool).
+    # ``_cost`` is a slot only of the receipts of a batcher whose ``cost=`` reads each record
+    # (a field or a callable), ``_seq`` only in spool mode (the record's sequence number in
+    # the spool): every pending record pays for the slots it uses, no more.
     _intake: Owner
     _batch: Batch
     _cost: float
@@ -140,9 +141,10 @@ class Receipt:
         self.version = version
 
     @classmethod
-    def bound(cls, intake: Owner) -> type[Receipt]:
-        """A Receipt class for one intake's records."""
-        return type("Receipt", (cls,), {"__slots__": (), "_intake": intake})
+    def bound(cls, intake: Owner, slots: tuple[str, ...] = ()) -> type[Receipt]:
+        """A Receipt class for one intake's records, with the extra ``slots`` it uses
+        (``_cost``, ``_seq``)."""
+        return type("Receipt", (cls,), {"__slots__": slots, "_intake": intake})
 
     @property
     def batch(self) -> Batch | None:
