@@ -145,7 +145,7 @@ class Intake:
         base = Receipt.bound(self, ("_seq", *self._cost_slot()))
 
         def init(r: Receipt, record: Any, version: Any) -> None:
-            r.record, r.version, r._seq = record, version, spooling.current
+            r.record, r.version, r._seq = record, version, spooling.current  # type: ignore[misc]
 
         self._receipt_type = type("Receipt", (base,), {"__slots__": (), "__init__": init})
         self.on_done, self.is_durable = spooling.done, spooling.is_durable
@@ -318,7 +318,7 @@ class Intake:
                 raise RecordError("key is None: records are coalesced and upserted by key")
             r = new_receipt(record, v)
             if cost_of is not None:
-                r._cost = cost_of(record)
+                r._cost = cost_of(record)  # type: ignore[misc]  # a slot of the bound subclass
             acquire()
             try:
                 if intake._state != _OPEN:

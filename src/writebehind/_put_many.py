@@ -120,7 +120,7 @@ def make_put_many(
             receipts = list(map(new_receipt, group, versions))
             if cost_of is not None:
                 for r, record in zip(receipts, group, strict=True):
-                    r._cost = cost_of(record)
+                    r._cost = cost_of(record)  # type: ignore[misc]  # a slot of the bound subclass
             fresh: dict[Any, Receipt] | None = None
             if kfast is not None:
                 try:  # the group's slots, if its keys are distinct (taken in bulk below)
