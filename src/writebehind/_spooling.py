@@ -26,7 +26,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._errors import BatcherClosed, BufferFull, ConfigError, RecordError, WriteBehindError
@@ -122,19 +122,36 @@ class Spooling:
         identity = intake.identity
         fields = intake.fields
 
+        would_take = intake.would_take
+
         def put_spooled(record: Any) -> Receipt:
-            spool_log = self._checked(record, identity, fields)
+            # _checked and _appended, inline: the hot path of every spooled add
+            spool_log = self.log
+            if spool_log is None:
+                raise BatcherClosed("the batcher is closed and takes no more records")
+            if fields is None or type(record) is not dict or not _plain(record, fields):
+                _same_after_round_trip(record, identity)
             with order:
-                if not drops and not intake.would_take(record):
+                if not drops and not would_take(record):
                     # refused here, not by a put: room freed since the check would let a
                     # put take the record into memory around the spool
                     raise intake.refusal()
                 try:
-                    return self._appended(spool_log, record, put)
+                    seq = spool_log.append(record)
+                    self.current = seq  # the receipt takes it as it is made
+                    try:
+                        r = put(record)
+                    except BaseException:
+                        spool_log.done((seq,))  # refused after all: never delivered
+                        raise
+                    finally:
+                        self.current = 0
                 except BufferFull:  # the spool is full (a put under drop_* never refuses)
                     if drops:
                         return intake.drop_new(record)
                     raise
+                self.last = seq
+                return r
 
         return put_spooled
 
@@ -191,24 +208,37 @@ class Spooling:
 
         return put_spilling
 
-    async def add(self, intake: Intake, record: Any, timeout: float | None, policy: str,
-                  loop: asyncio.AbstractEventLoop) -> Receipt:  # fmt: skip
+    def add(self, intake: Intake, record: Any, timeout: float | None, policy: str,
+            loop: asyncio.AbstractEventLoop) -> Awaitable[Receipt]:  # fmt: skip
         """``AsyncBatcher.add`` in spool mode, on ``loop`` (the batcher's, running): wait for
         room in the buffer, or (polling on the loop, no thread held) in the spool, within one
-        deadline; then for durability."""
+        deadline; then for durability. The usual case (room) returns the durable wait's
+        future itself, resolved with the receipt: no coroutine of ours between the caller
+        and the group commit (one fewer frame to create and resume per durable add)."""
         try:
             r = intake.put_nowait(record)  # the usual case: room in the buffer and the spool
         except BufferFull:
             if policy not in _WAITS:
                 raise
-            r = await self._add_waiting(intake, record, timeout, policy)
-        spool_log = self.log
+            return self._add_slow(intake, record, timeout, policy, loop)
+        return self._durable(r, loop)
+
+    def _durable(self, r: Receipt, loop: asyncio.AbstractEventLoop) -> Awaitable[Receipt]:
+        """A future of ``loop`` resolved with ``r`` once its record is fsynced."""
         seq = getattr(r, "_seq", 0)
+        spool_log = self.log
         if seq and spool_log is not None:
-            durable = spool_log.durable_future(seq, loop)  # no coroutine: the hot path
+            durable = spool_log.durable_future(seq, loop, r)
             if durable is not None:
-                await durable
-        return r
+                return durable
+        done: asyncio.Future[Receipt] = loop.create_future()
+        done.set_result(r)
+        return done
+
+    async def _add_slow(self, intake: Intake, record: Any, timeout: float | None,
+                        policy: str, loop: asyncio.AbstractEventLoop) -> Receipt:  # fmt: skip
+        r = await self._add_waiting(intake, record, timeout, policy)
+        return await self._durable(r, loop)
 
     async def _add_waiting(self, intake: Intake, record: Any, timeout: float | None,
                            policy: str) -> Receipt:  # fmt: skip

@@ -70,12 +70,13 @@ def encode_frame(
     return MAGIC + checked + crc32c(checked).to_bytes(4, "little") + payload
 
 
-def record_frames(first: int, time: float, records: list[tuple[bytes, int]]) -> bytes:
-    """Frames for ``records`` (payload, its CRC32C), seqs from ``first``, all at ``time``."""
+def record_frames(first: int, time: float, payloads: list[bytes]) -> bytes:
+    """Frames for ``payloads``, seqs from ``first``, all at ``time`` (the writer thread's
+    work: the payloads' CRC32Cs are computed here, not by the appending thread)."""
     pack, crc, magic, fmt = _CHECKED.pack, google_crc32c.value, MAGIC, FORMAT
     parts: list[bytes] = []
-    for seq, (payload, pcrc) in enumerate(records, first):
-        checked = pack(fmt, RECORD, 0, len(payload), seq, time, pcrc)
+    for seq, payload in enumerate(payloads, first):
+        checked = pack(fmt, RECORD, 0, len(payload), seq, time, crc(payload))
         parts += (magic, checked, crc(checked).to_bytes(4, "little"), payload)
     return b"".join(parts)
 

@@ -24,7 +24,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NoReturn
 
 from .._errors import RecordError
 from ._codec import encode_record
@@ -32,7 +32,7 @@ from ._config import Spool
 from ._dir import check_dir, lock_dir, on_fork_in_child
 from ._errors import SpoolClosed, SpoolForked, SpoolFull, SpoolWriteError
 from ._files import FileHandle, FileSystem, OsFileSystem
-from ._frames import HEADER, crc32c, record_frames
+from ._frames import HEADER, record_frames
 from ._recovery import Recovered, SpoolDamage, recover
 from ._stats import SpoolStats
 from ._store import SegmentStore
@@ -62,7 +62,9 @@ class SpoolLog:
         self._store = SegmentStore(fs, path, spool, found)
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)  # trimming freed space; the writer's wake
-        self._queue: list[tuple[bytes, int]] = []  # (payload, its CRC32C), seqs from _next
+        self._queue: list[bytes] = []  # payloads, the last one's seq is _next - 1
+        self._segment_size = spool.segment_size
+        self._max_bytes = spool.max_bytes
         self._queued_at = 0.0  # when the oldest queued record was appended
         self._dones: list[int] = []
         self._reserved = 0  # bytes queued or unsynced
@@ -120,9 +122,23 @@ class SpoolLog:
             self._check_pid()
         payload = encode_record(record)
         size = HEADER + len(payload)
-        if size > self.spool.segment_size:
+        if size > self._segment_size:
             raise self._too_big(size, "")
-        return self._enqueue([(payload, crc32c(payload))], size)
+        with self._lock:  # _enqueue for one record, inline: the hot path of every add
+            if self._stopping or self._disk + self._reserved + size > self._max_bytes:
+                self._refuse(size)
+            seq = self._next
+            self._next = seq + 1
+            queue = self._queue
+            if not queue:
+                self._queued_at = time.time()
+            queue.append(payload)
+            self._reserved += size
+            self._spooled += 1
+            if self._idle:
+                self._idle = False
+                self._room.notify_all()
+        return seq
 
     def append_many(self, records: Iterable[Any]) -> list[int]:
         """:meth:`append` for several records at once (consecutive sequence numbers), all or
@@ -139,7 +155,7 @@ class SpoolLog:
                 raise
             if HEADER + len(payload) > self.spool.segment_size:
                 raise self._too_big(HEADER + len(payload), f"record {i}: " if i else "")
-            encoded.append((payload, crc32c(payload)))
+            encoded.append(payload)
             size += HEADER + len(payload)
         first = self._enqueue(encoded, size)
         return list(range(first, first + len(encoded)))
@@ -151,18 +167,11 @@ class SpoolLog:
             f"record"
         )
 
-    def _enqueue(self, encoded: list[tuple[bytes, int]], size: int) -> int:
+    def _enqueue(self, encoded: list[bytes], size: int) -> int:
         """Queue encoded records (``size`` bytes framed) for the writer: the first's seq."""
         with self._lock:
-            if self._stopping:
-                raise SpoolClosed("the spool log is closed; it takes no more records")
-            used = self._disk + self._reserved
-            if used + size > self.spool.max_bytes:
-                raise SpoolFull(
-                    f"the spool holds {used} bytes of max_bytes={self.spool.max_bytes} and "
-                    f"the record needs {size}: wait for delivery to trim it "
-                    f"(wait_for_room()), or raise max_bytes"
-                )
+            if self._stopping or self._disk + self._reserved + size > self._max_bytes:
+                self._refuse(size)
             first = self._next
             self._next = first + len(encoded)
             queue = self._queue
@@ -175,6 +184,16 @@ class SpoolLog:
                 self._idle = False
                 self._room.notify_all()
         return first
+
+    def _refuse(self, size: int) -> NoReturn:
+        """``SpoolClosed`` or ``SpoolFull`` for an append of ``size`` bytes (lock held)."""
+        if self._stopping:
+            raise SpoolClosed("the spool log is closed; it takes no more records")
+        used = self._disk + self._reserved
+        raise SpoolFull(
+            f"the spool holds {used} bytes of max_bytes={self._max_bytes} and the record "
+            f"needs {size}: wait for delivery to trim it (wait_for_room()), or raise max_bytes"
+        )
 
     def done(self, seqs: Iterable[int]) -> None:
         """Those records are committed, coalesced or dead-lettered: never deliver them again
@@ -214,14 +233,14 @@ class SpoolLog:
         await self._watermark.wait_async(seq, tolerate_errors=tolerate_errors)
 
     def durable_future(
-        self, seq: int, loop: asyncio.AbstractEventLoop
-    ) -> asyncio.Future[None] | None:
-        """A future of ``loop`` resolved once record ``seq`` is durable (None if it is
-        already), waiting through failures (``tolerate_errors``); ``SpoolClosed`` if the log
-        closed first. Awaiting it is :meth:`wait_durable_async` without a coroutine."""
+        self, seq: int, loop: asyncio.AbstractEventLoop, result: Any = None
+    ) -> asyncio.Future[Any] | None:
+        """A future of ``loop`` resolved with ``result`` once record ``seq`` is durable (None
+        if it is already), waiting through failures (``tolerate_errors``); ``SpoolClosed`` if
+        the log closed first. Awaiting it is :meth:`wait_durable_async` without a coroutine."""
         if self._forked:
             self._check_pid()
-        return self._watermark.future(seq, loop, tolerate_errors=True)
+        return self._watermark.future(seq, loop, tolerate_errors=True, result=result)
 
     def on_durable(self, listener: DurableListener) -> Callable[[], None]:
         """Call ``listener(durable_seq, error)`` on the writer thread after every group

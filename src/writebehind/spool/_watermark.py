@@ -7,53 +7,85 @@ thread), await :meth:`wait_async` (an asyncio task: resolved through one
 ``call_soon_threadsafe`` per loop per commit, not one per record), or subscribe a callback
 (called on the writer thread with ``(watermark, error)``; keep it short, and hop to your own
 loop with ``call_soon_threadsafe``).
+
+Async waiters are kept per loop in arrival order, with the highest seq among them: a commit
+that covers them all (the usual case: one group commit wakes everyone waiting) takes the
+list whole, in O(1); otherwise it is split in one pass. No heap, no per-waiter ordering.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import itertools
 import logging
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from ._errors import SpoolClosed, SpoolWriteError
 
 __all__ = ["DurableListener", "Watermark"]
 
 DurableListener = Callable[[int, SpoolWriteError | None], None]
-_Waiter = tuple[int, int, asyncio.AbstractEventLoop, asyncio.Future[None]]
+_Waiter = tuple[int, asyncio.Future[Any], Any]  # (seq, future, the future's result)
 
 log = logging.getLogger("writebehind")
+
+
+class _Waiters:
+    """The async waiters of one loop: ``(seq, future, result)`` in arrival order, and the
+    highest seq among them."""
+
+    __slots__ = ("items", "top")
+
+    def __init__(self) -> None:
+        self.items: list[_Waiter] = []
+        self.top = 0
+
+    def take(self, value: int) -> list[_Waiter]:
+        """Remove and return the waiters whose seq is at most ``value`` (some are above)."""
+        items = self.items
+        self.items = [w for w in items if w[0] > value]
+        return [w for w in items if w[0] <= value]
+
+
+_Table = dict[asyncio.AbstractEventLoop, _Waiters]
 
 
 class Watermark:
     """The durable watermark and its waiters (thread-safe)."""
 
     def __init__(self, start: int = 0) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()  # the hot path takes it bare (a C context manager)
+        self._cond = threading.Condition(self._lock)
         self.value = start
         self.error: SpoolWriteError | None = None  # the last attempt failed with this
         self._stopped: BaseException | None = None
         self._listeners: dict[int, DurableListener] = {}
         self._ids = itertools.count()
-        # (seq, tiebreak, loop, future): async waiters, lowest seq first; the patient ones
-        # (tolerate_errors) are in _patient and not failed by fail()
-        self._futures: list[_Waiter] = []
-        self._patient: list[_Waiter] = []
+        # async waiters by loop; the patient ones (tolerate_errors) are in _patient and not
+        # failed by fail()
+        self._futures: _Table = {}
+        self._patient: _Table = {}
 
     def advance(self, seq: int) -> None:
         """Everything up to ``seq`` is durable."""
         with self._cond:
-            self.value = max(self.value, seq)
+            self.value = value = max(self.value, seq)
             self.error = None
             self._cond.notify_all()
-            ready = []
-            for heap in (self._futures, self._patient):
-                while heap and heap[0][0] <= self.value:
-                    ready.append(heapq.heappop(heap))
+            ready: list[tuple[asyncio.AbstractEventLoop, list[_Waiter]]] = []
+            for table in (self._futures, self._patient):
+                if table:
+                    for loop, waiters in list(table.items()):
+                        if waiters.top <= value:  # all of them: no loop is kept once idle
+                            del table[loop]
+                            ready.append((loop, waiters.items))
+                        else:
+                            taken = waiters.take(value)
+                            if taken:
+                                ready.append((loop, taken))
             listeners = list(self._listeners.values())
         self._settle(ready, None)
         self._tell(listeners, seq, None)
@@ -63,7 +95,7 @@ class Watermark:
         with self._cond:
             self.error = error
             self._cond.notify_all()
-            failed, self._futures = self._futures, []
+            failed = _drain(self._futures)
             listeners = list(self._listeners.values())
             value = self.value
         self._settle(failed, error)
@@ -74,8 +106,7 @@ class Watermark:
         with self._cond:
             self._stopped = reason
             self._cond.notify_all()
-            failed = self._futures + self._patient
-            self._futures, self._patient = [], []
+            failed = _drain(self._futures) + _drain(self._patient)
         self._settle(failed, reason)
 
     def wait(
@@ -110,19 +141,29 @@ class Watermark:
             await future
 
     def future(
-        self, seq: int, loop: asyncio.AbstractEventLoop, *, tolerate_errors: bool = False
-    ) -> asyncio.Future[None] | None:
-        """A future of ``loop`` resolved when ``seq`` is durable (None: it is already);
-        raises as :meth:`wait` does. For callers that await it without a coroutine of ours
-        in between (the hot path of a durable ``add()``)."""
-        with self._cond:
+        self,
+        seq: int,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        tolerate_errors: bool = False,
+        result: Any = None,
+    ) -> asyncio.Future[Any] | None:
+        """A future of ``loop`` resolved with ``result`` when ``seq`` is durable (None: it
+        is already); raises as :meth:`wait` does. For callers that await it without a
+        coroutine of ours in between (the hot path of a durable ``add()``)."""
+        with self._lock:
             if self.value >= seq:
                 return None
             if self._stopped is not None or (self.error is not None and not tolerate_errors):
                 raise self._why()
-            future: asyncio.Future[None] = loop.create_future()
-            heap = self._patient if tolerate_errors else self._futures
-            heapq.heappush(heap, (seq, next(self._ids), loop, future))
+            future: asyncio.Future[Any] = loop.create_future()
+            table = self._patient if tolerate_errors else self._futures
+            waiters = table.get(loop)
+            if waiters is None:
+                waiters = table[loop] = _Waiters()
+            waiters.items.append((seq, future, result))
+            if seq > waiters.top:
+                waiters.top = seq
         return future
 
     def subscribe(self, listener: DurableListener) -> Callable[[], None]:
@@ -141,13 +182,12 @@ class Watermark:
         return SpoolClosed(f"the spool log stopped before the record was durable: {self._stopped}")
 
     @staticmethod
-    def _settle(waiters: list[_Waiter], error: BaseException | None) -> None:
-        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
-        for _, _, loop, future in waiters:
-            by_loop.setdefault(loop, []).append(future)
-        for loop, futures in by_loop.items():
+    def _settle(
+        ready: list[tuple[asyncio.AbstractEventLoop, list[_Waiter]]], error: BaseException | None
+    ) -> None:
+        for loop, waiters in ready:
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits there
-                loop.call_soon_threadsafe(_resolve, futures, error)
+                loop.call_soon_threadsafe(_resolve, waiters, error)
 
     @staticmethod
     def _tell(listeners: list[DurableListener], seq: int, error: SpoolWriteError | None) -> None:
@@ -158,10 +198,19 @@ class Watermark:
                 log.exception("spool: an on_durable listener raised; ignored")
 
 
-def _resolve(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
-    for future in futures:
-        if not future.done():
-            if error is None:
-                future.set_result(None)
-            else:
+def _drain(table: _Table) -> list[tuple[asyncio.AbstractEventLoop, list[_Waiter]]]:
+    """Every waiter of ``table``, by loop, removed from it."""
+    out = [(loop, waiters.items) for loop, waiters in table.items() if waiters.items]
+    table.clear()
+    return out
+
+
+def _resolve(waiters: list[_Waiter], error: BaseException | None) -> None:
+    if error is None:
+        for _, future, result in waiters:
+            if not future.done():
+                future.set_result(result)
+    else:
+        for _, future, _ in waiters:
+            if not future.done():
                 future.set_exception(error)
