@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import struct
+import uuid
 from collections.abc import Iterable
-from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
+from json.encoder import encode_basestring_ascii as _esc
 from typing import Any
 
 from .._errors import RecordError
@@ -24,40 +25,62 @@ __all__ = ["decode_done", "decode_record", "encode_done", "encode_record", "rang
 _RANGE = struct.Struct("<QQ")
 
 
-_FLAT_TYPES = frozenset({str, int, bool, type(None), *tagged._SIMPLE})
-
-_flat_json = c_make_encoder(  # the C encoder, made once (json.dumps makes one per call)
-    None, lambda v: tagged._SIMPLE[type(v)](v), encode_basestring_ascii, None, ":", ",",
-    False, False, True,
-)  # fmt: skip
+_KEYS: dict[str, str] = {}  # a field name -> its JSON text and the colon (bounded)
+_KEYS_MAX = 4096
+_UUID = uuid.UUID
+_SIMPLE = tagged._SIMPLE
 
 
-def _flat(record: dict[Any, Any]) -> bool:
-    """A dict of plain scalars, UUIDs, datetimes, decimals and bytes under string keys (the
-    common record), for which the C encoder with the codec's tags as ``default`` writes the
-    same text as the codec's walk, unless a string holds NUL or a surrogate (which
-    :func:`encode_record` looks for in the text)."""
-    if len(record) == 1 and str(next(iter(record)))[:1] == "$":
-        return False
+def _flat_text(record: dict[Any, Any]) -> str | None:
+    """The codec's text for a dict of plain scalars, UUIDs, datetimes, decimals and bytes
+    under string keys (the common record), written in one pass without the codec's walk;
+    None for anything else (the walk decides). Byte for byte what the codec writes, except
+    that strings holding NUL or a surrogate (which the codec tags) come out as escapes:
+    :func:`encode_record` looks for those in the text."""
+    parts: list[str] = []
+    add = parts.append
+    keys = _KEYS
     for k, v in record.items():
         if type(k) is not str:
-            return False
+            return None
+        ek = keys.get(k)
+        if ek is None:
+            ek = _esc(k) + ":"
+            if len(keys) < _KEYS_MAX:
+                keys[k] = ek
         t = type(v)
-        if t is float:
-            if tagged._float(v) is not v:
-                return False
-        elif t not in _FLAT_TYPES:
-            return False
-    return True
+        if t is str:
+            add(ek + _esc(v))
+        elif t is int:
+            add(ek + int.__repr__(v))
+        elif t is _UUID:
+            add(ek + '{"$uuid":"' + str(v) + '"}')
+        elif t is bool:
+            add(ek + ("true" if v else "false"))
+        elif v is None:
+            add(ek + "null")
+        elif t is float:
+            if tagged._float(v) is not v:  # NaN, infinities, -0.0, exponents: tagged
+                return None
+            add(ek + float.__repr__(v))
+        else:
+            simple = _SIMPLE.get(t)
+            if simple is None:
+                return None
+            ((tag, body),) = simple(v).items()
+            add(ek + "{" + _esc(tag) + ":" + _esc(body) + "}")
+    if len(parts) == 1 and next(iter(record))[:1] == "$":
+        return None  # one "$..." key: the codec escapes it (it would read as a tag)
+    return "{" + ",".join(parts) + "}"
 
 
 def encode_record(record: Any) -> bytes:
     """``record`` as ASCII JSON bytes; ``RecordError`` naming the problem if it cannot be."""
-    if type(record) is dict and _flat(record):  # the codec's text, without its walk
-        text = "".join(_flat_json(record, 0))
+    if type(record) is dict:
+        text = _flat_text(record)  # the codec's text, without its walk
         # NUL and surrogates (which the codec tags) show as these escapes; so do other
         # characters (U+D000-U+D7FF, pairs): those few take the codec's walk below
-        if "\\u0000" not in text and "\\ud" not in text:
+        if text is not None and "\\u0000" not in text and "\\ud" not in text:
             return text.encode("ascii")
     try:
         tree = tagged._enc(record, 0)
