@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 from ._errors import BufferFull, RecordError, WriteBehindError
 
 if TYPE_CHECKING:
-    from ._intake import Intake
     from ._receipt import Receipt
 
 __all__ = ["add_group", "add_group_blocking", "group_steps", "make_put_many", "put_each"]
@@ -79,11 +78,12 @@ def group_steps(
 
 
 def make_put_many(
-    intake: Intake, open_state: int, not_open: Callable[[int], WriteBehindError]
+    intake: Any, open_state: int, not_open: Callable[[int], WriteBehindError]
 ) -> Callable[[Iterable[Any]], list[Receipt]]:
-    """Build ``put_many`` for a memory-mode intake (a closure over its configuration, as
-    ``put_nowait`` is); ``open_state`` is the intake's open state, ``not_open(state)`` the
-    error a put raises in any other."""
+    """Build ``put_many`` for a memory-mode ``_intake.Intake`` (typed loosely: that module
+    imports this one): a closure over its configuration, as ``put_nowait`` is.
+    ``open_state`` is the intake's open state, ``not_open(state)`` the error a put raises in
+    any other."""
     kfast, vfast = intake._kfast, intake._vfast
     kslow, vslow = intake._key, intake._version
     pending = intake._pending
@@ -120,7 +120,7 @@ def make_put_many(
             receipts = list(map(new_receipt, group, versions))
             if cost_of is not None:
                 for r, record in zip(receipts, group, strict=True):
-                    r._cost = cost_of(record)  # type: ignore[misc]  # a slot of the bound subclass
+                    r._cost = cost_of(record)
             fresh: dict[Any, Receipt] | None = None
             if kfast is not None:
                 try:  # the group's slots, if its keys are distinct (taken in bulk below)
