@@ -5,6 +5,7 @@ version wins); batches are written with one statement each, on size, linger, ``f
 and close; nothing accepted is lost without a counter, an outcome and a log line.
 """
 
+from . import merge as merge  # writebehind.merge: the ready-made merge= functions
 from ._capacity import Capacity, ProvisionedCapacity
 from ._clock import Clock, MonotonicClock
 from ._config import BatcherOptions, Options

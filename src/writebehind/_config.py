@@ -53,6 +53,8 @@ class BatcherOptions(TypedDict, total=False):
     cost: CostSpec
     capacity: Capacity | None
     spool: str | os.PathLike[str] | Spool | None
+    merge: Callable[[Any, Any], Any] | None
+    ttl: float | None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -79,6 +81,8 @@ class Options:
     cost: CostSpec = 1
     capacity: Capacity | None = None
     spool: str | os.PathLike[str] | Spool | None = None
+    merge: Callable[[Any, Any], Any] | None = None  # None: the newer version replaces
+    ttl: float | None = None  # seconds a record may stay pending; None: forever
 
     @classmethod
     def of(cls, options: dict[str, Any]) -> Options:
@@ -139,6 +143,21 @@ class Options:
             raise ConfigError(
                 f"when_full: must be one of {', '.join(WHEN_FULL)}; got {self.when_full!r}"
             )
+        if self.ttl is not None:
+            check_number("ttl", self.ttl, minimum=0, inclusive=False, finite=True)
+        if self.merge is not None:
+            if not callable(self.merge):
+                raise ConfigError(
+                    f"merge: must be a function merge(old, new) -> record, got {self.merge!r}"
+                )
+            if self.key is None:
+                raise ConfigError("merge: needs a key (records with one key are merged)")
+            if self.spool is not None:
+                raise ConfigError(
+                    "merge: cannot be combined with spool= yet: the spool marks a merged "
+                    "record done when it is merged, so a crash would lose its part of the "
+                    "sum; use merge= in memory mode"
+                )
         if self.version is not None and self.key is None:
             raise ConfigError("version: needs a key (versions only order records with one key)")
         if not isinstance(self.retry, RetryPolicy):

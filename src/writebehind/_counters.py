@@ -18,7 +18,8 @@ class Counters:
 
     __slots__ = (
         "accepted", "batches", "coalesced", "committed", "dead_letter_errors", "dead_lettered",
-        "dropped_newest", "dropped_oldest", "in_flight", "in_flight_held", "lost", "pauses",
+        "dropped_expired", "dropped_newest", "dropped_oldest", "in_flight", "in_flight_held",
+        "lost", "pauses",
         "retried", "splits", "stale", "throttled", "timeouts", "write_errors",
     )  # fmt: skip
     accepted: int
@@ -27,6 +28,7 @@ class Counters:
     committed: int
     dead_letter_errors: int
     dead_lettered: int
+    dropped_expired: int
     dropped_newest: int
     dropped_oldest: int
     in_flight: int
@@ -57,7 +59,7 @@ class Counters:
             stale=self.stale,
             coalesced=self.coalesced,
             dead_lettered=self.dead_lettered,
-            dropped=self.dropped_newest + self.dropped_oldest,
+            dropped=self.dropped_newest + self.dropped_oldest + self.dropped_expired,
             pending=pending,
             in_flight=self.in_flight,
             batches=self.batches,
@@ -71,6 +73,10 @@ class Counters:
             lost=self.lost,
             closed=closed,
             dropped_by_reason=MappingProxyType(
-                {"drop_newest": self.dropped_newest, "drop_oldest": self.dropped_oldest}
+                {
+                    "drop_newest": self.dropped_newest,
+                    "drop_oldest": self.dropped_oldest,
+                    "expired": self.dropped_expired,
+                }
             ),
         )

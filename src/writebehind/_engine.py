@@ -29,6 +29,7 @@ from ._flusher import Flusher
 from ._health import SinkHealth
 from ._instrument import Instrument
 from ._intake import Intake
+from ._peek import newest_unwritten
 from ._put_many import add_group
 from ._receipt import Receipt
 from ._receipt_group import Receipts
@@ -271,6 +272,17 @@ class AsyncBatcher:
                 if batch is not None and batch.reason == "direct":
                     await r.wait()
         return Receipts(taken)
+
+    def peek(self, key: Any) -> Any | None:
+        """The newest record accepted for ``key`` and not written yet (pending, or in a
+        write that has not committed), or None: then the datastore has the newest version
+        this batcher was given (or the key was never added, or its record was dropped or
+        dead-lettered). Lets a service answer a read of what it just accepted before the
+        flush. ``key`` as the records hold it (a UUID, a tuple for a composite key). Any
+        thread; returns the record object that was added (or merged: ``merge=``)."""
+        flusher = self._flusher
+        batches = [] if flusher is None else [*flusher.writing.values(), *flusher.direct.values()]
+        return newest_unwritten(self._intake, batches, key)
 
     async def add(self, record: Any, *, timeout: float | None = None) -> Receipt:
         """Take ``record``, waiting for room under ``when_full="block"``. In spool mode

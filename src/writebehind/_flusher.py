@@ -239,7 +239,11 @@ class Flusher:
             receipts, cost = intake.cut(most, granted)
             cap.give_back(granted - cost)
             if not receipts:  # a costlier version of the oldest record arrived meanwhile
-                return 0.0
+                return 0.0  # (or every record cut had expired)
+        if intake.ttl is not None:
+            self.publish_notice()  # records that expired as they were cut
+            if not receipts:
+                return None
         self.in_flight_cost += cost
         batch = Batch(receipts, reason, self.loop, cost)
         for r in receipts:
@@ -304,10 +308,12 @@ class Flusher:
         notice = self.intake.take_notice()
         if notice is None:
             return
-        filled, newest, oldest = notice
+        filled, newest, oldest, expired = notice
         if filled:
             self.events.publish(BufferFilled, max_pending=self.intake.max_pending)
-        for reason, count in (("drop_newest", newest), ("drop_oldest", oldest)):
+        for reason, count in (
+            ("drop_newest", newest), ("drop_oldest", oldest), ("expired", expired)
+        ):  # fmt: skip
             if count:
                 self.events.publish(RecordsDropped, reason=reason, count=count)
 

@@ -72,6 +72,8 @@ class Intake:
         self.max_pending = opts.pending_limit
         self.when_full = opts.when_full
         self._clock = opts.clock.monotonic
+        self.ttl = opts.ttl  # seconds a record may stay pending (None: forever)
+        self._merge = opts.merge  # merge(old, new) -> record, instead of replacing
         # spill mode decides memory or spool and puts in one step against cut(): reentrant
         self._lock = threading.RLock() if opts.when_full == "spill" else threading.Lock()
         self.room = Room(self._lock)
@@ -94,10 +96,11 @@ class Intake:
         self._woken = False
         self.counts = Counters()
         self._abandoned = False
-        self._drop_log_due = 0.0
-        self._notice = False  # the buffer was full since the flusher last looked
+        self._drop_log_due = self._expiry_log_due = 0.0
+        self._notice = False  # news for the flusher to publish (full, dropped, expired)
         self._room_freed = False
-        self._noticed_newest = self._noticed_oldest = 0
+        self._noticed_newest = self._noticed_oldest = self._noticed_expired = 0
+        self._filled_since = False  # the buffer was full since the flusher last looked
         # wiring to the event loop, set by bind()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.loop_thread: int | None = None
@@ -109,7 +112,7 @@ class Intake:
         self.is_durable: Callable[[Receipt], bool] | None = None
         self.wait_durable: Callable[[Receipt], Awaitable[None]] | None = None
         self.spool_full: Callable[[BaseException], bool] | None = None
-        self._receipt_type: type[Receipt] = Receipt.bound(self, self._cost_slot())
+        self._receipt_type: type[Receipt] = self._receipt_class()
         self.spooled = 0  # records left in the spool at the close deadline
         self.put_nowait: Callable[[Any], Receipt] = self._make_put()
         """Take a record or raise ``BufferFull`` (see :meth:`_make_put`). The hot path."""
@@ -142,12 +145,7 @@ class Intake:
         read as each is made, under the lock); ``spooling.done`` hears of every final fate.
         Returns the put that takes recovered records whatever the room (they were accepted
         already)."""
-        base = Receipt.bound(self, ("_seq", *self._cost_slot()))
-
-        def init(r: Receipt, record: Any, version: Any) -> None:
-            r.record, r.version, r._seq = record, version, spooling.current  # type: ignore[misc]
-
-        self._receipt_type = type("Receipt", (base,), {"__slots__": (), "__init__": init})
+        self._receipt_type = self._receipt_class(spooling)
         self.on_done, self.is_durable = spooling.done, spooling.is_durable
         self.wait_durable, self.spool_full = spooling.durable, spooling.full
         recovered = self._make_put(room=False)
@@ -179,6 +177,30 @@ class Intake:
             except Exception:
                 return True
 
+    def key_of(self, record: Any) -> Any:
+        """``record``'s key as the buffer holds it (a UUID as its int)."""
+        k = self._key(record) if self._key is not None else None
+        return k.int if type(k) is _UUID else k
+
+    def pending_receipt(self, k: Any) -> Receipt | None:
+        """The receipt of the newest record with key ``k`` (as the buffer holds it) waiting
+        to be written: in the spill queue (later adds of a key than memory's) or pending;
+        None if there is none, or it has expired (``ttl=``)."""
+        with self._lock:
+            r: Receipt | None = None
+            spilled = self.spilled
+            try:
+                if spilled and k in self._spilled_keys:
+                    r = next((q for sk, q in reversed(spilled) if sk == k), None)
+                else:
+                    r = self._pending.get(k)
+            except TypeError:  # unhashable: no record can have it
+                return None
+        if r is None or self.ttl is None:
+            return r
+        added: float = r._at  # type: ignore[attr-defined]
+        return None if added < self._clock() - self.ttl else r  # dropped at the next cut
+
     def refusal(self) -> BufferFull:
         """The error a put raises when the buffer has no room under ``when_full``."""
         more = " and as many direct writes in flight" if self.when_full == "direct" else ""
@@ -204,6 +226,7 @@ class Intake:
                 raise _not_open(self._state)
             self.counts.accepted += 1
             self._dropped_new(r)
+            self._filled_since = True
             if not self._notice:
                 self._notice = True
                 self.call_in_loop(self._wake)
@@ -254,9 +277,35 @@ class Intake:
             self.loop.call_soon_threadsafe(fn, *args)
 
     # -- the hot path ----------------------------------------------------------------------
-    def _cost_slot(self) -> tuple[str, ...]:
-        """A receipt's ``_cost`` slot, if each record has its own cost."""
-        return ("_cost",) if self._cost_of is not None else ()
+    def _receipt_class(self, spooling: Any = None) -> type[Receipt]:
+        """The class of this intake's receipts, with the slots its options use: ``_cost``
+        (``cost=`` read per record, set by the put), ``_at`` (``ttl=``: when it was added,
+        set as it is made), ``_seq`` (spool mode: its sequence number in the spool, read
+        from ``spooling.current`` as it is made, under the lock)."""
+        slots: tuple[str, ...] = ("_cost",) if self._cost_of is not None else ()
+        clock, ttl = self._clock, self.ttl
+        if spooling is None and ttl is None:
+            return Receipt.bound(self, slots)
+        slots += ("_seq",) if spooling is not None else ()
+        slots += ("_at",) if ttl is not None else ()
+        base = Receipt.bound(self, slots)
+        if spooling is None:
+
+            def init(r: Receipt, record: Any, version: Any) -> None:
+                r.record, r.version, r._at = record, version, clock()  # type: ignore[attr-defined]
+
+        elif ttl is None:
+
+            def init(r: Receipt, record: Any, version: Any) -> None:
+                r.record, r.version, r._seq = record, version, spooling.current  # type: ignore[misc]
+
+        else:
+
+            def init(r: Receipt, record: Any, version: Any) -> None:
+                r.record, r.version = record, version
+                r._seq, r._at = spooling.current, clock()  # type: ignore[misc, attr-defined]
+
+        return type("Receipt", (base,), {"__slots__": (), "__init__": init})
 
     def _make_put(
         self, room: bool = True, spill: collections.deque[tuple[Any, Receipt]] | None = None
@@ -355,7 +404,10 @@ class Intake:
         return put_nowait
 
     def _coalesce(self, k: Any, old: Receipt, r: Receipt) -> Receipt:
-        """``r`` has the key of the pending ``old``: the newer (or later, on a tie) stays."""
+        """``r`` has the key of the pending ``old``: the newer (or later, on a tie) stays;
+        with ``merge=``, ``merge(old, new)`` takes the place of both."""
+        if self._merge is not None:
+            return self._merged(k, old, r)
         try:
             newer = r.version is None or r.version >= old.version
         except Exception as exc:  # not comparable, or a comparison that raised
@@ -364,6 +416,22 @@ class Intake:
             ) from exc
         self.counts.accepted += 1
         return self._supersede(k, old, r, newer)
+
+    def _merged(self, k: Any, old: Receipt, r: Receipt) -> Receipt:
+        """``merge=``: ``r`` takes ``merge(old.record, r.record)`` (lock held; a merge that
+        raises refuses ``r`` with ``RecordError``, ``old`` stays as it was)."""
+        assert self._merge is not None
+        try:
+            merged = self._merge(old.record, r.record)
+            version = self._version(merged) if self._version is not None else None
+        except Exception as exc:
+            raise RecordError(
+                f"merge raised {type(exc).__name__}: {exc} (key {k!r}); the record was not "
+                f"accepted, the pending one is unchanged"
+            ) from exc
+        r.record, r.version = merged, version
+        self.counts.accepted += 1
+        return self._supersede(k, old, r, True)
 
     def _supersede(self, k: Any, old: Receipt, r: Receipt, newer: bool) -> Receipt:
         """``r`` and the pending ``old`` share key ``k``: the loser is superseded (lock held)."""
@@ -462,6 +530,7 @@ class Intake:
         """Apply ``when_full`` to a record that needs a new slot (lock held; off the hot
         path: only when the buffer is full)."""
         counts = self.counts
+        self._filled_since = True
         if not self._notice:  # the flusher publishes BufferFilled/RecordsDropped events
             self._notice = True
             self.call_in_loop(self._wake)
@@ -556,18 +625,22 @@ class Intake:
             self._woken = False
             return len(self._pending), self.oldest_at
 
-    def take_notice(self) -> tuple[bool, int, int] | None:
-        """If the buffer was full since the last call: (True, newest, oldest), the records
-        dropped by each policy since then. None otherwise."""
+    def take_notice(self) -> tuple[bool, int, int, int] | None:
+        """If the buffer was full, or records expired, since the last call: (whether it was
+        full, then the records dropped by drop_newest, drop_oldest and expiry since then).
+        None otherwise."""
         with self._lock:
             if not self._notice:
                 return None
             self._notice = False
+            filled, self._filled_since = self._filled_since, False
             c = self.counts
             newest = c.dropped_newest - self._noticed_newest
             oldest = c.dropped_oldest - self._noticed_oldest
+            expired = c.dropped_expired - self._noticed_expired
             self._noticed_newest, self._noticed_oldest = c.dropped_newest, c.dropped_oldest
-            return True, newest, oldest
+            self._noticed_expired = c.dropped_expired
+            return filled, newest, oldest, expired
 
     def cut(self, n: int, budget: float | None = None) -> tuple[list[Receipt], float]:
         """Take up to ``n`` of the oldest pending records (they become in flight), and no
@@ -584,10 +657,35 @@ class Intake:
             else:  # from the front, in time proportional to n whatever the backlog
                 oldest = self._order.popleft
                 taken = [pending.pop(oldest()) for _ in range(n)]
+            if self.ttl is not None:
+                taken = self._unexpired(taken)
             self.counts.in_flight += len(taken)
             self.counts.in_flight_held += len(taken)
         self._notify_change()
         return taken, self.cost(taken)
+
+    def _unexpired(self, taken: list[Receipt]) -> list[Receipt]:  # lock held
+        """``ttl=``: drop the records of ``taken`` pending longer than ``ttl`` (``DROPPED``,
+        reason ``expired``); the others."""
+        horizon = self._clock() - (self.ttl or 0.0)
+        live = [r for r in taken if r._at >= horizon]  # type: ignore[attr-defined]
+        if len(live) < len(taken):
+            expired = [r for r in taken if r._at < horizon]  # type: ignore[attr-defined]
+            for r in expired:
+                r._outcome = Outcome.DROPPED
+            self.counts.dropped_expired += len(expired)
+            if self.on_done is not None:
+                self.on_done(expired)
+            self._notice = True  # the flusher publishes RecordsDropped(reason="expired")
+            now = time.monotonic()
+            if now >= self._expiry_log_due:
+                self._expiry_log_due = now + _DROP_LOG_EVERY
+                log.warning(
+                    "writebehind: %d record(s) pending longer than ttl=%g s were dropped as "
+                    "expired (%d so far; counted in dropped, reason 'expired')",
+                    len(expired), self.ttl, self.counts.dropped_expired,
+                )  # fmt: skip
+        return live
 
     def _fit(self, n: int, budget: float) -> int:  # lock held
         """How many of the oldest ``n`` records cost no more than ``budget`` together."""

@@ -161,6 +161,11 @@ class Batcher:
                     r.result()
         return Receipts(taken)
 
+    def peek(self, key: Any) -> Any | None:
+        """The newest record accepted for ``key`` and not written yet, or None (see
+        ``AsyncBatcher.peek``). Never blocks on the loop."""
+        return self._core.peek(key)
+
     def add_many_nowait(self, records: Iterable[Any]) -> Receipts:
         """Take a group of records now or raise (see ``AsyncBatcher.add_many_nowait``)."""
         if self._restart:

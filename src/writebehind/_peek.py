@@ -1,0 +1,56 @@
+"""``peek(key)``: the newest record accepted for a key that is not written yet.
+
+A service that just accepted a state change can answer a read of it before the flush,
+without going to the datastore. Pending records are found by key in O(1) (the spill queue,
+which holds later adds of a key than memory, first). Records in a write that has not
+committed are found by scanning the batches in flight, reading each record's key: that
+window lasts as long as a write, so the scan is rare, and bounded by ``max_pending``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from ._receipt import Batch, Receipt
+
+__all__ = ["newest_unwritten"]
+
+
+def newest_unwritten(intake: Any, batches: Iterable[Batch], key: Any) -> Any | None:
+    """The record ``peek(key)`` returns (``intake``: an ``_intake.Intake``, typed loosely
+    as it is the module that owns the buffer; ``batches``: those in flight)."""
+    k = key.int if type(key) is uuid.UUID else key  # as the buffer holds it
+    pending = intake.pending_receipt(k)
+    flying = _in_flight(intake, batches, k)
+    if pending is None:
+        return None if flying is None else flying.record
+    if flying is not None and _older(pending, flying):
+        return flying.record
+    return pending.record
+
+
+def _in_flight(intake: Any, batches: Iterable[Batch], k: Any) -> Receipt | None:
+    """The newest receipt with key ``k`` in a write not settled yet (None if none)."""
+    found: Receipt | None = None
+    for batch in list(batches):  # a copy: the loop thread may finish one meanwhile
+        for r in list(batch.receipts):
+            if r.outcome is not None:
+                continue
+            try:
+                if intake.key_of(r.record) != k:
+                    continue
+            except Exception:  # a record whose key cannot be read or compared now
+                continue
+            if found is None or not _older(r, found):
+                found = r
+    return found
+
+
+def _older(a: Receipt, b: Receipt) -> bool:
+    """Whether ``a``'s version is below ``b``'s (False when they cannot be compared)."""
+    try:
+        return bool(a.version is not None and b.version is not None and a.version < b.version)
+    except Exception:
+        return False
