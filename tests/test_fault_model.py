@@ -142,13 +142,16 @@ class Write:
     result: str = "running"  # ok | retriable | permanent | exit | cancelled
     error: str = ""  # the error name the batcher should report for it
     stored: tuple[int, ...] = ()
+    skipped: tuple[int, ...] = ()  # records the version condition skipped: reported STALE
     started: float = field(default_factory=time.monotonic)
     ended: float = math.inf
 
 
 class FaultSink:
     """A version-conditional upsert store (``>=``, like the SQL sinks) whose writes do what
-    the script says, one fault per write (``OK`` when the script is empty)."""
+    the script says, one fault per write (``OK`` when the script is empty). A write that
+    returns reports the records its condition skipped (``WriteResult``: ``STALE``), as the
+    SQL sinks do with ``report_stale=True``."""
 
     def __init__(self) -> None:
         self.script: deque[Fault] = deque()
@@ -161,14 +164,18 @@ class FaultSink:
         self.lock = threading.Lock()
 
     def _store(self, w: Write, batch: list[dict[str, int]]) -> None:
+        skipped = []
         with self.lock:
             for r in batch:
                 old = self.rows.get(r["id"])
                 if old is None or r["v"] >= old["v"]:
                     self.rows[r["id"]] = r
+                else:
+                    skipped.append(r["seq"])
             w.stored = tuple(r["seq"] for r in batch)
+            w.skipped = tuple(skipped)
 
-    async def write(self, batch: list[dict[str, int]]) -> None:
+    async def write(self, batch: list[dict[str, int]]) -> wb.WriteResult | None:
         fault = self.script.popleft() if self.script else Fault(Kind.OK)
         w = Write(tuple(r["seq"] for r in batch), fault)
         self.log.append(w)
@@ -176,6 +183,9 @@ class FaultSink:
             await self._write(w, batch)
         finally:
             w.ended = time.monotonic()
+        if not w.skipped:
+            return None
+        return wb.WriteResult(stale=[i for i, r in enumerate(batch) if r["seq"] in w.skipped])
 
     async def _write(self, w: Write, batch: list[dict[str, int]]) -> None:
         fault = w.fault
@@ -852,7 +862,9 @@ class FaultModel(RuleBasedStateMachine):
             if a.fate is not None:
                 seen[a.fate] += 1
         # receipts are settled under the lock that guards the counters: s1 <= seen <= s2
-        assert s1.committed <= seen[OC.COMMITTED] <= s2.committed, (s1, seen, s2)
+        written = seen[OC.COMMITTED] + seen[OC.STALE]  # STALE is counted in committed too
+        assert s1.committed <= written <= s2.committed, (s1, seen, s2)
+        assert s1.stale <= seen[OC.STALE] <= s2.stale <= s2.committed, (s1, seen, s2)
         assert s1.dead_lettered <= seen[OC.DEAD_LETTERED] <= s2.dead_lettered, (s1, seen, s2)
         assert seen[OC.DROPPED] == s2.dropped == s1.dropped, (s1, seen, s2)
         assert seen[OC.COALESCED] <= s2.coalesced, (seen, s2)
@@ -918,7 +930,7 @@ class FaultModel(RuleBasedStateMachine):
             report = self.report
         s = driver.stats()
         final = report.stats  # the report is final: nothing a late write does changes it
-        for name in ("accepted", "committed", "coalesced", "dead_lettered", "dropped",
+        for name in ("accepted", "committed", "stale", "coalesced", "dead_lettered", "dropped",
                      "pending", "in_flight", "lost", "dead_letter_errors"):  # fmt: skip
             assert getattr(s, name) == getattr(final, name), (name, s, final)
         event(f"close timed out: {report.timed_out}")
@@ -933,9 +945,11 @@ class FaultModel(RuleBasedStateMachine):
                 final = a.receipt  # the successor's outcome
                 while getattr(final, "_succ", None) is not None:
                     final = final._succ
-                want = OC.COALESCED if final.outcome is OC.COMMITTED else final.outcome
+                written = final.outcome in (OC.COMMITTED, OC.STALE)
+                want = OC.COALESCED if written else final.outcome
                 assert a.seen is want, (a.seq, a.seen, final.outcome)
-        assert counts[OC.COMMITTED] == s.committed, (counts, s)
+        assert counts[OC.COMMITTED] + counts[OC.STALE] == s.committed, (counts, s)
+        assert counts[OC.STALE] == s.stale, (counts, s)
         assert counts[OC.DEAD_LETTERED] == s.dead_lettered, (counts, s)
         assert counts[OC.COALESCED] == s.coalesced, (counts, s)
         assert counts[OC.DROPPED] == s.dropped, (counts, s)
@@ -999,8 +1013,8 @@ class FaultModel(RuleBasedStateMachine):
                     allowed.add(OC.DROPPED)
                 if lost_ok:
                     allowed.add(OC.LOST)
-            elif w.result == "ok":
-                allowed.add(OC.COMMITTED)
+            elif w.result == "ok":  # STALE if the store's version condition skipped it
+                allowed.add(OC.STALE if a.seq in w.skipped else OC.COMMITTED)
                 if w.fault.kind is Kind.STUBBORN:
                     allowed.add(OC.LOST)  # it returned after the deadline had counted it
             elif w.result == "running":  # it goes on after the close (see _judge_counters)
@@ -1153,7 +1167,9 @@ def _bucket(n: int) -> str:
 
 
 def _settled(a: Added) -> bool:
-    return a.receipt.outcome in (OC.COMMITTED, OC.COALESCED, OC.DEAD_LETTERED, OC.DROPPED)
+    return a.receipt.outcome in (
+        OC.COMMITTED, OC.STALE, OC.COALESCED, OC.DEAD_LETTERED, OC.DROPPED
+    )  # fmt: skip
 
 
 def _conserved(s: wb.Stats) -> None:

@@ -30,6 +30,7 @@ from ._intake import Intake
 from ._receipt import Outcome, Receipt
 from ._retry import Attempts, Retry, RetryPolicy, Split, is_retriable, next_step, split
 from ._tasks import cancelled_by_batcher
+from .sinks._protocol import WriteResult
 
 __all__ = ["Delivery"]
 
@@ -82,7 +83,7 @@ class Delivery:
             watch = self._watch(len(records), tries, reason) if self.instruments else None
             t0 = time.monotonic()
             try:
-                error = await self._write(records)
+                error, result = await self._write(records)
             except BaseException:  # cancelled at the close deadline
                 health.release(probe)
                 if watch is not None:
@@ -92,10 +93,10 @@ class Delivery:
             if error is None:
                 health.committed(began, probe)
                 self.intake.count(batches=1)
-                self.intake.settle(receipts, Outcome.COMMITTED, direct=direct)
+                stale = self._settle(receipts, result, direct)
                 events.publish(
                     BatchCommitted, size=len(records), duration=duration, reason=reason,
-                    attempts=tries,
+                    attempts=tries, stale=stale,
                 )  # fmt: skip
                 if watch is not None:
                     self._unwatch(watch, "committed", None, duration)
@@ -137,8 +138,22 @@ class Delivery:
             await self.condemn(receipts, records, error, tries, direct)
             return
 
-    async def _write(self, records: list[Any]) -> BaseException | None:
-        r"""One sink write under ``write_timeout``: the error it raised, or None.
+    def _settle(self, receipts: list[Receipt], result: Any, direct: bool) -> int:
+        """Settle a committed batch: the records ``result`` (a :class:`WriteResult`) names
+        as stale ``STALE``, the rest ``COMMITTED``. How many were stale."""
+        stale = stale_indexes(result, len(receipts))
+        if not stale:
+            self.intake.settle(receipts, Outcome.COMMITTED, direct=direct)
+            return 0
+        changed = [r for i, r in enumerate(receipts) if i not in stale]
+        self.intake.settle([receipts[i] for i in sorted(stale)], Outcome.STALE, direct=direct)
+        if changed:
+            self.intake.settle(changed, Outcome.COMMITTED, direct=direct)
+        return len(stale)
+
+    async def _write(self, records: list[Any]) -> tuple[BaseException | None, Any]:
+        r"""One sink write under ``write_timeout``: the error it raised (or None), and what
+        it returned (a :class:`WriteResult`, or anything else, which means nothing).
 
         Whatever the write raised is returned as its error, ``BaseException``\ s included,
         so the caller settles the batch: a ``CancelledError`` that is not the batcher's own
@@ -149,16 +164,16 @@ class Delivery:
         deadline = asyncio.timeout(self.write_timeout)
         try:
             async with deadline:
-                await self.sink.write(records)
+                result = await self.sink.write(records)
         except TimeoutError as exc:
             if not deadline.expired():
-                return exc  # the sink's own TimeoutError: an error like any other
+                return exc, None  # the sink's own TimeoutError: an error like any other
             error = WriteTimeout(
                 f"sink write of {len(records)} records did not finish within "
                 f"{self.write_timeout} s (write_timeout); it may or may not have committed"
             )
             error.__cause__ = exc
-            return error
+            return error, None
         except asyncio.CancelledError as exc:
             if cancelled_by_batcher():
                 raise
@@ -167,10 +182,10 @@ class Delivery:
                 "(an inner task was cancelled?); it may or may not have committed"
             )
             interrupted.__cause__ = exc
-            return interrupted
+            return interrupted, None
         except BaseException as exc:
-            return exc
-        return None
+            return exc, None
+        return None, result
 
     # -- instruments: per attempt, never per record ---------------------------------------
     def _watch(self, size: int, attempt: int, reason: str) -> tuple[WriteAttempt, ExitStack]:
@@ -273,6 +288,14 @@ _NO_STORE = (
     " (no dead-letter store is configured, so they are only counted: pass dead_letter= a "
     "path, a DeadLetter store or a callable to keep them)"
 )
+
+
+def stale_indexes(result: Any, size: int) -> frozenset[int]:
+    """The valid indexes a :class:`WriteResult` names as stale (anything else a sink
+    returns, ``None`` included, names none)."""
+    if not isinstance(result, WriteResult) or not result.stale:
+        return frozenset()
+    return frozenset(i for i in result.stale if isinstance(i, int) and 0 <= i < size)
 
 
 def _reraise_if_ours(exc: BaseException) -> None:

@@ -58,6 +58,9 @@ class BatchCommitted(_Base):
     reason: str
     """Why the batch was cut: ``size``, ``linger``, ``flush``, ``close`` or ``direct``."""
     attempts: int
+    stale: int = 0
+    """Of ``size``: records the sink reported as stale (its conditional write skipped them:
+    the store held a newer version; ``Outcome.STALE``)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

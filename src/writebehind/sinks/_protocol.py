@@ -3,7 +3,11 @@
 Any object with ``async def write(self, batch: list) -> None`` is a sink. ``write`` either
 commits the whole batch or raises: a :class:`~writebehind.SinkError` whose ``retriable``
 says whether trying again can help (other exceptions are classified by
-:func:`writebehind._retry.is_retriable`). Optional hooks, called when present:
+:func:`writebehind._retry.is_retriable`). A sink that can tell which records of a committed
+batch changed nothing (its conditional upsert skipped them: the store held a newer version)
+returns a :class:`WriteResult` naming them; they resolve ``Outcome.STALE``. Returning
+``None`` (or anything that is not a ``WriteResult``) means every record changed the store:
+``Outcome.COMMITTED``. Optional hooks, called when present:
 ``async start()`` when the batcher starts (raise ``ConfigError`` there for a missing table),
 and ``async close()`` when it closes.
 
@@ -14,12 +18,13 @@ columns (``key``, ``version``) must agree with the batcher's options.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from .._errors import ConfigError
 
-__all__ = ["Mismatch", "Sink", "check_sink_keys", "key_mismatch"]
+__all__ = ["Mismatch", "Sink", "WriteResult", "check_sink_keys", "key_mismatch"]
 
 log = logging.getLogger("writebehind")
 
@@ -28,9 +33,24 @@ log = logging.getLogger("writebehind")
 class Sink(Protocol):
     """Where batches land."""
 
-    async def write(self, batch: list[Any]) -> None:
-        """Write every record of ``batch`` in one transaction, or raise."""
+    async def write(self, batch: list[Any]) -> WriteResult | None:
+        """Write every record of ``batch`` in one transaction, or raise. Return ``None``, or
+        a :class:`WriteResult` naming the records the write skipped as stale."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What a sink's committed write may report: the records it skipped as stale.
+
+    ``stale`` holds indexes into the batch the sink was given (0-based) of records whose
+    write changed nothing because the store already held their key at a newer version
+    (the conditional upsert's ``WHERE`` was false). Those records resolve
+    ``Outcome.STALE`` (counted in ``committed`` and in ``stale``); the others
+    ``COMMITTED``. An index outside the batch, or repeated, is ignored.
+    """
+
+    stale: Sequence[int] = ()
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,9 @@ class CallableSink:
     dead-lettered; a call that never returns holds its batch until the close deadline
     (then ``LOST``), and its daemon thread never holds up exit. Raise
     :class:`writebehind.RetriableSinkError` or :class:`writebehind.PermanentSinkError` to
-    say how a failure should be handled.
+    say how a failure should be handled. Whatever ``fn`` returns is the write's result: a
+    :class:`writebehind.WriteResult` names records that changed nothing (``Outcome.STALE``);
+    anything else (``None``, a row count, ...) means every record ``COMMITTED``.
     """
 
     def __init__(
@@ -53,26 +55,27 @@ class CallableSink:
         if self._threads is None:
             self._threads = WorkerThreads(self.threads, "writebehind-callable")
 
-    async def write(self, batch: list[Any]) -> None:
+    async def write(self, batch: list[Any]) -> Any:
         if self._async:
-            await self.fn(batch)
+            return await self.fn(batch)
         elif self.in_thread:
             if self._threads is None:
                 await self.start()
             assert self._threads is not None
             call = asyncio.ensure_future(self._threads.run(self.fn, batch))
             try:
-                await asyncio.shield(call)
+                return await asyncio.shield(call)
             except asyncio.CancelledError:
                 if call.done() or not cancelled_by_batcher():
                     raise
                 # the batcher gave up, but the call goes on and may write: its outcome is
                 # the write's (returning normally here, deliberately, when it succeeded)
-                await _unstoppable(call)
+                return await _unstoppable(call)
         else:
             result = self.fn(batch)
             if inspect.isawaitable(result):
-                await result
+                return await result
+            return result
 
     async def close(self) -> None:
         """Let the worker threads end once idle (a hung call keeps its daemon thread)."""
@@ -85,13 +88,11 @@ class CallableSink:
         self._threads = None
 
 
-async def _unstoppable(call: asyncio.Future[Any]) -> None:
+async def _unstoppable(call: asyncio.Future[Any]) -> Any:
     """Wait for ``call`` to finish, whatever cancels the waiter meanwhile."""
     while True:
         try:
-            await asyncio.shield(call)
-            return
+            return await asyncio.shield(call)
         except asyncio.CancelledError:
             if call.done():
-                call.result()  # its own outcome: a result, or its error
-                return
+                return call.result()  # its own outcome: a result, or its error
