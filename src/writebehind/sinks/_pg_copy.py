@@ -36,6 +36,8 @@ from typing import Any
 
 from .._errors import ConfigError
 from .._ident import quote
+from ._pg_stale import copy_report, stage_lookup
+from ._stale import reports
 from ._upsert import on_conflict
 
 __all__ = ["Connections", "CopyPath", "PsycopgDriver", "is_psycopg_pool"]
@@ -61,6 +63,8 @@ WHERE i.indrelid = to_regclass(%s) AND i.indisunique AND i.indpred IS NULL
 GROUP BY i.indexrelid
 """
 _TEXT_OID = 25
+Stale = dict[tuple[str, ...], list[int]]
+"""Per record-shape group, the ordinals of the rows a merge did not write."""
 
 
 def is_psycopg_pool(obj: Any) -> bool:
@@ -138,13 +142,14 @@ class CopyPath:
 
     def __init__(
         self, *, schema: str, table: str, key: tuple[str, ...], version: str | None,
-        method: str, copy_min: int = COPY_MIN,
+        method: str, copy_min: int = COPY_MIN, report: bool = False,
     ) -> None:  # fmt: skip
         self.target = f"{quote(schema)}.{quote(table)}"
         digest = hashlib.sha1(f"{schema}.{table}".encode()).hexdigest()[:8]
         self.stage_name = f"wb_copy_{table[:40]}_{digest}"
         self.stage = quote(self.stage_name)
         self.key, self.version, self.method = key, version, method
+        self.report = report  # report_stale: merges answer with the rows they skipped
         self.copy_min = 1 if method == "copy" else copy_min
         self.columns: dict[str, str] = {}
         self.oids: dict[str, int] = {}  # column -> the oid its values are dumped as; 0: none
@@ -183,18 +188,22 @@ class CopyPath:
         return all(self.oids.get(n) for n in names)
 
     # -- writing ---------------------------------------------------------------------------
-    async def write(self, conn: Any, groups: dict[tuple[str, ...], list[Any]]) -> None:
-        """Every group of rows in one transaction (or one statement, in autocommit)."""
+    async def write(self, conn: Any, groups: dict[tuple[str, ...], list[Any]]) -> Stale:
+        """Every group of rows in one transaction (or one statement, in autocommit); with
+        ``report``, the ordinals of each group's rows that the merge did not write."""
         items = list(groups.items())
         copies = [self._use_copy(names, rows) for names, rows in items]
+        stale: Stale = {}
         if len(items) == 1 and not copies[0] and conn.autocommit:
-            await self._statement(conn, *items[0])  # atomic on its own
-            return
-        await self._transaction(conn, items, copies)
+            stale[items[0][0]] = await self._statement(conn, *items[0])  # atomic on its own
+            return stale
+        await self._transaction(conn, items, copies, stale)
+        return stale
 
     async def _transaction(
-        self, conn: Any, items: list[tuple[tuple[str, ...], list[Any]]], copies: list[bool]
-    ) -> None:
+        self, conn: Any, items: list[tuple[tuple[str, ...], list[Any]]], copies: list[bool],
+        stale: Stale,
+    ) -> None:  # fmt: skip
         if self.key and any(copies) and conn not in self._ready:
             # outside the write's transaction: a rollback of the write keeps the table
             async with conn.transaction():
@@ -204,11 +213,11 @@ class CopyPath:
         async with conn.transaction():
             for (names, rows), copy in zip(items, copies, strict=True):
                 if not copy:
-                    await self._statement(conn, names, rows)
+                    stale[names] = await self._statement(conn, names, rows)
                     continue
                 if staged:
                     await conn.execute(f"TRUNCATE {self.stage}")  # the last shape's rows
-                await self._copy(conn, names, rows)
+                stale[names] = await self._copy(conn, names, rows)
                 staged = bool(self.key)
 
     def _use_copy(self, names: tuple[str, ...], rows: list[Any]) -> bool:
@@ -216,7 +225,7 @@ class CopyPath:
             return True
         return self.method != "unnest" and len(rows) >= self.copy_min and self.copyable(names)
 
-    async def _copy(self, conn: Any, names: tuple[str, ...], rows: list[Any]) -> None:
+    async def _copy(self, conn: Any, names: tuple[str, ...], rows: list[Any]) -> list[int]:
         cols = ", ".join(quote(n) for n in names)
         into = self.stage if self.key else self.target
         async with conn.cursor() as cur:
@@ -227,9 +236,9 @@ class CopyPath:
             async with cur.copy(f"COPY {into} ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types([self.oids[n] for n in names])
                 await _send(copy, rows)
-            if self.key:
-                await cur.execute(self._merge(names, None))
+            found = await self._merged(cur, names, len(rows)) if self.key else []
         self.statements += 1
+        return found
 
     async def _create_stage(self, conn: Any) -> None:
         cols = ", ".join(quote(c) for c in self.columns)
@@ -246,23 +255,41 @@ class CopyPath:
         """``conn`` may have lost its staging table (an error, a reset): make it again."""
         self._ready.discard(conn)
 
-    async def _statement(self, conn: Any, names: tuple[str, ...], rows: list[Any]) -> None:
+    async def _statement(self, conn: Any, names: tuple[str, ...], rows: list[Any]) -> list[int]:
+        found: list[int] = []
         async with conn.cursor() as cur:
             arrays = [list(c) for c in zip(*rows, strict=True)]
             if self.key:
-                await cur.execute(self._merge(names, arrays), arrays)
+                found = await self._run(cur, names, arrays)
             else:
                 await cur.execute(self._append(names), arrays)
         self.statements += 1
+        return found
+
+    async def _run(self, cur: Any, names: tuple[str, ...], arrays: list[Any]) -> list[int]:
+        """The ``unnest`` merge; with ``report``, the ordinals of the rows it did not write."""
+        report = self.report and reports(names, self.key, self.version)
+        await cur.execute(self._merge(names, arrays, report), arrays)
+        return [r[0] for r in await cur.fetchall()] if report else []
+
+    async def _merged(self, cur: Any, names: tuple[str, ...], sent: int) -> list[int]:
+        """The staging merge (in the write's transaction); with ``report`` and fewer rows
+        written than sent, the ordinals of the staged rows the table holds newer."""
+        await cur.execute(self._merge(names, None, False))
+        if not (self.report and reports(names, self.key, self.version)) or cur.rowcount >= sent:
+            return []
+        assert self.version is not None  # reports() says so
+        await cur.execute(stage_lookup(self.target, self.stage, self.key, self.version))
+        return [r[0] for r in await cur.fetchall()]
 
     def _append(self, names: tuple[str, ...]) -> str:
         cols = ", ".join(quote(n) for n in names)
         arrays = ", ".join(f"%s::{self.columns[n]}[]" for n in names)
         return f"INSERT INTO {self.target} ({cols}) SELECT * FROM unnest({arrays})"
 
-    def _merge(self, names: tuple[str, ...], arrays: list[Any] | None) -> str:
+    def _merge(self, names: tuple[str, ...], arrays: list[Any] | None, report: bool) -> str:
         """The merge from the staging table (``arrays`` None) or from ``unnest`` arrays."""
-        cache = (*names, "" if arrays is None else "unnest")
+        cache = (*names, "" if arrays is None else "unnest", "report" if report else "")
         sql = self._sql.get(cache)
         if sql is not None:
             return sql
@@ -273,6 +300,13 @@ class CopyPath:
         else:
             typed = ", ".join(f"%s::{self.columns[n]}[]" for n in names)
             source = f"unnest({typed}) WITH ORDINALITY AS u ({cols}, wb_n)"
+        if report and self.version is not None:
+            sql = copy_report(
+                self.target, names, self.key, self.version, source,
+                on_conflict(names, self.key, self.version, "t"),
+            )  # fmt: skip
+            self._sql[cache] = sql
+            return sql
         order = keys
         if self.version is not None and self.version in names:
             order += f", {quote(self.version)} DESC NULLS LAST"
@@ -353,12 +387,13 @@ class PsycopgDriver:
         assert self.own is not None
         return self.own.connection()
 
-    async def write(self, groups: dict[tuple[str, ...], list[Any]]) -> int:
+    async def write(self, groups: dict[tuple[str, ...], list[Any]]) -> tuple[int, Stale]:
+        """Statements run, and (with ``report``) each group's rows the merge skipped."""
         before = self.path.statements
         async with self._connection() as conn:
             pid = conn.info.backend_pid
             try:
-                await self.path.write(conn, groups)
+                stale = await self.path.write(conn, groups)
             except BaseException as exc:
                 self.path.forget(conn)
                 if isinstance(exc, asyncio.CancelledError):
@@ -366,7 +401,7 @@ class PsycopgDriver:
                 elif not conn.closed and conn.info.transaction_status != 0:  # not IDLE
                     conn.pgconn.finish()  # never hand a half-broken connection back
                 raise
-        return self.path.statements - before
+        return self.path.statements - before, stale
 
     def _abandon(self, conn: Any, pid: int) -> None:
         """A cancelled write (``write_timeout``, the close deadline): close its connection

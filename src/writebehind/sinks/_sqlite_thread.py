@@ -18,7 +18,7 @@ from typing import Any
 
 from ._sqlite_errors import SQLITE_BUSY, error_code
 
-__all__ = ["Abandoned", "Job", "Moved", "begin", "file_identity", "settled"]
+__all__ = ["Abandoned", "Job", "Moved", "begin", "file_identity", "moved", "settled"]
 
 
 class Job:
@@ -60,6 +60,18 @@ def file_identity(path: str, where: str) -> tuple[int, int] | None:
         return None
     st = os.stat(where)
     return st.st_dev, st.st_ino
+
+
+def moved(where: str, file: tuple[int, int] | None) -> bool:
+    """Whether the file at ``where`` is no longer ``file`` (the one a connection has open;
+    None: in memory, never moved)."""
+    if file is None:
+        return False
+    try:
+        st = os.stat(where)
+    except FileNotFoundError:
+        return True
+    return (st.st_dev, st.st_ino) != file
 
 
 async def settled(fut: asyncio.Future[Any]) -> None:

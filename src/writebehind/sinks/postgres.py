@@ -33,10 +33,8 @@ from .._redact import may_quote_password, redact_dsn, secrets_of
 from ._pg import (
     COLUMNS_SQL,
     UNIQUE_SQL,
-    argument_error,
     is_client_error,
     map_error,
-    newest_per_key,
 )
 from ._pg_connect import (
     OTHER_LOOP,
@@ -49,9 +47,10 @@ from ._pg_connect import (
     pool_from_factory,
 )
 from ._pg_copy import CopyPath, PsycopgDriver, is_psycopg_pool
-from ._records import Rows, check_shape, group_rows
-from ._upsert import on_conflict
-from ._values import JsonDumps, convert_rows, describe_key, enum_values, iso_parser, json_encoder
+from ._pg_rows import PgRows
+from ._protocol import WriteResult
+from ._stale import stale_result
+from ._values import JsonDumps, describe_key, iso_parser, json_encoder
 
 __all__ = ["PostgresSink"]
 
@@ -65,7 +64,7 @@ _CLOSE_TIMEOUT = 2.0  # seconds the pool gets to close gracefully before it is t
 _FORKED_AWAY: list[Any] = []  # the parent's pools in a forked child: never finalised
 
 
-class PostgresSink:
+class PostgresSink(PgRows):
     """Write batches to a PostgreSQL table (``pip install 'writebehind[postgres]'``).
 
     Args:
@@ -101,6 +100,10 @@ class PostgresSink:
             per-connection temporary table and one merge: ``_pg_copy``; needs
             ``writebehind[psycopg]``), or ``"auto"``: psycopg for a ``psycopg_pool`` pool (or
             a factory returning one), asyncpg otherwise.
+        report_stale: find which records the version condition skipped (the table held
+            their key at a newer version) and report them, so they resolve
+            ``Outcome.STALE`` (``_pg_stale``: the upsert answers with them, in the same
+            statement). Off by default: it costs throughput (docs/benchmarks.md).
     """
 
     def __init__(
@@ -116,6 +119,7 @@ class PostgresSink:
         json_dumps: JsonDumps | None = None,
         connect_kwargs: Mapping[str, Any] | None = None,
         driver: str = "auto",
+        report_stale: bool = False,
     ) -> None:
         self.table = validate(table, "table")
         self.schema = validate(schema, "schema")
@@ -139,6 +143,8 @@ class PostgresSink:
                 "options in the DSN, or pass a psycopg_pool.AsyncConnectionPool of yours"
             )
         self.method = method
+        self.reports_stale = bool(report_stale)
+        """Whether writes report the records their version condition skipped."""
         self.driver = "psycopg" if psycopg_pool else driver
         self._encode = json_encoder(json_dumps)
         self._by_column: dict[str, Callable[[Any], Any]] = {}
@@ -246,7 +252,7 @@ class PostgresSink:
         """The psycopg path (docs/postgres.md): a pool of yours, or connections of its own."""
         path = CopyPath(
             schema=self.schema, table=self.table, key=self.key, version=self.version,
-            method=self.method,
+            method=self.method, report=self.reports_stale,
         )  # fmt: skip
         self._psy = PsycopgDriver(path, dsn=self._dsn, pool=pool, pool_size=self.pool_size)
         try:
@@ -346,26 +352,30 @@ class PostgresSink:
         return error
 
     # -- writing --------------------------------------------------------------------------
-    async def write(self, batch: list[Any]) -> None:
-        """Write ``batch`` in one transaction: one upsert (or COPY) per record shape."""
+    async def write(self, batch: list[Any]) -> WriteResult | None:
+        """Write ``batch`` in one transaction: one upsert (or COPY) per record shape. With
+        ``report_stale``, the result names the records the version condition skipped."""
         if not batch:
-            return
+            return None
         if self._pool is None and self._psy is None:
             raise map_error(ConnectionError("the PostgreSQL sink is not started"), ())
-        groups = self._group(batch)
+        groups, where, dropped = self._group(batch)
+        stale: dict[tuple[str, ...], list[int]] = {}
         try:
             if self._psy is not None:
-                self.statements += await self._psy.write(groups)
-                return
+                written, stale = await self._psy.write(groups)
+                self.statements += written
+                return stale_result(stale, where) if where else None
             async with self._pool.acquire() as conn:
                 try:
                     if len(groups) == 1 and self._single_statement(*groups):
                         # one statement is atomic on its own: no BEGIN/COMMIT round trips
-                        await self._write_rows(conn, *next(iter(groups.items())), 0)
+                        names, rows = next(iter(groups.items()))
+                        stale[names] = await self._write_rows(conn, names, rows, 0)
                     else:
                         async with conn.transaction():
                             for shape, (names, rows) in enumerate(groups.items()):
-                                await self._write_rows(conn, names, rows, shape)
+                                stale[names] = await self._write_rows(conn, names, rows, shape)
                 except BaseException as exc:
                     if isinstance(exc, asyncio.CancelledError):
                         self._abandon(conn)
@@ -382,6 +392,7 @@ class PostgresSink:
             if any(s in str(exc) for s in self._secrets):
                 raise error from None
             raise error from exc
+        return stale_result(stale, where, dropped) if where else None
 
     def _key_of(self, names: tuple[str, ...], rows: list[Any]) -> str:
         return describe_key(names, rows[0], self.key)
@@ -402,76 +413,3 @@ class PostgresSink:
         task = asyncio.get_running_loop().create_task(reaper)
         self._reapers.add(task)
         task.add_done_callback(self._reapers.discard)
-
-    def _group(self, batch: list[Any]) -> Rows:
-        groups = group_rows(batch)
-        for names in groups:
-            if names not in self._sql:
-                check_shape(names, self.columns, self.key, f"{self.schema}.{self.table}")
-        groups = {
-            names: convert_rows(names, rows, self.key, enum_values, self._by_column)
-            for names, rows in groups.items()
-        }
-        if self.key and self._psy is None:  # psycopg's merge keeps the newest per key itself
-            groups = {
-                names: newest_per_key(names, rows, self.key, self.version)
-                for names, rows in groups.items()
-            }
-        return groups
-
-    def _json_value(self, v: Any) -> Any:
-        return v if v is None or isinstance(v, str) else self._encode(v)
-
-    def _single_statement(self, names: tuple[str, ...]) -> bool:
-        return bool(self.key) and not self._use_copy(names)
-
-    async def _write_rows(
-        self, conn: Any, names: tuple[str, ...], rows: list[Any], shape: int
-    ) -> None:
-        if not self.key:
-            await conn.copy_records_to_table(
-                self.table, schema_name=self.schema, columns=list(names), records=rows
-            )
-        elif self._use_copy(names):
-            name = f"wb_stage{shape}_{self.table}"[:63]  # one per record shape in the batch
-            stage = quote(name)
-            await conn.execute(
-                f"CREATE TEMP TABLE {stage} (LIKE {self._target} INCLUDING DEFAULTS) ON COMMIT DROP"
-            )
-            await conn.copy_records_to_table(name, columns=list(names), records=rows)
-            await conn.execute(self._statement(names, source=stage))
-        else:
-            try:
-                await conn.execute(
-                    self._statement(names), *(list(c) for c in zip(*rows, strict=True))
-                )
-            except Exception as exc:
-                bad = argument_error(exc, names, rows, self.key)
-                if bad is None:
-                    raise
-                raise bad from None  # the driver's text quotes the whole array
-        self.statements += 1
-
-    def _use_copy(self, names: tuple[str, ...]) -> bool:
-        return self.method == "copy" or (self.method == "auto" and bool(self._arrays & set(names)))
-
-    def _statement(self, names: tuple[str, ...], source: str | None = None) -> str:
-        cache_key = (*names, source or "")
-        sql = self._sql.get(cache_key)
-        if sql is None:
-            sql = self._sql[cache_key] = self._build(names, source)
-        return sql
-
-    def _build(self, names: tuple[str, ...], source: str | None) -> str:
-        cols = ", ".join(quote(n) for n in names)
-        if source is None:
-            arrays = ", ".join(f"${i}::{self.columns[n]}[]" for i, n in enumerate(names, start=1))
-            keys = ", ".join(quote(k) for k in self.key)
-            # rows in key order: overlapping batches lock rows in one order, never deadlock
-            select = f"SELECT * FROM unnest({arrays}) AS u ({cols})" + (
-                f" ORDER BY {keys}" if self.key else ""
-            )
-        else:
-            select = f"SELECT {cols} FROM {source} ORDER BY {', '.join(quote(k) for k in self.key)}"
-        sql = f"INSERT INTO {self._target} AS t ({cols}) {select}"
-        return sql + on_conflict(names, self.key, self.version, "t")

@@ -34,11 +34,13 @@ from typing import Any
 from .._errors import ConfigError, PermanentSinkError, RetriableSinkError, SinkMisconfigured
 from .._ident import quote, validate
 from .._workers import WorkerThreads
-from ._records import Rows, check_shape, group_rows
+from ._protocol import WriteResult
+from ._records import Rows, check_shape
 from ._sqlite_errors import binding_error, map_error
 from ._sqlite_schema import check_file, inspect
-from ._sqlite_thread import Abandoned, Job, Moved, begin, file_identity, settled
+from ._sqlite_thread import Abandoned, Job, Moved, begin, file_identity, moved, settled
 from ._sqlite_versions import Versions
+from ._stale import Where, group_indexed, sqlite_stale, stale_result
 from ._upsert import on_conflict
 from ._values import JsonDumps, convert_rows, json_encoder, sqlite_types
 
@@ -108,6 +110,9 @@ class SQLiteSink:
             dataclasses, pydantic models, msgspec Structs) into JSON text, e.g.
             ``orjson.dumps`` (``str`` or UTF-8 ``bytes``); the default is ``json.dumps``
             writing them as plain JSON objects (Enums as their values, datetimes as ISO 8601).
+        report_stale: report the records the version condition skipped, so they resolve
+            ``Outcome.STALE`` (``_stale``). Off by default: free while nothing is skipped,
+            a lookup per batch that has skipped records (docs/benchmarks.md).
     """
 
     def __init__(
@@ -120,8 +125,10 @@ class SQLiteSink:
         synchronous: str = "FULL",
         busy_timeout: float = 5.0,
         json_dumps: JsonDumps | None = None,
+        report_stale: bool = False,
     ) -> None:
         self.path = os.fspath(path)
+        self.reports_stale = bool(report_stale)
         self.table = validate(table, "table")
         keys = (key,) if isinstance(key, str) else tuple(key or ())
         self.key = tuple(validate(k, "key") for k in keys)
@@ -228,7 +235,7 @@ class SQLiteSink:
             conn.close()
 
     # -- writing --------------------------------------------------------------------------
-    async def write(self, batch: list[Any]) -> None:
+    async def write(self, batch: list[Any]) -> WriteResult | None:
         """Upsert ``batch`` in one transaction.
 
         When the await is cancelled, the write is interrupted on its thread, and the
@@ -237,14 +244,14 @@ class SQLiteSink:
         returns normally, so the records are counted committed.
         """
         if not batch:
-            return
+            return None
         pool = self._pool
         if pool is None:
             raise RetriableSinkError("the SQLite sink is not started or already closed")
         job = Job()
         attempt = asyncio.ensure_future(pool.run(self._write, batch, job))
         try:
-            await asyncio.shield(attempt)
+            return await asyncio.shield(attempt)
         except asyncio.CancelledError:
             if attempt.done() and attempt.cancelled():
                 raise
@@ -256,7 +263,7 @@ class SQLiteSink:
             # records are in the table. Swallowing the cancellation is deliberate: returning
             # normally makes whoever cancelled (write_timeout, the close deadline) count them
             # committed, never LOST or DEAD_LETTERED.
-            return
+            return attempt.result()
 
     def _abandon(self, job: Job) -> None:
         """Stop ``job``: the thread looks at ``abandoned`` between statements and in
@@ -272,16 +279,17 @@ class SQLiteSink:
         job = self._current
         return 1 if job is not None and job.abandoned else 0
 
-    def _write(self, batch: list[Any], job: Job) -> None:
+    def _write(self, batch: list[Any], job: Job) -> WriteResult | None:
         with self._lock:
             if job.abandoned:
                 raise Abandoned  # cancelled while queued behind another write
             self._current = job
         try:
             conn = self._connection()
-            groups = self._group(batch)
+            groups, where = self._group(batch)
             with self._txn:  # a fork waits for the transaction to end (see _before_fork)
-                self._transaction(conn, groups, job)
+                stale = self._transaction(conn, groups, job, bool(where))
+            return stale_result(stale, where) if stale else None
         except sqlite3.Error as exc:
             raise map_error(exc) from exc
         except (OverflowError, ValueError) as exc:  # an int beyond 64 bits, a lone surrogate
@@ -293,20 +301,24 @@ class SQLiteSink:
         with self._lock:
             self._current = None
 
-    def _transaction(self, conn: sqlite3.Connection, groups: Rows, job: Job) -> None:
+    def _transaction(self, conn: sqlite3.Connection, groups: Rows, job: Job, report: bool) -> Any:
+        stale = {}  # per shape, the rows the upsert skipped (report_stale)
         try:
             begin(conn, job, self.busy_timeout)
             for names, rows in groups.items():
                 try:
-                    conn.executemany(self._statement(names), rows)
+                    written = conn.executemany(self._statement(names), rows).rowcount
                 except sqlite3.ProgrammingError as exc:
                     raise binding_error(exc, names, rows, self.key) from exc
                 self.statements += 1
+                if report and written < len(rows):  # some skipped: which (rarely needed)
+                    stale[names] = sqlite_stale(conn, names, rows, self)
             if job.abandoned:
                 raise Abandoned
             if self._moved():
                 raise Moved
             conn.execute("COMMIT")
+            return stale
         except BaseException as exc:
             self._release()  # no interrupt and no abort may hit the rollback
             self._rollback(conn)
@@ -334,13 +346,7 @@ class SQLiteSink:
 
     def _moved(self) -> bool:
         """Whether the file at ``path`` is no longer the one the connection has open."""
-        if self._file is None:
-            return False
-        try:
-            st = os.stat(self._where)
-        except FileNotFoundError:
-            return True
-        return (st.st_dev, st.st_ino) != self._file
+        return moved(self._where, self._file)
 
     def _forget(self, conn: sqlite3.Connection) -> None:
         """Close ``conn``; the next write opens the file again. Closing checkpoints the WAL
@@ -373,8 +379,8 @@ class SQLiteSink:
         self._reopen = False
         return self._conn
 
-    def _group(self, batch: list[Any]) -> Rows:
-        groups = group_rows(batch)
+    def _group(self, batch: list[Any]) -> tuple[Rows, Where]:
+        groups, where = group_indexed(batch, self.reports_stale and self.version is not None)
         out: Rows = {}
         versions, version = self._versions, self.version
         for names, rows in groups.items():
@@ -383,7 +389,7 @@ class SQLiteSink:
             if versions is not None and version in names:
                 rows = versions.adapt(rows, names.index(version))
             out[names] = convert_rows(names, rows, self.key, self._types, self._by_column)
-        return out
+        return out, where
 
     def _json_value(self, v: Any) -> Any:
         return v if v is None or isinstance(v, str) else self._encode(v)
