@@ -55,6 +55,9 @@ class BatcherOptions(TypedDict, total=False):
     spool: str | os.PathLike[str] | Spool | None
     merge: Callable[[Any, Any], Any] | None
     ttl: float | None
+    max_pending_bytes: int | None
+    max_batch_bytes: int | None
+    size: Callable[[Any], int] | None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -83,6 +86,9 @@ class Options:
     spool: str | os.PathLike[str] | Spool | None = None
     merge: Callable[[Any, Any], Any] | None = None  # None: the newer version replaces
     ttl: float | None = None  # seconds a record may stay pending; None: forever
+    max_pending_bytes: int | None = None  # bytes held, pending and in flight; None: no bound
+    max_batch_bytes: int | None = None  # bytes in one batch (and a flush trigger)
+    size: Callable[[Any], int] | None = None  # a record's bytes; None: an estimate
 
     @classmethod
     def of(cls, options: dict[str, Any]) -> Options:
@@ -142,6 +148,23 @@ class Options:
         if self.when_full not in WHEN_FULL:
             raise ConfigError(
                 f"when_full: must be one of {', '.join(WHEN_FULL)}; got {self.when_full!r}"
+            )
+        for arg in ("max_pending_bytes", "max_batch_bytes"):
+            if getattr(self, arg) is not None:
+                _positive_int(arg, getattr(self, arg))
+        if self.size is not None:
+            if not callable(self.size):
+                raise ConfigError(
+                    f"size: must be a function size(record) -> int, got {self.size!r}"
+                )
+            if self.max_pending_bytes is None and self.max_batch_bytes is None:
+                raise ConfigError(
+                    "size: measures records for max_pending_bytes or max_batch_bytes; give one"
+                )
+        if self.max_pending_bytes is not None and self.spool is not None:
+            raise ConfigError(
+                "max_pending_bytes: not supported with spool= yet (the spool bounds itself "
+                "with Spool(max_bytes=)); use max_pending"
             )
         if self.ttl is not None:
             check_number("ttl", self.ttl, minimum=0, inclusive=False, finite=True)

@@ -52,8 +52,9 @@ class Counters:
                 raise ValueError(f"not a counter the engine may add to: {name!r}")
             setattr(self, name, getattr(self, name) + d)
 
-    def snapshot(self, pending: int, closed: bool) -> Stats:
+    def snapshot(self, pending: int, closed: bool, bytes_held: int = 0) -> Stats:
         return Stats(
+            bytes_held=bytes_held,
             accepted=self.accepted,
             committed=self.committed,
             stale=self.stale,

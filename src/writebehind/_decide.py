@@ -5,7 +5,7 @@ for this reason" or "sleep until this deadline (or until woken)". Triggers, in o
 
 - ``close``:  the batcher is closing; everything goes.
 - ``flush``:  ``flush()`` asked for the records pending when it was called.
-- ``size``:   ``max_batch`` records are pending.
+- ``size``:   ``max_batch`` records (or ``max_batch_bytes``) are pending.
 - ``linger``: the oldest pending record has waited ``linger`` seconds.
 
 Nothing is cut during a ``pause()`` (until the batcher closes). No batch is cut while
@@ -47,12 +47,14 @@ def decide(
     batches_in_flight: int,
     max_in_flight: int,
     resume_at: float = float("-inf"),
+    bytes_full: bool = False,
 ) -> Decision:
     """Decide whether to cut a batch now.
 
     ``forced`` is how many pending records ``flush()`` still asks to be cut. ``oldest_at`` is
     the clock time the oldest pending record arrived (None when nothing is pending).
     ``resume_at``: ``pause()`` holds every cut until then, unless the batcher is closing.
+    ``bytes_full``: ``max_batch_bytes`` are pending (a size trigger, as ``max_batch`` is).
     """
     if pending <= 0:
         return _SLEEP
@@ -64,7 +66,7 @@ def decide(
         return Decision("close", None)
     if forced > 0:
         return Decision("flush", None)
-    if pending >= max_batch:
+    if pending >= max_batch or bytes_full:
         return Decision("size", None)
     if oldest_at is None:
         return Decision("linger", None)

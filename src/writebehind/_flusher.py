@@ -191,7 +191,7 @@ class Flusher:
                 max_batch=opts.max_batch, linger=opts.linger, forced=self._forced,
                 closing=self.closing, batches_in_flight=len(self.writing),
                 max_in_flight=self.delivery.health.concurrency.current,
-                resume_at=self.resume_at,
+                resume_at=self.resume_at, bytes_full=intake.bytes_full(),
             )  # fmt: skip
             wake_at = d.wake_at
             resumes = self._check_resumed(now)

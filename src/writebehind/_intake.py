@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 from typing import Any
 
+from ._bytes_budget import BytesBudget, size_getter
 from ._config import Options
 from ._counters import Counters
 from ._errors import BatcherClosed, BufferFull, RecordError, WriteBehindError
@@ -74,6 +75,11 @@ class Intake:
         self._clock = opts.clock.monotonic
         self.ttl = opts.ttl  # seconds a record may stay pending (None: forever)
         self._merge = opts.merge  # merge(old, new) -> record, instead of replacing
+        # max_pending_bytes / max_batch_bytes: bytes held (receipts carry their _size)
+        self.budget = BytesBudget.of(opts.max_pending_bytes, opts.max_batch_bytes)
+        self._size_of = (
+            None if self.budget is None else size_getter(opts.size, opts.max_pending_bytes)
+        )
         # spill mode decides memory or spool and puts in one step against cut(): reentrant
         self._lock = threading.RLock() if opts.when_full == "spill" else threading.Lock()
         self.room = Room(self._lock)
@@ -279,31 +285,27 @@ class Intake:
     # -- the hot path ----------------------------------------------------------------------
     def _receipt_class(self, spooling: Any = None) -> type[Receipt]:
         """The class of this intake's receipts, with the slots its options use: ``_cost``
-        (``cost=`` read per record, set by the put), ``_at`` (``ttl=``: when it was added,
-        set as it is made), ``_seq`` (spool mode: its sequence number in the spool, read
-        from ``spooling.current`` as it is made, under the lock)."""
+        (``cost=`` read per record, set by the put), and, set as each is made: ``_seq``
+        (spool mode: its sequence number in the spool, ``spooling.current``, read under
+        the lock), ``_at`` (``ttl=``: when it was added), ``_size`` (a bytes budget: its
+        size, which may refuse it with ``RecordError`` before the lock is taken)."""
         slots: tuple[str, ...] = ("_cost",) if self._cost_of is not None else ()
-        clock, ttl = self._clock, self.ttl
-        if spooling is None and ttl is None:
+        clock, ttl, size_of = self._clock, self.ttl, self._size_of
+        if spooling is None and ttl is None and size_of is None:
             return Receipt.bound(self, slots)
         slots += ("_seq",) if spooling is not None else ()
         slots += ("_at",) if ttl is not None else ()
+        slots += ("_size",) if size_of is not None else ()
         base = Receipt.bound(self, slots)
-        if spooling is None:
 
-            def init(r: Receipt, record: Any, version: Any) -> None:
-                r.record, r.version, r._at = record, version, clock()  # type: ignore[attr-defined]
-
-        elif ttl is None:
-
-            def init(r: Receipt, record: Any, version: Any) -> None:
-                r.record, r.version, r._seq = record, version, spooling.current  # type: ignore[misc]
-
-        else:
-
-            def init(r: Receipt, record: Any, version: Any) -> None:
-                r.record, r.version = record, version
-                r._seq, r._at = spooling.current, clock()  # type: ignore[misc, attr-defined]
+        def init(r: Any, record: Any, version: Any) -> None:
+            r.record, r.version = record, version
+            if size_of is not None:
+                r._size = size_of(record)
+            if spooling is not None:
+                r._seq = spooling.current
+            if ttl is not None:
+                r._at = clock()
 
         return type("Receipt", (base,), {"__slots__": (), "__init__": init})
 
@@ -333,6 +335,7 @@ class Intake:
         uuid_type = _UUID
         cost_of = self._cost_of
         to_spill = None if spill is None else spill.append
+        budget = self.budget
 
         def put_nowait(record: Any) -> Receipt:
             # itemgetter (C) reads mapping records; anything else takes the slow getter.
@@ -384,16 +387,23 @@ class Intake:
                 if to_spill is not None:  # counted as pending: Stats.pending holds the queue
                     return intake._spill(k, r, to_spill)
                 n = len(pending)
-                if n + counts.in_flight_held >= max_pending and room:
+                if (
+                    n + counts.in_flight_held >= max_pending
+                    or (budget is not None and not budget.fits(r._size))  # type: ignore[attr-defined]
+                ) and room:
                     return intake._full(k, r)
                 pending[k] = r
                 remember(k)
                 counts.accepted += 1
+                if budget is not None:
+                    budget.pending += r._size  # type: ignore[attr-defined]
                 if n == 0:
                     intake.oldest_at = intake._clock()
                     if intake._woken:
                         return r
-                elif n + 1 < max_batch or intake._woken:
+                elif intake._woken or (
+                    n + 1 < max_batch and (budget is None or not budget.full_batch())
+                ):
                     return r
                 intake._woken = True
             finally:
@@ -439,6 +449,8 @@ class Intake:
         if newer:
             old._succ = r
             self._pending[k] = r
+            if self.budget is not None:
+                self.budget.pending += r._size - old._size  # type: ignore[attr-defined]
         else:
             r._succ = old
         if self.on_done is not None:  # the superseded record's fate is final
@@ -543,26 +555,41 @@ class Intake:
         if action == "refuse":
             raise self.refusal()
         counts.accepted += 1
+        budget = self.budget
         if action == "direct":
             counts.in_flight += 1
+            if budget is not None:
+                budget.flying += r._size  # type: ignore[attr-defined]
             assert self.loop is not None
             r._batch = batch = Batch([r], "direct", self.loop)
             self.call_in_loop(self._direct, batch)
             return r
         if action == "drop_oldest":
-            dropped = self._pending.pop(self._order.popleft())
-            dropped._outcome = Outcome.DROPPED
-            if self.on_done is not None:
-                self.on_done([dropped])
-            counts.dropped_oldest += 1
-            self._pending[k] = r
-            self._order.append(k)
+            self._drop_oldest()
+            while budget is not None and self._pending and not budget.fits(r._size):  # type: ignore[attr-defined]
+                self._drop_oldest()  # as many as the new record's bytes need
+            if budget is not None and not budget.fits(r._size):  # type: ignore[attr-defined]
+                self._dropped_new(r)  # the bytes in flight leave no room for it
+            else:
+                self._pending[k] = r
+                self._order.append(k)
+                if budget is not None:
+                    budget.pending += r._size  # type: ignore[attr-defined]
             if self._change is not None:  # someone awaits a pending receipt: maybe this one
                 self.call_in_loop(self._notify_change)
         else:
             self._dropped_new(r)
         self._log_drops()
         return r
+
+    def _drop_oldest(self) -> None:  # lock held
+        dropped = self._pending.pop(self._order.popleft())
+        dropped._outcome = Outcome.DROPPED
+        if self.on_done is not None:
+            self.on_done([dropped])
+        self.counts.dropped_oldest += 1
+        if self.budget is not None:
+            self.budget.pending -= dropped._size  # type: ignore[attr-defined]
 
     def _dropped_new(self, r: Receipt) -> None:  # lock held
         """``r`` was accepted and is dropped at once (``drop_newest``, or a full spool)."""
@@ -584,14 +611,36 @@ class Intake:
                 c.dropped_newest, c.dropped_oldest,
             )  # fmt: skip
 
-    def _has_room(self) -> bool:
-        return len(self._pending) + self.counts.in_flight_held < self.max_pending
+    def _has_room(self, size: int = 0) -> bool:
+        """Room for one more record (of ``size`` bytes, with a bytes budget)."""
+        budget = self.budget
+        return len(self._pending) + self.counts.in_flight_held < self.max_pending and (
+            budget is None or budget.fits(size)
+        )
 
-    def _full_for(self, policy: str) -> bool:
+    def _size_for_room(self, record: Any) -> int:
+        """What ``record`` needs of a bytes budget (0 without one, or if it cannot be
+        measured: the put then raises the record's own error)."""
+        if self._size_of is None:
+            return 0
+        try:
+            return self._size_of(record)
+        except RecordError:
+            return 0
+
+    def bytes_full(self) -> bool:
+        """Whether ``max_batch_bytes`` are pending (a reason to cut a batch now)."""
+        budget = self.budget
+        if budget is None:
+            return False
+        with self._lock:
+            return budget.full_batch()
+
+    def _full_for(self, policy: str, size: int = 0) -> bool:
         """No room for one more record under ``policy`` (lock held); False once closed."""
         if self._state != _OPEN:
             return False
-        if self._has_room():
+        if self._has_room(size):
             return False
         c = self.counts
         return policy != "direct" or c.in_flight - c.in_flight_held >= self.max_pending
@@ -604,8 +653,9 @@ class Intake:
         taken = self.put(record)  # the usual case: there is room
         if taken is not None:
             return taken
+        size = self._size_for_room(record)
         r: Receipt = self.room.wait_in_thread(
-            lambda: self.put(record), lambda: self._full_for(self.when_full), timeout
+            lambda: self.put(record), lambda: self._full_for(self.when_full, size), timeout
         )
         return r
 
@@ -613,8 +663,9 @@ class Intake:
         """Async API: the same as :meth:`put_blocking`, awaiting on the loop."""
         if self.when_full not in ("block", "direct"):
             return self.put_nowait(record)
+        size = self._size_for_room(record)
         r: Receipt = await self.room.wait_on_loop(
-            lambda: self.put(record), lambda: self._full_for(self.when_full), timeout
+            lambda: self.put(record), lambda: self._full_for(self.when_full, size), timeout
         )
         return r
 
@@ -649,6 +700,12 @@ class Intake:
             pending = self._pending
             if budget is not None:
                 n = self._fit(n, budget)
+            held = self.budget
+            if held is not None and held.max_batch is not None:  # max_batch_bytes
+                n = held.batch_fit(
+                    (pending[k]._size for k in itertools.islice(self._order, n)),  # type: ignore[attr-defined]
+                    n,
+                )
             if n >= len(pending):
                 taken = list(pending.values())
                 pending.clear()  # in place: the hot path holds this dict
@@ -657,6 +714,8 @@ class Intake:
             else:  # from the front, in time proportional to n whatever the backlog
                 oldest = self._order.popleft
                 taken = [pending.pop(oldest()) for _ in range(n)]
+            if held is not None:
+                held.cut(sum(r._size for r in taken))  # type: ignore[attr-defined]
             if self.ttl is not None:
                 taken = self._unexpired(taken)
             self.counts.in_flight += len(taken)
@@ -673,6 +732,8 @@ class Intake:
             expired = [r for r in taken if r._at < horizon]  # type: ignore[attr-defined]
             for r in expired:
                 r._outcome = Outcome.DROPPED
+            if self.budget is not None:
+                self.budget.flying -= sum(r._size for r in expired)  # type: ignore[attr-defined]
             self.counts.dropped_expired += len(expired)
             if self.on_done is not None:
                 self.on_done(expired)
@@ -741,6 +802,8 @@ class Intake:
             n = len(receipts)
             c = self.counts
             c.in_flight -= n
+            if self.budget is not None:
+                self.budget.flying -= sum(r._size for r in receipts)  # type: ignore[attr-defined]
             if not direct:
                 c.in_flight_held -= n
             if outcome is Outcome.COMMITTED:
@@ -831,7 +894,8 @@ class Intake:
 
     def stats(self) -> Stats:
         with self._lock:
-            return self.counts.snapshot(self.pending, self._state == _CLOSING)
+            held = 0 if self.budget is None else self.budget.held()
+            return self.counts.snapshot(self.pending, self._state == _CLOSING, held)
 
 
 def _not_open(state: int) -> WriteBehindError:

@@ -95,6 +95,7 @@ def make_put_many(
     cost_of = intake._cost_of
     max_batch, max_pending = intake.max_batch, intake.max_pending
     acquire, release = intake._acquire, intake._release
+    budget = intake.budget  # max_pending_bytes / max_batch_bytes (None: no bytes budget)
 
     def read(getter: Any, slow: Any, records: list[Any]) -> list[Any]:
         if getter is None:
@@ -141,6 +142,7 @@ def make_put_many(
             n0 = len(pending)
             if (
                 fresh is not None
+                and budget is None
                 and n0 + counts.in_flight_held + size <= max_pending
                 and pending.keys().isdisjoint(fresh)
             ):  # the usual group: new keys, room for all; as the loop below, in bulk
@@ -167,18 +169,23 @@ def make_put_many(
                         taken += 1
                         continue
                 n = len(pending)
-                if n + counts.in_flight_held >= max_pending:
+                if n + counts.in_flight_held >= max_pending or (
+                    budget is not None and not budget.fits(r._size)
+                ):
                     intake._full(k, r)  # a drop policy takes it; block/raise refuse
                     taken += 1
                     continue
                 pending[k] = r
                 remember(k)
                 counts.accepted += 1
+                if budget is not None:
+                    budget.pending += r._size
                 taken += 1
                 if n == 0:
                     intake.oldest_at = intake._clock()
             n1 = len(pending)
-            if not intake._woken and n1 and (n0 == 0 or n1 >= max_batch):
+            full = n1 >= max_batch or (budget is not None and budget.full_batch())
+            if not intake._woken and n1 and (n0 == 0 or full):
                 intake._woken = wake = True
         except WriteBehindError as exc:
             exc.receipts = receipts[:taken]  # type: ignore[attr-defined]

@@ -78,6 +78,9 @@ class Stats:
     stale: int = 0
     """Of ``committed``: records whose write changed nothing, because the store held the key
     at a newer version (``Outcome.STALE``; counted only by sinks that report it)."""
+    bytes_held: int = 0
+    """Bytes of the records held, pending and in flight, as ``size=`` (or the estimate)
+    measured them; 0 without ``max_pending_bytes`` or ``max_batch_bytes``."""
     dropped_by_reason: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
