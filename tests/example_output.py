@@ -116,9 +116,11 @@ EXPECTED: dict[str, list[Expectation]] = {
         r"^raise +[\d.]+ s  sink writes   2  refused  80\n +accepted  20  committed  20  "
         r"dropped   0  lost 0 ",
         r"^drop_newest +[\d.]+ s  sink writes   2  refused   0\n +accepted 100  committed  20"
-        r"  dropped  80  lost 0  dropped_by_reason \{'drop_newest': 80, 'drop_oldest': 0\}$",
+        r"  dropped  80  lost 0  dropped_by_reason \{'drop_newest': 80, 'drop_oldest': 0, "
+        r"'expired': 0\}$",
         r"^drop_oldest +[\d.]+ s  sink writes   2  refused   0\n +accepted 100  committed  20"
-        r"  dropped  80  lost 0  dropped_by_reason \{'drop_newest': 0, 'drop_oldest': 80\}$",
+        r"  dropped  80  lost 0  dropped_by_reason \{'drop_newest': 0, 'drop_oldest': 80, "
+        r"'expired': 0\}$",
         r"^direct +[\d.]+ s  sink writes  22  refused  60\n +accepted  40  committed  40  "
         r"dropped   0  lost 0 ",
         # block: the producer waited for the sink's 10 writes of 50 ms, one at a time
@@ -179,6 +181,24 @@ EXPECTED: dict[str, list[Expectation]] = {
         rf"^Stats\(accepted=500, committed=50, coalesced=450, .*batches=1, .*{STATS_TAIL}",
         r"^rows: 50, newest seq: 499$",
     ],
+    "bytes_budget.py": [
+        r"^committed 200 in \d+ batches; held now 0 bytes$",
+        r"^largest batch [\d,]+ bytes \(cap 256,000\): True$",
+        r"^refused: max_batch_bytes: must be <= max_pending_bytes \(10\), got 20$",
+    ],
+    "merge_counters.py": [
+        r"^pending now: \{'page': '/', 'views': 3334, 'first_view': 0\}$",
+        rf"^Stats\(accepted=10000, committed=3, coalesced=9997, .*{STATS_TAIL}",
+        r"^totals: \{'/': 3334, '/docs': 3333, '/pricing': 3333\} in 1 statement\(s\)$",
+    ],
+    "ttl_and_peek.py": [
+        r"^bob before the flush: online$",
+        r"^ada, in flight: online$",
+        r"^carol, never added: None$",
+        r"^bob after 2.1 s: None$",
+        r"^committed 1, expired 1$",
+        r"^written: \['ada'\]$",
+    ],
     "quickstart.py": [
         rf"^Stats\(accepted=1000, committed=50, coalesced=950, .*batches=1, .*{STATS_TAIL}",
         r"^statements: 1$",
@@ -196,6 +216,20 @@ EXPECTED: dict[str, list[Expectation]] = {
         r"^recovered from the spool: 500, committed: 500$",
         r"^add_nowait: durable before committed: True$",
         r"^rows in the table: 501$",
+    ],
+    "stale_rows.py": [
+        r"^sqlite: job-1 running \(seq 2\): STALE$",
+        r"^sqlite: job-2 queued \(seq 1\): COMMITTED$",
+        r"^sqlite: job-3 queued \(seq 1\): COMMITTED$",
+        r"^sqlite: committed=5 stale=1$",
+        r"^sqlite rows: \[\('job-1', 'done', 3\), \('job-2', 'queued', 1\), "
+        r"\('job-3', 'queued', 1\)\]$",
+        r"^postgres: job-1 running \(seq 2\): STALE$",
+        r"^postgres: job-2 queued \(seq 1\): COMMITTED$",
+        r"^postgres: job-3 queued \(seq 1\): COMMITTED$",
+        rf"^Stats\(accepted=5, committed=5, .*{STATS_TAIL}.*\bstale=1\b",
+        r"^postgres rows: \[\('job-1', 'done', 3\), \('job-2', 'queued', 1\), "
+        r"\('job-3', 'queued', 1\)\]$",
     ],
     "stats_asgi.py": [
         r"^http://127\.0\.0\.1:\d+/writebehind/stats: heartbeats-\d+ healthy, accepted 3$",

@@ -476,9 +476,11 @@ class AsyncBatcher:
         self._events.close()
         if stats.dropped:
             log.warning(
-                "writebehind[%s]: %d record(s) were dropped by when_full=%r while it ran (%s)",
-                self.name, stats.dropped, self._opts.when_full,
+                "writebehind[%s]: %d record(s) were dropped while it ran (%s; when_full=%r, "
+                "ttl=%r)",
+                self.name, stats.dropped,
                 ", ".join(f"{k} {v}" for k, v in stats.dropped_by_reason.items() if v),
+                self._opts.when_full, self._opts.ttl,
             )  # fmt: skip
         if report.spooled:
             log.warning(
