@@ -26,12 +26,14 @@ from . import (
     hot_path,
     memory,
     observability,
+    options_cost,
     postgres_copy,
     postgres_e2e,
     record_memory,
     spool,
     spool_kill,
     sqlite_e2e,
+    stale_report,
     streams,
 )
 from ._common import BenchmarkError, Section
@@ -45,6 +47,7 @@ BENCHMARKS: dict[str, Callable[[bool], Section]] = {
     "coalescing": coalescing.measure,
     "memory": memory.measure,
     "record_memory": record_memory.measure,
+    "options_cost": options_cost.measure,
     "postgres_e2e": postgres_e2e.measure,
     "postgres_copy": postgres_copy.measure,
     "observability": observability.measure,
@@ -52,6 +55,7 @@ BENCHMARKS: dict[str, Callable[[bool], Section]] = {
     "spool": spool.measure,
     "spool_kill": spool_kill.measure,
     "streams": streams.measure,
+    "stale_report": stale_report.measure,
 }
 DOC = ROOT / "docs" / "benchmarks.md"
 

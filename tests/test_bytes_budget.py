@@ -186,3 +186,25 @@ async def test_without_a_byte_budget_nothing_is_measured() -> None:
         assert not hasattr(r, "_size")
         assert b.stats().bytes_held == 0
         await idle()
+
+
+async def test_the_sampled_default_charges_about_what_the_records_hold() -> None:
+    """Without size=, every 64th record is measured and the others charged the running
+    mean: the bytes held are an estimate of the total, within 20% for a steady stream, and
+    the bound still refuses (raise) once the estimate reaches it."""
+    from writebehind._bytes_budget import estimate
+
+    records = [rec(i, 1000 + i % 10) for i in range(500)]
+    truth = sum(estimate(r) for r in records)
+    async with wb.AsyncBatcher(GatedSink(), key="id", max_pending_bytes=10**9,
+                               linger=FAR) as b:  # fmt: skip
+        b.add_many_nowait(records)
+        assert abs(b.stats().bytes_held - truth) <= 0.2 * truth
+        await b.close(timeout=0.1)
+    async with wb.AsyncBatcher(GatedSink(), key="id", max_pending_bytes=truth // 2,
+                               when_full="raise", linger=FAR) as b:  # fmt: skip
+        with pytest.raises(wb.BufferFull) as caught:
+            b.add_many_nowait(records)
+        taken = len(caught.value.receipts)  # type: ignore[attr-defined]
+        assert 200 <= taken <= 300
+        await b.close(timeout=0.1)

@@ -1,7 +1,7 @@
 """``max_pending_bytes`` and ``max_batch_bytes``: bounds in bytes beside the bounds in records.
 
-A record's size is measured once, as it is added (``size=fn(record)``, or :func:`estimate`),
-and kept on its receipt. :class:`BytesBudget` keeps the bytes held, pending and in flight,
+A record's size is taken once, as it is added (``size=fn(record)``, or the :class:`Sampler`'s
+charge), and kept on its receipt. :class:`BytesBudget` keeps the bytes held, pending and in flight,
 changed only under the intake's lock (the intake calls it wherever records enter or leave
 the buffer), so the memory bound of DESIGN.md §5 (invariant 3) holds in bytes as in records:
 a record that would take the held bytes over ``max_pending_bytes`` finds the buffer full and
@@ -21,18 +21,18 @@ from typing import Any
 
 from ._errors import ConfigError, RecordError
 
-__all__ = ["BytesBudget", "estimate", "size_getter"]
+__all__ = ["BytesBudget", "Sampler", "checked_size", "estimate", "measured", "sized_init"]
 
 _sizeof = sys.getsizeof
 
 
 def estimate(record: Any) -> int:
-    """The default size of a record: ``sys.getsizeof`` of the record and of each of its
-    fields (one level deep: a mapping's values, a dataclass's or plain object's attributes,
-    a tuple's items). An estimate of the memory it holds, not of its encoding; pass
-    ``size=`` for the exact figure a store caps (``len(json.dumps(r))``, say)."""
+    """A record's size as the default measures a sample of them: ``sys.getsizeof`` of the
+    record and of each of its fields (one level deep: a mapping's values, a dataclass's or
+    plain object's attributes, a tuple's items). An estimate of the memory it holds, not of
+    its encoding."""
     n = _sizeof(record)
-    if isinstance(record, Mapping):
+    if type(record) is dict or isinstance(record, Mapping):
         return n + sum(map(_sizeof, record.values()))
     if isinstance(record, tuple):
         return n + sum(map(_sizeof, record))
@@ -45,26 +45,92 @@ def estimate(record: Any) -> int:
     return n + sum(_sizeof(getattr(record, s, None)) for s in slots)
 
 
-def size_getter(size: Callable[[Any], int] | None, limit: int | None) -> Callable[[Any], int]:
-    """``size`` (or :func:`estimate`), checked: an int >= 0, and no more than ``limit`` (the
-    whole ``max_pending_bytes``); ``RecordError`` otherwise, naming what to do."""
-    measure = estimate if size is None else size
+class Sampler:
+    """The default size, cheap enough for the hot path: every ``EVERY``-th record (and the
+    first) is measured with :func:`estimate`; the others are charged the running mean of
+    those measured (a moving average, so it follows a stream whose records grow or shrink).
+    The bytes held are then an estimate of the total, not of each record: a stream with
+    rare large records needs ``size=``. Races between threads only blur the estimate."""
+
+    EVERY = 64
+    __slots__ = ("countdown", "limit", "mean")
+
+    def __init__(self, limit: int | None) -> None:
+        self.countdown = 0
+        self.mean = 0
+        self.limit = limit
+
+    def sample(self, record: Any) -> int:
+        n = checked_size(estimate(record), self.limit)
+        self.mean = n if not self.mean else (7 * self.mean + n) // 8
+        self.countdown = self.EVERY - 1
+        return n
+
+
+def checked_size(n: Any, limit: int | None) -> int:
+    """``n`` if it is a size a record may have (an int >= 0, at most ``limit``, the whole
+    ``max_pending_bytes``); ``RecordError`` otherwise, naming what to do."""
+    if type(n) is not int or n < 0:
+        raise RecordError(f"size: must return an int >= 0 (bytes), returned {n!r}")
+    if limit is not None and n > limit:
+        raise RecordError(
+            f"record of {n} bytes is larger than max_pending_bytes ({limit}): it could never "
+            f"fit in the buffer; raise max_pending_bytes or split the record"
+        )
+    return n
+
+
+def measured(size: Callable[[Any], int] | None, limit: int | None) -> Callable[[Any], int]:
+    """What a record counts: ``size(record)`` checked, or the sampled default (its next
+    sample, used where a room waiter needs one record's bytes)."""
+    if size is None:
+        return lambda record: checked_size(estimate(record), limit)
 
     def size_of(record: Any) -> int:
         try:
-            n = measure(record)
+            n = size(record)
         except Exception as exc:
             raise RecordError(f"size: {type(exc).__name__}: {exc}") from exc
-        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-            raise RecordError(f"size: must return an int >= 0 (bytes), returned {n!r}")
-        if limit is not None and n > limit:
-            raise RecordError(
-                f"record of {n} bytes is larger than max_pending_bytes ({limit}): it could "
-                f"never fit in the buffer; raise max_pending_bytes or split the record"
-            )
-        return n
+        return checked_size(n, limit)
 
     return size_of
+
+
+def sized_init(
+    size: Callable[[Any], int] | None, limit: int | None, more: Callable[[Any, Any], None] | None
+) -> Callable[[Any, Any, Any], None]:
+    """A receipt ``__init__`` that stores the record, its version and its ``_size`` (then
+    calls ``more(r, record)`` for the other slots, if any): the user's ``size`` checked, or
+    the :class:`Sampler`'s charge. Inlined: it runs once per add."""
+    if size is None:
+        sampler = Sampler(limit)
+
+        def init(r: Any, record: Any, version: Any) -> None:
+            r.record, r.version = record, version
+            if sampler.countdown:
+                sampler.countdown -= 1
+                r._size = sampler.mean
+            else:
+                r._size = sampler.sample(record)
+            if more is not None:
+                more(r, record)
+
+        return init
+    top = limit if limit is not None else sys.maxsize
+
+    def init_exact(r: Any, record: Any, version: Any) -> None:
+        r.record, r.version = record, version
+        try:
+            n = size(record)
+        except Exception as exc:
+            raise RecordError(f"size: {type(exc).__name__}: {exc}") from exc
+        if type(n) is not int or not 0 <= n <= top:
+            n = checked_size(n, limit)
+        r._size = n
+        if more is not None:
+            more(r, record)
+
+    return init_exact
 
 
 class BytesBudget:

@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 from typing import Any
 
-from ._bytes_budget import BytesBudget, size_getter
+from ._bytes_budget import BytesBudget, measured, sized_init
 from ._config import Options
 from ._counters import Counters
 from ._errors import BatcherClosed, BufferFull, RecordError, WriteBehindError
@@ -77,9 +77,8 @@ class Intake:
         self._merge = opts.merge  # merge(old, new) -> record, instead of replacing
         # max_pending_bytes / max_batch_bytes: bytes held (receipts carry their _size)
         self.budget = BytesBudget.of(opts.max_pending_bytes, opts.max_batch_bytes)
-        self._size_of = (
-            None if self.budget is None else size_getter(opts.size, opts.max_pending_bytes)
-        )
+        self._size = opts.size  # None: the sampled estimate
+        self._size_of = None if self.budget is None else measured(opts.size, opts.max_pending_bytes)
         # spill mode decides memory or spool and puts in one step against cut(): reentrant
         self._lock = threading.RLock() if opts.when_full == "spill" else threading.Lock()
         self.room = Room(self._lock)
@@ -298,15 +297,28 @@ class Intake:
         slots += ("_size",) if size_of is not None else ()
         base = Receipt.bound(self, slots)
 
-        def init(r: Any, record: Any, version: Any) -> None:
-            r.record, r.version = record, version
-            if size_of is not None:
-                r._size = size_of(record)
+        def more(r: Any, record: Any) -> None:  # the slots other than _size
             if spooling is not None:
                 r._seq = spooling.current
             if ttl is not None:
                 r._at = clock()
 
+        init: Callable[[Any, Any, Any], None]
+        if size_of is None:
+
+            def init(r: Any, record: Any, version: Any) -> None:
+                r.record, r.version = record, version
+                if spooling is not None:
+                    r._seq = spooling.current
+                if ttl is not None:
+                    r._at = clock()
+
+        else:
+            budget = self.budget
+            assert budget is not None
+            init = sized_init(
+                self._size, budget.max_held, None if spooling is None and ttl is None else more
+            )
         return type("Receipt", (base,), {"__slots__": (), "__init__": init})
 
     def _make_put(
@@ -336,6 +348,7 @@ class Intake:
         cost_of = self._cost_of
         to_spill = None if spill is None else spill.append
         budget = self.budget
+        max_held = None if budget is None else budget.max_held  # max_pending_bytes
 
         def put_nowait(record: Any) -> Receipt:
             # itemgetter (C) reads mapping records; anything else takes the slow getter.
@@ -389,7 +402,9 @@ class Intake:
                 n = len(pending)
                 if (
                     n + counts.in_flight_held >= max_pending
-                    or (budget is not None and not budget.fits(r._size))  # type: ignore[attr-defined]
+                    or (
+                        max_held is not None and budget.pending + budget.flying + r._size > max_held  # type: ignore[union-attr, attr-defined]
+                    )
                 ) and room:
                     return intake._full(k, r)
                 pending[k] = r
