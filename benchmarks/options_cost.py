@@ -83,9 +83,7 @@ def measure(quick: bool = False) -> Section:
             ns = asyncio.run(_run(records, options))
             best[key] = min(best.get(key, ns), ns)
     plain = best["plain"]
-    table = Table(
-        "add_nowait per record with each option", ["option", "µs per record", "vs plain"]
-    )
+    table = Table("add_nowait per record with each option", ["option", "µs per record", "vs plain"])
     for key, (label, _) in VARIANTS.items():
         table.rows.append([label, fmt_us(best[key]), fmt_ratio(best[key] / plain)])
     table.caption = (
