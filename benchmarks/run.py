@@ -35,6 +35,7 @@ from . import (
     sqlite_e2e,
     stale_report,
     streams,
+    threads,
 )
 from ._common import BenchmarkError, Section
 from ._report import ROOT, kept_block, markdown, text
@@ -48,6 +49,7 @@ BENCHMARKS: dict[str, Callable[[bool], Section]] = {
     "memory": memory.measure,
     "record_memory": record_memory.measure,
     "options_cost": options_cost.measure,
+    "threads": threads.measure,
     "postgres_e2e": postgres_e2e.measure,
     "postgres_copy": postgres_copy.measure,
     "observability": observability.measure,
