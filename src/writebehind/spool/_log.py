@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno as errnos
 import os
 import threading
 import time
@@ -30,7 +29,7 @@ from .._errors import RecordError
 from ._codec import encode_record
 from ._config import Spool
 from ._dir import check_dir, lock_dir, on_fork_in_child
-from ._errors import SpoolClosed, SpoolForked, SpoolFull, SpoolWriteError
+from ._errors import SpoolClosed, SpoolForked, full, too_big, write_failed
 from ._files import FileHandle, FileSystem, OsFileSystem
 from ._frames import HEADER, record_frames
 from ._recovery import Recovered, SpoolDamage, recover
@@ -161,11 +160,7 @@ class SpoolLog:
         return list(range(first, first + len(encoded)))
 
     def _too_big(self, size: int, where: str) -> RecordError:
-        return RecordError(
-            f"{where}the record encodes to {size} bytes, more than the spool's segment_bytes "
-            f"({self.spool.segment_size}); raise segment_bytes (and max_bytes), or split the "
-            f"record"
-        )
+        return too_big(size, self._segment_size, where)
 
     def _enqueue(self, encoded: list[bytes], size: int) -> int:
         """Queue encoded records (``size`` bytes framed) for the writer: the first's seq."""
@@ -189,11 +184,7 @@ class SpoolLog:
         """``SpoolClosed`` or ``SpoolFull`` for an append of ``size`` bytes (lock held)."""
         if self._stopping:
             raise SpoolClosed("the spool log is closed; it takes no more records")
-        used = self._disk + self._reserved
-        raise SpoolFull(
-            f"the spool holds {used} bytes of max_bytes={self._max_bytes} and the record "
-            f"needs {size}: wait for delivery to trim it (wait_for_room()), or raise max_bytes"
-        )
+        raise full(self._disk + self._reserved, self._max_bytes, size)
 
     def done(self, seqs: Iterable[int]) -> None:
         """Those records are committed, coalesced or dead-lettered: never deliver them again
@@ -432,15 +423,7 @@ class SpoolLog:
                 return
 
     def _failed(self, exc: OSError) -> None:
-        code = exc.errno
-        name = errnos.errorcode.get(code, str(code)) if code is not None else "error"
-        error = SpoolWriteError(
-            f"writing the spool failed ({name}: {exc.strerror or exc}); the records not yet "
-            f"synced are not durable and stay queued: the spool retries, and they become "
-            f"durable once the fault clears"
-            + (" (free some disk space)" if code == errnos.ENOSPC else ""),
-            errno=code,
-        )
+        error = write_failed(exc)
         with self._lock:
             self._errors += 1
             self._last_error = str(error)
