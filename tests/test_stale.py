@@ -365,6 +365,46 @@ async def test_sqlite_null_and_converted_versions(tmp_path: Path) -> None:
         assert (await older, await newer) == (OC.STALE, OC.COMMITTED)
 
 
+async def test_sqlite_keys_of_another_type_than_the_column_are_found(tmp_path: Path) -> None:
+    """An ``int`` key sent to a ``TEXT`` column is stored as text: the lookup of skipped
+    rows compares with the column's affinity, as the upsert's conflict did."""
+    path = tmp_path / "text_keys.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE t (id TEXT PRIMARY KEY, v INTEGER, note TEXT)")
+        conn.execute("INSERT INTO t VALUES ('1', 10, 'kept')")
+    records = [{"id": 1, "v": 5, "note": "older"}, {"id": 2, "v": 1, "note": "new"}]
+    outcomes, (stats, _) = await _one_batch(_sq_sink(path), records)
+    assert outcomes == [OC.STALE, OC.COMMITTED]
+    assert stats.stale == 1, stats
+    assert _sq_rows(path) == {"1": (10, "kept"), "2": (1, "new")}
+
+
+async def test_sqlite_duplicates_in_one_batch_leave_the_older_stale(sqlite_db: Path) -> None:
+    """Behind a batcher that does not coalesce, one key three times in a batch: SQLite
+    writes them in order and keeps the newest; the older ones changed nothing that stayed,
+    so they are STALE, as PostgresSink says of them."""
+    async with wb.AsyncBatcher(_sq_sink(sqlite_db), linger=60) as b:
+        r = [await b.add({"id": "a", "v": v, "note": f"v{v}"}) for v in (2, 1, 3)]
+        r.append(await b.add({"id": "b", "v": 1, "note": "fresh"}))
+        await b.flush()
+        assert [await x for x in r] == [OC.STALE, OC.STALE, OC.COMMITTED, OC.COMMITTED]
+    assert _sq_rows(sqlite_db)["a"] == (3, "v3")
+
+
+async def test_sqlite_a_wide_batch_is_looked_up_in_chunks(tmp_path: Path) -> None:
+    """600 rows of 120 columns, one stale in the second lookup chunk (500 rows each):
+    found at its place in the batch."""
+    path = tmp_path / "wide.db"
+    cols = [f"c{i}" for i in range(118)]
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"CREATE TABLE t (id TEXT PRIMARY KEY, v INTEGER, {', '.join(cols)})")
+        conn.execute("INSERT INTO t (id, v) VALUES ('k0550', 9)")
+    records = [{"id": f"k{i:04}", "v": 1, **dict.fromkeys(cols, i)} for i in range(600)]
+    outcomes, (stats, _) = await _one_batch(_sq_sink(path), records, max_batch=600)
+    assert outcomes == [OC.STALE if i == 550 else OC.COMMITTED for i in range(600)]
+    assert stats.stale == 1, stats
+
+
 async def test_sqlite_report_stale_is_off_by_default(sqlite_db: Path) -> None:
     _sq_seed(sqlite_db, [("a", 10, "kept")])
     sink = wb.SQLiteSink(sqlite_db, table="t", key="id", version="v")

@@ -36,8 +36,7 @@ from typing import Any
 
 from .._errors import ConfigError
 from .._ident import quote
-from ._pg_stale import copy_report, stage_lookup
-from ._stale import reports
+from ._pg_stale import copy_report, psycopg_merge
 from ._upsert import on_conflict
 
 __all__ = ["Connections", "CopyPath", "PsycopgDriver", "is_psycopg_pool"]
@@ -236,7 +235,7 @@ class CopyPath:
             async with cur.copy(f"COPY {into} ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types([self.oids[n] for n in names])
                 await _send(copy, rows)
-            found = await self._merged(cur, names, len(rows)) if self.key else []
+            found = await psycopg_merge(self, cur, names, None, len(rows)) if self.key else []
         self.statements += 1
         return found
 
@@ -260,27 +259,11 @@ class CopyPath:
         async with conn.cursor() as cur:
             arrays = [list(c) for c in zip(*rows, strict=True)]
             if self.key:
-                found = await self._run(cur, names, arrays)
+                found = await psycopg_merge(self, cur, names, arrays, len(rows))
             else:
                 await cur.execute(self._append(names), arrays)
         self.statements += 1
         return found
-
-    async def _run(self, cur: Any, names: tuple[str, ...], arrays: list[Any]) -> list[int]:
-        """The ``unnest`` merge; with ``report``, the ordinals of the rows it did not write."""
-        report = self.report and reports(names, self.key, self.version)
-        await cur.execute(self._merge(names, arrays, report), arrays)
-        return [r[0] for r in await cur.fetchall()] if report else []
-
-    async def _merged(self, cur: Any, names: tuple[str, ...], sent: int) -> list[int]:
-        """The staging merge (in the write's transaction); with ``report`` and fewer rows
-        written than sent, the ordinals of the staged rows the table holds newer."""
-        await cur.execute(self._merge(names, None, False))
-        if not (self.report and reports(names, self.key, self.version)) or cur.rowcount >= sent:
-            return []
-        assert self.version is not None  # reports() says so
-        await cur.execute(stage_lookup(self.target, self.stage, self.key, self.version))
-        return [r[0] for r in await cur.fetchall()]
 
     def _append(self, names: tuple[str, ...]) -> str:
         cols = ", ".join(quote(n) for n in names)

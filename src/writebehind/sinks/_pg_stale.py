@@ -37,6 +37,7 @@ from typing import Any
 
 from .._ident import quote
 from ._pg import newest_per_key
+from ._stale import reports
 from ._upsert import on_conflict
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "merged",
     "newest_indexed",
     "pg_upsert",
+    "psycopg_merge",
     "stage_lookup",
     "unnest_report",
 ]
@@ -151,3 +153,21 @@ def copy_report(target: str, names: tuple[str, ...], key: tuple[str, ...], versi
         f"SELECT s.wb_n - (SELECT min(wb_n) FROM s) FROM s WHERE {notnull} "
         f"AND s.wb_n NOT IN (SELECT p.wb_n FROM p JOIN w ON {join})"
     )
+
+
+async def psycopg_merge(
+    path: Any, cur: Any, names: tuple[str, ...], arrays: list[Any] | None, sent: int
+) -> list[int]:
+    """The psycopg path's merge of one record shape (``path`` is its ``CopyPath``): from
+    ``unnest`` arrays, with ``report`` in the form that answers with the rows it skipped;
+    or from the staging table, followed by :func:`stage_lookup` only when ``report`` is on
+    and it wrote fewer rows than the ``sent`` ones. The ordinals of the rows skipped."""
+    report = path.report and reports(names, path.key, path.version)
+    if arrays is not None:
+        await cur.execute(path._merge(names, arrays, report), arrays)
+        return [r[0] for r in await cur.fetchall()] if report else []
+    await cur.execute(path._merge(names, None, False))
+    if not report or cur.rowcount >= sent:
+        return []
+    await cur.execute(stage_lookup(path.target, path.stage, path.key, path.version))
+    return [r[0] for r in await cur.fetchall()]
