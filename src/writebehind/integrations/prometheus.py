@@ -42,7 +42,7 @@ __all__ = ["LATENCY_BUCKETS", "OUTCOMES", "SIZE_BUCKETS", "PrometheusCollector"]
 
 OUTCOMES = ("committed", "retry", "split", "dead_lettered", "cancelled", "other")
 """The ``outcome`` label of the histograms (``other``: an outcome this version does not know)."""
-DROP_REASONS = ("drop_newest", "drop_oldest")
+DROP_REASONS = ("drop_newest", "drop_oldest", "expired")
 
 SIZE_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 """Upper bounds of the batch-size histogram (records)."""
@@ -68,6 +68,10 @@ COUNTERS: Mapping[str, tuple[str, str]] = {
         "records_recovered",
         "Records a previous batcher left in the spool, taken again.",
     ),
+    "stale": (
+        "records_stale",
+        "Committed records that changed nothing: the store held a newer version.",
+    ),
 }
 """``Stats`` field -> (counter name after ``writebehind_``, help); ``_total`` is appended."""
 GAUGES: Mapping[str, tuple[str, str]] = {
@@ -81,6 +85,11 @@ GAUGES: Mapping[str, tuple[str, str]] = {
     ),
     "paused_for": ("paused_seconds", "Seconds left of a pause() (0 when not paused)."),
     "spooled": ("records_spooled", "Records in the spool not yet done (spool mode)."),
+    "bytes_held": (
+        "bytes_held",
+        "Bytes of the records held, pending and in flight (with max_pending_bytes or "
+        "max_batch_bytes).",
+    ),
 }
 """``Stats`` field -> (gauge name after ``writebehind_``, help)."""
 SPECIAL = frozenset({"dropped", "dropped_by_reason", "sink_state", "capacity"})
@@ -248,7 +257,7 @@ class PrometheusCollector:
         snaps = [(e.name, e.stats()) for e in self._engines]
         yield from _per_batcher(mc.CounterMetricFamily, COUNTERS, snaps)
         fam = mc.CounterMetricFamily(
-            _P + "records_dropped", "Records a drop policy dropped.", labels=["batcher", "reason"]
+            _P + "records_dropped", "Records dropped (a drop policy, expiry).", labels=["batcher", "reason"]
         )
         for n, s in snaps:
             by = dict(s.dropped_by_reason)
