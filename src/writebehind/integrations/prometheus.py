@@ -257,7 +257,9 @@ class PrometheusCollector:
         snaps = [(e.name, e.stats()) for e in self._engines]
         yield from _per_batcher(mc.CounterMetricFamily, COUNTERS, snaps)
         fam = mc.CounterMetricFamily(
-            _P + "records_dropped", "Records dropped (a drop policy, expiry).", labels=["batcher", "reason"]
+            _P + "records_dropped",
+            "Records dropped (a drop policy, expiry).",
+            labels=["batcher", "reason"],
         )
         for n, s in snaps:
             by = dict(s.dropped_by_reason)
