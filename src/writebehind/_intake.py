@@ -30,13 +30,14 @@ from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 from typing import Any
 
-from ._bytes_budget import BytesBudget, measured, sized_init
+from ._bytes_budget import BytesBudget, measured
 from ._config import Options
 from ._counters import Counters
-from ._errors import BatcherClosed, BufferFull, RecordError, WriteBehindError
+from ._errors import BufferFull, RecordError, WriteBehindError
 from ._keys import fast_getter, make_getter
 from ._overflow import WHEN_FULL, overflow_action
 from ._put_many import make_put_many, put_each
+from ._put_one import CLOSING, FORKED, NEW, OPEN, make_put, not_open, receipt_class
 from ._receipt import Batch, Outcome, Receipt
 from ._room import Room
 from ._stats import Stats
@@ -50,8 +51,6 @@ _UUID = uuid.UUID
 log = logging.getLogger("writebehind")
 
 _DROP_LOG_EVERY = 10.0  # seconds between two WARNINGs about dropped records
-
-_NEW, _OPEN, _CLOSING, _FORKED = 0, 1, 2, 3
 
 
 class Intake:
@@ -96,7 +95,7 @@ class Intake:
         # (their keys beside them); None in the other modes
         self.spilled: collections.deque[tuple[Any, Receipt]] | None = None
         self._spilled_keys: dict[Any, int] = {}  # how many of each key wait there
-        self._state = _NEW
+        self._state = NEW
         self._owner_pid = 0
         self.oldest_at: float | None = None
         self._woken = False
@@ -118,12 +117,12 @@ class Intake:
         self.is_durable: Callable[[Receipt], bool] | None = None
         self.wait_durable: Callable[[Receipt], Awaitable[None]] | None = None
         self.spool_full: Callable[[BaseException], bool] | None = None
-        self._receipt_type: type[Receipt] = self._receipt_class()
+        self._receipt_type: type[Receipt] = receipt_class(self)
         self.spooled = 0  # records left in the spool at the close deadline
-        self.put_nowait: Callable[[Any], Receipt] = self._make_put()
-        """Take a record or raise ``BufferFull`` (see :meth:`_make_put`). The hot path."""
+        self.put_nowait: Callable[[Any], Receipt] = make_put(self)
+        """Take a record or raise ``BufferFull`` (see ``_put_one.make_put``). The hot path."""
         self.put_many: Callable[[Iterable[Any]], list[Receipt]] = (
-            make_put_many(self, _OPEN, _not_open)
+            make_put_many(self, OPEN, not_open)
             if self.when_full != "direct"  # each record may be written alone
             else partial(put_each, self.put_nowait)
         )
@@ -142,7 +141,7 @@ class Intake:
         self._wake = wake
         self._direct = direct
         with self._lock:
-            self._state = _OPEN
+            self._state = OPEN
             self._owner_pid = os.getpid()
 
     def use_spool(self, spooling: Any) -> Callable[[Any], Receipt]:
@@ -151,18 +150,18 @@ class Intake:
         read as each is made, under the lock); ``spooling.done`` hears of every final fate.
         Returns the put that takes recovered records whatever the room (they were accepted
         already)."""
-        self._receipt_type = self._receipt_class(spooling)
+        self._receipt_type = receipt_class(self, spooling)
         self.on_done, self.is_durable = spooling.done, spooling.is_durable
         self.wait_durable, self.spool_full = spooling.durable, spooling.full
-        recovered = self._make_put(room=False)
+        recovered = make_put(self, room=False)
         if self.when_full == "spill":  # memory first; the spool takes what does not fit
             self.spilled = collections.deque()
             self.put_nowait = spooling.wrap_spill(
-                self._make_put(), self._make_put(spill=self.spilled), self
+                make_put(self), make_put(self, spill=self.spilled), self
             )
         else:
             self.put_nowait = spooling.wrap(
-                self._make_put(), self, drops=self.when_full in _NEVER_REFUSE
+                make_put(self), self, drops=self.when_full in _NEVER_REFUSE
             )
         self.put_many = partial(put_each, self.put_nowait)  # one spool append per record
         return recovered
@@ -228,8 +227,8 @@ class Intake:
         accepted, counted ``dropped``, never written)."""
         r = self._receipt_type(record, None)
         with self._lock:
-            if self._state != _OPEN:
-                raise _not_open(self._state)
+            if self._state != OPEN:
+                raise not_open(self._state)
             self.counts.accepted += 1
             self._dropped_new(r)
             self._filled_since = True
@@ -254,12 +253,12 @@ class Intake:
         by a thread that did not: a new one, and a ``put_nowait`` that never takes it."""
         self._lock = threading.RLock() if self.when_full == "spill" else threading.Lock()
         self.room = Room(self._lock)
-        self._state = _FORKED
+        self._state = FORKED
         self._pending.clear()
         self._order.clear()
 
         def refuse(record: Any) -> Receipt:
-            raise _not_open(_FORKED)
+            raise not_open(FORKED)
 
         self.put_nowait = refuse
         self.put_many = partial(put_each, refuse)
@@ -283,152 +282,6 @@ class Intake:
             self.loop.call_soon_threadsafe(fn, *args)
 
     # -- the hot path ----------------------------------------------------------------------
-    def _receipt_class(self, spooling: Any = None) -> type[Receipt]:
-        """The class of this intake's receipts, with the slots its options use: ``_cost``
-        (``cost=`` read per record, set by the put), and, set as each is made: ``_seq``
-        (spool mode: its sequence number in the spool, ``spooling.current``, read under
-        the lock), ``_at`` (``ttl=``: when it was added), ``_size`` (a bytes budget: its
-        size, which may refuse it with ``RecordError`` before the lock is taken)."""
-        slots: tuple[str, ...] = ("_cost",) if self._cost_of is not None else ()
-        clock, ttl, size_of = self._clock, self.ttl, self._size_of
-        if spooling is None and ttl is None and size_of is None:
-            return Receipt.bound(self, slots)
-        slots += ("_seq",) if spooling is not None else ()
-        slots += ("_at",) if ttl is not None else ()
-        slots += ("_size",) if size_of is not None else ()
-        base = Receipt.bound(self, slots)
-
-        def more(r: Any, record: Any) -> None:  # the slots other than _size
-            if spooling is not None:
-                r._seq = spooling.current
-            if ttl is not None:
-                r._at = clock()
-
-        init: Callable[[Any, Any, Any], None]
-        if size_of is None:
-
-            def init(r: Any, record: Any, version: Any) -> None:
-                r.record, r.version = record, version
-                if spooling is not None:
-                    r._seq = spooling.current
-                if ttl is not None:
-                    r._at = clock()
-
-        else:
-            budget = self.budget
-            assert budget is not None
-            init = sized_init(
-                self._size, budget.max_held, None if spooling is None and ttl is None else more
-            )
-        return type("Receipt", (base,), {"__slots__": (), "__init__": init})
-
-    def _make_put(
-        self, room: bool = True, spill: collections.deque[tuple[Any, Receipt]] | None = None
-    ) -> Callable[[Any], Receipt]:
-        """Build ``put_nowait``: a closure over its configuration and the (stable) pending
-        dict, so the hot path reads locals instead of attributes.
-
-        It takes a record, applying the overflow policy (``BufferFull`` under block/raise):
-        one lock round trip, one Receipt, no clock read (except for the first record of a
-        linger window), and no wake-up unless a trigger fires. The getters run before the
-        lock is taken, so a slow or raising getter never holds it.
-
-        ``room=False``: whatever the room (recovered records, accepted already once).
-        ``spill``: append to that queue instead of the buffer (``when_full="spill"``).
-        """
-        intake = self
-        pending = self._pending
-        remember = self._order.append
-        counts = self.counts
-        kfast, vfast, kslow, vslow = self._kfast, self._vfast, self._key, self._version
-        acquire, release = self._acquire, self._release
-        max_batch, max_pending = self.max_batch, self.max_pending
-        keyless = self._keyless
-        new_receipt = self._receipt_type
-        uuid_type = _UUID
-        cost_of = self._cost_of
-        to_spill = None if spill is None else spill.append
-        budget = self.budget
-        max_held = None if budget is None else budget.max_held  # max_pending_bytes
-
-        def put_nowait(record: Any) -> Receipt:
-            # itemgetter (C) reads mapping records; anything else takes the slow getter.
-            try:
-                k = kfast(record) if kfast is not None else None
-                v = vfast(record) if vfast is not None else None
-            except (KeyError, TypeError, IndexError):
-                k = kslow(record) if kslow is not None else None
-                v = vslow(record) if vslow is not None else None
-            if type(k) is uuid_type:
-                k = k.int  # hashes ~5x faster, equal exactly when the UUIDs are
-            if v is None:
-                if vfast is not None:
-                    raise RecordError(
-                        "version is None: it cannot be ordered against the other versions "
-                        "of its key (the buffer and the sinks would disagree on which is "
-                        "newer); give every record a version"
-                    )
-            else:
-                try:
-                    nan = v != v
-                except Exception as exc:
-                    raise RecordError(
-                        f"version of type {type(v).__name__} cannot be compared"
-                    ) from exc
-                if nan:
-                    raise RecordError(
-                        f"version {v!r} is not equal to itself (NaN?): it cannot be ordered, "
-                        f"so no newer version could ever replace it; use a comparable version"
-                    )
-            if k is None and kfast is not None:
-                raise RecordError("key is None: records are coalesced and upserted by key")
-            r = new_receipt(record, v)
-            if cost_of is not None:
-                r._cost = cost_of(record)  # type: ignore[misc]  # a slot of the bound subclass
-            acquire()
-            try:
-                if intake._state != _OPEN:
-                    raise _not_open(intake._state)
-                if k is None:
-                    k = next(keyless)
-                elif to_spill is None:
-                    try:
-                        old = pending.get(k)
-                    except Exception as exc:  # unhashable, or a __hash__/__eq__ that raised
-                        raise _unhashable(k) from exc
-                    if old is not None:
-                        return intake._coalesce(k, old, r)
-                if to_spill is not None:  # counted as pending: Stats.pending holds the queue
-                    return intake._spill(k, r, to_spill)
-                n = len(pending)
-                if (
-                    n + counts.in_flight_held >= max_pending
-                    or (
-                        max_held is not None and budget.pending + budget.flying + r._size > max_held  # type: ignore[union-attr, attr-defined]
-                    )
-                ) and room:
-                    return intake._full(k, r)
-                pending[k] = r
-                remember(k)
-                counts.accepted += 1
-                if budget is not None:
-                    budget.pending += r._size  # type: ignore[attr-defined]
-                if n == 0:
-                    intake.oldest_at = intake._clock()
-                    if intake._woken:
-                        return r
-                elif intake._woken or (
-                    n + 1 < max_batch and (budget is None or not budget.full_batch())
-                ):
-                    return r
-                intake._woken = True
-            finally:
-                release()
-            intake.call_in_loop(intake._wake)
-            return r
-
-        return put_nowait
-
     def _coalesce(self, k: Any, old: Receipt, r: Receipt) -> Receipt:
         """``r`` has the key of the pending ``old``: the newer (or later, on a tie) stays;
         with ``merge=``, ``merge(old, new)`` takes the place of both."""
@@ -654,7 +507,7 @@ class Intake:
 
     def _full_for(self, policy: str, size: int = 0) -> bool:
         """No room for one more record under ``policy`` (lock held); False once closed."""
-        if self._state != _OPEN:
+        if self._state != OPEN:
             return False
         if self._has_room(size):
             return False
@@ -867,19 +720,19 @@ class Intake:
     def close(self) -> None:
         """Stop accepting; wake every waiter so it sees the intake closed."""
         with self._lock:
-            if self._state != _FORKED:
-                self._state = _CLOSING
+            if self._state != FORKED:
+                self._state = CLOSING
             self._release_locked()
 
     @property
     def closed(self) -> bool:
-        return self._state in (_CLOSING, _FORKED)
+        return self._state in (CLOSING, FORKED)
 
     @property
     def gone(self) -> bool:
         """The event loop will never run this intake's flusher again (closed, or left in
         the parent process by a fork)."""
-        return self._state == _FORKED or (self.loop is not None and self.loop.is_closed())
+        return self._state == FORKED or (self.loop is not None and self.loop.is_closed())
 
     def abandon(self, in_flight: list[Receipt]) -> int:
         """At the close deadline: count everything still held as lost (its receipts resolve
@@ -912,34 +765,12 @@ class Intake:
     def stats(self) -> Stats:
         with self._lock:
             held = 0 if self.budget is None else self.budget.held()
-            return self.counts.snapshot(self.pending, self._state == _CLOSING, held)
+            return self.counts.snapshot(self.pending, self._state == CLOSING, held)
 
 
 _repeat = itertools.repeat
 _consume: Callable[[Iterable[Any]], None] = collections.deque(maxlen=0).extend
 """Run an iterator to its end in C (a ``map`` that sets attributes, under the lock)."""
-
-
-def _not_open(state: int) -> WriteBehindError:
-    if state == _NEW:
-        return WriteBehindError(
-            "the batcher is not started: use 'async with AsyncBatcher(...)' (or 'with "
-            "Batcher(...)'), or call start() first"
-        )
-    if state == _FORKED:
-        return WriteBehindError(
-            "this AsyncBatcher was started in the parent process: its event loop and records "
-            "cannot cross os.fork(). Create a new batcher in the child (for example in a "
-            "worker-init hook), or use the sync Batcher, which starts afresh in the child"
-        )
-    return BatcherClosed("the batcher is closed and takes no more records")
-
-
-def _unhashable(k: Any) -> RecordError:
-    return RecordError(
-        f"key of type {type(k).__name__} cannot be hashed and compared, so records cannot be "
-        f"coalesced by it; use a field of str, int, UUID or a tuple of them"
-    )
 
 
 def _field_names(*specs: Any) -> tuple[str, ...] | None:
