@@ -35,7 +35,7 @@ from ._config import Options
 from ._counters import Counters
 from ._errors import BufferFull, RecordError, WriteBehindError
 from ._keys import fast_getter, make_getter
-from ._overflow import WHEN_FULL, overflow_action
+from ._overflow import DROP_LOG_EVERY, WHEN_FULL, carry_out, dropped_new, log_drops
 from ._put_many import make_put_many, put_each
 from ._put_one import CLOSING, FORKED, NEW, OPEN, make_put, not_open, receipt_class
 from ._receipt import Batch, Outcome, Receipt
@@ -49,8 +49,6 @@ _NEVER_REFUSE = ("drop_newest", "drop_oldest")  # policies that take every recor
 _UUID = uuid.UUID
 
 log = logging.getLogger("writebehind")
-
-_DROP_LOG_EVERY = 10.0  # seconds between two WARNINGs about dropped records
 
 
 class Intake:
@@ -230,12 +228,12 @@ class Intake:
             if self._state != OPEN:
                 raise not_open(self._state)
             self.counts.accepted += 1
-            self._dropped_new(r)
+            dropped_new(self, r)
             self._filled_since = True
             if not self._notice:
                 self._notice = True
                 self.call_in_loop(self._wake)
-            self._log_drops()
+            log_drops(self)
         return r
 
     async def durable(self, r: Receipt) -> None:
@@ -408,77 +406,9 @@ class Intake:
             return None
 
     def _full(self, k: Any, r: Receipt) -> Receipt:
-        """Apply ``when_full`` to a record that needs a new slot (lock held; off the hot
-        path: only when the buffer is full)."""
-        counts = self.counts
-        self._filled_since = True
-        if not self._notice:  # the flusher publishes BufferFilled/RecordsDropped events
-            self._notice = True
-            self.call_in_loop(self._wake)
-        action = overflow_action(
-            self.when_full,
-            has_pending=bool(self._pending),
-            direct_in_flight=counts.in_flight - counts.in_flight_held,
-            max_pending=self.max_pending,
-        )
-        if action == "refuse":
-            raise self.refusal()
-        counts.accepted += 1
-        budget = self.budget
-        if action == "direct":
-            counts.in_flight += 1
-            if budget is not None:
-                budget.flying += r._size  # type: ignore[attr-defined]
-            assert self.loop is not None
-            r._batch = batch = Batch([r], "direct", self.loop)
-            self.call_in_loop(self._direct, batch)
-            return r
-        if action == "drop_oldest":
-            self._drop_oldest()
-            while budget is not None and self._pending and not budget.fits(r._size):  # type: ignore[attr-defined]
-                self._drop_oldest()  # as many as the new record's bytes need
-            if budget is not None and not budget.fits(r._size):  # type: ignore[attr-defined]
-                self._dropped_new(r)  # the bytes in flight leave no room for it
-            else:
-                self._pending[k] = r
-                self._order.append(k)
-                if budget is not None:
-                    budget.pending += r._size  # type: ignore[attr-defined]
-            if self._change is not None:  # someone awaits a pending receipt: maybe this one
-                self.call_in_loop(self._notify_change)
-        else:
-            self._dropped_new(r)
-        self._log_drops()
-        return r
-
-    def _drop_oldest(self) -> None:  # lock held
-        dropped = self._pending.pop(self._order.popleft())
-        dropped._outcome = Outcome.DROPPED
-        if self.on_done is not None:
-            self.on_done([dropped])
-        self.counts.dropped_oldest += 1
-        if self.budget is not None:
-            self.budget.pending -= dropped._size  # type: ignore[attr-defined]
-
-    def _dropped_new(self, r: Receipt) -> None:  # lock held
-        """``r`` was accepted and is dropped at once (``drop_newest``, or a full spool)."""
-        r._outcome = Outcome.DROPPED
-        self.counts.dropped_newest += 1
-        if self.on_done is not None:
-            self.on_done([r])
-
-    def _log_drops(self) -> None:
-        """One WARNING per ``_DROP_LOG_EVERY`` seconds while records are being dropped."""
-        now = time.monotonic()
-        if now >= self._drop_log_due:
-            self._drop_log_due = now + _DROP_LOG_EVERY
-            c = self.counts
-            log.warning(
-                "writebehind: buffer full (max_pending=%d, when_full=%s): %d record(s) "
-                "dropped so far (%d newest, %d oldest)",
-                self.max_pending, self.when_full, c.dropped_newest + c.dropped_oldest,
-                c.dropped_newest, c.dropped_oldest,
-            )  # fmt: skip
+        """Apply ``when_full`` to a record that needs a new slot (lock held): see
+        ``_overflow.carry_out``."""
+        return carry_out(self, k, r)
 
     def _has_room(self, size: int = 0) -> bool:
         """Room for one more record (of ``size`` bytes, with a bytes budget)."""
@@ -611,7 +541,7 @@ class Intake:
             self._notice = True  # the flusher publishes RecordsDropped(reason="expired")
             now = time.monotonic()
             if now >= self._expiry_log_due:
-                self._expiry_log_due = now + _DROP_LOG_EVERY
+                self._expiry_log_due = now + DROP_LOG_EVERY
                 log.warning(
                     "writebehind: %d record(s) pending longer than ttl=%g s were dropped as "
                     "expired (%d so far; counted in dropped, reason 'expired')",

@@ -5,15 +5,28 @@ needs a new slot.
 record), ``drop_newest`` (accept and drop it), ``drop_oldest`` (drop the oldest pending
 record to make room) or ``direct`` (write it alone, now, beside the batches; at most
 ``max_pending`` records in direct flight, past which it refuses like ``block``).
-:func:`overflow_action` only chooses; :class:`~writebehind._intake.Intake`, which owns the
-records and counters, carries the choice out.
+:func:`overflow_action` chooses; :func:`carry_out` carries the choice out on an
+``_intake.Intake`` (typed loosely: that module imports this one), which owns the records and
+counters, under its lock.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import logging
+import time
+from typing import Any, Literal
 
-__all__ = ["WHEN_FULL", "Action", "WhenFull", "overflow_action"]
+from ._receipt import Batch, Outcome, Receipt
+
+__all__ = [
+    "WHEN_FULL", "Action", "WhenFull", "carry_out", "drop_oldest", "dropped_new", "log_drops",
+    "overflow_action",
+]  # fmt: skip
+
+log = logging.getLogger("writebehind")
+
+DROP_LOG_EVERY = 10.0
+"""Seconds between two WARNINGs about dropped records."""
 
 WhenFull = Literal["block", "raise", "drop_newest", "drop_oldest", "direct", "spill"]
 WHEN_FULL: tuple[WhenFull, ...] = (
@@ -40,3 +53,80 @@ def overflow_action(
     if policy == "direct":
         return "direct" if direct_in_flight < max_pending else "refuse"
     return "refuse"
+
+
+def carry_out(intake: Any, k: Any, r: Receipt) -> Receipt:
+    """Apply ``intake``'s ``when_full`` to ``r`` (key ``k``), a record that needs a new slot
+    in a full buffer (the intake's lock held; off the hot path)."""
+    counts = intake.counts
+    intake._filled_since = True
+    if not intake._notice:  # the flusher publishes BufferFilled/RecordsDropped events
+        intake._notice = True
+        intake.call_in_loop(intake._wake)
+    action = overflow_action(
+        intake.when_full,
+        has_pending=bool(intake._pending),
+        direct_in_flight=counts.in_flight - counts.in_flight_held,
+        max_pending=intake.max_pending,
+    )
+    if action == "refuse":
+        raise intake.refusal()
+    counts.accepted += 1
+    budget = intake.budget
+    if action == "direct":
+        counts.in_flight += 1
+        if budget is not None:
+            budget.flying += r._size  # type: ignore[attr-defined]
+        assert intake.loop is not None
+        r._batch = batch = Batch([r], "direct", intake.loop)
+        intake.call_in_loop(intake._direct, batch)
+        return r
+    if action == "drop_oldest":
+        drop_oldest(intake)
+        while budget is not None and intake._pending and not budget.fits(r._size):  # type: ignore[attr-defined]
+            drop_oldest(intake)  # as many as the new record's bytes need
+        if budget is not None and not budget.fits(r._size):  # type: ignore[attr-defined]
+            dropped_new(intake, r)  # the bytes in flight leave no room for it
+        else:
+            intake._pending[k] = r
+            intake._order.append(k)
+            if budget is not None:
+                budget.pending += r._size  # type: ignore[attr-defined]
+        if intake._change is not None:  # someone awaits a pending receipt: maybe this one
+            intake.call_in_loop(intake._notify_change)
+    else:
+        dropped_new(intake, r)
+    log_drops(intake)
+    return r
+
+
+def drop_oldest(intake: Any) -> None:  # lock held
+    dropped = intake._pending.pop(intake._order.popleft())
+    dropped._outcome = Outcome.DROPPED
+    if intake.on_done is not None:
+        intake.on_done([dropped])
+    intake.counts.dropped_oldest += 1
+    if intake.budget is not None:
+        intake.budget.pending -= dropped._size
+
+
+def dropped_new(intake: Any, r: Receipt) -> None:  # lock held
+    """``r`` was accepted and is dropped at once (``drop_newest``, or a full spool)."""
+    r._outcome = Outcome.DROPPED
+    intake.counts.dropped_newest += 1
+    if intake.on_done is not None:
+        intake.on_done([r])
+
+
+def log_drops(intake: Any) -> None:
+    """One WARNING per ``DROP_LOG_EVERY`` seconds while records are being dropped."""
+    now = time.monotonic()
+    if now >= intake._drop_log_due:
+        intake._drop_log_due = now + DROP_LOG_EVERY
+        c = intake.counts
+        log.warning(
+            "writebehind: buffer full (max_pending=%d, when_full=%s): %d record(s) "
+            "dropped so far (%d newest, %d oldest)",
+            intake.max_pending, intake.when_full, c.dropped_newest + c.dropped_oldest,
+            c.dropped_newest, c.dropped_oldest,
+        )  # fmt: skip
