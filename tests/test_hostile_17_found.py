@@ -87,8 +87,9 @@ async def test_a_merged_record_is_charged_its_own_size(api: Open) -> None:
     strict=True,
     reason="_overflow.carry_out (from Intake._full; action drop_oldest) drops pending "
     "records while budget.fits(new) is false and the buffer is not empty, then drops "
-    "the new record too when the bytes in flight still leave no room: it never checks first whether "
-    "dropping every pending record could make room, so it drops records for nothing",
+    "the new record too when the bytes in flight still leave no room: it never checks "
+    "first whether dropping every pending record could make room, so it drops records "
+    "for nothing",
 )
 async def test_drop_oldest_does_not_drop_records_that_cannot_make_room(api: Open) -> None:
     """Showed: max_pending_bytes=100 with 60 bytes in flight and 4 records of 10 pending;
