@@ -61,9 +61,11 @@ class Outcome(enum.Enum):
     """It was still pending or in flight when ``close()`` reached its deadline."""
     STALE = "stale"
     """The sink's transaction committed, but the row was not changed: the store already held
-    this key at a newer (or the same) version, so the conditional write skipped it. Counted in
-    ``committed`` and in ``stale``. Only sinks that can tell report it (see
-    ``Sink.reports_stale``); others report ``COMMITTED``."""
+    this key at a newer version, so the conditional write skipped it (an equal version
+    overwrites: ``COMMITTED``). Counted in ``committed`` and in ``stale``. Only sinks that
+    tell report it: ``SQLiteSink``/``PostgresSink`` with ``report_stale=True`` (their
+    ``reports_stale``), or a sink whose ``write`` returns a ``WriteResult``; others report
+    ``COMMITTED``."""
     SPOOLED = "spooled"
     """Spool mode: it was not written by the close deadline and stays in the spool; the next
     batcher on that spool delivers it."""
