@@ -1,7 +1,7 @@
 """Defects found by a hostile review of issue 17's features (and issue 14's ``add_many``):
 ``merge=``, ``ttl=``, ``peek(key)``, ``max_pending_bytes``/``max_batch_bytes``/``size=``,
-``add_many``. Each test shows one defect and is marked ``xfail(strict=True)`` with its
-diagnosis until the code is fixed (src/ is being restructured by another engineer)."""
+``add_many``. Each test showed one defect (its docstring says what and what is expected);
+each failed before its fix."""
 
 from __future__ import annotations
 
@@ -27,13 +27,6 @@ def weight(record: dict[str, Any]) -> int:
 
 
 # -- bytes budget --------------------------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="_intake.Intake._supersede adds r._size - old._size to budget.pending without "
-    "checking budget.fits(): the coalescing paths (_put_one.make_put's put_nowait -> "
-    "Intake._coalesce, and _put_many.make_put_many's loop) never apply when_full to a "
-    "record that grows its key's slot, so bytes_held passes max_pending_bytes",
-)
 @pytest.mark.parametrize("group", [False, True], ids=["add_nowait", "add_many_nowait"])
 async def test_a_larger_record_coalescing_onto_a_smaller_one_keeps_the_byte_bound(
     api: Open, group: bool
@@ -60,14 +53,6 @@ async def test_a_larger_record_coalescing_onto_a_smaller_one_keeps_the_byte_boun
         assert held <= 100, f"bytes_held {held} > max_pending_bytes 100"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_intake.Intake._merged replaces r.record with merge(old, new) but keeps "
-    "r._size, measured on the new record before the merge (_put_one.receipt_class / "
-    "_bytes_budget.sized_init run size() when the receipt is made); _supersede then "
-    "charges that stale size, so a growing merge (union_fields, a list append) is "
-    "never measured and max_pending_bytes does not bound it",
-)
 async def test_a_merged_record_is_charged_its_own_size(api: Open) -> None:
     """Showed: 50 one-tag records merged with union_fields into one record of 50 tags,
     charged 1 byte (the size of the last delta). Expected: bytes_held is the size of the
@@ -83,14 +68,6 @@ async def test_a_merged_record_is_charged_its_own_size(api: Open) -> None:
         assert b.stats().bytes_held == 50
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_overflow.carry_out (from Intake._full; action drop_oldest) drops pending "
-    "records while budget.fits(new) is false and the buffer is not empty, then drops "
-    "the new record too when the bytes in flight still leave no room: it never checks "
-    "first whether dropping every pending record could make room, so it drops records "
-    "for nothing",
-)
 async def test_drop_oldest_does_not_drop_records_that_cannot_make_room(api: Open) -> None:
     """Showed: max_pending_bytes=100 with 60 bytes in flight and 4 records of 10 pending;
     a record of 50 bytes can never fit until the write settles (60 + 50 > 100), yet
@@ -114,13 +91,6 @@ async def test_drop_oldest_does_not_drop_records_that_cannot_make_room(api: Open
         assert s.dropped_by_reason["drop_oldest"] == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="direct writes are bounded by count only: _overflow.overflow_action takes "
-    "direct while direct_in_flight < max_pending and _intake.Intake._full_for('direct') "
-    "compares counts, while _overflow.carry_out adds each direct record's _size to "
-    "budget.flying; nothing compares the direct writes' bytes with max_pending_bytes",
-)
 async def test_direct_writes_stay_within_the_byte_bound(api: Open) -> None:
     """Showed: max_pending_bytes=100, when_full="direct", a sink that has not answered:
     20 records of 30 bytes are all taken (3 pending, 17 written alone) and bytes_held is
@@ -138,13 +108,6 @@ async def test_direct_writes_stay_within_the_byte_bound(api: Open) -> None:
         assert held <= 200, f"bytes_held {held} with max_pending_bytes=100"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_intake.Intake.refill moves spilled receipts into the pending dict without "
-    "adding their _size to budget.pending, while Intake.cut subtracts every cut record's "
-    "size; and _config.Options.check refuses only max_pending_bytes with spool=, not "
-    "max_batch_bytes (the guide says neither works with spool= yet)",
-)
 async def test_spill_with_max_batch_bytes_keeps_bytes_held_consistent(tmp_path: Path) -> None:
     """Showed: when_full="spill" with max_batch_bytes: 20 records of 10 bytes, 15 of them
     spilled; after flush() bytes_held is -150. Expected: either the combination is
@@ -180,13 +143,6 @@ def _drops_version(old: Any, new: Any) -> Any:
     return {**new, "v": None}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_intake.Intake._merged takes whatever merge() returns: it reads the version "
-    "with the slow getter but never checks it as put_nowait does (None/NaN), never "
-    "reads the key of the merged record to check it is still k, and accepts None as a "
-    "record; the merged record then sits in the slot of key k",
-)
 @pytest.mark.parametrize(
     ("merge", "version"),
     [(_returns_none, None), (_changes_key, "v"), (_drops_version, "v")],
@@ -211,13 +167,6 @@ async def test_a_merge_result_the_buffer_could_not_take_is_refused(
         assert b.batcher.peek(1) == first
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_intake.Intake._merged calls merge(old.record, r.record) in arrival order and "
-    "_supersede(..., newer=True) unconditionally: the version comparison _coalesce makes "
-    "without merge= is skipped, so an older version arriving late becomes the pending "
-    "record's version and data",
-)
 async def test_merge_keeps_the_newest_version_when_records_arrive_out_of_order(
     api: Open,
 ) -> None:
@@ -238,13 +187,6 @@ async def test_merge_keeps_the_newest_version_when_records_arrive_out_of_order(
 
 
 # -- add_many ------------------------------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="_put_many.add_group only attaches the taken receipts to WriteBehindError "
-    "(steps.throw); a CancelledError from the awaited add() propagates bare, so a caller "
-    "that cancels (asyncio.timeout around add_many, a request cancelled) cannot tell "
-    "which records were taken; nor is it documented",
-)
 async def test_a_cancelled_add_many_says_which_records_were_taken() -> None:
     """Showed: add_many of 25 records into a buffer of 10 that cannot drain is cancelled
     after 10 were taken: the CancelledError carries nothing, yet 10 records are accepted
@@ -265,14 +207,6 @@ async def test_a_cancelled_add_many_says_which_records_were_taken() -> None:
 
 
 # -- peek ----------------------------------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="_engine.AsyncBatcher.peek snapshots flusher.writing/direct before "
-    "_peek.newest_unwritten reads the pending dict under the intake's lock, and "
-    "_flusher.Flusher._cut registers a batch in writing only after Intake.cut removed "
-    "its records from pending and released the lock: a cut between the two reads (or "
-    "between cut() and the writing[...] assignment) leaves the record in neither place",
-)
 def test_peek_from_a_thread_never_misses_a_record_being_cut() -> None:
     """Showed: a thread adds a key then peeks it until peek() says None; in about a third
     of 300 tries peek() said None while the record's receipt had no outcome and the
@@ -302,14 +236,6 @@ def test_peek_from_a_thread_never_misses_a_record_being_cut() -> None:
     assert missed == [], f"peek() said None for {len(missed)} records not yet written"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_peek.newest_unwritten treats a receipt with an outcome as written only for "
-    "batches in flight (_peek._in_flight skips it; after Flusher.stop the abandoned "
-    "batches have also left flusher.writing), while Intake.pending_receipt returns a "
-    "pending receipt whatever its outcome: after Intake.abandon the LOST pending records "
-    "stay in the dict and are returned, the LOST in-flight ones are not",
-)
 async def test_peek_after_a_close_that_lost_records_treats_them_alike(api: Open) -> None:
     """Showed: a close that timed out lost record 1 (in flight) and record 2 (pending):
     peek(1) is None, which the guide says means "the datastore holds the newest version
@@ -327,14 +253,6 @@ async def test_peek_after_a_close_that_lost_records_treats_them_alike(api: Open)
         assert b.batcher.peek(1) == {"id": 1}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_put_one.make_put's put_nowait returns intake._coalesce(k, old, r) at "
-    "once, before the trigger check that wakes the flusher (n + 1 < max_batch and not "
-    "budget.full_batch()); _supersede raises budget.pending by the size difference "
-    "without waking it, so the max_batch_bytes trigger waits for linger "
-    "(_put_many.make_put_many checks budget.full_batch() after its loop and does wake)",
-)
 async def test_a_coalescing_add_that_reaches_max_batch_bytes_cuts_a_batch(api: Open) -> None:
     """Showed: max_batch_bytes=100 with 10 + 10 bytes pending; add_nowait of a 95-byte
     record with the key of a pending one brings 105 bytes pending, and nothing is cut

@@ -161,11 +161,12 @@ class Options:
                 raise ConfigError(
                     "size: measures records for max_pending_bytes or max_batch_bytes; give one"
                 )
-        if self.max_pending_bytes is not None and self.spool is not None:
-            raise ConfigError(
-                "max_pending_bytes: not supported with spool= yet (the spool bounds itself "
-                "with Spool(max_bytes=)); use max_pending"
-            )
+        for arg in ("max_pending_bytes", "max_batch_bytes"):
+            if getattr(self, arg) is not None and self.spool is not None:
+                raise ConfigError(
+                    f"{arg}: not supported with spool= yet (the spool bounds itself with "
+                    f"Spool(max_bytes=)); use max_pending and max_batch"
+                )
         if self.ttl is not None:
             check_number("ttl", self.ttl, minimum=0, inclusive=False, finite=True)
         if self.merge is not None:

@@ -31,7 +31,7 @@ from ._instrument import Instrument
 from ._intake import Intake
 from ._peek import newest_unwritten
 from ._put_many import add_group
-from ._receipt import Receipt
+from ._receipt import Batch, Receipt
 from ._receipt_group import Receipts
 from ._retry import check_number
 from ._spooling import Spooling, off_loop
@@ -281,8 +281,13 @@ class AsyncBatcher:
         flush. ``key`` as the records hold it (a UUID, a tuple for a composite key). Any
         thread; returns the record object that was added (or merged: ``merge=``)."""
         flusher = self._flusher
-        batches = [] if flusher is None else [*flusher.writing.values(), *flusher.direct.values()]
-        return newest_unwritten(self._intake, batches, key)
+
+        def in_flight() -> list[Batch]:
+            if flusher is None:
+                return []
+            return [*flusher.writing.values(), *flusher.direct.values()]
+
+        return newest_unwritten(self._intake, in_flight, key)
 
     async def add(self, record: Any, *, timeout: float | None = None) -> Receipt:
         """Take ``record``, waiting for room under ``when_full="block"``. In spool mode

@@ -253,6 +253,7 @@ class Flusher:
             self._flush_group[0].append(batch)
         name = f"writebehind-write[{self.opts.name}]"
         self.writing[self._spawn(self._deliver(batch, direct=False), name)] = batch
+        intake.just_cut = []  # in flight now, where peek() looks next (see _peek)
         return None
 
     def start_direct(self, batch: Batch) -> None:

@@ -35,7 +35,7 @@ from ._config import Options
 from ._counters import Counters
 from ._errors import BufferFull, RecordError, WriteBehindError
 from ._keys import fast_getter, make_getter
-from ._overflow import DROP_LOG_EVERY, WHEN_FULL, carry_out, dropped_new, log_drops
+from ._overflow import DROP_LOG_EVERY, WHEN_FULL, carry_out, dropped_new, grown_full, log_drops
 from ._put_many import make_put_many, put_each
 from ._put_one import CLOSING, FORKED, NEW, OPEN, make_put, not_open, receipt_class
 from ._receipt import Batch, Outcome, Receipt
@@ -117,6 +117,7 @@ class Intake:
         self.spool_full: Callable[[BaseException], bool] | None = None
         self._receipt_type: type[Receipt] = receipt_class(self)
         self.spooled = 0  # records left in the spool at the close deadline
+        self.just_cut: list[Receipt] = []  # the last cut, until its batch is registered
         self.put_nowait: Callable[[Any], Receipt] = make_put(self)
         """Take a record or raise ``BufferFull`` (see ``_put_one.make_put``). The hot path."""
         self.put_many: Callable[[Iterable[Any]], list[Receipt]] = (
@@ -185,11 +186,14 @@ class Intake:
         k = self._key(record) if self._key is not None else None
         return k.int if type(k) is _UUID else k
 
-    def pending_receipt(self, k: Any) -> Receipt | None:
+    def pending_receipt(self, k: Any) -> tuple[Receipt | None, list[Receipt]]:
         """The receipt of the newest record with key ``k`` (as the buffer holds it) waiting
         to be written: in the spill queue (later adds of a key than memory's) or pending;
-        None if there is none, or it has expired (``ttl=``)."""
+        None if there is none, or it has expired (``ttl=``). Also, read in the same step,
+        the receipts of the last cut, which the flusher may not have registered as a write
+        in flight yet (``peek`` reads those after)."""
         with self._lock:
+            cutting = self.just_cut
             r: Receipt | None = None
             spilled = self.spilled
             try:
@@ -198,11 +202,12 @@ class Intake:
                 else:
                     r = self._pending.get(k)
             except TypeError:  # unhashable: no record can have it
-                return None
-        if r is None or self.ttl is None:
-            return r
-        added: float = r._at  # type: ignore[attr-defined]
-        return None if added < self._clock() - self.ttl else r  # dropped at the next cut
+                return None, []
+        if r is not None and self.ttl is not None:
+            added: float = r._at  # type: ignore[attr-defined]
+            if added < self._clock() - self.ttl:
+                r = None  # dropped at the next cut
+        return r, cutting
 
     def refusal(self) -> BufferFull:
         """The error a put raises when the buffer has no room under ``when_full``."""
@@ -285,28 +290,52 @@ class Intake:
         with ``merge=``, ``merge(old, new)`` takes the place of both."""
         if self._merge is not None:
             return self._merged(k, old, r)
-        try:
-            newer = r.version is None or r.version >= old.version
-        except Exception as exc:  # not comparable, or a comparison that raised
-            raise RecordError(
-                f"versions {r.version!r} and {old.version!r} cannot be compared"
-            ) from exc
+        newer = _newer(r, old)
+        if newer and self._grows_past_budget(old, r):
+            return grown_full(self, k, old, r)
         self.counts.accepted += 1
         return self._supersede(k, old, r, newer)
 
+    def _grows_past_budget(self, old: Receipt, r: Receipt) -> bool:
+        """Whether ``r`` taking ``old``'s slot needs more bytes than ``max_pending_bytes``
+        leaves (a coalescing record is taken whatever the count, not whatever the bytes)."""
+        budget = self.budget
+        if budget is None or budget.max_held is None:
+            return False
+        grow: int = r._size - old._size  # type: ignore[attr-defined]
+        return grow > 0 and not budget.fits(grow)
+
     def _merged(self, k: Any, old: Receipt, r: Receipt) -> Receipt:
-        """``merge=``: ``r`` takes ``merge(old.record, r.record)`` (lock held; a merge that
-        raises refuses ``r`` with ``RecordError``, ``old`` stays as it was)."""
+        """``merge=``: ``r`` takes the merge of the two records, given in version order (the
+        older version first; a tie, or no version, in arrival order). Lock held; a merge
+        that raises, or returns what the buffer could not take (None, another key, a
+        version of None or NaN), refuses ``r`` with ``RecordError``; ``old`` stays."""
         assert self._merge is not None
+        first, then = (r, old) if not _newer(r, old) else (old, r)
         try:
-            merged = self._merge(old.record, r.record)
+            merged = self._merge(first.record, then.record)
+            if merged is None:
+                raise TypeError("merge returned None")
             version = self._version(merged) if self._version is not None else None
+            if self.key_of(merged) != k:
+                raise ValueError("merge returned a record of another key")
+            if self._version is not None and (version is None or version != version):
+                raise ValueError(f"merge returned a record of version {version!r}")
+            size = None if self._size_of is None else self._size_of(merged)
         except Exception as exc:
             raise RecordError(
                 f"merge raised {type(exc).__name__}: {exc} (key {k!r}); the record was not "
                 f"accepted, the pending one is unchanged"
             ) from exc
+        was = r.record, r.version, getattr(r, "_size", None)
         r.record, r.version = merged, version
+        if size is not None:
+            r._size = size  # type: ignore[attr-defined]  # what the buffer holds now
+        if self._grows_past_budget(old, r):
+            r.record, r.version = was[0], was[1]
+            if was[2] is not None:
+                r._size = was[2]  # type: ignore[attr-defined]
+            return grown_full(self, k, old, r, merged=(merged, version, size))
         self.counts.accepted += 1
         return self._supersede(k, old, r, True)
 
@@ -441,8 +470,12 @@ class Intake:
             return False
         if self._has_room(size):
             return False
-        c = self.counts
-        return policy != "direct" or c.in_flight - c.in_flight_held >= self.max_pending
+        if policy != "direct":
+            return True
+        c, budget = self.counts, self.budget
+        return c.in_flight - c.in_flight_held >= self.max_pending or (
+            budget is not None and not budget.fits(size)
+        )
 
     def put_blocking(self, record: Any, timeout: float | None) -> Receipt:
         """Thread API: take ``record``, waiting (at most ``timeout`` s) for room under
@@ -515,6 +548,7 @@ class Intake:
                 # producer that would then wait on the lock: no convoy)
                 keys = map(operator.call, itertools.repeat(self._order.popleft, n))
                 taken = list(map(pending.pop, keys))
+            self.just_cut = taken  # peek() finds them here until the flusher has the batch
             if held is not None:
                 held.cut(sum(r._size for r in taken))  # type: ignore[attr-defined]
             if self.ttl is not None:
@@ -684,6 +718,7 @@ class Intake:
                     spooled += kept
             self.spooled = spooled
             self.counts.lost = held - spooled
+            self.just_cut = list(in_flight)  # not written: peek() still finds them
         self._notify_change()
         return self.counts.lost
 
@@ -701,6 +736,14 @@ class Intake:
 _repeat = itertools.repeat
 _consume: Callable[[Iterable[Any]], None] = collections.deque(maxlen=0).extend
 """Run an iterator to its end in C (a ``map`` that sets attributes, under the lock)."""
+
+
+def _newer(r: Receipt, old: Receipt) -> bool:
+    """Whether ``r`` wins ``old``'s slot by version (newer or equal; no version: yes)."""
+    try:
+        return bool(r.version is None or r.version >= old.version)
+    except Exception as exc:  # not comparable, or a comparison that raised
+        raise RecordError(f"versions {r.version!r} and {old.version!r} cannot be compared") from exc
 
 
 def _field_names(*specs: Any) -> tuple[str, ...] | None:

@@ -19,8 +19,8 @@ from typing import Any, Literal
 from ._receipt import Batch, Outcome, Receipt
 
 __all__ = [
-    "WHEN_FULL", "Action", "WhenFull", "carry_out", "drop_oldest", "dropped_new", "log_drops",
-    "overflow_action",
+    "WHEN_FULL", "Action", "WhenFull", "carry_out", "drop_oldest", "dropped_new", "grown_full",
+    "log_drops", "notice_full", "overflow_action",
 ]  # fmt: skip
 
 log = logging.getLogger("writebehind")
@@ -59,10 +59,7 @@ def carry_out(intake: Any, k: Any, r: Receipt) -> Receipt:
     """Apply ``intake``'s ``when_full`` to ``r`` (key ``k``), a record that needs a new slot
     in a full buffer (the intake's lock held; off the hot path)."""
     counts = intake.counts
-    intake._filled_since = True
-    if not intake._notice:  # the flusher publishes BufferFilled/RecordsDropped events
-        intake._notice = True
-        intake.call_in_loop(intake._wake)
+    notice_full(intake)
     action = overflow_action(
         intake.when_full,
         has_pending=bool(intake._pending),
@@ -71,8 +68,10 @@ def carry_out(intake: Any, k: Any, r: Receipt) -> Receipt:
     )
     if action == "refuse":
         raise intake.refusal()
-    counts.accepted += 1
     budget = intake.budget
+    if action == "direct" and budget is not None and not budget.fits(r._size):  # type: ignore[attr-defined]
+        raise intake.refusal()  # direct writes are bounded in bytes too
+    counts.accepted += 1
     if action == "direct":
         counts.in_flight += 1
         if budget is not None:
@@ -82,16 +81,23 @@ def carry_out(intake: Any, k: Any, r: Receipt) -> Receipt:
         intake.call_in_loop(intake._direct, batch)
         return r
     if action == "drop_oldest":
+        if (
+            budget is not None
+            and budget.max_held is not None
+            and (
+                budget.flying + r._size > budget.max_held  # type: ignore[attr-defined]
+            )
+        ):
+            dropped_new(intake, r)  # the bytes in flight leave no room, whatever is dropped
+            log_drops(intake)
+            return r
         drop_oldest(intake)
         while budget is not None and intake._pending and not budget.fits(r._size):  # type: ignore[attr-defined]
             drop_oldest(intake)  # as many as the new record's bytes need
-        if budget is not None and not budget.fits(r._size):  # type: ignore[attr-defined]
-            dropped_new(intake, r)  # the bytes in flight leave no room for it
-        else:
-            intake._pending[k] = r
-            intake._order.append(k)
-            if budget is not None:
-                budget.pending += r._size  # type: ignore[attr-defined]
+        intake._pending[k] = r
+        intake._order.append(k)
+        if budget is not None:
+            budget.pending += r._size  # type: ignore[attr-defined]
         if intake._change is not None:  # someone awaits a pending receipt: maybe this one
             intake.call_in_loop(intake._notify_change)
     else:
@@ -130,3 +136,44 @@ def log_drops(intake: Any) -> None:
             intake.max_pending, intake.when_full, c.dropped_newest + c.dropped_oldest,
             c.dropped_newest, c.dropped_oldest,
         )  # fmt: skip
+
+
+def grown_full(
+    intake: Any, k: Any, old: Receipt, r: Receipt, merged: tuple[Any, Any, Any] | None = None
+) -> Receipt:
+    """Apply ``when_full`` to ``r``, which would take the slot of the pending ``old`` (key
+    ``k``) but needs more bytes than ``max_pending_bytes`` leaves (a larger record, or with
+    ``merge=`` a merged one: ``merged`` is the record, version and size it would hold).
+    ``block``/``raise``/``direct`` refuse (``BufferFull``: ``old`` stays); ``drop_newest``
+    drops ``r``; ``drop_oldest`` drops the oldest other records while that makes room, then
+    takes ``r`` (or drops it, if it still does not fit). Lock held."""
+    notice_full(intake)
+    budget = intake.budget
+    policy = intake.when_full
+    if policy not in ("drop_newest", "drop_oldest"):
+        raise intake.refusal()
+    intake.counts.accepted += 1
+    size = r._size if merged is None or merged[2] is None else merged[2]  # type: ignore[attr-defined]
+    grow = size - old._size  # type: ignore[attr-defined]
+    if policy == "drop_oldest" and budget.flying + (grow + old._size) <= budget.max_held:  # type: ignore[attr-defined]
+        order = intake._order
+        while not budget.fits(grow) and order and order[0] != k:
+            drop_oldest(intake)
+        if budget.fits(grow):
+            if merged is not None:
+                r.record, r.version = merged[0], merged[1]
+                r._size = size  # type: ignore[attr-defined]
+            intake._supersede(k, old, r, True)
+            log_drops(intake)
+            return r
+    dropped_new(intake, r)
+    log_drops(intake)
+    return r
+
+
+def notice_full(intake: Any) -> None:
+    """The buffer was full: the flusher publishes ``BufferFilled``/``RecordsDropped``."""
+    intake._filled_since = True
+    if not intake._notice:
+        intake._notice = True
+        intake.call_in_loop(intake._wake)

@@ -10,19 +10,29 @@ window lasts as long as a write, so the scan is rare, and bounded by ``max_pendi
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from ._receipt import Batch, Receipt
+from ._receipt import Batch, Outcome, Receipt
 
 __all__ = ["newest_unwritten"]
 
+_NOT_WRITTEN = frozenset((None, Outcome.LOST, Outcome.SPOOLED))
+"""A receipt in flight with one of these outcomes was not written (lost or left in the
+spool at the close deadline): ``peek`` returns it, as it returns such a pending one."""
 
-def newest_unwritten(intake: Any, batches: Iterable[Batch], key: Any) -> Any | None:
+
+def newest_unwritten(intake: Any, in_flight: Callable[[], Iterable[Batch]], key: Any) -> Any | None:
     """The record ``peek(key)`` returns (``intake``: an ``_intake.Intake``, typed loosely
-    as it is the module that owns the buffer; ``batches``: those in flight)."""
+    as it is the module that owns the buffer; ``in_flight()``: the batches being written).
+
+    The buffer is read first, with the last cut in the same step under its lock, and the
+    writes in flight after: a record cut meanwhile is in the last cut or, once the flusher
+    registered its batch (which it does before the next cut), in flight."""
     k = key.int if type(key) is uuid.UUID else key  # as the buffer holds it
-    pending = intake.pending_receipt(k)
+    pending, cutting = intake.pending_receipt(k)
+    batches: list[Iterable[Receipt]] = [cutting]
+    batches += [b.receipts for b in in_flight()]
     flying = _in_flight(intake, batches, k)
     if pending is None:
         return None if flying is None else flying.record
@@ -31,12 +41,12 @@ def newest_unwritten(intake: Any, batches: Iterable[Batch], key: Any) -> Any | N
     return pending.record
 
 
-def _in_flight(intake: Any, batches: Iterable[Batch], k: Any) -> Receipt | None:
+def _in_flight(intake: Any, batches: Iterable[Iterable[Receipt]], k: Any) -> Receipt | None:
     """The newest receipt with key ``k`` in a write not settled yet (None if none)."""
     found: Receipt | None = None
-    for batch in list(batches):  # a copy: the loop thread may finish one meanwhile
-        for r in list(batch.receipts):
-            if r.outcome is not None:
+    for receipts in batches:
+        for r in list(receipts):  # a copy: the loop thread may settle them meanwhile
+            if r.outcome not in _NOT_WRITTEN:
                 continue
             try:
                 if intake.key_of(r.record) != k:

@@ -69,7 +69,7 @@ def group_steps(
             raise
         try:
             r = yield rest[0]
-        except WriteBehindError as exc:
+        except BaseException as exc:  # a refusal, or the caller cancelled while it waited
             exc.receipts = taken  # type: ignore[attr-defined]
             raise
         taken.append(r)
@@ -259,7 +259,7 @@ async def add_group(
         while True:
             try:
                 r = await add(record, timeout=_left(deadline))
-            except WriteBehindError as exc:
+            except BaseException as exc:  # cancelled too: the error says what was taken
                 steps.throw(exc)
                 raise  # pragma: no cover - throw() raised it
             record = steps.send(r)
@@ -286,7 +286,7 @@ def add_group_blocking(
         while True:
             try:
                 r = add(record, timeout=_left(deadline))
-            except WriteBehindError as exc:
+            except BaseException as exc:
                 steps.throw(exc)
                 raise  # pragma: no cover - throw() raised it
             record = steps.send(r)

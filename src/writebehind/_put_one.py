@@ -140,6 +140,7 @@ def make_put(
         try:
             if intake._state != OPEN:
                 raise not_open(intake._state)
+            old = None
             if k is None:
                 k = next(keyless)
             elif to_spill is None:
@@ -147,31 +148,35 @@ def make_put(
                     old = pending.get(k)
                 except Exception as exc:  # unhashable, or a __hash__/__eq__ that raised
                     raise unhashable(k) from exc
-                if old is not None:
-                    return coalesce(k, old, r)
-            if to_spill is not None:  # counted as pending: Stats.pending holds the queue
-                return spill_one(k, r, to_spill)
-            n = len(pending)
-            if (
-                n + counts.in_flight_held >= max_pending
-                or (
-                    max_held is not None and budget.pending + budget.flying + r._size > max_held  # type: ignore[attr-defined]
-                )
-            ) and room:
-                return full(k, r)
-            pending[k] = r
-            remember(k)
-            counts.accepted += 1
-            if budget is not None:
-                budget.pending += r._size  # type: ignore[attr-defined]
-            if n == 0:
-                intake.oldest_at = intake._clock()
-                if intake._woken:
+            if old is not None:
+                coalesce(k, old, r)
+                if budget is None or intake._woken or not budget.full_batch():
                     return r
-            elif intake._woken or (
-                n + 1 < max_batch and (budget is None or not budget.full_batch())
-            ):
-                return r
+                # a larger record took the slot and max_batch_bytes are pending: wake
+            elif to_spill is not None:  # counted as pending: Stats.pending holds the queue
+                return spill_one(k, r, to_spill)
+            else:
+                n = len(pending)
+                if (
+                    n + counts.in_flight_held >= max_pending
+                    or (
+                        max_held is not None and budget.pending + budget.flying + r._size > max_held  # type: ignore[attr-defined]
+                    )
+                ) and room:
+                    return full(k, r)
+                pending[k] = r
+                remember(k)
+                counts.accepted += 1
+                if budget is not None:
+                    budget.pending += r._size  # type: ignore[attr-defined]
+                if n == 0:
+                    intake.oldest_at = intake._clock()
+                    if intake._woken:
+                        return r
+                elif intake._woken or (
+                    n + 1 < max_batch and (budget is None or not budget.full_batch())
+                ):
+                    return r
             intake._woken = True
         finally:
             release()

@@ -52,11 +52,19 @@ class Room:
         """Call ``take()`` (None: no room) until it takes the record; block this thread
         between tries while ``full()`` (checked under the lock)."""
         deadline = _deadline(timeout)
+        again = False
         while True:
             taken = take()
             if taken is not None:
                 return taken
             with self._cond:
+                if not full():  # refused though there is room for a record: see below
+                    if again:
+                        remaining = _remaining(deadline, timeout)
+                        self._cond.wait(_POLL if remaining is None else min(_POLL, remaining))
+                    again = True
+                    continue
+                again = False
                 while full():
                     remaining = _remaining(deadline, timeout)
                     self._thread_waiters += 1
@@ -71,6 +79,7 @@ class Room:
         """The same loop as :meth:`wait_in_thread`, awaiting instead of blocking."""
         deadline = _deadline(timeout)
         loop = asyncio.get_running_loop()
+        again = False
         while True:
             taken = take()
             if taken is not None:
@@ -79,13 +88,25 @@ class Room:
             fut: asyncio.Future[None] = loop.create_future()
             with self._cond:
                 if not full():
-                    continue  # room appeared meanwhile: try again at once
+                    if not again:
+                        again = True
+                        continue  # room appeared meanwhile: try again at once
+                    # refused twice though full() sees room (room for a record, not for
+                    # what it needs: a merge that grew): poll instead of spinning
+                    loop.call_later(_POLL, _resolve, fut)
+                else:
+                    again = False
                 self._futures.append(fut)
             try:
                 async with asyncio.timeout(remaining):
                     await fut
             except TimeoutError:
                 pass  # the next turn raises BufferFull
+
+
+_POLL = 0.001
+"""Seconds between tries when a record is refused though ``full()`` sees room (room for a
+record, not for what this one needs: a merge that grew past ``max_pending_bytes``)."""
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:
