@@ -142,12 +142,14 @@ class CopyPath:
     def __init__(
         self, *, schema: str, table: str, key: tuple[str, ...], version: str | None,
         method: str, copy_min: int = COPY_MIN, report: bool = False,
+        increment: tuple[str, ...] = (),
     ) -> None:  # fmt: skip
         self.target = f"{quote(schema)}.{quote(table)}"
         digest = hashlib.sha1(f"{schema}.{table}".encode()).hexdigest()[:8]
         self.stage_name = f"wb_copy_{table[:40]}_{digest}"
         self.stage = quote(self.stage_name)
         self.key, self.version, self.method = key, version, method
+        self.increment = increment  # columns that add (_increment)
         self.report = report  # report_stale: merges answer with the rows they skipped
         self.copy_min = 1 if method == "copy" else copy_min
         self.columns: dict[str, str] = {}
@@ -286,7 +288,7 @@ class CopyPath:
         if report and self.version is not None:
             sql = copy_report(
                 self.target, names, self.key, self.version, source,
-                on_conflict(names, self.key, self.version, "t"),
+                on_conflict(names, self.key, self.version, "t", self.increment),
             )  # fmt: skip
             self._sql[cache] = sql
             return sql
@@ -296,7 +298,7 @@ class CopyPath:
         # newest row per key (a tie: the later one), rows in key order: no deadlocks
         select = f"SELECT DISTINCT ON ({keys}) {cols} FROM {source} ORDER BY {order}, wb_n DESC"
         sql = f"INSERT INTO {self.target} AS t ({cols}) {select}"
-        sql += on_conflict(names, self.key, self.version, "t")
+        sql += on_conflict(names, self.key, self.version, "t", self.increment)
         self._sql[cache] = sql
         return sql
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._ident import quote
+from ._increment import sum_per_key
 from ._pg import argument_error, newest_per_key
 from ._pg_copy import PsycopgDriver
 from ._pg_stale import merged, newest_indexed, pg_upsert, stage_lookup
@@ -29,6 +30,7 @@ class PgRows:
     version: str | None
     method: str
     reports_stale: bool
+    increment: tuple[str, ...]
     statements: int
     columns: dict[str, str]
     _arrays: set[str]
@@ -50,6 +52,9 @@ class PgRows:
             for names, rows in groups.items()
         }
         dropped: list[int] = []
+        if self.increment:  # one row per key, its increments summed (never with where)
+            for names, rows in groups.items():
+                groups[names] = sum_per_key(names, rows, self.key, self.version, self.increment)
         if self.key and self._psy is None:  # psycopg's merge keeps the newest per key itself
             for names, rows in groups.items():
                 if where:
@@ -116,6 +121,13 @@ class PgRows:
         if sql is None:
             types = [self.columns[n] for n in names]
             sql = self._sql[cache_key] = pg_upsert(
-                self._target, names, types, self.key, self.version, source, report
+                self._target,
+                names,
+                types,
+                self.key,
+                self.version,
+                source,
+                report,
+                self.increment,
             )
         return sql

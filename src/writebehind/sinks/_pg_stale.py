@@ -75,7 +75,7 @@ def _anti(src: str, key: tuple[str, ...]) -> tuple[str, str]:
 
 def pg_upsert(
     target: str, names: tuple[str, ...], types: Sequence[str], key: tuple[str, ...],
-    version: str | None, source: str | None, report: bool,
+    version: str | None, source: str | None, report: bool, increment: tuple[str, ...] = (),
 ) -> str:  # fmt: skip
     """The asyncpg path's statement for one record shape: the ``unnest`` upsert (``source``
     None) or the merge from a staging table; with ``report``, the ``unnest`` upsert answers
@@ -83,7 +83,7 @@ def pg_upsert(
     followed by :func:`stage_lookup` when its row count falls short)."""
     cols = ", ".join(quote(n) for n in names)
     keys = ", ".join(quote(k) for k in key)
-    conflict = on_conflict(names, key, version, "t")
+    conflict = on_conflict(names, key, version, "t", increment)
     if report and source is None:
         return unnest_report(target, names, types, key, conflict)
     if source is None:

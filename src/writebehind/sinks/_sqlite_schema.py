@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from .._errors import ConfigError
 from .._ident import quote
+from ._increment import check_sqlite_types
 
 __all__ = ["Table", "check_file", "inspect"]
 
@@ -26,21 +27,24 @@ class Table:
 
 
 def inspect(
-    conn: sqlite3.Connection, path: str, table: str, key: tuple[str, ...], version: str | None
-) -> Table:
-    """Read the table's columns; ``ConfigError`` if the table, a key or version column, or a
-    unique index that ``ON CONFLICT (key)`` can use is missing."""
+    conn: sqlite3.Connection, path: str, table: str, key: tuple[str, ...], version: str | None,
+    increment: tuple[str, ...] = (),
+) -> Table:  # fmt: skip
+    """Read the table's columns; ``ConfigError`` if the table, a key, version or increment
+    column, or a unique index that ``ON CONFLICT (key)`` can use is missing, or an increment
+    column is not numeric."""
     info = conn.execute(f"PRAGMA table_info({quote(table)})").fetchall()
     if not info:
         raise ConfigError(f"table: {table!r} does not exist in {path!r}")
     columns = tuple(row[1] for row in info)
-    for col in (*key, *((version,) if version else ())):
+    for col in (*key, *((version,) if version else ()), *increment):
         if col not in columns:
             raise ConfigError(
                 f"column {col!r} is not in table {table!r} (it has {', '.join(columns)})"
             )
     if key:
         _check_conflict_target(conn, table, key)
+    check_sqlite_types(increment, {row[1]: row[2] or "" for row in info}, table)
     declared = next((row[2] or "" for row in info if row[1] == version), "")
     json = frozenset(row[1] for row in info if (row[2] or "").strip().upper() in _JSON_TYPES)
     return Table(columns, declared, json)

@@ -1,4 +1,6 @@
-"""The conflict clause both SQL sinks append to their INSERT: newest version wins."""
+"""The conflict clause both SQL sinks append to their INSERT: newest version wins; with
+``increment=`` columns, those add and the version condition moves into the other columns
+(``_increment``)."""
 
 from __future__ import annotations
 
@@ -8,21 +10,38 @@ __all__ = ["on_conflict"]
 
 
 def on_conflict(
-    names: tuple[str, ...], key: tuple[str, ...], version: str | None, existing: str
-) -> str:
+    names: tuple[str, ...], key: tuple[str, ...], version: str | None, existing: str,
+    increment: tuple[str, ...] = (),
+) -> str:  # fmt: skip
     """``ON CONFLICT (key) DO UPDATE SET ... WHERE <newer or equal version>``.
 
     ``existing`` names the row already in the table (the table, or its alias). Without a
     version the later write wins; with nothing but key columns, the conflict does nothing.
     An equal version overwrites, so a replay writes identical data.
+
+    Columns in ``increment`` add (``COALESCE(t.c, 0) + COALESCE(excluded.c, 0)``) whatever
+    the versions; when the record has one, the others take the record's value only if its
+    version is newer or equal (a ``CASE`` per column instead of the ``WHERE``).
     """
     conflict = ", ".join(quote(k) for k in key)
     updates = [n for n in names if n not in key]
     if not updates:
         return f" ON CONFLICT ({conflict}) DO NOTHING"
-    sets = ", ".join(f"{quote(n)} = excluded.{quote(n)}" for n in updates)
-    clause = f" ON CONFLICT ({conflict}) DO UPDATE SET {sets}"
+    newer = None
     if version is not None and version in names:
         v = quote(version)
-        clause += f" WHERE {existing}.{v} IS NULL OR excluded.{v} >= {existing}.{v}"
-    return clause
+        newer = f"{existing}.{v} IS NULL OR excluded.{v} >= {existing}.{v}"
+    if not any(n in increment for n in updates):
+        sets = ", ".join(f"{quote(n)} = excluded.{quote(n)}" for n in updates)
+        clause = f" ON CONFLICT ({conflict}) DO UPDATE SET {sets}"
+        return clause + (f" WHERE {newer}" if newer else "")
+    parts = []
+    for n in updates:
+        q = quote(n)
+        if n in increment:
+            parts.append(f"{q} = COALESCE({existing}.{q}, 0) + COALESCE(excluded.{q}, 0)")
+        elif newer:
+            parts.append(f"{q} = CASE WHEN {newer} THEN excluded.{q} ELSE {existing}.{q} END")
+        else:
+            parts.append(f"{q} = excluded.{q}")
+    return f" ON CONFLICT ({conflict}) DO UPDATE SET {', '.join(parts)}"

@@ -30,6 +30,7 @@ from typing import Any
 from .._errors import ConfigError, PermanentSinkError
 from .._ident import quote, validate
 from .._redact import may_quote_password, redact_dsn, secrets_of
+from ._increment import check_pg_types, increment_columns
 from ._pg import (
     COLUMNS_SQL,
     UNIQUE_SQL,
@@ -104,6 +105,9 @@ class PostgresSink(PgRows):
             their key at a newer version) and report them, so they resolve
             ``Outcome.STALE`` (``_pg_stale``: the upsert answers with them, in the same
             statement). Off by default: it costs throughput (docs/benchmarks.md).
+        increment: numeric columns the upsert adds to instead of overwriting (``SET views =
+            t.views + excluded.views``), for ``merge=wb.merge.sum_fields(...)`` deltas; the
+            increments apply whatever the versions (``_increment``; docs/postgres.md).
     """
 
     def __init__(
@@ -120,6 +124,7 @@ class PostgresSink(PgRows):
         connect_kwargs: Mapping[str, Any] | None = None,
         driver: str = "auto",
         report_stale: bool = False,
+        increment: tuple[str, ...] | list[str] | None = None,
     ) -> None:
         self.table = validate(table, "table")
         self.schema = validate(schema, "schema")
@@ -142,6 +147,7 @@ class PostgresSink(PgRows):
                 "connect_kwargs: are asyncpg's options; with driver='psycopg' put libpq's "
                 "options in the DSN, or pass a psycopg_pool.AsyncConnectionPool of yours"
             )
+        self.increment = increment_columns(increment, self.key, self.version, report_stale)
         self.method = method
         self.reports_stale = bool(report_stale)
         """Whether writes report the records their version condition skipped."""
@@ -252,7 +258,7 @@ class PostgresSink(PgRows):
         """The psycopg path (docs/postgres.md): a pool of yours, or connections of its own."""
         path = CopyPath(
             schema=self.schema, table=self.table, key=self.key, version=self.version,
-            method=self.method, report=self.reports_stale,
+            method=self.method, report=self.reports_stale, increment=self.increment,
         )  # fmt: skip
         self._psy = PsycopgDriver(path, dsn=self._dsn, pool=pool, pool_size=self.pool_size)
         try:
@@ -282,7 +288,7 @@ class PostgresSink(PgRows):
             parse = iso_parser(pg_type)
             if parse is not None and name not in self._arrays:
                 self._by_column[name] = parse
-        for col in (*self.key, *((self.version,) if self.version else ())):
+        for col in (*self.key, *((self.version,) if self.version else ()), *self.increment):
             if col not in self.columns:
                 raise ConfigError(
                     f"column {col!r} is not in table {self.schema}.{self.table} (it has "
@@ -293,6 +299,7 @@ class PostgresSink(PgRows):
                 f"key: table {self.schema}.{self.table} has no PRIMARY KEY or UNIQUE index on "
                 f"({', '.join(self.key)}); the upsert needs one"
             )
+        check_pg_types(self.increment, self.columns, f"{self.schema}.{self.table}")
 
     async def close(self) -> None:
         """Close the sink's own pool (a pool you passed in is left open).

@@ -34,6 +34,7 @@ from typing import Any
 from .._errors import ConfigError, PermanentSinkError, RetriableSinkError, SinkMisconfigured
 from .._ident import quote, validate
 from .._workers import WorkerThreads
+from ._increment import increment_columns
 from ._protocol import WriteResult
 from ._records import Rows, check_shape
 from ._sqlite_errors import binding_error, map_error
@@ -113,6 +114,8 @@ class SQLiteSink:
         report_stale: report the records the version condition skipped, so they resolve
             ``Outcome.STALE`` (``_stale``). Off by default: free while nothing is skipped,
             a lookup per batch that has skipped records (docs/benchmarks.md).
+        increment: numeric columns the upsert adds to instead of overwriting (``SET views =
+            views + excluded.views``), whatever the versions (``_increment``).
     """
 
     def __init__(
@@ -126,6 +129,7 @@ class SQLiteSink:
         busy_timeout: float = 5.0,
         json_dumps: JsonDumps | None = None,
         report_stale: bool = False,
+        increment: tuple[str, ...] | list[str] | None = None,
     ) -> None:
         self.path = os.fspath(path)
         self.reports_stale = bool(report_stale)
@@ -135,6 +139,7 @@ class SQLiteSink:
         self.version = None if version is None else validate(version, "version")
         if self.version is not None and not self.key:
             raise ConfigError("version: needs key (the version orders rows with one key)")
+        self.increment = increment_columns(increment, self.key, self.version, report_stale)
         if not isinstance(synchronous, str) or synchronous.upper() not in _SYNCHRONOUS:
             raise ConfigError(f"synchronous: must be one of {', '.join(_SYNCHRONOUS)}")
         self.synchronous = synchronous.upper()
@@ -192,7 +197,7 @@ class SQLiteSink:
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
-            table = inspect(conn, self.path, self.table, self.key, self.version)
+            table = inspect(conn, self.path, self.table, self.key, self.version, self.increment)
             # From here SQLite's own busy wait is sliced, so an abandoned write stops waiting.
             conn.execute(f"PRAGMA busy_timeout = {int(min(self.busy_timeout, _BUSY_SLICE) * 1e3)}")
             file = file_identity(self.path, self._where)
@@ -407,4 +412,4 @@ class SQLiteSink:
         sql = f"INSERT INTO {t} ({cols}) VALUES ({marks})"
         if not self.key:
             return sql
-        return sql + on_conflict(names, self.key, self.version, t)
+        return sql + on_conflict(names, self.key, self.version, t, self.increment)

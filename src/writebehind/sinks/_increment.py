@@ -1,0 +1,169 @@
+"""``increment=("views",)`` on both SQL sinks: columns the upsert *adds* to instead of
+overwriting, for the deltas a ``merge=wb.merge.sum_fields("views")`` batcher lands::
+
+    ON CONFLICT ("page") DO UPDATE SET
+        "views" = COALESCE(t."views", 0) + COALESCE(excluded."views", 0),
+        "title" = excluded."title"
+
+A new row (no conflict) is inserted with the delta as its value; a NULL in the table, or in
+the record, counts as 0 when adding.
+
+**Versions.** With ``version=`` the plain upsert is conditional (``WHERE excluded.v >=
+t.v``), which would drop a delta that arrives with an older version. An increment is not a
+newer *state* but an amount to add, so with increment columns the increments always apply,
+and the version condition moves into each other column instead (``_upsert``)::
+
+    "views" = COALESCE(t."views", 0) + COALESCE(excluded."views", 0),
+    "status" = CASE WHEN t."v" IS NULL OR excluded."v" >= t."v"
+                    THEN excluded."status" ELSE t."status" END,
+    "v" = CASE WHEN ... THEN excluded."v" ELSE t."v" END
+
+**report_stale** is refused with ``increment=``: every record's deltas land, so none is
+stale, and a record whose other columns lost to a newer version has still changed the row.
+
+**Duplicate keys in one batch.** PostgreSQL cannot update a row twice in one statement, so
+the PostgreSQL sink keeps one row per key: the newest (as without increment), with the
+increment columns summed over all the key's rows (:func:`sum_per_key`). SQLite writes the
+rows one after the other (``executemany``), each adding to the last.
+
+Writes are at least once: a batch retried after a commit whose answer was lost (docs/
+postgres.md, "Indeterminate commits and replay") adds its deltas twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from .._errors import ConfigError, PermanentSinkError
+from .._ident import validate
+from ._sqlite_versions import affinity
+
+__all__ = ["check_pg_types", "check_sqlite_types", "increment_columns", "sum_per_key"]
+
+_PG_NUMERIC = ("smallint", "integer", "bigint", "numeric", "real", "double precision")
+_SQLITE_NUMERIC = ("INTEGER", "REAL", "NUMERIC")
+
+
+def increment_columns(
+    increment: Iterable[str] | None, key: tuple[str, ...], version: str | None,
+    report_stale: bool,
+) -> tuple[str, ...]:  # fmt: skip
+    """The validated ``increment=`` columns (``ConfigError`` naming the fix otherwise)."""
+    if increment is None:
+        return ()
+    if isinstance(increment, str | bytes):
+        raise ConfigError(
+            f"increment: takes a tuple of column names, e.g. increment=({increment!r},); "
+            f"got the string {increment!r}"
+        )
+    try:
+        names = tuple(dict.fromkeys(validate(n, "increment") for n in increment))
+    except TypeError:
+        raise ConfigError(
+            f"increment: takes a tuple of column names, e.g. increment=('views',); got "
+            f"{increment!r}"
+        ) from None
+    if not names:
+        return ()
+    if not key:
+        raise ConfigError(
+            "increment: needs key (an increment adds to the row with the record's key; "
+            "without a key records are appended)"
+        )
+    for name in names:
+        if name in key:
+            raise ConfigError(f"increment: {name!r} is a key column; increment only counters")
+        if name == version:
+            raise ConfigError(
+                f"increment: {name!r} is the version column; increment only counters, not "
+                f"the column that orders records"
+            )
+    if report_stale:
+        raise ConfigError(
+            "report_stale: cannot be combined with increment= (every record's increments "
+            "apply, so none is stale); drop report_stale=True"
+        )
+    return names
+
+
+def check_pg_types(increment: tuple[str, ...], columns: Mapping[str, str], where: str) -> None:
+    """Each increment column of the table (present: checked before) is numeric."""
+    for name in increment:
+        pg_type = columns[name]
+        if not pg_type.startswith(_PG_NUMERIC):
+            raise ConfigError(
+                f"increment: column {name!r} of {where} is {pg_type}, which cannot be added "
+                f"to; make it {', '.join(_PG_NUMERIC)}, or leave it out of increment="
+            )
+
+
+def check_sqlite_types(increment: tuple[str, ...], declared: Mapping[str, str], table: str) -> None:
+    """Each increment column of the table is declared with INTEGER, REAL or NUMERIC
+    affinity (a TEXT or untyped column would keep what it is given as it is)."""
+    for name in increment:
+        kind = affinity(declared[name])
+        if kind not in _SQLITE_NUMERIC:
+            raise ConfigError(
+                f"increment: column {name!r} of table {table!r} is declared "
+                f"{declared[name]!r} ({kind} affinity); declare it INTEGER, REAL or NUMERIC, "
+                f"or leave it out of increment="
+            )
+
+
+def sum_per_key(
+    names: tuple[str, ...], rows: list[tuple[Any, ...]], key: tuple[str, ...],
+    version: str | None, increment: tuple[str, ...],
+) -> list[tuple[Any, ...]]:  # fmt: skip
+    """One row per key: the newest (the greatest version; a tie, or no version, the later
+    one; a NULL version loses), with the increment columns summed over all the key's rows
+    (None counts as 0; all None stays None). ``rows`` itself when no key repeats."""
+    adds = [names.index(n) for n in increment if n in names]
+    kidx = [names.index(k) for k in key]
+    if not adds:
+        return rows
+    keys = [row[kidx[0]] if len(kidx) == 1 else tuple(row[i] for i in kidx) for row in rows]
+    if len(set(keys)) == len(keys):
+        return rows
+    vidx = names.index(version) if version in names else None
+    newest: dict[Any, tuple[Any, ...]] = {}
+    sums: dict[Any, list[Any]] = {}
+    for k, row in zip(keys, rows, strict=True):
+        old = newest.get(k)
+        if old is None:
+            newest[k], sums[k] = row, [row[i] for i in adds]
+            continue
+        total = sums[k]
+        for j, i in enumerate(adds):
+            total[j] = _add(total[j], row[i], names[i])
+        if vidx is None or _newer_or_equal(row[vidx], old[vidx]):
+            newest[k] = row
+    out = []
+    for k, row in newest.items():
+        values = list(row)
+        for j, i in enumerate(adds):
+            values[i] = sums[k][j]
+        out.append(tuple(values))
+    return out
+
+
+def _add(a: Any, b: Any, name: str) -> Any:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    try:
+        return a + b
+    except TypeError as exc:
+        raise PermanentSinkError(f"increment column {name!r}: cannot add {a!r} and {b!r}") from exc
+
+
+def _newer_or_equal(a: Any, b: Any) -> bool:
+    if b is None:
+        return True
+    if a is None:
+        return False
+    try:
+        return bool(a >= b)
+    except TypeError as exc:
+        raise PermanentSinkError(f"versions {a!r} and {b!r} cannot be compared") from exc
