@@ -186,6 +186,14 @@ EXPECTED: dict[str, list[Expectation]] = {
         r"^largest batch [\d,]+ bytes \(cap 256,000\): True$",
         r"^refused: max_batch_bytes: must be <= max_pending_bytes \(10\), got 20$",
     ],
+    "from_model.py": [
+        r"^table=users key=\('user_id',\) version=revision$",
+        r"^the batcher reads: key='uid' version='rev'$",
+        r"^an older revision, added last: STALE$",
+        rf"^Stats\(accepted=301, committed=4, coalesced=297, .*{STATS_TAIL}.*\bstale=1\b",
+        r"^rows: \[\(0, 'user 0', 's300', 300\), \(1, 'user 1', 's298', 298\), "
+        r"\(2, 'user 2', 's299', 299\)\]$",
+    ],
     "merge_counters.py": [
         r"^pending now: \{'page': '/', 'views': 3334, 'first_view': 0\}$",
         rf"^Stats\(accepted=10000, committed=3, coalesced=9997, .*{STATS_TAIL}",

@@ -20,7 +20,8 @@ Everything else is a one-key object whose key is a tag:
   never mistaken for a tag)
 - ``{"$obj": [T, {...}]}``: a dataclass, a msgspec-like struct (``__struct_fields__``), an
   object with ``__slots__`` (every slot set, along the MRO) or with ``__dict__``: its type
-  name ``T`` and its fields; it decodes to a plain dict
+  name ``T`` and its fields; it decodes to a plain dict (a SQLAlchemy ORM instance: its
+  loaded column attributes under their column names, as the SQL sinks write it)
 
 An enum member is stored as its value. A record that cannot be encoded (a set, a socket, a
 cycle) is still stored: as its ``repr`` (NUL and lone surrogates escaped), with the encoding
@@ -47,6 +48,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._errors import WriteBehindError
+from ..sinks._from_model import is_orm, orm_shape
 
 __all__ = [
     "JSON",
@@ -231,7 +233,10 @@ def _enc_dict(value: dict[Any, Any], depth: int) -> Any:
 
 
 def _enc_object(value: Any, depth: int) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    if is_orm(value):  # its column values under their column names, never its ORM state
+        names, get = orm_shape(value)
+        fields = dict(zip(names, get(value), strict=True))
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
         fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
     elif isinstance(getattr(type(value), "__struct_fields__", None), tuple):  # msgspec.Struct
         fields = {f: getattr(value, f) for f in type(value).__struct_fields__}

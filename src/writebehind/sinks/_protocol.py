@@ -18,7 +18,7 @@ columns (``key``, ``version``) must agree with the batcher's options.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -73,6 +73,16 @@ def _names(spec: Any) -> frozenset[str] | None:
     return None
 
 
+def _columns(names: frozenset[str] | None, sink: Any) -> frozenset[str] | None:
+    """The batcher's field names as the sink's columns: a sink made by ``from_model`` reads
+    an ORM instance's attribute ``uid`` into column ``user_id`` (its ``record_fields``), so
+    a batcher reading ``uid`` agrees with a sink keyed on ``user_id``."""
+    fields = getattr(sink, "record_fields", None)
+    if not names or not isinstance(fields, Mapping) or not fields:
+        return names
+    return frozenset(fields.get(n, n) for n in names)
+
+
 def _show(names: frozenset[str]) -> str:
     return repr(next(iter(names))) if len(names) == 1 else repr(tuple(sorted(names)))
 
@@ -89,35 +99,41 @@ def key_mismatch(key: Any, version: Any, sink: Any) -> Mismatch | None:
     so the table gets only the newest record per key in each linger window; or the sink
     orders by a version the batcher does not know, so within a linger window a later add()
     with an older version supersedes a newer one before the upsert could keep it. A batcher
-    without a key (no coalescing) or with a callable key or version is not compared.
+    without a key (no coalescing) or with a callable key or version is not compared. For a
+    sink made by ``from_model``, the batcher's names may be the model's attribute names
+    (``record_fields`` maps them to columns).
     """
     sink_key = getattr(sink, "key", None)
     if not isinstance(sink_key, tuple) or not hasattr(sink, "version"):
         return None  # not a sink that upserts on named columns
-    mine, theirs = _names(key), frozenset(sink_key)
+    given = _names(key)
+    mine, theirs = _columns(given, sink), frozenset(sink_key)
     if not mine:  # no coalescing (None) or a callable: nothing to compare
         return None
-    sink_name = type(sink).__name__
+    sink_name, shown = type(sink).__name__, _show(given or mine)  # the names as given
     if not theirs:
         return Mismatch(
-            f"the batcher coalesces records by key {_show(mine)}, but {sink_name} has no key "
+            f"the batcher coalesces records by key {shown}, but {sink_name} has no key "
             f"(it appends): the table gets only the newest record per key in each linger "
             f"window. Drop key= from the batcher to append every record",
             fatal=False,
         )
     if mine != theirs:
         return Mismatch(
-            f"key: the batcher's key {_show(mine)} differs from {sink_name}'s key "
+            f"key: the batcher's key {shown} differs from {sink_name}'s key "
             f"{_show(theirs)}: the buffer would coalesce records the table keeps apart (or "
             f"the other way round), dropping some as COALESCED. Give both the same key",
             fatal=True,
         )
-    mine_v, theirs_v = _names(version), _names(getattr(sink, "version", None))
+    given_v = _names(version)
+    mine_v = _columns(given_v, sink)
+    theirs_v = _names(getattr(sink, "version", None))
     if mine_v is None or theirs_v is None:
         return None
     if mine_v and theirs_v and mine_v != theirs_v:
+        shown = _show(given_v or mine_v)
         return Mismatch(
-            f"version: the batcher's version {_show(mine_v)} differs from {sink_name}'s "
+            f"version: the batcher's version {shown} differs from {sink_name}'s "
             f"version {_show(theirs_v)}: the buffer and the table would disagree on which "
             f"record is newest. Give both the same version",
             fatal=True,

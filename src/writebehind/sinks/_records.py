@@ -1,5 +1,6 @@
 """Reading a record's fields: mappings, dataclasses, msgspec Structs, named tuples, objects
-(pydantic models included, with the extra fields of ``extra="allow"``).
+(pydantic models included, with the extra fields of ``extra="allow"``), and SQLAlchemy ORM
+instances (their loaded column attributes under their column names: ``_from_model``).
 
 Records of one batch may have different shapes (a dataclass and its subclass, objects with
 an optional attribute set on some only, dicts with different keys): each record is read with
@@ -15,6 +16,7 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from .._errors import PermanentSinkError
+from ._from_model import is_orm, orm_shape
 
 __all__ = ["check_shape", "field_names", "group_rows", "row_getter"]
 
@@ -34,6 +36,8 @@ def _shape(record: Any) -> tuple[tuple[str, ...], bool]:
     need not)."""
     if isinstance(record, Mapping):
         return tuple(record), False
+    if is_orm(record):  # before dataclasses: a MappedAsDataclass model is one too
+        return orm_shape(record)[0], False
     if dataclasses.is_dataclass(record) and not isinstance(record, type):
         return tuple(f.name for f in dataclasses.fields(record)), True
     names = getattr(type(record), "__struct_fields__", None) or getattr(record, "_fields", None)
@@ -63,6 +67,8 @@ def _has_extras(cls: type) -> bool:
 
 def row_getter(record: Any, names: tuple[str, ...]) -> Getter:
     """A function that reads ``names`` from records shaped like ``record``, as a tuple."""
+    if not isinstance(record, Mapping) and is_orm(record):
+        return orm_shape(record)[1]  # attributes read, under their column names
     return _getter(names, isinstance(record, Mapping))
 
 
@@ -116,7 +122,7 @@ def group_rows(batch: list[Any]) -> Rows:
             other.add(r)
         return groups
     kind = type(first)
-    get_row = _getter(names, isinstance(first, Mapping))
+    get_row = row_getter(first, names)
     if fixed:
         for r in batch:
             if type(r) is kind:
@@ -134,6 +140,7 @@ def group_rows(batch: list[Any]) -> Rows:
             else:
                 other.add(r)
         return groups
+    # the same keys: the same names (an ORM instance's loaded attributes included)
     for r in batch:
         if type(r) is kind and (r.keys() if mapping else r.__dict__.keys()) == keys:
             append(get_row(r))
@@ -158,7 +165,7 @@ class _Others:
             hit = self.fixed.get(type(record))
             if hit is None:
                 names, fixed = _shape(record)
-                get = _getter(names, isinstance(record, Mapping))
+                get = row_getter(record, names)
                 if fixed:
                     self.fixed[type(record)] = (names, get)
             else:

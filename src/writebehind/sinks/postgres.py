@@ -30,6 +30,7 @@ from typing import Any
 from .._errors import ConfigError, PermanentSinkError
 from .._ident import quote, validate
 from .._redact import may_quote_password, redact_dsn, secrets_of
+from ._from_model import RecordNames, sink_from_model
 from ._increment import check_pg_types, increment_columns
 from ._pg import (
     COLUMNS_SQL,
@@ -65,7 +66,7 @@ _CLOSE_TIMEOUT = 2.0  # seconds the pool gets to close gracefully before it is t
 _FORKED_AWAY: list[Any] = []  # the parent's pools in a forked child: never finalised
 
 
-class PostgresSink(PgRows):
+class PostgresSink(PgRows, RecordNames):
     """Write batches to a PostgreSQL table (``pip install 'writebehind[postgres]'``).
 
     Args:
@@ -206,6 +207,20 @@ class PostgresSink(PgRows):
         if self._dsn is not None:
             return self._dsn
         return self._pool if self._pool is not None else self._factory
+
+    @classmethod
+    def from_model(cls, model: Any, dsn_or_pool: Any, **options: Any) -> PostgresSink:
+        """A sink for a SQLAlchemy ``Table`` or mapped (declarative ORM) class
+        (``pip install 'writebehind[sqlalchemy]'``): table, schema, ``key`` (the primary key, a
+        tuple if composite) and ``version`` (the mapper's ``version_id_col``; otherwise
+        none unless you pass ``version="updated_at"``) come from the model. ``options``
+        override them and pass through to the constructor; a ``key``/``version`` naming no
+        column or attribute of the model is a ``ConfigError``. ORM instances are records
+        (their loaded column attributes, under their column names). For the batcher:
+        ``key=sink.record_key, version=sink.record_version`` (the attribute names).
+        Details: ``_from_model``.
+        """
+        return sink_from_model(cls, model, dsn_or_pool, options, schemas=True)
 
     def __repr__(self) -> str:
         return f"PostgresSink({self._where!r}, table={self.schema}.{self.table}, key={self.key!r})"

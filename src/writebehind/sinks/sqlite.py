@@ -34,6 +34,7 @@ from typing import Any
 from .._errors import ConfigError, PermanentSinkError, RetriableSinkError, SinkMisconfigured
 from .._ident import quote, validate
 from .._workers import WorkerThreads
+from ._from_model import RecordNames, sink_from_model
 from ._increment import increment_columns
 from ._protocol import WriteResult
 from ._records import Rows, check_shape
@@ -88,7 +89,7 @@ os.register_at_fork(
 )
 
 
-class SQLiteSink:
+class SQLiteSink(RecordNames):
     """Write batches to a SQLite table with one upsert statement per batch.
 
     Args:
@@ -164,6 +165,20 @@ class SQLiteSink:
         self._reopen = False  # the file was deleted or replaced: open it again
         self.statements = 0
         """Statements executed (one per batch, or per shape of record within a batch)."""
+
+    @classmethod
+    def from_model(cls, model: Any, path: str | os.PathLike[str], **options: Any) -> SQLiteSink:
+        """A sink for a SQLAlchemy ``Table`` or mapped (declarative ORM) class
+        (``pip install 'writebehind[sqlalchemy]'``): table, ``key`` (the primary key, a
+        tuple if composite) and ``version`` (the mapper's ``version_id_col``; otherwise
+        none unless you pass ``version="updated_at"``) come from the model. ``options``
+        override them and pass through to the constructor; a ``key``/``version`` naming no
+        column or attribute of the model is a ``ConfigError``. ORM instances are records
+        (their loaded column attributes, under their column names). For the batcher:
+        ``key=sink.record_key, version=sink.record_version`` (the attribute names).
+        Details: ``_from_model``.
+        """
+        return sink_from_model(cls, model, path, options, schemas=False)
 
     def __repr__(self) -> str:
         return f"SQLiteSink({self.path!r}, table={self.table!r}, key={self.key!r})"
