@@ -1,0 +1,112 @@
+"""Hostile review of ``increment=`` (issue 17) and ``from_model`` (issue 15): the defects
+found, each a test that fails today (marked ``xfail(strict=True)`` with the diagnosis).
+Against the real PostgreSQL (tests/pg.py) and real SQLite files."""
+
+from __future__ import annotations
+
+import decimal
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+import writebehind as wb
+
+from .pg import DSN
+
+pytestmark = pytest.mark.server
+
+
+@pytest.fixture
+async def counters(pg: asyncpg.Connection) -> AsyncIterator[str]:
+    """A fresh counters table (page text key, views bigint) with page 'a' at 10 views."""
+    name = f"hx_{uuid.uuid4().hex[:12]}"
+    await pg.execute(f"CREATE TABLE {name} (page text PRIMARY KEY, views bigint, title text)")
+    await pg.execute(f"INSERT INTO {name} VALUES ('a', 10, 'x')")
+    yield name
+    await pg.execute(f"DROP TABLE IF EXISTS {name}")
+
+
+async def write_once(table: str, driver: str, batch: list[Any]) -> Exception | None:
+    sink = wb.PostgresSink(DSN, table=table, key="page", driver=driver, increment=("views",))
+    await sink.start()
+    try:
+        await sink.write(batch)
+    except Exception as exc:  # the outcome under test
+        return exc
+    finally:
+        await sink.close()
+    return None
+
+
+async def views(pg: asyncpg.Connection, table: str) -> Any:
+    return await pg.fetchval(f"SELECT views FROM {table} WHERE page = 'a'")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "sinks/_increment.py sum_per_key/_add: two str deltas of one key are joined with "
+        "'+' ('1' + '2' == '12'), and psycopg then casts the text '12' to bigint, so the "
+        "counter gains 12 instead of 3 (asyncpg refuses str); _add must refuse non-numbers"
+    ),
+)
+async def test_psycopg_two_str_deltas_of_one_key_are_concatenated_not_added(
+    pg: asyncpg.Connection, counters: str
+) -> None:
+    """Shown: views 10 + '1' + '2' ends at 22 with driver='psycopg' (the strings were
+    concatenated before the sum). Expected: a PermanentSinkError (as asyncpg gives) or 13,
+    never a silent 22."""
+    error = await write_once(
+        counters, "psycopg", [{"page": "a", "views": "1"}, {"page": "a", "views": "2"}]
+    )
+    got = await views(pg, counters)
+    assert got != 22, "the two str deltas were concatenated into '12' and added"
+    assert isinstance(error, wb.PermanentSinkError) or got == 13
+
+
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "sinks/_increment.py (check_pg_types only checks the column is numeric, nothing "
+        "checks the deltas): a fractional Decimal/float delta for a bigint counter is "
+        "silently cut by the driver (asyncpg int() truncates 1.5 -> 1, 0.4+0.4 -> 0; psycopg's "
+        "cast rounds 1.5 -> 2), so the sum is wrong and differs by driver; it should be "
+        "dead-lettered (PermanentSinkError naming the column)"
+    ),
+)
+async def test_a_fractional_delta_into_an_integer_counter_is_not_silently_cut(
+    pg: asyncpg.Connection, counters: str, driver: str
+) -> None:
+    """Shown: views 10 + Decimal('1.5') ends at 11 (asyncpg) or 12 (psycopg), and
+    10 + 0.4 + 0.4 at 10 (asyncpg): the fraction is lost with no error. Expected: the
+    record refused (PermanentSinkError) and the counter left at 10."""
+    error = await write_once(counters, driver, [{"page": "a", "views": decimal.Decimal("1.5")}])
+    assert isinstance(error, wb.PermanentSinkError)
+    assert await views(pg, counters) == 10
+
+
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "sinks/_increment.py _add/sum_per_key and the drivers: a bool delta is an int to "
+        "Python (True + True == 2) and to asyncpg's int8 encoder, so True lands as +1 "
+        "silently (psycopg refuses a lone True with CannotCoerce boolean[] -> bigint[] but "
+        "adds True+True as 2): a bool is not a count and should be refused on every path"
+    ),
+)
+async def test_a_bool_delta_is_refused_not_counted_as_one(
+    pg: asyncpg.Connection, counters: str, driver: str
+) -> None:
+    """Shown: two records {'views': True} of one key add 2 to the counter on both drivers
+    (and one alone adds 1 with asyncpg, is refused with psycopg). Expected: refused
+    (PermanentSinkError), the counter left at 10, the same on both drivers."""
+    error = await write_once(
+        counters, driver, [{"page": "a", "views": True}, {"page": "a", "views": True}]
+    )
+    assert isinstance(error, wb.PermanentSinkError)
+    assert await views(pg, counters) == 10
