@@ -5,8 +5,10 @@ Against the real PostgreSQL (tests/pg.py) and real SQLite files."""
 from __future__ import annotations
 
 import decimal
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -110,3 +112,63 @@ async def test_a_bool_delta_is_refused_not_counted_as_one(
     )
     assert isinstance(error, wb.PermanentSinkError)
     assert await views(pg, counters) == 10
+
+
+async def sqlite_write(tmp_path: Path, batch: list[Any]) -> tuple[Exception | None, Any]:
+    """Write ``batch`` to a SQLite counters table with page 'a' at 10; (error, views)."""
+    path = str(tmp_path / "c.db")
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE c (page TEXT PRIMARY KEY, views INTEGER, title TEXT)")
+        db.execute("INSERT INTO c VALUES ('a', 10, 'x')")
+    sink = wb.SQLiteSink(path, table="c", key="page", increment=("views",))
+    await sink.start()
+    error: Exception | None = None
+    try:
+        await sink.write(batch)
+    except Exception as exc:  # the outcome under test
+        error = exc
+    finally:
+        await sink.close()
+    db = sqlite3.connect(path)
+    try:
+        return error, db.execute("SELECT views FROM c WHERE page = 'a'").fetchone()[0]
+    finally:
+        db.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "sinks/_upsert.py on_conflict (SQLite): COALESCE(t.views, 0) + excluded.views with "
+        "excluded.views = 'abc' is SQLite's text-to-number 0, so a non-numeric delta is "
+        "written as success and the delta is lost; nothing checks the delta's type "
+        "(check_sqlite_types checks only the declared column)"
+    ),
+)
+async def test_sqlite_a_non_numeric_str_delta_is_not_silently_added_as_zero(
+    tmp_path: Path,
+) -> None:
+    """Shown: write([{'page': 'a', 'views': 'abc'}]) succeeds and the counter stays 10 (the
+    delta was taken as 0). Expected: PermanentSinkError (dead-lettered), as asyncpg gives."""
+    error, got = await sqlite_write(tmp_path, [{"page": "a", "views": "abc"}])
+    assert isinstance(error, wb.PermanentSinkError), (error, got)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "sinks/_upsert.py on_conflict (SQLite): integer overflow of COALESCE(t.c, 0) + "
+        "excluded.c makes SQLite return a REAL, so an INTEGER counter past 2**63-1 silently "
+        "becomes the float 9.223372036854776e+18 (precision lost) where PostgreSQL raises "
+        "'bigint out of range'; the sum should be refused, not rounded"
+    ),
+)
+async def test_sqlite_a_counter_overflowing_int64_is_refused_not_turned_into_a_float(
+    tmp_path: Path,
+) -> None:
+    """Shown: 10 + (2**63 - 1) is written as 9.223372036854776e+18 (a REAL). Expected: an
+    error (dead-lettered) and the counter left at 10, as with PostgreSQL's bigint."""
+    error, got = await sqlite_write(tmp_path, [{"page": "a", "views": 2**63 - 1}])
+    assert isinstance(got, int), f"the counter became {got!r}"
+    assert isinstance(error, wb.PermanentSinkError)
+    assert got == 10
