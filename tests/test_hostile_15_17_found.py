@@ -172,3 +172,52 @@ async def test_sqlite_a_counter_overflowing_int64_is_refused_not_turned_into_a_f
     assert isinstance(got, int), f"the counter became {got!r}"
     assert isinstance(error, wb.PermanentSinkError)
     assert got == 10
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "sinks/_from_model.py orm_shape/orm_fields read any ORM instance by its own class "
+        "(type(record)), and sink_from_model keeps no record of the model the sink was made "
+        "from, so an instance of another mapped class (another table) whose column names "
+        "happen to exist in this table is silently written into it; expected refused "
+        "(PermanentSinkError/dead letter naming the class and the sink's table)"
+    ),
+)
+async def test_from_model_sink_refuses_an_instance_of_another_model(tmp_path: Path) -> None:
+    """Shown: SQLiteSink.from_model(Page) writes an Invoice instance (table 'invoices')
+    into 'pages' as a row. Expected: the record refused, the 'pages' table left empty."""
+    import sqlalchemy as sa
+    from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Page(Base):
+        __tablename__ = "pages"
+        id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+        title: Mapped[str | None] = mapped_column(sa.String)
+
+    class Invoice(Base):
+        __tablename__ = "invoices"
+        id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+        title: Mapped[str | None] = mapped_column(sa.String)
+
+    path = str(tmp_path / "m.db")
+    Base.metadata.create_all(sa.create_engine(f"sqlite:///{path}"))
+    sink = wb.SQLiteSink.from_model(Page, path)
+    await sink.start()
+    error: Exception | None = None
+    try:
+        await sink.write([Invoice(id=9, title="an invoice")])
+    except Exception as exc:  # the outcome under test
+        error = exc
+    finally:
+        await sink.close()
+    db = sqlite3.connect(path)
+    try:
+        written = db.execute("SELECT id, title FROM pages").fetchall()
+    finally:
+        db.close()
+    assert written == [], f"an Invoice was written into pages: {written}"
+    assert isinstance(error, wb.PermanentSinkError | wb.ConfigError)
