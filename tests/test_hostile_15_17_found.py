@@ -295,3 +295,50 @@ async def test_from_model_orm_instances_can_be_summed_for_an_increment_sink(
         assert db.execute("SELECT views FROM pages WHERE page = 'a'").fetchone()[0] == 3
     finally:
         db.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "sinks/sqlite.py write / sinks/_records.py check of the key: only a missing key "
+        "field is refused ('record lacks the key field'); a key of None is written, and in "
+        "an INTEGER PRIMARY KEY (rowid alias) SQLite assigns a new id, so the upsert never "
+        "conflicts and each delta makes a new counter row (PostgreSQL refuses it: NOT NULL)"
+    ),
+)
+async def test_sqlite_an_orm_instance_with_a_none_key_is_refused_not_a_new_row(
+    tmp_path: Path,
+) -> None:
+    """Shown: SQLiteSink.from_model(Counter, increment=('views',)).write of Counter(id=None,
+    views=1) twice succeeds and makes rows (1, 1) and (2, 1). Expected: PermanentSinkError
+    (the record has no key to add to), no row, as the PostgreSQL sink gives."""
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Counter(Base):
+        __tablename__ = "counters"
+        id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+        views: Mapped[int | None] = mapped_column(sa.Integer)
+
+    path = str(tmp_path / "k.db")
+    Base.metadata.create_all(sa.create_engine(f"sqlite:///{path}"))
+    sink = wb.SQLiteSink.from_model(Counter, path, increment=("views",))
+    await sink.start()
+    errors: list[Exception] = []
+    try:
+        for _ in range(2):
+            try:
+                await sink.write([Counter(id=None, views=1)])
+            except Exception as exc:  # the outcome under test
+                errors.append(exc)
+    finally:
+        await sink.close()
+    db = sqlite3.connect(path)
+    try:
+        written = db.execute("SELECT id, views FROM counters ORDER BY id").fetchall()
+    finally:
+        db.close()
+    assert written == [], f"a None key made new rows: {written}"
+    assert len(errors) == 2
+    assert all(isinstance(e, wb.PermanentSinkError) for e in errors)
