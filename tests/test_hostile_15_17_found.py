@@ -342,3 +342,41 @@ async def test_sqlite_an_orm_instance_with_a_none_key_is_refused_not_a_new_row(
     assert written == [], f"a None key made new rows: {written}"
     assert len(errors) == 2
     assert all(isinstance(e, wb.PermanentSinkError) for e in errors)
+
+
+@pytest.mark.parametrize("column_type", ["double precision", "numeric"])
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "sinks/_increment.py: nothing checks a delta is a finite number (check_pg_types "
+        "checks only the column's type); a NaN delta is written and COALESCE(t.c, 0) + "
+        "'NaN' makes the counter NaN for good (every later sum is NaN), with no error; a "
+        "NaN (or infinite) delta should be refused (PermanentSinkError, dead-lettered)"
+    ),
+)
+async def test_pg_a_nan_delta_does_not_poison_the_counter(
+    pg: asyncpg.Connection, column_type: str
+) -> None:
+    """Shown: a float('nan') delta to a double precision/numeric counter at 10 is written
+    without error and the counter is NaN from then on (a later +1 leaves NaN). Expected: the
+    NaN record refused, the counter 11 after the +1."""
+    name = f"hx_{uuid.uuid4().hex[:12]}"
+    await pg.execute(f"CREATE TABLE {name} (page text PRIMARY KEY, views {column_type})")
+    try:
+        await pg.execute(f"INSERT INTO {name} VALUES ('a', 10)")
+        sink = wb.PostgresSink(DSN, table=name, key="page", increment=("views",))
+        await sink.start()
+        error: Exception | None = None
+        try:
+            try:
+                await sink.write([{"page": "a", "views": float("nan")}])
+            except Exception as exc:  # the outcome under test
+                error = exc
+            await sink.write([{"page": "a", "views": 1}])
+        finally:
+            await sink.close()
+        got = await pg.fetchval(f"SELECT views::float8 FROM {name} WHERE page = 'a'")
+        assert got == 11, f"the counter is {got!r} after a NaN delta and a +1"
+        assert isinstance(error, wb.PermanentSinkError)
+    finally:
+        await pg.execute(f"DROP TABLE {name}")
