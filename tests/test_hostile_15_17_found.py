@@ -380,3 +380,38 @@ async def test_pg_a_nan_delta_does_not_poison_the_counter(
         assert isinstance(error, wb.PermanentSinkError)
     finally:
         await pg.execute(f"DROP TABLE {name}")
+
+
+class _CounterBase(DeclarativeBase):
+    pass
+
+
+class _Hits(_CounterBase):
+    __tablename__ = "hits"
+    page: Mapped[str] = mapped_column(sa.String, primary_key=True)
+    views: Mapped[int | None] = mapped_column(sa.Integer)
+    v: Mapped[int | None] = mapped_column(sa.Integer)
+
+
+@pytest.mark.parametrize("make", ["sqlite", "postgres"])
+@pytest.mark.parametrize("bad", ["views", 42])
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "sinks/_from_model.py sink_from_model: 'tuple(column(c, ...) for c in "
+        "opts[\"increment\"])' iterates a str by character (increment='views' -> 'v' is "
+        "taken as the column v, then \"'i' is not a column\") and raises a bare TypeError "
+        "for a non-iterable, before the constructor's increment_columns check (which says "
+        "'takes a tuple of column names, e.g. increment=('views',)') can run"
+    ),
+)
+def test_from_model_increment_given_a_str_or_a_number_is_the_constructors_config_error(
+    tmp_path: Path, make: str, bad: Any
+) -> None:
+    """Shown: from_model(model, increment='views') raises "increment: 'i' is not a column"
+    (the 'v' already matched a column), and increment=42 a TypeError. Expected: the
+    ConfigError the sink's constructor gives, naming the fix ('takes a tuple')."""
+    cls: Any = wb.SQLiteSink if make == "sqlite" else wb.PostgresSink
+    target = str(tmp_path / "h.db") if make == "sqlite" else DSN
+    with pytest.raises(wb.ConfigError, match="takes a tuple"):
+        cls.from_model(_Hits, target, increment=bad)
