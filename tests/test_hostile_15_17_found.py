@@ -1,6 +1,7 @@
 """Hostile review of ``increment=`` (issue 17) and ``from_model`` (issue 15): the defects
-found, each a test that fails today (marked ``xfail(strict=True)`` with the diagnosis).
-Against the real PostgreSQL (tests/pg.py) and real SQLite files."""
+found, each a test that failed before its fix; those not fixed yet are marked
+``xfail(strict=True)`` with the diagnosis. Against the real PostgreSQL (tests/pg.py) and
+real SQLite files."""
 
 from __future__ import annotations
 
@@ -49,14 +50,6 @@ async def views(pg: asyncpg.Connection, table: str) -> Any:
     return await pg.fetchval(f"SELECT views FROM {table} WHERE page = 'a'")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "sinks/_increment.py sum_per_key/_add: two str deltas of one key are joined with "
-        "'+' ('1' + '2' == '12'), and psycopg then casts the text '12' to bigint, so the "
-        "counter gains 12 instead of 3 (asyncpg refuses str); _add must refuse non-numbers"
-    ),
-)
 async def test_psycopg_two_str_deltas_of_one_key_are_concatenated_not_added(
     pg: asyncpg.Connection, counters: str
 ) -> None:
@@ -72,16 +65,6 @@ async def test_psycopg_two_str_deltas_of_one_key_are_concatenated_not_added(
 
 
 @pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "sinks/_increment.py (check_pg_types only checks the column is numeric, nothing "
-        "checks the deltas): a fractional Decimal/float delta for a bigint counter is "
-        "silently cut by the driver (asyncpg int() truncates 1.5 -> 1, 0.4+0.4 -> 0; psycopg's "
-        "cast rounds 1.5 -> 2), so the sum is wrong and differs by driver; it should be "
-        "dead-lettered (PermanentSinkError naming the column)"
-    ),
-)
 async def test_a_fractional_delta_into_an_integer_counter_is_not_silently_cut(
     pg: asyncpg.Connection, counters: str, driver: str
 ) -> None:
@@ -94,15 +77,6 @@ async def test_a_fractional_delta_into_an_integer_counter_is_not_silently_cut(
 
 
 @pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "sinks/_increment.py _add/sum_per_key and the drivers: a bool delta is an int to "
-        "Python (True + True == 2) and to asyncpg's int8 encoder, so True lands as +1 "
-        "silently (psycopg refuses a lone True with CannotCoerce boolean[] -> bigint[] but "
-        "adds True+True as 2): a bool is not a count and should be refused on every path"
-    ),
-)
 async def test_a_bool_delta_is_refused_not_counted_as_one(
     pg: asyncpg.Connection, counters: str, driver: str
 ) -> None:
@@ -138,15 +112,6 @@ async def sqlite_write(tmp_path: Path, batch: list[Any]) -> tuple[Exception | No
         db.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "sinks/_upsert.py on_conflict (SQLite): COALESCE(t.views, 0) + excluded.views with "
-        "excluded.views = 'abc' is SQLite's text-to-number 0, so a non-numeric delta is "
-        "written as success and the delta is lost; nothing checks the delta's type "
-        "(check_sqlite_types checks only the declared column)"
-    ),
-)
 async def test_sqlite_a_non_numeric_str_delta_is_not_silently_added_as_zero(
     tmp_path: Path,
 ) -> None:
@@ -223,16 +188,6 @@ async def test_from_model_sink_refuses_an_instance_of_another_model(tmp_path: Pa
     assert isinstance(error, wb.PermanentSinkError | wb.ConfigError)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "sinks/_protocol.py check_sink_keys (the batcher's start check) compares key and "
-        "version only: a batcher with no merge= in front of a sink with increment= is "
-        "accepted, and its newest-wins coalescing drops the earlier deltas of a key before "
-        "the sink can add them (counted 'coalesced', no error); it should be a ConfigError "
-        "at start (increment= needs merge=, e.g. wb.merge.sum_fields) or the sum kept"
-    ),
-)
 async def test_an_increment_sink_behind_a_batcher_without_merge_loses_no_delta(
     tmp_path: Path,
 ) -> None:
@@ -345,15 +300,6 @@ async def test_sqlite_an_orm_instance_with_a_none_key_is_refused_not_a_new_row(
 
 
 @pytest.mark.parametrize("column_type", ["double precision", "numeric"])
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "sinks/_increment.py: nothing checks a delta is a finite number (check_pg_types "
-        "checks only the column's type); a NaN delta is written and COALESCE(t.c, 0) + "
-        "'NaN' makes the counter NaN for good (every later sum is NaN), with no error; a "
-        "NaN (or infinite) delta should be refused (PermanentSinkError, dead-lettered)"
-    ),
-)
 async def test_pg_a_nan_delta_does_not_poison_the_counter(
     pg: asyncpg.Connection, column_type: str
 ) -> None:
@@ -395,16 +341,6 @@ class _Hits(_CounterBase):
 
 @pytest.mark.parametrize("make", ["sqlite", "postgres"])
 @pytest.mark.parametrize("bad", ["views", 42])
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "sinks/_from_model.py sink_from_model: 'tuple(column(c, ...) for c in "
-        "opts[\"increment\"])' iterates a str by character (increment='views' -> 'v' is "
-        "taken as the column v, then \"'i' is not a column\") and raises a bare TypeError "
-        "for a non-iterable, before the constructor's increment_columns check (which says "
-        "'takes a tuple of column names, e.g. increment=('views',)') can run"
-    ),
-)
 def test_from_model_increment_given_a_str_or_a_number_is_the_constructors_config_error(
     tmp_path: Path, make: str, bad: Any
 ) -> None:
@@ -418,15 +354,6 @@ def test_from_model_increment_given_a_str_or_a_number_is_the_constructors_config
 
 
 @pytest.mark.parametrize("column_type", ["integer[]", "bigint[]", "numeric(5,2)[]"])
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "sinks/_increment.py check_pg_types: 'pg_type.startswith(_PG_NUMERIC)' accepts an "
-        "array of a numeric type ('integer[]' starts with 'integer'), so start() succeeds "
-        "and the first write fails (SinkMisconfigured: COALESCE types integer[] and integer "
-        "cannot be matched) instead of the documented ConfigError at start"
-    ),
-)
 async def test_pg_an_array_column_in_increment_is_refused_at_start(
     pg: asyncpg.Connection, column_type: str
 ) -> None:

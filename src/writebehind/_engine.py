@@ -134,7 +134,7 @@ class AsyncBatcher:
         if self._loop is not None:
             raise WriteBehindError("the batcher was already started")
         loop = asyncio.get_running_loop()
-        check_sink_keys(self._opts.key, self._opts.version, self._sink)
+        check_sink_keys(self._opts.key, self._opts.version, self._sink, self._opts.merge)
         recovered: list[tuple[int, Any]] = []
         if self._spooling is not None:  # before the sink: a spool that cannot open starts nothing
             recovered = await off_loop(self._spooling.open)  # file I/O, not on the loop

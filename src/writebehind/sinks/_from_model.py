@@ -153,8 +153,9 @@ def sink_from_model(
     else:
         vcol = None if mapper is None else mapper.version_id_col
         version = vcol.name if vcol is not None and vcol.table is table else None
-    if opts.get("increment"):
-        opts["increment"] = tuple(column(c, "increment") for c in opts["increment"])
+    adds = opts.get("increment")
+    if adds and isinstance(adds, list | tuple):  # anything else: the constructor says what
+        opts["increment"] = tuple(column(c, "increment") for c in adds)
     sink = cls(target, **kwargs, key=key or None, version=version, **opts)  # type: ignore[call-arg]
     sink.record_fields = MappingProxyType({a: c for a, c in fields.items() if a != c})
     return sink

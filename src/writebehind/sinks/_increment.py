@@ -32,6 +32,8 @@ postgres.md, "Indeterminate commits and replay") adds its deltas twice.
 
 from __future__ import annotations
 
+import decimal
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -91,7 +93,7 @@ def check_pg_types(increment: tuple[str, ...], columns: Mapping[str, str], where
     """Each increment column of the table (present: checked before) is numeric."""
     for name in increment:
         pg_type = columns[name]
-        if not pg_type.startswith(_PG_NUMERIC):
+        if not pg_type.startswith(_PG_NUMERIC) or pg_type.endswith("]"):  # not an array
             raise ConfigError(
                 f"increment: column {name!r} of {where} is {pg_type}, which cannot be added "
                 f"to; make it {', '.join(_PG_NUMERIC)}, or leave it out of increment="
@@ -109,6 +111,41 @@ def check_sqlite_types(increment: tuple[str, ...], declared: Mapping[str, str], 
                 f"{declared[name]!r} ({kind} affinity); declare it INTEGER, REAL or NUMERIC, "
                 f"or leave it out of increment="
             )
+
+
+def check_deltas(
+    names: tuple[str, ...],
+    rows: list[tuple[Any, ...]],
+    increment: tuple[str, ...],
+    whole: Iterable[str] = (),
+) -> None:
+    """Refuse a row whose delta for an increment column is not a number to add: a bool, a
+    string or bytes (a driver or SQLite would turn it into a number, or into 0), a NaN or
+    an infinity (every later sum would be NaN or infinite), or, for the columns in
+    ``whole`` (integer columns), a number that is not whole (the driver would cut or round
+    it). ``PermanentSinkError`` naming the column and the value: the batcher isolates the
+    record and dead-letters it; the others are written."""
+    cols = [(names.index(n), n) for n in increment if n in names]
+    if not cols:
+        return
+    ints = frozenset(whole)
+    for row in rows:
+        for i, name in cols:
+            v = row[i]
+            if v is None or type(v) is int:
+                continue
+            bad = isinstance(v, bool | str | bytes) or not isinstance(
+                v, int | float | decimal.Decimal
+            )
+            if not bad and isinstance(v, float | decimal.Decimal):
+                bad = not math.isfinite(v) or (name in ints and v != int(v))
+            if bad:
+                raise PermanentSinkError(
+                    f"increment column {name!r}: {v!r} ({type(v).__name__}) is not a number "
+                    f"this column can add"
+                    + (" (a whole number: the column is an integer)" if name in ints else "")
+                    + "; give the record a number"
+                )
 
 
 def sum_per_key(

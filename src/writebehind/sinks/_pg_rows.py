@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._ident import quote
-from ._increment import sum_per_key
+from ._increment import check_deltas, sum_per_key
 from ._pg import argument_error, newest_per_key
 from ._pg_copy import PsycopgDriver
 from ._pg_stale import merged, newest_indexed, pg_upsert, stage_lookup
@@ -19,6 +19,9 @@ from ._stale import Where, group_indexed, reports
 from ._values import convert_rows, enum_values
 
 __all__ = ["PgRows"]
+
+_WHOLE = ("smallint", "integer", "bigint")
+"""PostgreSQL types that hold whole numbers only."""
 
 
 class PgRows:
@@ -53,7 +56,9 @@ class PgRows:
         }
         dropped: list[int] = []
         if self.increment:  # one row per key, its increments summed (never with where)
+            whole = [n for n in self.increment if self.columns.get(n, "").startswith(_WHOLE)]
             for names, rows in groups.items():
+                check_deltas(names, rows, self.increment, whole)
                 groups[names] = sum_per_key(names, rows, self.key, self.version, self.increment)
         if self.key and self._psy is None:  # psycopg's merge keeps the newest per key itself
             for names, rows in groups.items():

@@ -148,9 +148,20 @@ def key_mismatch(key: Any, version: Any, sink: Any) -> Mismatch | None:
     return None
 
 
-def check_sink_keys(key: Any, version: Any, sink: Any) -> None:
+def check_sink_keys(key: Any, version: Any, sink: Any, merge: Any = None) -> None:
     """At start: raise ``ConfigError`` for a fatal :func:`key_mismatch`, log a WARNING
-    (once: the batcher starts once) for the others."""
+    (once: the batcher starts once) for the others. A sink that adds columns
+    (``increment=``) behind a batcher that coalesces by key without ``merge=`` is refused:
+    the newer record would replace the older one's delta in the buffer, and it would be
+    lost without a word."""
+    adds = getattr(sink, "increment", ())
+    if adds and isinstance(adds, tuple) and key is not None and merge is None:
+        raise ConfigError(
+            f"merge: the sink adds {', '.join(map(repr, adds))} (increment=), but the "
+            f"batcher coalesces records by key without merge=, so a newer record would "
+            f"replace an older one's delta before it is written; pass "
+            f"merge=writebehind.merge.sum_fields({', '.join(map(repr, adds))}) (sink {sink!r})"
+        )
     problem = key_mismatch(key, version, sink)
     if problem is None:
         return

@@ -35,7 +35,7 @@ from .._errors import ConfigError, PermanentSinkError, RetriableSinkError, SinkM
 from .._ident import quote, validate
 from .._workers import WorkerThreads
 from ._from_model import RecordNames, sink_from_model
-from ._increment import increment_columns
+from ._increment import check_deltas, increment_columns
 from ._protocol import WriteResult
 from ._records import Rows, check_shape
 from ._sqlite_errors import binding_error, map_error
@@ -409,6 +409,8 @@ class SQLiteSink(RecordNames):
             if versions is not None and version in names:
                 rows = versions.adapt(rows, names.index(version))
             out[names] = convert_rows(names, rows, self.key, self._types, self._by_column)
+            if self.increment:
+                check_deltas(names, out[names], self.increment)
         return out, where
 
     def _json_value(self, v: Any) -> Any:
