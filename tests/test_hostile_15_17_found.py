@@ -141,16 +141,6 @@ async def test_sqlite_a_counter_overflowing_int64_is_refused_not_turned_into_a_f
     assert got == 10
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "sinks/_from_model.py orm_shape/orm_fields read any ORM instance by its own class "
-        "(type(record)), and sink_from_model keeps no record of the model the sink was made "
-        "from, so an instance of another mapped class (another table) whose column names "
-        "happen to exist in this table is silently written into it; expected refused "
-        "(PermanentSinkError/dead letter naming the class and the sink's table)"
-    ),
-)
 async def test_from_model_sink_refuses_an_instance_of_another_model(tmp_path: Path) -> None:
     """Shown: SQLiteSink.from_model(Page) writes an Invoice instance (table 'invoices')
     into 'pages' as a row. Expected: the record refused, the 'pages' table left empty."""

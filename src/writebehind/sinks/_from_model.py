@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, TypeVar
 
-from .._errors import ConfigError
+from .._errors import ConfigError, PermanentSinkError
 
 __all__ = ["RecordNames", "is_orm", "orm_fields", "orm_shape", "sink_from_model"]
 
@@ -158,6 +158,7 @@ def sink_from_model(
         opts["increment"] = tuple(column(c, "increment") for c in adds)
     sink = cls(target, **kwargs, key=key or None, version=version, **opts)  # type: ignore[call-arg]
     sink.record_fields = MappingProxyType({a: c for a, c in fields.items() if a != c})
+    sink.model_table = table
     return sink
 
 
@@ -186,11 +187,35 @@ class RecordNames:
         """The version's field name as records carry it, or None."""
         return None if self.version is None else self._attribute(self.version)
 
+    model_table: Any = None
+    """The SQLAlchemy table of the model the sink was made from (``from_model``), or None."""
+
+    def check_models(self, batch: list[Any]) -> None:
+        """A sink made by ``from_model``: refuse a batch holding an ORM instance of a class
+        mapped to another table (``PermanentSinkError`` naming both; the batcher isolates
+        the record), which would otherwise be written here by its column names."""
+        table = self.model_table
+        if table is None:
+            return
+        for record in batch:
+            if is_orm(record) and _table_of(type(record)) is not table:
+                raise PermanentSinkError(
+                    f"a {type(record).__name__} is mapped to table "
+                    f"{_table_of(type(record)).name!r}; this sink was made from a model of "
+                    f"table {table.name!r} (from_model): give it instances of that model"
+                )
+
     def _attribute(self, column: str) -> str:
         for attr, col in self.record_fields.items():
             if col == column:
                 return attr
         return column
+
+
+def _table_of(cls: type) -> Any:
+    import sqlalchemy  # loaded already: an instance of a mapped class exists
+
+    return sqlalchemy.inspect(cls).local_table
 
 
 def is_orm(record: Any) -> bool:

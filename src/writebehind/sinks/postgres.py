@@ -381,6 +381,7 @@ class PostgresSink(PgRows, RecordNames):
             return None
         if self._pool is None and self._psy is None:
             raise map_error(ConnectionError("the PostgreSQL sink is not started"), ())
+        self.check_models(batch)
         groups, where, dropped = self._group(batch)
         stale: dict[tuple[str, ...], list[int]] = {}
         try:

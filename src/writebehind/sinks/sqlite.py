@@ -268,6 +268,7 @@ class SQLiteSink(RecordNames):
         pool = self._pool
         if pool is None:
             raise RetriableSinkError("the SQLite sink is not started or already closed")
+        self.check_models(batch)
         job = Job()
         attempt = asyncio.ensure_future(pool.run(self._write, batch, job))
         try:
