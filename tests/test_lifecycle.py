@@ -246,8 +246,22 @@ def test_multiprocessing_pool_workers_flush_at_their_exit(tmp_path: Path) -> Non
 
 def test_ctrl_c_while_closing_still_closes(tmp_path: Path) -> None:
     """SIGINT while 'async with' is closing over a slow sink: the close goes on, every
-    record is written, and the process ends with KeyboardInterrupt."""
+    record is written, and the process ends with KeyboardInterrupt.
+
+    The child first makes sure Ctrl-C reaches it as it would from a terminal: a test run
+    started in the background (``nohup .ci/run &``: the shell ignores SIGINT for it) passes
+    SIGINT ignored down to every child, which then ends normally with nothing on stderr
+    (this test failed that way in two such CI runs, and does when its parent ignores
+    SIGINT); it says so on stderr when it resets it."""
     body = """
+    import signal
+    inherited = signal.getsignal(signal.SIGINT)
+    blocked = signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    if inherited is not signal.default_int_handler or blocked:
+        print(f"inherited SIGINT {inherited!r}, blocked {blocked}: reset", file=sys.stderr)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+
     class Slow:
         def __init__(self):
             self.inner = wb.CallableSink(append)
