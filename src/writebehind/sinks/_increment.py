@@ -39,6 +39,7 @@ from typing import Any
 
 from .._errors import ConfigError, PermanentSinkError
 from .._ident import validate
+from ._pg import newer_or_equal
 from ._sqlite_versions import affinity
 
 __all__ = ["check_pg_types", "check_sqlite_types", "increment_columns", "sum_per_key"]
@@ -173,7 +174,7 @@ def sum_per_key(
         total = sums[k]
         for j, i in enumerate(adds):
             total[j] = _add(total[j], row[i], names[i])
-        if vidx is None or _newer_or_equal(row[vidx], old[vidx]):
+        if vidx is None or newer_or_equal(row[vidx], old[vidx]):
             newest[k] = row
     out = []
     for k, row in newest.items():
@@ -193,14 +194,3 @@ def _add(a: Any, b: Any, name: str) -> Any:
         return a + b
     except TypeError as exc:
         raise PermanentSinkError(f"increment column {name!r}: cannot add {a!r} and {b!r}") from exc
-
-
-def _newer_or_equal(a: Any, b: Any) -> bool:
-    if b is None:
-        return True
-    if a is None:
-        return False
-    try:
-        return bool(a >= b)
-    except TypeError as exc:
-        raise PermanentSinkError(f"versions {a!r} and {b!r} cannot be compared") from exc

@@ -145,12 +145,13 @@ def newest_per_key(
     for row in rows:
         k = row[kidx[0]] if len(kidx) == 1 else tuple(row[i] for i in kidx)
         old = newest.get(k)
-        if old is None or vidx is None or _newer_or_equal(row[vidx], old[vidx]):
+        if old is None or vidx is None or newer_or_equal(row[vidx], old[vidx]):
             newest[k] = row
     return rows if len(newest) == len(rows) else list(newest.values())
 
 
-def _newer_or_equal(a: Any, b: Any) -> bool:
+def newer_or_equal(a: Any, b: Any) -> bool:
+    """Whether version ``a`` wins over ``b`` (a NULL loses; a tie wins: the later row)."""
     if b is None:
         return True
     if a is None:
