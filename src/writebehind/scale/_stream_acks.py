@@ -56,6 +56,13 @@ class Acks:
         self.ids.add(entry_id)
         self.changed.set()
 
+    def track_many(self, pairs: list[tuple[bytes, Receipt]]) -> None:
+        """:meth:`track` of each (entry id, receipt), in order."""
+        if pairs:
+            self.tracked.extend(pairs)
+            self.ids.update([entry_id for entry_id, _ in pairs])
+            self.changed.set()
+
     def ack_now(self, entry_id: bytes) -> None:
         """An entry settled without a receipt (dead-lettered as raw data, deleted)."""
         self.to_ack.append(entry_id)
@@ -72,12 +79,18 @@ class Acks:
         """Take resolved receipts from the front, and from everywhere every ``_SWEEP`` s;
         how many were taken."""
         taken = 0
-        tracked = self.tracked
-        while tracked:
-            outcome = tracked[0][1].outcome
+        tracked, ids, to_ack = self.tracked, self.ids, self.to_ack
+        while tracked:  # _settle inlined: this runs once per entry
+            entry_id, receipt = tracked[0]
+            outcome = receipt.outcome
             if outcome is None:
                 break
-            self._settle(tracked.popleft()[0], outcome)
+            tracked.popleft()
+            ids.discard(entry_id)
+            if outcome in _ACKED:
+                to_ack.append(entry_id)
+            else:
+                self.left_pending += 1
             taken += 1
         now = time.monotonic()
         if tracked and now - self._last_sweep >= _SWEEP:

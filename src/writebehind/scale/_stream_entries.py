@@ -1,7 +1,8 @@
 """What ``consume_stream`` does with the entries it reads (``streams.py``): the reply's
 entries, each decoded back into its record (the dead-letter stores' tagged JSON, undone
-with a fast ``json`` object hook), an undecodable one as raw dead-letter data, whether a
-read error says the stream or its group is gone, and a client that reads raw bytes.
+with a fast ``json`` object hook), an undecodable one as raw dead-letter data and the
+dead-lettering of those, whether a read error says the stream or its group is gone, and a
+client that reads raw bytes.
 """
 
 from __future__ import annotations
@@ -10,14 +11,23 @@ import base64
 import datetime as dt
 import decimal
 import json
+import logging
+import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .._deadletter import DeadLetterEntry
+from .._events import RecordsDeadLettered
 from ..dlq._codec import decode
 from ..sinks.redis_stream import FIELD
 
+if TYPE_CHECKING:
+    from .._engine import AsyncBatcher
+    from ._stream_acks import Acks
+
 __all__ = [
     "bytes_client",
+    "dead_letter",
     "entries_of",
     "entry_text",
     "group_gone",
@@ -25,6 +35,8 @@ __all__ = [
     "raw",
     "record_of",
 ]
+
+log = logging.getLogger("writebehind")
 
 
 def group_gone(exc: BaseException) -> bool:
@@ -66,7 +78,7 @@ def entries_of(reply: Any) -> list[tuple[bytes, Any]]:
 
 def record_of(fields: Any) -> Any:
     """An entry's record; raises (any exception) for an entry it cannot decode."""
-    text = fields.get(FIELD.encode())
+    text = fields.get(_FIELD_BYTES)
     if text is None:
         text = fields.get(FIELD)
     if text is None:
@@ -75,7 +87,13 @@ def record_of(fields: Any) -> Any:
         text = text.decode("utf-8")
     if '"$map"' in text:  # a user's dict with one $-key: the codec's own exact decoder
         return decode(text)
-    return json.loads(text, object_hook=_untag)
+    try:  # json's C scanner straight away: json.loads builds a decoder per call (2.5x slower)
+        record, end = _scan(text, 0)
+    except StopIteration:
+        record, end = None, -1
+    if end != len(text):  # whitespace around it, or not JSON: json's own checks and errors
+        return _DECODER.decode(text)
+    return record
 
 
 def _untag(obj: dict[str, Any]) -> Any:
@@ -112,6 +130,11 @@ _SIMPLE_TAGS: dict[str, Any] = {
 }
 
 
+_DECODER = json.JSONDecoder(object_hook=_untag)
+_scan: Any = _DECODER.scan_once  # type: ignore[attr-defined]  # set in __init__
+_FIELD_BYTES = FIELD.encode()
+
+
 def entry_text(entry_id: Any) -> str:
     """An entry id as text (bytes, or str from a client with ``decode_responses``)."""
     return entry_id.decode(errors="replace") if isinstance(entry_id, bytes) else str(entry_id)
@@ -127,3 +150,60 @@ def message(entry_id: Any, exc: BaseException) -> str:
     if len(text) > 500:
         text = text[:500] + "..."
     return f"entry {entry_text(entry_id)}: {type(exc).__name__}: {text}"
+
+
+async def dead_letter(
+    into: AsyncBatcher,
+    stream: str,
+    group: str,
+    bad: list[tuple[bytes, Any, BaseException]],
+    acks: Acks,
+) -> int:
+    """Dead-letter entries that could not be added (each with its record, or its raw
+    fields) into the batcher's store, acknowledge them, and publish ``RecordsDeadLettered``;
+    how many (0 when the store failed: they stay pending, to be claimed again)."""
+    store, now = into.dead_letter, time.time()
+    entries = [
+        DeadLetterEntry(
+            record=record,
+            error=type(exc).__name__,
+            message=message(entry_id, exc),
+            sink=f"consume_stream({stream!r}, group={group!r})",
+            batcher=into.name,
+            attempts=0,
+            at=now,
+        )
+        for entry_id, record, exc in bad
+    ]
+    if store is None:
+        log.error(
+            "consume_stream(%r): %d entries could not be added (first: %s) and are "
+            "acknowledged; give the batcher a dead_letter= store to keep them",
+            stream, len(bad), entries[0].message,
+        )  # fmt: skip
+    else:
+        try:
+            await store.put(entries)
+        except Exception as exc:
+            log.error(
+                "consume_stream(%r): the dead-letter store failed (%s); %d entries stay "
+                "pending and are claimed again after claim_after",
+                stream, type(exc).__name__, len(bad),
+            )  # fmt: skip
+            return 0
+        log.warning(
+            "consume_stream(%r): dead-lettered %d entries as they were (first: %s); not in "
+            "the batcher's stats(), which counts accepted records; StreamReport.dead_lettered "
+            "and a RecordsDeadLettered event (attempts=0) count them",
+            stream, len(bad), entries[0].message,
+        )  # fmt: skip
+    for entry_id, *_ in bad:
+        acks.ack_now(entry_id)
+    events = into._events  # on the batcher's loop, as every publisher
+    if not events.closed:
+        kinds: dict[str, int] = {}
+        for entry in entries:
+            kinds[entry.error] = kinds.get(entry.error, 0) + 1
+        for error, count in kinds.items():
+            events.publish(RecordsDeadLettered, count=count, error=error, attempts=0)
+    return len(bad)

@@ -20,7 +20,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .._deadletter import DeadLetterEntry
 from .._engine import AsyncBatcher
 from .._errors import (
     BatcherClosed,
@@ -30,13 +29,12 @@ from .._errors import (
     SinkError,
     WriteBehindError,
 )
-from .._events import RecordsDeadLettered
 from .._retry import check_number
 from .._sync import Batcher
 from ..sinks._redis import RedisSource
 from ..sinks.redis_stream import check_stream_name
 from ._stream_acks import Acks
-from ._stream_entries import bytes_client, entries_of, group_gone, message, raw, record_of
+from ._stream_entries import bytes_client, dead_letter, entries_of, group_gone, raw, record_of
 
 __all__ = ["StreamReport", "consume_stream"]
 
@@ -315,80 +313,43 @@ class _Reader:
     async def _take(self, entries: list[tuple[bytes, Any]], acks: Acks) -> None:
         """Add each entry's record to the batcher and track it; dead-letter what cannot be."""
         bad: list[tuple[bytes, Any, BaseException]] = []
+        added: list[tuple[bytes, Any]] = []  # tracked in one go, and before any wait
         into = self.into
-        for n, (entry_id, fields) in enumerate(entries):
-            if fields is None:  # claimed, but deleted from the stream meanwhile
-                acks.ack_now(entry_id)
-                continue
-            try:
-                record = record_of(fields)
-            except Exception as exc:
-                bad.append((entry_id, raw(self.stream, entry_id, fields), exc))
-                continue
-            try:
+        try:
+            for n, (entry_id, fields) in enumerate(entries):
+                if fields is None:  # claimed, but deleted from the stream meanwhile
+                    acks.ack_now(entry_id)
+                    continue
                 try:
-                    receipt = into.add_nowait(record)
-                except BufferFull:
-                    receipt = await into.add(record)
-            except RecordError as exc:
-                bad.append((entry_id, record, exc))
-                continue
-            except BatcherClosed:
-                self.unadded += len(entries) - n
-                await self._dead_letter(bad, acks)
-                raise
-            self.added += 1
-            acks.track(entry_id, receipt)
+                    record = record_of(fields)
+                except Exception as exc:
+                    bad.append((entry_id, raw(self.stream, entry_id, fields), exc))
+                    continue
+                try:
+                    try:
+                        receipt = into.add_nowait(record)
+                    except BufferFull:
+                        acks.track_many(added)
+                        added = []
+                        receipt = await into.add(record)
+                except RecordError as exc:
+                    bad.append((entry_id, record, exc))
+                    continue
+                except BatcherClosed:
+                    self.unadded += len(entries) - n
+                    acks.track_many(added)
+                    added = []  # tracked: not again on the way out
+                    await self._dead_letter(bad, acks)
+                    raise
+                self.added += 1
+                added.append((entry_id, receipt))
+        finally:
+            acks.track_many(added)
         await self._dead_letter(bad, acks)
 
     async def _dead_letter(self, bad: list[tuple[bytes, Any, BaseException]], acks: Acks) -> None:
-        if not bad:
-            return
-        store, now = self.into.dead_letter, time.time()
-        entries = [
-            DeadLetterEntry(
-                record=record,
-                error=type(exc).__name__,
-                message=message(entry_id, exc),
-                sink=f"consume_stream({self.stream!r}, group={self.group!r})",
-                batcher=self.into.name,
-                attempts=0,
-                at=now,
-            )
-            for entry_id, record, exc in bad
-        ]
-        if store is None:
-            log.error(
-                "consume_stream(%r): %d entries could not be added (first: %s) and are "
-                "acknowledged; give the batcher a dead_letter= store to keep them",
-                self.stream, len(bad), entries[0].message,
-            )  # fmt: skip
-        else:
-            try:
-                await store.put(entries)
-            except Exception as exc:
-                log.error(
-                    "consume_stream(%r): the dead-letter store failed (%s); %d entries stay "
-                    "pending and are claimed again after claim_after",
-                    self.stream, type(exc).__name__, len(bad),
-                )  # fmt: skip
-                return
-            log.warning(
-                "consume_stream(%r): dead-lettered %d entries as they were (first: %s); not in "
-                "the batcher's stats(), which counts accepted records; StreamReport.dead_lettered "
-                "and a RecordsDeadLettered event (attempts=0) count them",
-                self.stream, len(bad), entries[0].message,
-            )  # fmt: skip
-        self.dead_lettered += len(bad)
-        for entry_id, *_ in bad:
-            acks.ack_now(entry_id)
-        events = self.into._events  # on the batcher's loop, as every publisher
-        if not events.closed:
-            kinds: dict[str, int] = {}
-            for entry in entries:
-                kinds[entry.error] = kinds.get(entry.error, 0) + 1
-            for error, count in kinds.items():
-                events.publish(RecordsDeadLettered, count=count, error=error, attempts=0)
+        if bad:
+            self.dead_lettered += await dead_letter(self.into, self.stream, self.group, bad, acks)
 
     # -- outages ----------------------------------------------------------------------------
     async def _down(self, exc: BaseException) -> None:
