@@ -51,13 +51,8 @@ class Acks:
     def __len__(self) -> int:
         return len(self.tracked)
 
-    def track(self, entry_id: bytes, receipt: Receipt) -> None:
-        self.tracked.append((entry_id, receipt))
-        self.ids.add(entry_id)
-        self.changed.set()
-
     def track_many(self, pairs: list[tuple[bytes, Receipt]]) -> None:
-        """:meth:`track` of each (entry id, receipt), in order."""
+        """Track each (entry id, receipt) added to the batcher, in order."""
         if pairs:
             self.tracked.extend(pairs)
             self.ids.update([entry_id for entry_id, _ in pairs])
@@ -138,11 +133,13 @@ class Acks:
             return True
         ids = list(self.to_ack)  # more may be collected while this round trip runs
         try:
-            async with client.pipeline(transaction=True) as pipe:
-                pipe.xack(self.stream, self.group, *ids)
-                if self.delete:
+            if not self.delete:  # one command: no MULTI/EXEC around it
+                await client.xack(self.stream, self.group, *ids)
+            else:
+                async with client.pipeline(transaction=True) as pipe:
+                    pipe.xack(self.stream, self.group, *ids)
                     pipe.xdel(self.stream, *ids)
-                await pipe.execute()
+                    await pipe.execute()
         except Exception as exc:  # Redis down or restarted: tried again next round
             log.debug("consume_stream: XACK of %d entries failed: %s", len(ids), type(exc))
             return False
