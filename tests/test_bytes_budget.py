@@ -189,9 +189,10 @@ async def test_without_a_byte_budget_nothing_is_measured() -> None:
 
 
 async def test_the_sampled_default_charges_about_what_the_records_hold() -> None:
-    """Without size=, every 64th record is measured and the others charged the running
-    mean: the bytes held are an estimate of the total, within 20% for a steady stream, and
-    the bound still refuses (raise) once the estimate reaches it."""
+    """Without size=, about one record a batch is measured (the first group at once) and
+    the bounds in bytes become bounds in records at the running mean: the bytes held are an
+    estimate of the total, within 20% for a steady stream, and the bound still refuses
+    (raise) once the estimate reaches it."""
     from writebehind._bytes_budget import estimate
 
     records = [rec(i, 1000 + i % 10) for i in range(500)]
@@ -208,3 +209,91 @@ async def test_the_sampled_default_charges_about_what_the_records_hold() -> None
         taken = len(caught.value.receipts)  # type: ignore[attr-defined]
         assert 200 <= taken <= 300
         await b.close(timeout=0.1)
+
+
+async def test_the_default_estimate_caps_batches_by_max_batch_bytes(api: Open) -> None:
+    """Without size=, max_batch_bytes becomes a most records per batch at the mean size:
+    records of about 1,100 bytes under max_batch_bytes=11,000 are written about ten at a
+    time (max_batch is 500), and bytes_held is the records held times the mean."""
+    from writebehind._bytes_budget import estimate
+
+    sink = GatedSink()
+    one = estimate(rec(0, 1000))
+    async with api(sink, key="id", max_batch_bytes=11_000, linger=FAR) as b:
+        b.add_nowait(rec(0, 1000))  # wakes the flusher: measured
+        for i in range(1, 40):
+            b.add_nowait(rec(i, 1000))
+        assert b.stats().bytes_held == 40 * one
+        sink.open()
+        await b.flush()
+        assert b.stats().bytes_held == 0
+    sizes = [len(batch) for batch in sink.batches]
+    assert sum(sizes) == 40
+    assert max(sizes) <= 11_000 // one, sizes
+
+
+def test_threads_block_on_the_default_estimate_and_nothing_is_lost() -> None:
+    """Four threads adding 1 KB records under max_pending_bytes=40,000 and no size=: add()
+    waits for room, the bytes held (by the estimate) stay within the bound plus one
+    record's slack per thread (the mean is learnt as records arrive), and every record is
+    written."""
+    sink = MemorySink()
+    peak = 0
+    stop = threading.Event()
+    with wb.Batcher(sink, key="id", max_pending_bytes=40_000, max_batch=10, linger=0) as b:
+
+        def watch() -> None:
+            nonlocal peak
+            while not stop.is_set():
+                peak = max(peak, b.stats().bytes_held)
+
+        w = threading.Thread(target=watch)
+        w.start()
+        threads = [
+            threading.Thread(
+                target=lambda t=t: [b.add(rec(t * 1000 + i, 1000)) for i in range(100)]
+            )
+            for t in range(4)
+        ]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        b.flush(30)
+        stop.set()
+        w.join()
+    assert 0 < peak <= 40_000 + 4 * 1200, peak
+    assert len(sink.records) == 400
+
+
+async def test_a_full_estimate_names_max_pending_bytes() -> None:
+    from writebehind._bytes_budget import estimate
+
+    async with wb.AsyncBatcher(GatedSink(), key="id", max_pending_bytes=5_000,
+                               when_full="raise", linger=FAR) as b:  # fmt: skip
+        b.add_nowait(rec(0, 1000))  # measured as it wakes the flusher
+        room = 5_000 // estimate(rec(0, 1000))
+        for i in range(1, room):
+            b.add_nowait(rec(i, 1000))
+        with pytest.raises(wb.BufferFull, match=r"max_pending_bytes=5000, at about \d+ bytes"):
+            b.add_nowait(rec(9, 1000))
+        assert b.stats().pending == room
+        await b.close(timeout=0.1)
+
+
+async def test_a_record_whose_size_cannot_be_taken_is_still_taken() -> None:
+    """The estimate measures a record after taking it: one whose __sizeof__ raises keeps
+    the mean as it was (and is written)."""
+
+    class Odd(dict[str, Any]):
+        def __sizeof__(self) -> int:
+            raise RuntimeError("no size")
+
+    sink = MemorySink()
+    async with wb.AsyncBatcher(sink, key="id", max_pending_bytes=10**6) as b:
+        b.add_nowait(Odd(id=1, body="y"))  # the first: measured as it wakes the flusher
+        await b.flush()
+        b.add_nowait(rec(2, 10))
+    async with wb.AsyncBatcher(sink, key="id", max_pending_bytes=10**6) as b:
+        b.add_many_nowait([Odd(id=3, body="z")])  # the first group: measured before
+    assert sorted(r["id"] for r in sink.records) == [1, 2, 3]

@@ -1,12 +1,19 @@
 """``max_pending_bytes`` and ``max_batch_bytes``: bounds in bytes beside the bounds in records.
 
-A record's size is taken once, as it is added (``size=fn(record)``, or the :class:`Sampler`'s
-charge), and kept on its receipt. :class:`BytesBudget` keeps the bytes held, pending and in flight,
-changed only under the intake's lock (the intake calls it wherever records enter or leave
-the buffer), so the memory bound of DESIGN.md §5 (invariant 3) holds in bytes as in records:
-a record that would take the held bytes over ``max_pending_bytes`` finds the buffer full and
-the overflow policy applies, as it does at ``max_pending`` records. A record larger than the
-whole budget could never fit, and is refused with ``RecordError``.
+Two ways to keep them, chosen by whether the user measures records:
+
+- With ``size=fn(record)``, each record's size is taken once, as it is added, and kept on its
+  receipt. :class:`BytesBudget` keeps the bytes held, pending and in flight, changed only
+  under the intake's lock (the intake calls it wherever records enter or leave the buffer):
+  a record that would take the held bytes over ``max_pending_bytes`` finds the buffer full
+  and the overflow policy applies, as it does at ``max_pending`` records.
+- Without, the default :class:`SizeEstimate` measures about one record a batch and turns
+  the bounds in bytes into bounds in records (``max_pending_bytes // mean size``), which the
+  hot path checks already: the estimate costs the hot path nothing.
+
+Either way the memory bound of DESIGN.md §5 (invariant 3) holds in bytes as in records. With
+``size=``, a record larger than the whole budget could never fit, so it is refused with
+``RecordError``.
 
 ``max_batch_bytes`` is a flush trigger and a cap: a batch is cut as soon as that many bytes
 are pending, and a batch holds no more than that (at least one record), for stores that cap
@@ -21,7 +28,15 @@ from typing import Any
 
 from ._errors import ConfigError, RecordError
 
-__all__ = ["BytesBudget", "Sampler", "checked_size", "estimate", "measured", "sized_init"]
+__all__ = [
+    "BytesBudget",
+    "SizeEstimate",
+    "bounds",
+    "checked_size",
+    "estimate",
+    "measured",
+    "sized_init",
+]
 
 _sizeof = sys.getsizeof
 
@@ -45,26 +60,76 @@ def estimate(record: Any) -> int:
     return n + sum(_sizeof(getattr(record, s, None)) for s in slots)
 
 
-class Sampler:
-    """The default size, cheap enough for the hot path: every ``EVERY``-th record (and the
-    first) is measured with :func:`estimate`; the others are charged the running mean of
-    those measured (a moving average, so it follows a stream whose records grow or shrink).
-    The bytes held are then an estimate of the total, not of each record: a stream with
-    rare large records needs ``size=``. Races between threads only blur the estimate."""
+class SizeEstimate:
+    """The default size (no ``size=``), free on the hot path: the bounds in bytes become
+    bounds in records. The record that wakes the flusher (the first of a linger window, or
+    the one that fills a batch: about one a batch) is measured with :func:`estimate`, after
+    it was taken, outside the lock; the running mean of those measured (a moving average,
+    so it follows a stream whose records grow or shrink) turns ``max_pending_bytes`` into a
+    most records held (``max_pending_bytes // mean``, and never more than ``max_pending``)
+    and ``max_batch_bytes`` into a most records per batch. No size is kept per record, and
+    the bytes held are the records held times the mean. An estimate of the total, not of
+    each record: a stream with rare large records, records that grow by ``merge=``, or a
+    need to refuse a record for its own size, needs ``size=``. Races between threads only
+    blur the estimate."""
 
-    EVERY = 64
-    __slots__ = ("countdown", "limit", "mean")
+    __slots__ = ("max_batch", "max_batch_bytes", "max_held", "max_pending", "mean")
 
-    def __init__(self, limit: int | None) -> None:
-        self.countdown = 0
+    def __init__(
+        self, max_held: int | None, max_batch_bytes: int | None, max_pending: int, max_batch: int
+    ) -> None:
+        self.max_held = max_held  # max_pending_bytes
+        self.max_batch_bytes = max_batch_bytes
+        self.max_pending = max_pending  # the bounds in records, as configured
+        self.max_batch = max_batch
         self.mean = 0
-        self.limit = limit
 
-    def sample(self, record: Any) -> int:
-        n = checked_size(estimate(record), self.limit)
-        self.mean = n if not self.mean else (7 * self.mean + n) // 8
-        self.countdown = self.EVERY - 1
-        return n
+    def observe(self, record: Any) -> tuple[int, int]:
+        """Measure ``record`` (taken already: it never raises; a record that cannot be
+        measured leaves the mean as it was): the most records held and the most per batch,
+        at the new mean."""
+        try:
+            n = estimate(record)
+        except Exception:  # a __sizeof__ that raises: the estimate stays
+            n = self.mean
+        mean = (7 * self.mean + n) // 8 if self.mean else n
+        self.mean = mean = mean if mean > 0 else 1
+        most = self.max_pending
+        if self.max_held is not None and self.max_held // mean < most:
+            most = self.max_held // mean or 1
+        batch = self.max_batch if self.max_batch < most else most  # full by bytes: a batch
+        if self.max_batch_bytes is not None and self.max_batch_bytes // mean < batch:
+            batch = self.max_batch_bytes // mean or 1
+        return most, batch
+
+    def held(self, records: int) -> int:
+        """The bytes ``records`` records hold, by the estimate."""
+        return records * self.mean
+
+
+def bounds(
+    max_pending_bytes: int | None,
+    max_batch_bytes: int | None,
+    size: Callable[[Any], int] | None,
+    max_pending: int,
+    max_batch: int,
+) -> tuple[BytesBudget | None, SizeEstimate | None]:
+    """What keeps an intake's bounds in bytes: a :class:`BytesBudget` with ``size=``, a
+    :class:`SizeEstimate` without; neither without bounds in bytes."""
+    if max_pending_bytes is None and max_batch_bytes is None:
+        return None, None
+    if (
+        max_pending_bytes is not None
+        and max_batch_bytes is not None
+        and max_batch_bytes > max_pending_bytes
+    ):
+        raise ConfigError(
+            f"max_batch_bytes: must be <= max_pending_bytes ({max_pending_bytes}), got "
+            f"{max_batch_bytes}"
+        )
+    if size is not None:
+        return BytesBudget(max_pending_bytes, max_batch_bytes), None
+    return None, SizeEstimate(max_pending_bytes, max_batch_bytes, max_pending, max_batch)
 
 
 def checked_size(n: Any, limit: int | None) -> int:
@@ -80,11 +145,8 @@ def checked_size(n: Any, limit: int | None) -> int:
     return n
 
 
-def measured(size: Callable[[Any], int] | None, limit: int | None) -> Callable[[Any], int]:
-    """What a record counts: ``size(record)`` checked, or the sampled default (its next
-    sample, used where a room waiter needs one record's bytes)."""
-    if size is None:
-        return lambda record: checked_size(estimate(record), limit)
+def measured(size: Callable[[Any], int], limit: int | None) -> Callable[[Any], int]:
+    """What a record counts: ``size(record)``, checked."""
 
     def size_of(record: Any) -> int:
         try:
@@ -97,25 +159,11 @@ def measured(size: Callable[[Any], int] | None, limit: int | None) -> Callable[[
 
 
 def sized_init(
-    size: Callable[[Any], int] | None, limit: int | None, more: Callable[[Any, Any], None] | None
+    size: Callable[[Any], int], limit: int | None, more: Callable[[Any, Any], None] | None
 ) -> Callable[[Any, Any, Any], None]:
-    """A receipt ``__init__`` that stores the record, its version and its ``_size`` (then
-    calls ``more(r, record)`` for the other slots, if any): the user's ``size`` checked, or
-    the :class:`Sampler`'s charge. Inlined: it runs once per add."""
-    if size is None:
-        sampler = Sampler(limit)
-
-        def init(r: Any, record: Any, version: Any) -> None:
-            r.record, r.version = record, version
-            if sampler.countdown:
-                sampler.countdown -= 1
-                r._size = sampler.mean
-            else:
-                r._size = sampler.sample(record)
-            if more is not None:
-                more(r, record)
-
-        return init
+    """A receipt ``__init__`` that stores the record, its version and its ``_size`` (the
+    user's ``size(record)``, checked; then calls ``more(r, record)`` for the other slots, if
+    any). Inlined: it runs once per add."""
     top = limit if limit is not None else sys.maxsize
 
     def init_exact(r: Any, record: Any, version: Any) -> None:
@@ -134,7 +182,8 @@ def sized_init(
 
 
 class BytesBudget:
-    """The bytes held by one intake, pending and in flight (changed under its lock)."""
+    """With ``size=``: the bytes held by one intake, pending and in flight (changed under
+    its lock; each receipt keeps its ``_size``)."""
 
     __slots__ = ("flying", "max_batch", "max_held", "pending")
 
@@ -143,21 +192,6 @@ class BytesBudget:
         self.max_batch = max_batch
         self.pending = 0
         self.flying = 0
-
-    @classmethod
-    def of(cls, max_pending_bytes: int | None, max_batch_bytes: int | None) -> BytesBudget | None:
-        if max_pending_bytes is None and max_batch_bytes is None:
-            return None
-        if (
-            max_pending_bytes is not None
-            and max_batch_bytes is not None
-            and max_batch_bytes > max_pending_bytes
-        ):
-            raise ConfigError(
-                f"max_batch_bytes: must be <= max_pending_bytes ({max_pending_bytes}), got "
-                f"{max_batch_bytes}"
-            )
-        return cls(max_pending_bytes, max_batch_bytes)
 
     def fits(self, size: int) -> bool:
         """Whether one more record of ``size`` bytes stays within ``max_pending_bytes``."""

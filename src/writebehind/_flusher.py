@@ -188,7 +188,7 @@ class Flusher:
             now = clock.monotonic()
             d = decide(
                 now=now, pending=pending, oldest_at=oldest_at,
-                max_batch=opts.max_batch, linger=opts.linger, forced=self._forced,
+                max_batch=intake.max_batch, linger=opts.linger, forced=self._forced,
                 closing=self.closing, batches_in_flight=len(self.writing),
                 max_in_flight=self.delivery.health.concurrency.current,
                 resume_at=self.resume_at, bytes_full=intake.bytes_full(),
@@ -227,7 +227,8 @@ class Flusher:
     def _cut(self, reason: CutReason) -> float | None:
         """Cut a batch and start its write (None); or, when the capacity does not grant the
         oldest record's cost yet, the seconds to wait before trying again."""
-        intake, cap, most = self.intake, self.capacity, self.opts.max_batch
+        intake, cap = self.intake, self.capacity
+        most = intake.max_batch  # max_batch, or less with the default max_batch_bytes estimate
         if cap is None:
             receipts, cost = intake.cut(most)
         else:

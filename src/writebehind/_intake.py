@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 from typing import Any
 
-from ._bytes_budget import BytesBudget, measured
+from ._bytes_budget import bounds, measured
 from ._config import Options
 from ._counters import Counters
 from ._errors import BufferFull, RecordError, WriteBehindError
@@ -73,10 +73,17 @@ class Intake:
         self._clock = opts.clock.monotonic
         self.ttl = opts.ttl  # seconds a record may stay pending (None: forever)
         self._merge = opts.merge  # merge(old, new) -> record, instead of replacing
-        # max_pending_bytes / max_batch_bytes: bytes held (receipts carry their _size)
-        self.budget = BytesBudget.of(opts.max_pending_bytes, opts.max_batch_bytes)
-        self._size = opts.size  # None: the sampled estimate
-        self._size_of = None if self.budget is None else measured(opts.size, opts.max_pending_bytes)
+        # max_pending_bytes / max_batch_bytes: with size=, the bytes held (receipts carry
+        # their _size); without, an estimate that lowers max_pending and max_batch
+        self.budget, self.estimate = bounds(
+            opts.max_pending_bytes, opts.max_batch_bytes, opts.size, self.max_pending,
+            self.max_batch,
+        )  # fmt: skip
+        self._size = opts.size
+        self._size_of = (
+            None if opts.size is None or self.budget is None
+            else measured(opts.size, opts.max_pending_bytes)
+        )  # fmt: skip
         # spill mode decides memory or spool and puts in one step against cut(): reentrant
         self._lock = threading.RLock() if opts.when_full == "spill" else threading.Lock()
         self.room = Room(self._lock)
@@ -212,10 +219,22 @@ class Intake:
     def refusal(self) -> BufferFull:
         """The error a put raises when the buffer has no room under ``when_full``."""
         more = " and as many direct writes in flight" if self.when_full == "direct" else ""
+        est = self.estimate
+        bound = "max_pending"
+        if est is not None and est.max_held is not None and self.max_pending < est.max_pending:
+            bound = f"max_pending_bytes={est.max_held}, at about {est.mean} bytes a record"
         return BufferFull(
-            f"buffer full: {self.max_pending} records held (max_pending){more}; the record "
+            f"buffer full: {self.max_pending} records held ({bound}){more}; the record "
             f"was not accepted. Use add() to wait for room, or another when_full policy"
         )
+
+    def resize(self, record: Any) -> tuple[int, int]:
+        """The default size estimate (no ``size=``): measure ``record`` (taken already, and
+        not under the lock) and set the bounds in records that the bounds in bytes come to
+        at the new mean; returns them (``max_pending``, ``max_batch``)."""
+        assert self.estimate is not None
+        self.max_pending, self.max_batch = most = self.estimate.observe(record)
+        return most
 
     def identity(self, record: Any) -> tuple[Any, Any, float]:
         """``(key, version, cost)`` as the buffer reads them (a UUID key as its int)."""
@@ -729,7 +748,11 @@ class Intake:
 
     def stats(self) -> Stats:
         with self._lock:
-            held = 0 if self.budget is None else self.budget.held()
+            held = 0
+            if self.budget is not None:
+                held = self.budget.held()
+            elif self.estimate is not None:
+                held = self.estimate.held(self.pending + self.counts.in_flight)
             return self.counts.snapshot(self.pending, self._state == CLOSING, held)
 
 

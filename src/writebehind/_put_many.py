@@ -93,9 +93,9 @@ def make_put_many(
     keyless = intake._keyless
     new_receipt = intake._receipt_type
     cost_of = intake._cost_of
-    max_batch, max_pending = intake.max_batch, intake.max_pending
     acquire, release = intake._acquire, intake._release
-    budget = intake.budget  # max_pending_bytes / max_batch_bytes (None: no bytes budget)
+    budget = intake.budget  # max_pending_bytes / max_batch_bytes with size=
+    estimate = intake.estimate  # without size=: max_pending and max_batch follow it
 
     def read(getter: Any, slow: Any, records: list[Any]) -> list[Any]:
         if getter is None:
@@ -135,6 +135,9 @@ def make_put_many(
             raise
         wake = False
         taken = 0
+        if estimate is not None and not estimate.mean:  # the first group: learn the bounds
+            intake.resize(group[0])
+        max_batch, max_pending = intake.max_batch, intake.max_pending
         acquire()
         try:
             if intake._state != open_state:
@@ -196,6 +199,8 @@ def make_put_many(
             release()
             if wake:
                 intake.call_in_loop(intake._wake)
+                if estimate is not None:  # the default bytes estimate: as put_nowait's
+                    intake.resize(group[0])
         return receipts
 
     return put_many

@@ -101,10 +101,13 @@ def make_put(
     coalesce: Callable[[Any, Receipt, Receipt], Receipt] = intake._coalesce
     full: Callable[[Any, Receipt], Receipt] = intake._full
     spill_one: Callable[[Any, Receipt, Callable[[Any], None]], Receipt] = intake._spill
-    budget = intake.budget
+    budget = intake.budget  # max_pending_bytes / max_batch_bytes with size=
     max_held = None if budget is None else budget.max_held  # max_pending_bytes
+    sizing = intake.estimate is not None  # without size=: max_pending and max_batch follow it
+    resize = intake.resize
 
     def put_nowait(record: Any) -> Receipt:
+        nonlocal max_pending, max_batch
         # itemgetter (C) reads mapping records; anything else takes the slow getter.
         try:
             k = kfast(record) if kfast is not None else None
@@ -181,6 +184,8 @@ def make_put(
         finally:
             release()
         intake.call_in_loop(intake._wake)
+        if sizing:  # the default bytes estimate measures the record that woke the flusher
+            max_pending, max_batch = resize(record)
         return r
 
     return put_nowait
