@@ -121,15 +121,6 @@ async def test_sqlite_a_non_numeric_str_delta_is_not_silently_added_as_zero(
     assert isinstance(error, wb.PermanentSinkError), (error, got)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "sinks/_upsert.py on_conflict (SQLite): integer overflow of COALESCE(t.c, 0) + "
-        "excluded.c makes SQLite return a REAL, so an INTEGER counter past 2**63-1 silently "
-        "becomes the float 9.223372036854776e+18 (precision lost) where PostgreSQL raises "
-        "'bigint out of range'; the sum should be refused, not rounded"
-    ),
-)
 async def test_sqlite_a_counter_overflowing_int64_is_refused_not_turned_into_a_float(
     tmp_path: Path,
 ) -> None:

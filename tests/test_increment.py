@@ -327,6 +327,26 @@ async def test_sqlite_accepts_numeric_affinities(tmp_path: Path, declared: str) 
     assert sq_rows(path) == {"a": (3.5,)}
 
 
+async def test_sqlite_a_sum_past_64_bits_is_refused_naming_the_column(tmp_path: Path) -> None:
+    """A sum beyond a 64-bit integer, either way, is refused (PermanentSinkError naming the
+    column; SQLite alone would round it to a REAL) and leaves the row; a sum reaching
+    2**63 - 1 exactly, and a REAL column beside it, are written."""
+    path = make_db(tmp_path, "CREATE TABLE counters (page TEXT PRIMARY KEY, views INTEGER, r REAL)")
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO counters VALUES ('up', 10, 0), ('down', -10, 0), ('max', 1, 0)")
+    sink = wb.SQLiteSink(path, table="counters", key="page", increment=("views", "r"))
+    await sink.start()
+    try:
+        for page, delta in (("up", 2**63 - 1), ("down", -(2**63))):
+            with pytest.raises(wb.PermanentSinkError, match=r"increment column 'views': the sum"):
+                await sink.write([{"page": page, "views": delta, "r": 1.0}])
+        await sink.write([{"page": "max", "views": 2**63 - 2, "r": 1.5}])
+        await sink.write([{"page": "max", "views": None, "r": 2**63 - 1}])
+    finally:
+        await sink.close()
+    assert sq_rows(path) == {"up": (10, 0.0), "down": (-10, 0.0), "max": (2**63 - 1, 2.0**63)}
+
+
 @pytest.mark.parametrize(
     ("declared", "why"),
     [("TEXT", r"declared 'TEXT' \(TEXT affinity\)"), ("", r"declared '' \(BLOB affinity\)"),

@@ -17,7 +17,7 @@ from typing import Any
 from .._errors import PermanentSinkError, RetriableSinkError, SinkError, SinkMisconfigured
 from ._values import bad_value
 
-__all__ = ["SQLITE_BUSY", "binding_error", "error_code", "map_error"]
+__all__ = ["SQLITE_BUSY", "binding_error", "error_code", "map_error", "statement_error"]
 
 SQLITE_BUSY = 5
 # SQLite's primary result codes (https://sqlite.org/rescode.html)
@@ -92,3 +92,24 @@ def binding_error(
         return map_error(exc)
     row = rows[0] if len(rows) == 1 else None
     return bad_value(names[int(m.group(1)) - 1], m.group(2), names, row, key)
+
+
+def statement_error(
+    exc: sqlite3.Error, names: tuple[str, ...], rows: list[tuple[Any, ...]],
+    key: tuple[str, ...], increment: tuple[str, ...],
+) -> SinkError:  # fmt: skip
+    """The ``SinkError`` for an upsert of ``rows`` that failed: a value that cannot be bound
+    (:func:`binding_error`); the "integer overflow" the checked sum raises (``_upsert``),
+    naming the increment column(s); otherwise :func:`map_error`."""
+    if isinstance(exc, sqlite3.ProgrammingError):
+        return binding_error(exc, names, rows, key)
+    adds = [n for n in increment if n in names]
+    if adds and isinstance(exc, sqlite3.OperationalError) and "integer overflow" in str(exc):
+        ints = [n for n in adds if any(type(r[names.index(n)]) is int for r in rows)]
+        adds = ints or adds  # the overflow is in a column given an int
+        columns = " or ".join(repr(n) for n in adds)
+        return PermanentSinkError(
+            f"increment column {columns}: the sum with the value in the table is beyond a "
+            f"64-bit integer (SQLite would have rounded it to a REAL); nothing was written"
+        )
+    return map_error(exc)

@@ -38,7 +38,7 @@ from ._from_model import RecordNames, sink_from_model
 from ._increment import check_deltas, increment_columns
 from ._protocol import WriteResult
 from ._records import Rows, check_shape
-from ._sqlite_errors import binding_error, map_error
+from ._sqlite_errors import map_error, statement_error
 from ._sqlite_schema import check_file, inspect
 from ._sqlite_thread import Abandoned, Job, Moved, begin, file_identity, moved, settled
 from ._sqlite_versions import Versions
@@ -329,8 +329,8 @@ class SQLiteSink(RecordNames):
             for names, rows in groups.items():
                 try:
                     written = conn.executemany(self._statement(names), rows).rowcount
-                except sqlite3.ProgrammingError as exc:
-                    raise binding_error(exc, names, rows, self.key) from exc
+                except sqlite3.Error as exc:
+                    raise statement_error(exc, names, rows, self.key, self.increment) from exc
                 self.statements += 1
                 if report and written < len(rows):  # some skipped: which (rarely needed)
                     stale[names] = sqlite_stale(conn, names, rows, self)
@@ -430,4 +430,4 @@ class SQLiteSink(RecordNames):
         sql = f"INSERT INTO {t} ({cols}) VALUES ({marks})"
         if not self.key:
             return sql
-        return sql + on_conflict(names, self.key, self.version, t, self.increment)
+        return sql + on_conflict(names, self.key, self.version, t, self.increment, checked=True)
