@@ -260,6 +260,42 @@ def test_a_dataclass_mapped_model_is_read_as_an_orm_instance(tmp_path: Path) -> 
     assert rows(path, "SELECT item_sku, quantity FROM items ORDER BY 1") == [("a", 2), ("b", 5)]
 
 
+def test_merges_copy_orm_instances_and_leave_them_and_their_session_alone(
+    m: dict[str, Any],
+) -> None:
+    """``writebehind.merge`` makes a changed copy of an ORM instance: a new transient
+    instance of its class with the column attributes set on the new record (attributes named
+    apart from their columns included), the merged values, no relationship; both inputs and
+    the session one of them is in are left as they were. MappedAsDataclass too."""
+    User, Post = m["User"], m["Post"]
+    old = User(uid=1, name="Ada", rev=3)
+    new = User(uid=1, name="Ada L.", rev=4)
+    new.posts.append(Post(id=9))
+    session = sa.orm.Session()
+    session.add(old)
+    merged = wb.merge.keep_first("rev")(old, new)
+    assert type(merged) is User
+    assert merged is not new
+    assert (merged.uid, merged.name, merged.rev) == (1, "Ada L.", 3)
+    assert field_names(merged) == ("user_id", "full_name", "revision")
+    assert sa.inspect(merged).transient
+    assert merged not in session
+    assert merged.posts == []  # the relationship not copied
+    assert new.posts[0].author is new
+    assert (old.rev, new.rev, sa.inspect(old).pending, list(session.new)) == (3, 4, True, [old])
+
+    class Base(MappedAsDataclass, DeclarativeBase):
+        pass
+
+    class Item(Base):
+        __tablename__ = "items"
+        sku: Mapped[str] = mapped_column("item_sku", primary_key=True)
+        qty: Mapped[int | None] = mapped_column("quantity", default=None)
+
+    summed = wb.merge.sum_fields("qty")(Item(sku="a", qty=2), Item(sku="a", qty=5))
+    assert (type(summed), summed.sku, summed.qty) == (Item, "a", 7)
+
+
 def test_the_batcher_check_maps_attributes_to_columns(m: dict[str, Any], db: str) -> None:
     sink = wb.SQLiteSink.from_model(m["User"], db)
     with wb.Batcher(sink, key="uid", version="rev"):  # attribute names: accepted

@@ -194,16 +194,6 @@ async def test_an_increment_sink_behind_a_batcher_without_merge_loses_no_delta(
     assert got == 13
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "merge.py sum_fields -> the intake's changed-copy helper handles mappings, "
-        "dataclasses, msgspec, named tuples and pydantic, not SQLAlchemy ORM instances, so "
-        "the documented counters recipe (increment= + merge=sum_fields) cannot be used with "
-        "the records from_model documents (RecordError 'cannot make a changed copy of a "
-        "Page' on the second delta of a key); expected the ORM instance summed"
-    ),
-)
 async def test_from_model_orm_instances_can_be_summed_for_an_increment_sink(
     tmp_path: Path,
 ) -> None:

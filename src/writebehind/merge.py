@@ -12,8 +12,10 @@ become one, instead of the newer replacing the older.
 
 Every merge returns a new record and leaves both inputs as they were. Records may be
 mappings (a new ``dict`` is returned), dataclasses (``dataclasses.replace``), msgspec
-Structs, named tuples (``_replace``) or pydantic v2 models (``model_copy``); anything else
-raises ``TypeError``, which the batcher reports as a ``RecordError`` naming the key.
+Structs, named tuples (``_replace``), pydantic v2 models (``model_copy``) or SQLAlchemy ORM
+instances (a new transient instance with the column attributes loaded on the new one, so
+``from_model`` records can be summed: ``sinks._from_model.orm_copy``); anything else raises
+``TypeError``, which the batcher reports as a ``RecordError`` naming the key.
 
 A merge runs under the batcher's intake lock, on the thread that calls ``add()``: keep it
 quick, and never call the batcher from it.
@@ -109,6 +111,10 @@ def _with(record: Any, values: dict[str, Any]) -> Any:
     """A copy of ``record`` with ``values`` set."""
     if isinstance(record, Mapping):
         return {**record, **values}
+    if "_sa_instance_state" in getattr(record, "__dict__", ()):  # a SQLAlchemy ORM instance
+        from .sinks._from_model import orm_copy  # before dataclasses: MappedAsDataclass
+
+        return orm_copy(record, values)
     if dataclasses.is_dataclass(record) and not isinstance(record, type):
         return dataclasses.replace(record, **values)
     if hasattr(type(record), "__struct_fields__"):  # a msgspec Struct
@@ -122,6 +128,7 @@ def _with(record: Any, values: dict[str, Any]) -> Any:
     if replace is None:
         raise TypeError(
             f"cannot make a changed copy of a {type(record).__name__}: merge functions "
-            f"handle mappings, dataclasses, msgspec Structs, named tuples and pydantic models"
+            f"handle mappings, dataclasses, msgspec Structs, named tuples, pydantic models "
+            f"and SQLAlchemy ORM instances"
         )
     return replace(**values)

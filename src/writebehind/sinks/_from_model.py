@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 
 from .._errors import ConfigError, PermanentSinkError
 
-__all__ = ["RecordNames", "is_orm", "orm_fields", "orm_shape", "sink_from_model"]
+__all__ = ["RecordNames", "is_orm", "orm_copy", "orm_fields", "orm_shape", "sink_from_model"]
 
 S = TypeVar("S", bound="RecordNames")
 _STATE = "_sa_instance_state"
@@ -256,3 +256,26 @@ def orm_shape(record: Any) -> tuple[tuple[str, ...], Callable[[Any], tuple[Any, 
 
 def _nothing(record: Any) -> tuple[Any, ...]:
     return ()
+
+
+def orm_copy(record: Any, values: Mapping[str, Any]) -> Any:
+    """A changed copy of an ORM instance, for ``writebehind.merge``: a new *transient*
+    instance of its class (made as SQLAlchemy makes loaded ones, without ``__init__``), given
+    the column attributes loaded or set on ``record`` (read from its ``__dict__``: no query,
+    and ``record`` and its session are left as they were), then ``values`` (``setattr``).
+    Relationships are not copied (setting one would change the related objects); the sinks
+    write column attributes only. ``TypeError`` if the class is no longer mapped."""
+    import sqlalchemy  # loaded already: an instance of a mapped class exists
+
+    cls = type(record)
+    mapper: Any = sqlalchemy.inspect(cls, raiseerr=False)
+    if mapper is None:
+        raise TypeError(f"cannot make a changed copy of a {cls.__name__}: its class is not mapped")
+    copy = mapper.class_manager.new_instance()
+    loaded = record.__dict__
+    for prop in mapper.column_attrs:
+        if prop.key in loaded and prop.key not in values:
+            setattr(copy, prop.key, loaded[prop.key])
+    for name, value in values.items():
+        setattr(copy, name, value)
+    return copy
