@@ -223,15 +223,6 @@ async def test_from_model_orm_instances_can_be_summed_for_an_increment_sink(
         db.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "sinks/sqlite.py write / sinks/_records.py check of the key: only a missing key "
-        "field is refused ('record lacks the key field'); a key of None is written, and in "
-        "an INTEGER PRIMARY KEY (rowid alias) SQLite assigns a new id, so the upsert never "
-        "conflicts and each delta makes a new counter row (PostgreSQL refuses it: NOT NULL)"
-    ),
-)
 async def test_sqlite_an_orm_instance_with_a_none_key_is_refused_not_a_new_row(
     tmp_path: Path,
 ) -> None:

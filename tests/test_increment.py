@@ -347,6 +347,23 @@ async def test_sqlite_a_sum_past_64_bits_is_refused_naming_the_column(tmp_path: 
     assert sq_rows(path) == {"up": (10, 0.0), "down": (-10, 0.0), "max": (2**63 - 1, 2.0**63)}
 
 
+async def test_sqlite_a_record_with_a_none_key_is_dead_lettered_alone(tmp_path: Path) -> None:
+    """A delta whose key is None (which ON CONFLICT never matches: each write would insert
+    a new row) is dead-lettered naming the key field; the batch's other records are added.
+    (A batcher with key= refuses it at add; this one does not coalesce.)"""
+    path = make_db(tmp_path, "CREATE TABLE counters (id INTEGER PRIMARY KEY, views INTEGER)")
+    letters: list[wb.DeadLetterEntry] = []
+    sink = wb.SQLiteSink(path, table="counters", key="id", increment=("views",))
+    async with wb.AsyncBatcher(sink, linger=60, dead_letter=letters.extend) as batcher:
+        good = [batcher.add_nowait({"id": 1, "views": 2}) for _ in range(2)]
+        bad = batcher.add_nowait({"id": None, "views": 5})
+        await batcher.flush()
+        assert [await r for r in good] == [wb.Outcome.COMMITTED] * 2
+        assert await bad is wb.Outcome.DEAD_LETTERED
+    assert "record key field 'id' is None" in letters[0].message
+    assert sq_rows(path) == {1: (4,)}
+
+
 @pytest.mark.parametrize(
     ("declared", "why"),
     [("TEXT", r"declared 'TEXT' \(TEXT affinity\)"), ("", r"declared '' \(BLOB affinity\)"),

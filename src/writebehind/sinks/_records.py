@@ -18,7 +18,7 @@ from typing import Any
 from .._errors import PermanentSinkError
 from ._from_model import is_orm, orm_shape
 
-__all__ = ["check_shape", "field_names", "group_rows", "row_getter"]
+__all__ = ["check_keys", "check_shape", "field_names", "group_rows", "row_getter"]
 
 Getter = Callable[[Any], tuple[Any, ...]]
 Rows = dict[tuple[str, ...], list[tuple[Any, ...]]]
@@ -187,3 +187,19 @@ def check_shape(
     missing = [k for k in key if k not in names]
     if missing:
         raise PermanentSinkError(f"record lacks the key field {missing[0]!r}")
+
+
+def check_keys(names: tuple[str, ...], rows: list[tuple[Any, ...]], key: tuple[str, ...]) -> None:
+    """Raise ``PermanentSinkError`` naming the key field if a row's key value is None.
+
+    SQLite lets a NULL into a key (an ``INTEGER PRIMARY KEY`` assigns a new rowid, a UNIQUE
+    index holds any number of NULLs), so ``ON CONFLICT`` never matches it: each write of
+    such a record would insert one more row (a counter counted afresh each time). The
+    batcher isolates the record and dead-letters it; the others are written."""
+    for k in key:
+        i = names.index(k)
+        if any(row[i] is None for row in rows):
+            raise PermanentSinkError(
+                f"record key field {k!r} is None; a record needs a key to upsert (give it "
+                f"one, or a sink without key= to append)"
+            )

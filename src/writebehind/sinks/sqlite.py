@@ -37,7 +37,7 @@ from .._workers import WorkerThreads
 from ._from_model import RecordNames, sink_from_model
 from ._increment import check_deltas, increment_columns
 from ._protocol import WriteResult
-from ._records import Rows, check_shape
+from ._records import Rows, check_keys, check_shape
 from ._sqlite_errors import map_error, statement_error
 from ._sqlite_schema import check_file, inspect
 from ._sqlite_thread import Abandoned, Job, Moved, begin, file_identity, moved, settled
@@ -407,6 +407,7 @@ class SQLiteSink(RecordNames):
         for names, rows in groups.items():
             if names not in self._sql:
                 check_shape(names, self.columns, self.key, self.table)
+            check_keys(names, rows, self.key)
             if versions is not None and version in names:
                 rows = versions.adapt(rows, names.index(version))
             out[names] = convert_rows(names, rows, self.key, self._types, self._by_column)
