@@ -4,13 +4,17 @@ Reads its settings as a JSON line on stdin, prepares, prints ``{"event": "ready"
 for a ``go`` line, then writes into PostgreSQL, printing its committed count every 50 ms,
 until its stdin closes. Mode ``stream``: ``consume_stream`` from the prefilled stream (its
 own group per run, entries not deleted). Mode ``direct``: its share of the same records
-added straight to its batcher (PostgreSQL without the stream: the ceiling).
+added straight to its batcher (PostgreSQL without the stream: the ceiling). Its PostgreSQL
+connections carry ``application_name`` from the settings, so the benchmark can find their
+backends and count their CPU. With ``WB_BENCH_PROFILE=PATH`` in its environment it runs under
+cProfile and writes the stats to ``PATH.<index>``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -34,7 +38,8 @@ async def _ticks(batcher: wb.AsyncBatcher) -> None:
 
 
 async def _run(cfg: dict[str, Any]) -> None:
-    sink = wb.PostgresSink(cfg["dsn"], table=cfg["table"], key="id", pool_size=2)
+    dsn = cfg["dsn"] + ("&" if "?" in cfg["dsn"] else "?") + f"application_name={cfg['app']}"
+    sink = wb.PostgresSink(dsn, table=cfg["table"], key="id", pool_size=2)
     batcher = wb.AsyncBatcher(sink, key="id", max_batch=500, linger=0.05, max_in_flight=2)
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
@@ -69,7 +74,16 @@ async def _run(cfg: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    asyncio.run(_run(json.loads(sys.stdin.readline())))
+    cfg = json.loads(sys.stdin.readline())
+    profile = os.environ.get("WB_BENCH_PROFILE")
+    if not profile:
+        asyncio.run(_run(cfg))
+        return
+    import cProfile
+
+    with cProfile.Profile() as prof:
+        asyncio.run(_run(cfg))
+    prof.dump_stats(f"{profile}.{cfg['index']}")
 
 
 if __name__ == "__main__":
