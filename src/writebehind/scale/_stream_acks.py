@@ -28,8 +28,13 @@ __all__ = ["Acks"]
 log = logging.getLogger("writebehind")
 
 _SWEEP = 0.25  # seconds between looks at every tracked receipt
-_ACKED = frozenset(
-    (Outcome.COMMITTED, Outcome.STALE, Outcome.COALESCED, Outcome.DEAD_LETTERED, Outcome.DROPPED)
+# a tuple, COMMITTED first: `in` finds it by identity, where a set hashes the enum in Python
+_ACKED = (
+    Outcome.COMMITTED,
+    Outcome.STALE,
+    Outcome.COALESCED,
+    Outcome.DEAD_LETTERED,
+    Outcome.DROPPED,
 )
 
 
