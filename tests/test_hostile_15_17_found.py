@@ -332,29 +332,17 @@ async def test_pg_an_array_column_in_increment_is_refused_at_start(
         await pg.execute(f"DROP TABLE {name}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "sinks/_increment.py check_pg_types compares the catalog's type name with "
-        "_PG_NUMERIC only, so a DOMAIN over bigint (a common 'counter' type: CREATE DOMAIN "
-        "... AS bigint CHECK (VALUE >= 0)) is refused at start as 'cannot be added to', "
-        "though PostgreSQL adds it; the check should look at the domain's base type. It "
-        "only gets format_type names, so the fix is in the catalog queries (_pg.COLUMNS_SQL, "
-        "_pg_copy.TYPES_SQL: the base type, recursively, as typbasetype names one level) and "
-        "postgres.py _apply_catalog passing it; _pg_rows' whole-number delta check "
-        "(self.columns startswith _WHOLE) misses domains too: with the start check bypassed, "
-        "a Decimal('1.5') delta to a domain over bigint is cut (asyncpg) or rounded "
-        "(psycopg); writes themselves work on all four paths and the domain's CHECK holds"
-    ),
-)
-async def test_pg_a_domain_over_bigint_is_accepted_as_a_counter(pg: asyncpg.Connection) -> None:
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
+async def test_pg_a_domain_over_bigint_is_accepted_as_a_counter(
+    pg: asyncpg.Connection, driver: str
+) -> None:
     """Shown: start() raises ConfigError "... is cnt_..., which cannot be added to". Expected:
     it starts and a +2 then +3 leave the counter at 5."""
     domain = f"cnt_{uuid.uuid4().hex[:8]}"
     name = f"hx_{uuid.uuid4().hex[:12]}"
     await pg.execute(f"CREATE DOMAIN {domain} AS bigint CHECK (VALUE >= 0)")
     await pg.execute(f"CREATE TABLE {name} (page text PRIMARY KEY, views {domain})")
-    sink = wb.PostgresSink(DSN, table=name, key="page", increment=("views",))
+    sink = wb.PostgresSink(DSN, table=name, key="page", driver=driver, increment=("views",))
     try:
         await sink.start()
         await sink.write([{"page": "a", "views": 2}])

@@ -152,6 +152,47 @@ async def test_pg_increment_columns_are_checked_at_start(pg: asyncpg.Connection)
         await pg.execute(f"DROP TABLE {name}")
 
 
+async def test_pg_a_domain_counts_by_its_base_type_at_start(pg: asyncpg.Connection) -> None:
+    """A column whose type is a DOMAIN is checked by the type under it, however many
+    domains deep: over bigint or numeric accepted, over text or an array refused."""
+    tag = uuid.uuid4().hex[:8]
+    domains = {
+        f"d1_{tag}": "bigint CHECK (VALUE >= 0)",
+        f"d2_{tag}": f"d1_{tag}",  # a domain over a domain
+        f"dn_{tag}": "numeric(12, 2)",
+        f"dt_{tag}": "text",
+        f"dt2_{tag}": f"dt_{tag}",
+        f"da_{tag}": "bigint[]",
+    }
+    for domain, over in domains.items():
+        await pg.execute(f"CREATE DOMAIN {domain} AS {over}")
+    name = f"ctr_{uuid.uuid4().hex[:12]}"
+    await pg.execute(
+        f"CREATE TABLE {name} (page text PRIMARY KEY, a d1_{tag}, b d2_{tag}, c dn_{tag}, "
+        f"t dt_{tag}, t2 dt2_{tag}, arr da_{tag}, arr2 d1_{tag}[])"
+    )
+    try:
+        for driver in ("asyncpg", "psycopg"):
+            ok = wb.PostgresSink(DSN, table=name, key="page", driver=driver, increment=tuple("abc"))
+            await ok.start()
+            await ok.close()
+            for column, why in [
+                ("t", rf"is dt_{tag} \(a domain over text\), which cannot be added to"),
+                ("t2", rf"is dt2_{tag} \(a domain over text\), which cannot be added to"),
+                ("arr", rf"is da_{tag} \(a domain over bigint\[\]\), which cannot"),
+                ("arr2", rf"is d1_{tag}\[\], which cannot be added to"),
+            ]:
+                bad = wb.PostgresSink(
+                    DSN, table=name, key="page", driver=driver, increment=(column,)
+                )
+                with pytest.raises(wb.ConfigError, match=why):
+                    await bad.start()
+    finally:
+        await pg.execute(f"DROP TABLE {name}")
+        for domain in reversed(domains):
+            await pg.execute(f"DROP DOMAIN {domain}")
+
+
 # -- PostgreSQL: every statement path ---------------------------------------------------------
 @pytest.mark.parametrize("path", list(PATHS))
 async def test_pg_sums_are_exact_across_batches(
@@ -208,6 +249,34 @@ async def test_pg_increments_apply_whatever_the_version(
     assert {r["page"]: (r["views"], r["title"], r["v"]) for r in got} == {
         p: (20, "v7", 7) for p in pages
     }
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+async def test_pg_domain_counters_add_on_every_path(pg: asyncpg.Connection, path: str) -> None:
+    """Counters typed as a DOMAIN over bigint and a domain over that domain add up on every
+    statement path, and the domain's CHECK still holds (a sum below 0 is refused)."""
+    tag = uuid.uuid4().hex[:8]
+    await pg.execute(f"CREATE DOMAIN d1_{tag} AS bigint CHECK (VALUE >= 0)")
+    await pg.execute(f"CREATE DOMAIN d2_{tag} AS d1_{tag} CHECK (VALUE < 1000000)")
+    name = f"ctr_{uuid.uuid4().hex[:12]}"
+    await pg.execute(f"CREATE TABLE {name} (page text PRIMARY KEY, views d1_{tag}, hits d2_{tag})")
+    pages = [f"p{i}" for i in range(PATHS[path][2])]
+    sink = pg_sink(name, path, increment=("views", "hits"))
+    await sink.start()
+    try:
+        for n in (1, 2, 3):
+            await sink.write([{"page": p, "views": n, "hits": 10 * n} for p in pages])
+        with pytest.raises(wb.PermanentSinkError, match="d1_"):
+            await sink.write([{"page": p, "views": -100, "hits": 0} for p in pages])
+    finally:
+        await sink.close()
+    try:
+        got = await pg.fetch(f"SELECT page, views, hits FROM {name}")
+        assert {r["page"]: (r["views"], r["hits"]) for r in got} == dict.fromkeys(pages, (6, 60))
+    finally:
+        await pg.execute(f"DROP TABLE {name}")
+        await pg.execute(f"DROP DOMAIN d2_{tag}")
+        await pg.execute(f"DROP DOMAIN d1_{tag}")
 
 
 @pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import decimal
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from .._errors import ConfigError, PermanentSinkError
@@ -90,13 +90,19 @@ def increment_columns(
     return names
 
 
-def check_pg_types(increment: tuple[str, ...], columns: Mapping[str, str], where: str) -> None:
-    """Each increment column of the table (present: checked before) is numeric."""
+def check_pg_types(
+    increment: tuple[str, ...], catalog: Iterable[Sequence[Any]], where: str
+) -> None:
+    """Each increment column of the table (present: checked before) is numeric, or a
+    domain over a numeric type. ``catalog``: the rows of ``_pg.COLUMNS_SQL`` (name, type,
+    category, base type: for a domain, the type under it, however many domains deep)."""
+    types = {r[0]: (r[1], r[3]) for r in catalog}
     for name in increment:
-        pg_type = columns[name]
-        if not pg_type.startswith(_PG_NUMERIC) or pg_type.endswith("]"):  # not an array
+        pg_type, base = types[name]
+        if not base.startswith(_PG_NUMERIC) or base.endswith("]"):  # not an array
+            shown = pg_type if base == pg_type else f"{pg_type} (a domain over {base})"
             raise ConfigError(
-                f"increment: column {name!r} of {where} is {pg_type}, which cannot be added "
+                f"increment: column {name!r} of {where} is {shown}, which cannot be added "
                 f"to; make it {', '.join(_PG_NUMERIC)}, or leave it out of increment="
             )
 

@@ -32,6 +32,7 @@ from ._values import bad_value
 
 __all__ = [
     "COLUMNS_SQL",
+    "TYPES_SQL",
     "UNIQUE_SQL",
     "argument_error",
     "is_client_error",
@@ -51,12 +52,32 @@ _MISCONFIGURED_HINT = (
     "repaired"
 )
 
-COLUMNS_SQL = """
-SELECT a.attname, format_type(a.atttypid, a.atttypmod), t.typcategory::text
+_BASE_TYPE = """(
+  WITH RECURSIVE d(oid, mod) AS (
+    SELECT a.atttypid, a.atttypmod
+    UNION ALL
+    SELECT b.typbasetype, b.typtypmod FROM d JOIN pg_type b ON b.oid = d.oid AND b.typtype = 'd'
+  ) SELECT format_type(d.oid, d.mod) FROM d JOIN pg_type x ON x.oid = d.oid AND x.typtype <> 'd'
+)"""
+"""The column's base type: for a domain, the type under it (a domain over a domain too,
+``typbasetype`` naming one level only); for any other column its own type."""
+
+COLUMNS_SQL = f"""
+SELECT a.attname, format_type(a.atttypid, a.atttypmod), t.typcategory::text, {_BASE_TYPE}
 FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
 WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attnum
 """
+"""The table's columns for the asyncpg path: name, type, category and base type."""
+
+TYPES_SQL = f"""
+SELECT a.attname, format_type(a.atttypid, a.atttypmod), t.typcategory::text, {_BASE_TYPE},
+       a.atttypid::int, t.typtype::text, t.typbasetype::int, t.typelem::int
+FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attnum
+"""
+"""The same for the psycopg path, with the oids its binary COPY needs."""
 
 UNIQUE_SQL = """
 SELECT array_agg(a.attname::text ORDER BY a.attname)

@@ -36,6 +36,7 @@ from typing import Any
 
 from .._errors import ConfigError
 from .._ident import quote
+from ._pg import TYPES_SQL
 from ._pg_stale import copy_report, psycopg_merge
 from ._upsert import on_conflict
 
@@ -47,13 +48,6 @@ COPY_MIN = 16
 """Below this many records a write is one ``unnest`` statement, not COPY + merge."""
 _REAP_TIMEOUT = 1.0
 _CONNECT_TIMEOUT = 10  # seconds, libpq's connect_timeout for the sink's own connections
-TYPES_SQL = """
-SELECT a.attname, format_type(a.atttypid, a.atttypmod), t.typcategory::text,
-       a.atttypid::int, t.typtype::text, t.typbasetype::int, t.typelem::int
-FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
-WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped
-ORDER BY a.attnum
-"""
 UNIQUE_SQL = """
 SELECT array_agg(a.attname::text ORDER BY a.attname)
 FROM pg_index i
@@ -162,7 +156,7 @@ class CopyPath:
 
     # -- catalog ---------------------------------------------------------------------------
     async def read_catalog(self, conn: Any) -> tuple[list[tuple[Any, ...]], list[set[str]]]:
-        """The table's columns (name, type, category, ...) and its unique column sets."""
+        """The table's columns (name, type, category, base type) and its unique column sets."""
         psycopg = import_psycopg()
         async with conn.cursor() as cur:
             await cur.execute(TYPES_SQL, (self.target,))
@@ -173,8 +167,8 @@ class CopyPath:
             await conn.rollback()  # a pool of the user's: leave no transaction open
         known = psycopg.adapters.types
         self.arrays = {r[0] for r in info if r[2] == "A"}
-        enums = {r[3] for r in info if r[4] == "e"}
-        for name, pg_type, _, oid, typtype, base, _elem in info:
+        enums = {r[4] for r in info if r[5] == "e"}
+        for name, pg_type, _, _, oid, typtype, base, _elem in info:
             self.columns[name] = pg_type
             if typtype == "d" and base:  # a domain: its base type's binary format
                 oid = base
@@ -183,7 +177,7 @@ class CopyPath:
             self.oids[name] = oid if known.get(oid) is not None else 0
             if pg_type in ("json", "jsonb"):
                 self.json.add(name)
-        return [r[:3] for r in info], uniques
+        return [r[:4] for r in info], uniques
 
     def copyable(self, names: tuple[str, ...]) -> bool:
         return all(self.oids.get(n) for n in names)
