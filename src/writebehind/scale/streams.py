@@ -17,7 +17,6 @@ import contextlib
 import logging
 import random
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from .._engine import AsyncBatcher
@@ -35,6 +34,7 @@ from ..sinks._redis import RedisSource
 from ..sinks.redis_stream import check_stream_name
 from ._stream_acks import Acks
 from ._stream_entries import bytes_client, dead_letter, entries_of, group_gone, raw, record_of
+from ._stream_report import StreamReport
 
 __all__ = ["StreamReport", "consume_stream"]
 
@@ -44,27 +44,6 @@ _FINAL_ACKS = 5.0  # seconds the last acknowledgements may take once the batcher
 _MAX_BACKOFF = 2.0  # seconds between tries while Redis does not answer
 _TRACKED_PER_PENDING = 4  # entries tracked at most, per max_pending (superseded ones count)
 _MAX_SECONDS = 10**9  # claim_after and block: Redis takes them as 64-bit milliseconds
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StreamReport:
-    """What one :func:`consume_stream` call did, returned when the batcher closed."""
-
-    read: int
-    """Entries delivered to this consumer: read new, read again from its own pending list at
-    start, or claimed."""
-    claimed: int
-    """Entries claimed from other consumers (``XAUTOCLAIM``), included in ``read``."""
-    added: int
-    """Records added to the batcher."""
-    acked: int
-    """Entries acknowledged (and deleted, with ``delete=True``)."""
-    dead_lettered: int
-    """Entries that could not be decoded, or whose record the batcher refused
-    (``RecordError``): dead-lettered as they were and acknowledged."""
-    left_pending: int
-    """Entries left pending for another consumer: their records were lost or spooled at
-    the batcher's close deadline, or the batcher closed before they were added."""
 
 
 async def consume_stream(
@@ -311,20 +290,49 @@ class _Reader:
             )  # fmt: skip
 
     async def _take(self, entries: list[tuple[bytes, Any]], acks: Acks) -> None:
-        """Add each entry's record to the batcher and track it; dead-letter what cannot be."""
+        """Add each entry's record to the batcher and track it; dead-letter what cannot be.
+        A read's records go in one ``add_many_nowait`` (half the cost of one add each); if
+        it stops part-way (the buffer full, a record refused), the rest go one by one."""
         bad: list[tuple[bytes, Any, BaseException]] = []
+        ids: list[bytes] = []
+        records: list[Any] = []
+        for entry_id, fields in entries:
+            if fields is None:  # claimed, but deleted from the stream meanwhile
+                acks.ack_now(entry_id)
+                continue
+            try:
+                records.append(record_of(fields))
+            except Exception as exc:
+                bad.append((entry_id, raw(self.stream, entry_id, fields), exc))
+                continue
+            ids.append(entry_id)
+        taken: list[Any] = []
+        if records:
+            try:
+                taken = list(self.into.add_many_nowait(records))
+            except WriteBehindError as exc:  # the records before the refusal stay taken
+                taken = list(getattr(exc, "receipts", None) or ())
+        acks.track_many(list(zip(ids, taken, strict=False)))  # taken: maybe fewer
+        self.added += len(taken)
+        try:
+            await self._add_each(ids[len(taken) :], records[len(taken) :], acks, bad)
+        except BatcherClosed:
+            await self._dead_letter(bad, acks)
+            raise
+        await self._dead_letter(bad, acks)
+
+    async def _add_each(
+        self,
+        ids: list[bytes],
+        records: list[Any],
+        acks: Acks,
+        bad: list[tuple[bytes, Any, BaseException]],
+    ) -> None:
+        """Add records one by one, waiting for room; a refused one goes to ``bad``."""
         added: list[tuple[bytes, Any]] = []  # tracked in one go, and before any wait
         into = self.into
         try:
-            for n, (entry_id, fields) in enumerate(entries):
-                if fields is None:  # claimed, but deleted from the stream meanwhile
-                    acks.ack_now(entry_id)
-                    continue
-                try:
-                    record = record_of(fields)
-                except Exception as exc:
-                    bad.append((entry_id, raw(self.stream, entry_id, fields), exc))
-                    continue
+            for n, (entry_id, record) in enumerate(zip(ids, records, strict=True)):
                 try:
                     try:
                         receipt = into.add_nowait(record)
@@ -336,16 +344,12 @@ class _Reader:
                     bad.append((entry_id, record, exc))
                     continue
                 except BatcherClosed:
-                    self.unadded += len(entries) - n
-                    acks.track_many(added)
-                    added = []  # tracked: not again on the way out
-                    await self._dead_letter(bad, acks)
+                    self.unadded += len(ids) - n
                     raise
                 self.added += 1
                 added.append((entry_id, receipt))
         finally:
             acks.track_many(added)
-        await self._dead_letter(bad, acks)
 
     async def _dead_letter(self, bad: list[tuple[bytes, Any, BaseException]], acks: Acks) -> None:
         if bad:
