@@ -352,3 +352,40 @@ async def test_pg_a_domain_over_bigint_is_accepted_as_a_counter(
         await sink.close()
         await pg.execute(f"DROP TABLE {name}")
         await pg.execute(f"DROP DOMAIN {domain}")
+
+
+@pytest.fixture(params=["domain", "domain over a domain"])
+async def domain_counters(pg: asyncpg.Connection, request: Any) -> AsyncIterator[str]:
+    """A counters table like ``counters``, views a DOMAIN over bigint (or a domain over
+    such a domain), page 'a' at 10."""
+    tag = uuid.uuid4().hex[:8]
+    inner, outer, name = f"cnt_{tag}", f"cnt2_{tag}", f"hx_{tag}"
+    await pg.execute(f"CREATE DOMAIN {inner} AS bigint CHECK (VALUE >= 0)")
+    await pg.execute(f"CREATE DOMAIN {outer} AS {inner} CHECK (VALUE < 1000000)")
+    views = inner if request.param == "domain" else outer
+    await pg.execute(f"CREATE TABLE {name} (page text PRIMARY KEY, views {views}, title text)")
+    await pg.execute(f"INSERT INTO {name} VALUES ('a', 10, 'x')")
+    yield name
+    await pg.execute(f"DROP TABLE IF EXISTS {name}")
+    await pg.execute(f"DROP DOMAIN {outer}")
+    await pg.execute(f"DROP DOMAIN {inner}")
+
+
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
+async def test_a_fractional_delta_into_a_domain_over_bigint_is_not_silently_cut(
+    pg: asyncpg.Connection, domain_counters: str, driver: str
+) -> None:
+    """Shown (once a domain over bigint was accepted as a counter): views 10 +
+    Decimal('1.5') ends at 11 (asyncpg) or 12 (psycopg), the whole-number check looking at
+    the domain's name, not its base type. Expected: as for a bigint column, the record
+    refused (PermanentSinkError naming the column) and the counter left at 10; a whole
+    delta still adds."""
+    error = await write_once(
+        domain_counters, driver, [{"page": "a", "views": decimal.Decimal("1.5")}]
+    )
+    assert isinstance(error, wb.PermanentSinkError)
+    assert "'views'" in str(error)
+    assert "whole number" in str(error)
+    assert await views(pg, domain_counters) == 10
+    assert await write_once(domain_counters, driver, [{"page": "a", "views": 2.0}]) is None
+    assert await views(pg, domain_counters) == 12

@@ -45,6 +45,8 @@ from ._sqlite_versions import affinity
 __all__ = ["check_pg_types", "check_sqlite_types", "increment_columns", "sum_per_key"]
 
 _PG_NUMERIC = ("smallint", "integer", "bigint", "numeric", "real", "double precision")
+_PG_WHOLE = ("smallint", "integer", "bigint")
+"""PostgreSQL types that hold whole numbers only."""
 _SQLITE_NUMERIC = ("INTEGER", "REAL", "NUMERIC")
 
 
@@ -92,10 +94,12 @@ def increment_columns(
 
 def check_pg_types(
     increment: tuple[str, ...], catalog: Iterable[Sequence[Any]], where: str
-) -> None:
+) -> tuple[str, ...]:
     """Each increment column of the table (present: checked before) is numeric, or a
     domain over a numeric type. ``catalog``: the rows of ``_pg.COLUMNS_SQL`` (name, type,
-    category, base type: for a domain, the type under it, however many domains deep)."""
+    category, base type: for a domain, the type under it, however many domains deep).
+    Returns the increment columns that hold whole numbers only (by their base type), whose
+    deltas :func:`check_deltas` refuses unless whole."""
     types = {r[0]: (r[1], r[3]) for r in catalog}
     for name in increment:
         pg_type, base = types[name]
@@ -105,6 +109,7 @@ def check_pg_types(
                 f"increment: column {name!r} of {where} is {shown}, which cannot be added "
                 f"to; make it {', '.join(_PG_NUMERIC)}, or leave it out of increment="
             )
+    return tuple(n for n in increment if types[n][1].startswith(_PG_WHOLE))
 
 
 def check_sqlite_types(increment: tuple[str, ...], declared: Mapping[str, str], table: str) -> None:

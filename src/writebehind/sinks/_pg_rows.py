@@ -20,9 +20,6 @@ from ._values import convert_rows, enum_values
 
 __all__ = ["PgRows"]
 
-_WHOLE = ("smallint", "integer", "bigint")
-"""PostgreSQL types that hold whole numbers only."""
-
 
 class PgRows:
     """What ``PostgresSink`` sets up, and the methods that turn a batch into statements."""
@@ -34,6 +31,7 @@ class PgRows:
     method: str
     reports_stale: bool
     increment: tuple[str, ...]
+    _whole: tuple[str, ...] = ()  # the increment columns of an integer (base) type
     statements: int
     columns: dict[str, str]
     _arrays: set[str]
@@ -56,9 +54,8 @@ class PgRows:
         }
         dropped: list[int] = []
         if self.increment:  # one row per key, its increments summed (never with where)
-            whole = [n for n in self.increment if self.columns.get(n, "").startswith(_WHOLE)]
             for names, rows in groups.items():
-                check_deltas(names, rows, self.increment, whole)
+                check_deltas(names, rows, self.increment, self._whole)
                 groups[names] = sum_per_key(names, rows, self.key, self.version, self.increment)
         if self.key and self._psy is None:  # psycopg's merge keeps the newest per key itself
             for names, rows in groups.items():

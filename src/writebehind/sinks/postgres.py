@@ -314,7 +314,7 @@ class PostgresSink(PgRows, RecordNames):
                 f"key: table {self.schema}.{self.table} has no PRIMARY KEY or UNIQUE index on "
                 f"({', '.join(self.key)}); the upsert needs one"
             )
-        check_pg_types(self.increment, info, f"{self.schema}.{self.table}")
+        self._whole = check_pg_types(self.increment, info, f"{self.schema}.{self.table}")
 
     async def close(self) -> None:
         """Close the sink's own pool (a pool you passed in is left open).
