@@ -48,6 +48,7 @@ _CORES = os.cpu_count() or 1
 _TARGET = 1.6  # 2 flushers at least this many times one, until PostgreSQL is the limit
 _CEILING = 0.9  # a stream rate this close to the direct rate is "PostgreSQL is the limit"
 _SATURATED = 0.10  # machine idle share at or below which its CPU is the limit
+_BUSY_ELSEWHERE = 0.25  # cores other processes took in a run, above which we say so
 
 
 def measure(quick: bool = False) -> Section:
@@ -353,6 +354,11 @@ def _section(
             f"Python thread, {f1:.2f} CPU s per 100,000 rows) can reach {fmt_int(alone)} on "
             f"its own core: a second can add at most {ceiling / alone:.2f}x here"
         )
+        if shares["other"] > _BUSY_ELSEWHERE:
+            why += (
+                f" (other processes took {shares['other']:.2f} cores meanwhile: the rows/s "
+                "understate a quiet machine's; the CPU per row is the steadier figure)"
+            )
     else:
         why += f"; the machine {idle2:.0%} idle at 2 flushers"
     return Section(
