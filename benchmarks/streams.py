@@ -9,7 +9,9 @@ processes (``_streams_worker``: ``consume_stream`` into a ``PostgresSink`` batch
 ``max_batch=500``, ``max_in_flight=2``, two connections each), waits until each is ready,
 and times from "go" until their committed counts add up to N. The direct rows give the same
 K processes their share of the same records to add themselves. Each run's table is checked
-to hold exactly N rows.
+to hold exactly N rows. Every case runs ``REPEATS`` times, interleaved. Over each timed
+interval ``_proc_cpu`` reads the CPU of each flusher, redis-server and PostgreSQL, and the
+machine's idle share, which say where the limit is (the target's figure names it).
 
 Producer side: one process, ``await add()`` of M records into a batcher whose sink is a
 no-op (the floor), ``PostgresSink`` (the in-process batcher doing its own writes), or
