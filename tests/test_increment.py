@@ -262,18 +262,17 @@ async def test_pg_domain_counters_add_on_every_path(pg: asyncpg.Connection, path
     await pg.execute(f"CREATE TABLE {name} (page text PRIMARY KEY, views d1_{tag}, hits d2_{tag})")
     pages = [f"p{i}" for i in range(PATHS[path][2])]
     sink = pg_sink(name, path, increment=("views", "hits"))
-    await sink.start()
     try:
+        await sink.start()
         for n in (1, 2, 3):
             await sink.write([{"page": p, "views": n, "hits": 10 * n} for p in pages])
         with pytest.raises(wb.PermanentSinkError, match="d1_"):
             await sink.write([{"page": p, "views": -100, "hits": 0} for p in pages])
-    finally:
         await sink.close()
-    try:
         got = await pg.fetch(f"SELECT page, views, hits FROM {name}")
         assert {r["page"]: (r["views"], r["hits"]) for r in got} == dict.fromkeys(pages, (6, 60))
     finally:
+        await sink.close()
         await pg.execute(f"DROP TABLE {name}")
         await pg.execute(f"DROP DOMAIN d2_{tag}")
         await pg.execute(f"DROP DOMAIN d1_{tag}")
