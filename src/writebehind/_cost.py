@@ -1,7 +1,9 @@
-"""What a record costs against a capacity: ``cost=`` read on the hot path."""
+"""What records cost against a capacity: ``cost=`` read on the hot path, and the cost of
+the records pending in an intake."""
 
 from __future__ import annotations
 
+import itertools
 import operator
 from collections.abc import Callable
 from typing import Any
@@ -9,7 +11,16 @@ from typing import Any
 from ._errors import ConfigError, RecordError
 from ._keys import make_getter
 
-__all__ = ["CostSpec", "as_cost", "cost_getter", "is_number"]
+__all__ = [
+    "CostSpec",
+    "as_cost",
+    "cost_getter",
+    "cost_of",
+    "fit",
+    "head_cost",
+    "is_number",
+    "pending_cost",
+]
 
 CostSpec = int | float | str | Callable[[Any], Any]
 """``cost=``: a number (every record costs it), a field name, or a callable on the record."""
@@ -96,3 +107,48 @@ def cost_getter(
         return refuse(value)
 
     return 0.0, cost_of
+
+
+def fit(intake: Any, n: int, budget: float) -> int:
+    """How many of the oldest ``n`` records pending in ``intake`` (an ``_intake.Intake``,
+    typed loosely: it imports this module) cost no more than ``budget`` together. Lock held."""
+    slack = budget * 1e-9  # credit is a float: a budget of exactly k records buys k
+    if intake._cost_of is None:
+        unit = intake.unit_cost
+        return n if unit <= 0 else min(n, int((budget + slack) / unit))
+    total, k = 0.0, 0
+    pending = intake._pending
+    for key in itertools.islice(intake._order, n):
+        total += pending[key]._cost
+        if total > budget + slack:
+            break
+        k += 1
+    return k
+
+
+def head_cost(intake: Any, n: int) -> tuple[float, float]:
+    """The cost of the oldest pending record, and of the oldest ``n`` together."""
+    with intake.locked():
+        if intake._cost_of is None:
+            k = min(n, len(intake._pending))
+            return (intake.unit_cost if k else 0.0), intake.unit_cost * k
+        pending = intake._pending
+        costs = [pending[key]._cost for key in itertools.islice(intake._order, n)]
+    return (costs[0] if costs else 0.0), sum(costs)
+
+
+def cost_of(intake: Any, receipts: list[Any]) -> float:
+    """What ``receipts`` cost together."""
+    if intake._cost_of is None:
+        return float(intake.unit_cost * len(receipts))
+    return float(sum(r._cost for r in receipts))
+
+
+def pending_cost(intake: Any) -> float:
+    """What every pending record costs together (``Stats.needs_capacity``, less what is in
+    flight)."""
+    with intake.locked():
+        if intake._cost_of is None:
+            return float(intake.unit_cost * len(intake._pending))
+        held = list(intake._pending.values())  # a copy under the lock; summed outside it
+    return float(sum(r._cost for r in held))

@@ -15,6 +15,7 @@ from contextlib import ExitStack
 from typing import Any
 
 from ._clock import Clock
+from ._cost import cost_of
 from ._deadletter import DeadLetter, DeadLetterEntry, scrub_secrets, sink_name
 from ._errors import RetriableSinkError, WriteTimeout
 from ._events import (
@@ -76,7 +77,7 @@ class Delivery:
             if cancelled_by_batcher():  # abandoned, and the sink swallowed the cancellation:
                 raise asyncio.CancelledError  # no new attempt after the close deadline
             if self.charge is not None and (tries or not paid):
-                await self.charge(self.intake.cost(receipts))
+                await self.charge(cost_of(self.intake, receipts))
             probe = await health.admit()
             tries += 1
             began = clock.monotonic()

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Self
 from . import _lifecycle
 from ._aimd import AdaptiveConcurrency
 from ._config import BatcherOptions, Options
+from ._cost import pending_cost
 from ._deadletter import CallableDeadLetter, DeadLetter, DeadLetterSpec
 from ._delivery import Delivery
 from ._errors import BufferFull, ConfigError, RecordError, WriteBehindError
@@ -375,7 +376,7 @@ class AsyncBatcher:
         spooling = self._spooling
         return replace(
             stats, sink_state=health.state, concurrency=health.concurrency.current,
-            needs_capacity=self._intake.pending_cost() + in_flight_cost,
+            needs_capacity=pending_cost(self._intake) + in_flight_cost,
             capacity=None if cap is None else cap.rate,
             paused_for=max(0.0, paused_for) if self._report is None else 0.0,
             spooled=0 if spooling is None else spooling.spooled(),

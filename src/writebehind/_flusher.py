@@ -23,6 +23,7 @@ from typing import Any
 
 from ._clock import Clock
 from ._config import Options
+from ._cost import cost_of, head_cost, pending_cost
 from ._decide import CutReason, decide
 from ._delivery import Delivery
 from ._events import (
@@ -96,7 +97,7 @@ class Flusher:
 
     def needs(self) -> float:
         """What the records pending and in flight cost together (from any thread)."""
-        return self.intake.pending_cost() + self.in_flight_cost
+        return pending_cost(self.intake) + self.in_flight_cost
 
     def _rate_changed(self, reason: str) -> None:
         """The capacity's rate changed (called from any thread): tell the loop."""
@@ -232,7 +233,7 @@ class Flusher:
         if cap is None:
             receipts, cost = intake.cut(most)
         else:
-            first, full = intake.head_cost(most)
+            first, full = head_cost(intake, most)
             granted = cap.take(first, full, self)
             if granted is None:
                 wait = cap.wait_for(first, self, full)
@@ -260,7 +261,7 @@ class Flusher:
     def start_direct(self, batch: Batch) -> None:
         """Write a ``when_full="direct"`` record's batch of one, now; with a capacity, as
         soon as the capacity grants its cost (it waits for credit like any batch)."""
-        batch.cost = self.intake.cost(batch.receipts)
+        batch.cost = cost_of(self.intake, batch.receipts)
         self.in_flight_cost += batch.cost
         name = f"writebehind-direct[{self.opts.name}]"
         self.direct[self._spawn(self._deliver(batch, direct=True), name)] = batch

@@ -24,7 +24,6 @@ import logging
 import operator
 import os
 import threading
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
@@ -32,19 +31,21 @@ from typing import Any
 
 from ._bytes_budget import bounds, measured
 from ._config import Options
+from ._cost import cost_of, fit
 from ._counters import Counters
-from ._errors import BufferFull, RecordError, WriteBehindError
-from ._keys import fast_getter, make_getter
-from ._overflow import DROP_LOG_EVERY, WHEN_FULL, carry_out, dropped_new, grown_full, log_drops
+from ._errors import BufferFull, WriteBehindError
+from ._expiry import unexpired
+from ._intake_spool import drop_new, use_spool, would_take
+from ._keys import fast_getter, field_names, make_getter
+from ._overflow import WHEN_FULL, carry_out
 from ._put_many import make_put_many, put_each
 from ._put_one import CLOSING, FORKED, NEW, OPEN, make_put, not_open, receipt_class
 from ._receipt import Batch, Outcome, Receipt
-from ._room import Room
+from ._room import Room, put_blocking, put_waiting
+from ._spill_queue import refill, spill_next
 from ._stats import Stats
 
 __all__ = ["WHEN_FULL", "Intake"]
-
-_NEVER_REFUSE = ("drop_newest", "drop_oldest")  # policies that take every record
 
 _UUID = uuid.UUID
 
@@ -66,7 +67,7 @@ class Intake:
         self._kfast = fast_getter(key, "key") if key is not None else None
         self._vfast = fast_getter(version, "version") if version is not None else None
         self.unit_cost, self._cost_of = opts.costing()
-        self.fields = _field_names(key, version, opts.cost)  # what key/version/cost read
+        self.fields = field_names(key, version, opts.cost)  # what key/version/cost read
         self.max_batch = opts.max_batch
         self.max_pending = opts.pending_limit
         self.when_full = opts.when_full
@@ -151,70 +152,21 @@ class Intake:
             self._owner_pid = os.getpid()
 
     def use_spool(self, spooling: Any) -> Callable[[Any], Receipt]:
-        """Spool mode (``spooling``: a ``_spooling.Spooling``; typed loosely, as it imports
-        this module): receipts take their record's sequence number (``spooling.current``,
-        read as each is made, under the lock); ``spooling.done`` hears of every final fate.
-        Returns the put that takes recovered records whatever the room (they were accepted
-        already)."""
-        self._receipt_type = receipt_class(self, spooling)
-        self.on_done, self.is_durable = spooling.done, spooling.is_durable
-        self.wait_durable, self.spool_full = spooling.durable, spooling.full
-        recovered = make_put(self, room=False)
-        if self.when_full == "spill":  # memory first; the spool takes what does not fit
-            self.spilled = collections.deque()
-            self.put_nowait = spooling.wrap_spill(
-                make_put(self), make_put(self, spill=self.spilled), self
-            )
-        else:
-            self.put_nowait = spooling.wrap(
-                make_put(self), self, drops=self.when_full in _NEVER_REFUSE
-            )
-        self.put_many = partial(put_each, self.put_nowait)  # one spool append per record
-        return recovered
+        """Spool mode: see ``_intake_spool.use_spool``; returns the put for recovered records."""
+        return use_spool(self, spooling)
 
     def would_take(self, record: Any) -> bool:
-        """Whether a put would take ``record`` now (what a spooled put checks before it
-        appends): there is room under ``when_full``, or its key is pending (it coalesces)."""
-        with self._lock:
-            if not self._full_for(self.when_full):
-                return True
-        try:
-            k = self.identity(record)[0]
-        except Exception:  # the put raises the record's own error
-            return True
-        with self._lock:
-            try:
-                return k is not None and k in self._pending
-            except Exception:
-                return True
+        """Whether a put would take ``record`` now: see ``_intake_spool.would_take``."""
+        return would_take(self, record)
+
+    def drop_new(self, record: Any) -> Receipt:
+        """Take ``record`` and drop it at once: see ``_intake_spool.drop_new``."""
+        return drop_new(self, record)
 
     def key_of(self, record: Any) -> Any:
         """``record``'s key as the buffer holds it (a UUID as its int)."""
         k = self._key(record) if self._key is not None else None
         return k.int if type(k) is _UUID else k
-
-    def pending_receipt(self, k: Any) -> tuple[Receipt | None, list[Receipt]]:
-        """The receipt of the newest record with key ``k`` (as the buffer holds it) waiting
-        to be written: in the spill queue (later adds of a key than memory's) or pending;
-        None if there is none, or it has expired (``ttl=``). Also, read in the same step,
-        the receipts of the last cut, which the flusher may not have registered as a write
-        in flight yet (``peek`` reads those after)."""
-        with self._lock:
-            cutting = self.just_cut
-            r: Receipt | None = None
-            spilled = self.spilled
-            try:
-                if spilled and k in self._spilled_keys:
-                    r = next((q for sk, q in reversed(spilled) if sk == k), None)
-                else:
-                    r = self._pending.get(k)
-            except TypeError:  # unhashable: no record can have it
-                return None, []
-        if r is not None and self.ttl is not None:
-            added: float = r._at  # type: ignore[attr-defined]
-            if added < self._clock() - self.ttl:
-                r = None  # dropped at the next cut
-        return r, cutting
 
     def refusal(self) -> BufferFull:
         """The error a put raises when the buffer has no room under ``when_full``."""
@@ -243,22 +195,6 @@ class Intake:
             k = k.int
         v = self._version(record) if self._version is not None else None
         return k, v, (self._cost_of(record) if self._cost_of is not None else self.unit_cost)
-
-    def drop_new(self, record: Any) -> Receipt:
-        """Take ``record`` and drop it at once (``drop_*`` policies when the spool is full:
-        accepted, counted ``dropped``, never written)."""
-        r = self._receipt_type(record, None)
-        with self._lock:
-            if self._state != OPEN:
-                raise not_open(self._state)
-            self.counts.accepted += 1
-            dropped_new(self, r)
-            self._filled_since = True
-            if not self._notice:
-                self._notice = True
-                self.call_in_loop(self._wake)
-            log_drops(self)
-        return r
 
     async def durable(self, r: Receipt) -> None:
         """``await receipt.durable()``: spool mode only."""
@@ -304,176 +240,34 @@ class Intake:
             self.loop.call_soon_threadsafe(fn, *args)
 
     # -- the hot path ----------------------------------------------------------------------
-    def _coalesce(self, k: Any, old: Receipt, r: Receipt) -> Receipt:
-        """``r`` has the key of the pending ``old``: the newer (or later, on a tie) stays;
-        with ``merge=``, ``merge(old, new)`` takes the place of both."""
-        if self._merge is not None:
-            return self._merged(k, old, r)
-        newer = _newer(r, old)
-        if newer and self._grows_past_budget(old, r):
-            return grown_full(self, k, old, r)
-        self.counts.accepted += 1
-        return self._supersede(k, old, r, newer)
-
-    def _grows_past_budget(self, old: Receipt, r: Receipt) -> bool:
-        """Whether ``r`` taking ``old``'s slot needs more bytes than ``max_pending_bytes``
-        leaves (a coalescing record is taken whatever the count, not whatever the bytes)."""
-        budget = self.budget
-        if budget is None or budget.max_held is None:
-            return False
-        grow: int = r._size - old._size  # type: ignore[attr-defined]
-        return grow > 0 and not budget.fits(grow)
-
-    def _merged(self, k: Any, old: Receipt, r: Receipt) -> Receipt:
-        """``merge=``: ``r`` takes the merge of the two records, given in version order (the
-        older version first; a tie, or no version, in arrival order). Lock held; a merge
-        that raises, or returns what the buffer could not take (None, another key, a
-        version of None or NaN), refuses ``r`` with ``RecordError``; ``old`` stays."""
-        assert self._merge is not None
-        first, then = (r, old) if not _newer(r, old) else (old, r)
-        try:
-            merged = self._merge(first.record, then.record)
-            if merged is None:
-                raise TypeError("merge returned None")
-            version = self._version(merged) if self._version is not None else None
-            if self.key_of(merged) != k:
-                raise ValueError("merge returned a record of another key")
-            if self._version is not None and (version is None or version != version):
-                raise ValueError(f"merge returned a record of version {version!r}")
-            size = None if self._size_of is None else self._size_of(merged)
-        except Exception as exc:
-            raise RecordError(
-                f"merge raised {type(exc).__name__}: {exc} (key {k!r}); the record was not "
-                f"accepted, the pending one is unchanged"
-            ) from exc
-        was = r.record, r.version, getattr(r, "_size", None)
-        r.record, r.version = merged, version
-        if size is not None:
-            r._size = size  # type: ignore[attr-defined]  # what the buffer holds now
-        if self._grows_past_budget(old, r):
-            r.record, r.version = was[0], was[1]
-            if was[2] is not None:
-                r._size = was[2]  # type: ignore[attr-defined]
-            return grown_full(self, k, old, r, merged=(merged, version, size))
-        self.counts.accepted += 1
-        return self._supersede(k, old, r, True)
-
-    def _supersede(self, k: Any, old: Receipt, r: Receipt, newer: bool) -> Receipt:
-        """``r`` and the pending ``old`` share key ``k``: the loser is superseded (lock held)."""
-        self.counts.coalesced += 1
-        if newer:
-            old._succ = r
-            self._pending[k] = r
-            if self.budget is not None:
-                self.budget.pending += r._size - old._size  # type: ignore[attr-defined]
-        else:
-            r._succ = old
-        if self.on_done is not None:  # the superseded record's fate is final
-            self.on_done([old if newer else r])
-        return r
-
-    def _spill(self, k: Any, r: Receipt, to_spill: Callable[[Any], None]) -> Receipt:
-        """Queue ``r`` (key ``k``) in the spill queue (lock held); its version must compare
-        with the pending one's, as a put's would."""
-        old = self._pending.get(k)
-        if old is not None and r.version is not None:
-            try:
-                r.version >= old.version  # noqa: B015 (compared for its error only)
-            except Exception as exc:
-                raise RecordError(
-                    f"versions {r.version!r} and {old.version!r} cannot be compared"
-                ) from exc
-        to_spill((k, r))
-        self._spilled_keys[k] = self._spilled_keys.get(k, 0) + 1
-        self.counts.accepted += 1
-        return r
-
     def refill(self) -> int:
-        """``when_full="spill"``: move spilled records (accepted already) into the buffer
-        while it has room, oldest first, coalescing as a put does; how many moved. Called
-        by the flusher before each decision (the spill queue drains before new records
-        take the room: a new record spills while the queue is not empty)."""
-        spilled = self.spilled
-        if not spilled:
-            return 0
-        moved = 0
-        with self._lock:
-            if self._abandoned:
-                return 0
-            pending, counts = self._pending, self.counts
-            while spilled:
-                k, r = spilled[0]
-                old = pending.get(k)
-                if old is None and len(pending) + counts.in_flight_held >= self.max_pending:
-                    break
-                spilled.popleft()
-                moved += 1
-                left = self._spilled_keys.pop(k) - 1
-                if left:
-                    self._spilled_keys[k] = left
-                if old is not None:
-                    try:
-                        newer = r.version is None or r.version >= old.version
-                    except Exception:  # checked at add() against what was pending then
-                        newer = True  # the later add wins
-                    self._supersede(k, old, r, newer)
-                    continue
-                if not pending:
-                    self.oldest_at = self._clock()
-                pending[k] = r
-                self._order.append(k)
-        return moved
+        """``when_full="spill"``: move spilled records into the room there is (see
+        ``_spill_queue.refill``); how many moved."""
+        return refill(self)
+
+    def spill_next(self, record: Any) -> bool:
+        """``when_full="spill"``: whether ``record`` goes to the spool (see
+        ``_spill_queue.spill_next``)."""
+        return spill_next(self, record)
 
     def locked(self) -> Any:
         """The intake's lock, to hold across a decision and a put (spill mode: reentrant)."""
         return self._lock
 
-    def spill_next(self, record: Any) -> bool:
-        """``when_full="spill"``: whether ``record`` goes to the spool: the buffer has no
-        room for it, or spilled records wait (they go first) and its key is not pending in
-        memory, or its key waits in the spill queue (a later add of a key follows it)."""
-        if not self.spilled:
-            return not self.would_take(record)
-        try:
-            k = self.identity(record)[0]
-        except Exception:  # the put raises the record's own error
-            return False
-        with self._lock:
-            try:
-                return k is None or k in self._spilled_keys or k not in self._pending
-            except Exception:
-                return False
+    def put_blocking(self, record: Any, timeout: float | None) -> Receipt:
+        """Thread API: take ``record``, waiting for room (see ``_room.put_blocking``)."""
+        r: Receipt = put_blocking(self, record, timeout)
+        return r
 
-    def put(self, record: Any) -> Receipt | None:
-        """Like :meth:`put_nowait`, but None instead of ``BufferFull``."""
-        try:
-            return self.put_nowait(record)
-        except BufferFull as exc:
-            if self.spool_full is not None and self.spool_full(exc):
-                raise  # room in the buffer would not help: the caller waits for the spool
-            return None
+    async def put_waiting(self, record: Any, timeout: float | None) -> Receipt:
+        """Async API: take ``record``, awaiting room (see ``_room.put_waiting``)."""
+        r: Receipt = await put_waiting(self, record, timeout)
+        return r
 
     def _full(self, k: Any, r: Receipt) -> Receipt:
         """Apply ``when_full`` to a record that needs a new slot (lock held): see
         ``_overflow.carry_out``."""
         return carry_out(self, k, r)
-
-    def _has_room(self, size: int = 0) -> bool:
-        """Room for one more record (of ``size`` bytes, with a bytes budget)."""
-        budget = self.budget
-        return len(self._pending) + self.counts.in_flight_held < self.max_pending and (
-            budget is None or budget.fits(size)
-        )
-
-    def _size_for_room(self, record: Any) -> int:
-        """What ``record`` needs of a bytes budget (0 without one, or if it cannot be
-        measured: the put then raises the record's own error)."""
-        if self._size_of is None:
-            return 0
-        try:
-            return self._size_of(record)
-        except RecordError:
-            return 0
 
     def bytes_full(self) -> bool:
         """Whether ``max_batch_bytes`` are pending (a reason to cut a batch now)."""
@@ -482,43 +276,6 @@ class Intake:
             return False
         with self._lock:
             return budget.full_batch()
-
-    def _full_for(self, policy: str, size: int = 0) -> bool:
-        """No room for one more record under ``policy`` (lock held); False once closed."""
-        if self._state != OPEN:
-            return False
-        if self._has_room(size):
-            return False
-        if policy != "direct":
-            return True
-        c, budget = self.counts, self.budget
-        return c.in_flight - c.in_flight_held >= self.max_pending or (
-            budget is not None and not budget.fits(size)
-        )
-
-    def put_blocking(self, record: Any, timeout: float | None) -> Receipt:
-        """Thread API: take ``record``, waiting (at most ``timeout`` s) for room under
-        ``when_full="block"`` (and ``"direct"``); ``BufferFull`` after the timeout."""
-        if self.when_full not in ("block", "direct"):
-            return self.put_nowait(record)
-        taken = self.put(record)  # the usual case: there is room
-        if taken is not None:
-            return taken
-        size = self._size_for_room(record)
-        r: Receipt = self.room.wait_in_thread(
-            lambda: self.put(record), lambda: self._full_for(self.when_full, size), timeout
-        )
-        return r
-
-    async def put_waiting(self, record: Any, timeout: float | None) -> Receipt:
-        """Async API: the same as :meth:`put_blocking`, awaiting on the loop."""
-        if self.when_full not in ("block", "direct"):
-            return self.put_nowait(record)
-        size = self._size_for_room(record)
-        r: Receipt = await self.room.wait_on_loop(
-            lambda: self.put(record), lambda: self._full_for(self.when_full, size), timeout
-        )
-        return r
 
     # -- the flusher's side (event loop thread) ---------------------------------------------
     def begin_decision(self) -> tuple[int, float | None]:
@@ -550,7 +307,7 @@ class Intake:
         with self._lock:
             pending = self._pending
             if budget is not None:
-                n = self._fit(n, budget)
+                n = fit(self, n, budget)
             held = self.budget
             if held is not None and held.max_batch is not None:  # max_batch_bytes
                 n = held.batch_fit(
@@ -571,76 +328,11 @@ class Intake:
             if held is not None:
                 held.cut(sum(r._size for r in taken))  # type: ignore[attr-defined]
             if self.ttl is not None:
-                taken = self._unexpired(taken)
+                taken = unexpired(self, taken)
             self.counts.in_flight += len(taken)
             self.counts.in_flight_held += len(taken)
         self._notify_change()
-        return taken, self.cost(taken)
-
-    def _unexpired(self, taken: list[Receipt]) -> list[Receipt]:  # lock held
-        """``ttl=``: drop the records of ``taken`` pending longer than ``ttl`` (``DROPPED``,
-        reason ``expired``); the others."""
-        horizon = self._clock() - (self.ttl or 0.0)
-        live = [r for r in taken if r._at >= horizon]  # type: ignore[attr-defined]
-        if len(live) < len(taken):
-            expired = [r for r in taken if r._at < horizon]  # type: ignore[attr-defined]
-            for r in expired:
-                r._outcome = Outcome.DROPPED
-            if self.budget is not None:
-                self.budget.flying -= sum(r._size for r in expired)  # type: ignore[attr-defined]
-            self.counts.dropped_expired += len(expired)
-            if self.on_done is not None:
-                self.on_done(expired)
-            self._notice = True  # the flusher publishes RecordsDropped(reason="expired")
-            now = time.monotonic()
-            if now >= self._expiry_log_due:
-                self._expiry_log_due = now + DROP_LOG_EVERY
-                log.warning(
-                    "writebehind: %d record(s) pending longer than ttl=%g s were dropped as "
-                    "expired (%d so far; counted in dropped, reason 'expired')",
-                    len(expired), self.ttl, self.counts.dropped_expired,
-                )  # fmt: skip
-        return live
-
-    def _fit(self, n: int, budget: float) -> int:  # lock held
-        """How many of the oldest ``n`` records cost no more than ``budget`` together."""
-        slack = budget * 1e-9  # credit is a float: a budget of exactly k records buys k
-        if self._cost_of is None:
-            unit = self.unit_cost
-            return n if unit <= 0 else min(n, int((budget + slack) / unit))
-        total, k = 0.0, 0
-        pending = self._pending
-        for key in itertools.islice(self._order, n):
-            total += pending[key]._cost
-            if total > budget + slack:
-                break
-            k += 1
-        return k
-
-    def head_cost(self, n: int) -> tuple[float, float]:
-        """The cost of the oldest pending record, and of the oldest ``n`` together."""
-        with self._lock:
-            if self._cost_of is None:
-                k = min(n, len(self._pending))
-                return (self.unit_cost if k else 0.0), self.unit_cost * k
-            pending = self._pending
-            costs = [pending[key]._cost for key in itertools.islice(self._order, n)]
-        return (costs[0] if costs else 0.0), sum(costs)
-
-    def cost(self, receipts: list[Receipt]) -> float:
-        """What ``receipts`` cost together."""
-        if self._cost_of is None:
-            return self.unit_cost * len(receipts)
-        return sum(r._cost for r in receipts)
-
-    def pending_cost(self) -> float:
-        """What every pending record costs together (``Stats.needs_capacity``, less what is
-        in flight)."""
-        with self._lock:
-            if self._cost_of is None:
-                return self.unit_cost * len(self._pending)
-            held = list(self._pending.values())  # a copy under the lock; summed outside it
-        return sum(r._cost for r in held)
+        return taken, cost_of(self, taken)
 
     def settle(
         self, receipts: list[Receipt], outcome: Outcome, *, direct: bool = False, final: bool = True
@@ -759,30 +451,6 @@ class Intake:
 _repeat = itertools.repeat
 _consume: Callable[[Iterable[Any]], None] = collections.deque(maxlen=0).extend
 """Run an iterator to its end in C (a ``map`` that sets attributes, under the lock)."""
-
-
-def _newer(r: Receipt, old: Receipt) -> bool:
-    """Whether ``r`` wins ``old``'s slot by version (newer or equal; no version: yes)."""
-    try:
-        return bool(r.version is None or r.version >= old.version)
-    except Exception as exc:  # not comparable, or a comparison that raised
-        raise RecordError(f"versions {r.version!r} and {old.version!r} cannot be compared") from exc
-
-
-def _field_names(*specs: Any) -> tuple[str, ...] | None:
-    """The record fields the key, version and cost read, if they are all field names (a
-    str or a tuple of str; a number reads none); None if any is a callable."""
-    names: list[str] = []
-    for spec in specs:
-        if spec is None or (isinstance(spec, int | float) and not isinstance(spec, bool)):
-            continue
-        if isinstance(spec, str):
-            names.append(spec)
-        elif isinstance(spec, tuple) and all(isinstance(n, str) for n in spec):
-            names.extend(spec)
-        else:
-            return None
-    return tuple(names)
 
 
 def _nothing() -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from ._errors import ConfigError, RecordError
 
-__all__ = ["FieldSpec", "fast_getter", "make_getter"]
+__all__ = ["FieldSpec", "fast_getter", "field_names", "make_getter"]
 
 FieldSpec = str | tuple[str, ...] | Callable[[Any], Any] | None
 
@@ -91,3 +91,19 @@ def fast_getter(spec: FieldSpec, what: str) -> Callable[[Any], Any]:
     getter = make_getter(spec, what)
     assert getter is not None
     return getter
+
+
+def field_names(*specs: Any) -> tuple[str, ...] | None:
+    """The record fields the key, version and cost read, if they are all field names (a
+    str or a tuple of str; a number reads none); None if any is a callable."""
+    names: list[str] = []
+    for spec in specs:
+        if spec is None or (isinstance(spec, int | float) and not isinstance(spec, bool)):
+            continue
+        if isinstance(spec, str):
+            names.append(spec)
+        elif isinstance(spec, tuple) and all(isinstance(n, str) for n in spec):
+            names.extend(spec)
+        else:
+            return None
+    return tuple(names)

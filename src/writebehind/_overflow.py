@@ -19,8 +19,8 @@ from typing import Any, Literal
 from ._receipt import Batch, Outcome, Receipt
 
 __all__ = [
-    "WHEN_FULL", "Action", "WhenFull", "carry_out", "drop_oldest", "dropped_new", "grown_full",
-    "log_drops", "notice_full", "overflow_action",
+    "WHEN_FULL", "Action", "WhenFull", "carry_out", "drop_oldest", "dropped_new", "log_drops",
+    "notice_full", "overflow_action",
 ]  # fmt: skip
 
 log = logging.getLogger("writebehind")
@@ -136,39 +136,6 @@ def log_drops(intake: Any) -> None:
             intake.max_pending, intake.when_full, c.dropped_newest + c.dropped_oldest,
             c.dropped_newest, c.dropped_oldest,
         )  # fmt: skip
-
-
-def grown_full(
-    intake: Any, k: Any, old: Receipt, r: Receipt, merged: tuple[Any, Any, Any] | None = None
-) -> Receipt:
-    """Apply ``when_full`` to ``r``, which would take the slot of the pending ``old`` (key
-    ``k``) but needs more bytes than ``max_pending_bytes`` leaves (a larger record, or with
-    ``merge=`` a merged one: ``merged`` is the record, version and size it would hold).
-    ``block``/``raise``/``direct`` refuse (``BufferFull``: ``old`` stays); ``drop_newest``
-    drops ``r``; ``drop_oldest`` drops the oldest other records while that makes room, then
-    takes ``r`` (or drops it, if it still does not fit). Lock held."""
-    notice_full(intake)
-    budget = intake.budget
-    policy = intake.when_full
-    if policy not in ("drop_newest", "drop_oldest"):
-        raise intake.refusal()
-    intake.counts.accepted += 1
-    size = r._size if merged is None or merged[2] is None else merged[2]  # type: ignore[attr-defined]
-    grow = size - old._size  # type: ignore[attr-defined]
-    if policy == "drop_oldest" and budget.flying + (grow + old._size) <= budget.max_held:  # type: ignore[attr-defined]
-        order = intake._order
-        while not budget.fits(grow) and order and order[0] != k:
-            drop_oldest(intake)
-        if budget.fits(grow):
-            if merged is not None:
-                r.record, r.version = merged[0], merged[1]
-                r._size = size  # type: ignore[attr-defined]
-            intake._supersede(k, old, r, True)
-            log_drops(intake)
-            return r
-    dropped_new(intake, r)
-    log_drops(intake)
-    return r
 
 
 def notice_full(intake: Any) -> None:

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from ._expiry import has_expired
 from ._receipt import Batch, Outcome, Receipt
 
 __all__ = ["newest_unwritten"]
@@ -30,7 +31,7 @@ def newest_unwritten(intake: Any, in_flight: Callable[[], Iterable[Batch]], key:
     writes in flight after: a record cut meanwhile is in the last cut or, once the flusher
     registered its batch (which it does before the next cut), in flight."""
     k = key.int if type(key) is uuid.UUID else key  # as the buffer holds it
-    pending, cutting = intake.pending_receipt(k)
+    pending, cutting = _pending_receipt(intake, k)
     batches: list[Iterable[Receipt]] = [cutting]
     batches += [b.receipts for b in in_flight()]
     flying = _in_flight(intake, batches, k)
@@ -64,3 +65,24 @@ def _older(a: Receipt, b: Receipt) -> bool:
         return bool(a.version is not None and b.version is not None and a.version < b.version)
     except Exception:
         return False
+
+
+def _pending_receipt(intake: Any, k: Any) -> tuple[Receipt | None, list[Receipt]]:
+    """The receipt of the newest record with key ``k`` (as the buffer holds it) waiting to
+    be written: in the spill queue (later adds of a key than memory's) or pending; None if
+    there is none, or it has expired (``ttl=``). Also, read in the same step, the receipts
+    of the last cut, which the flusher may not have registered as a write in flight yet."""
+    with intake.locked():
+        cutting = intake.just_cut
+        r: Receipt | None = None
+        spilled = intake.spilled
+        try:
+            if spilled and k in intake._spilled_keys:
+                r = next((q for sk, q in reversed(spilled) if sk == k), None)
+            else:
+                r = intake._pending.get(k)
+        except TypeError:  # unhashable: no record can have it
+            return None, []
+    if r is not None and has_expired(intake, r):
+        r = None  # dropped at the next cut
+    return r, cutting

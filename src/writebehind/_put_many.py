@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Generator, Iterable
 from typing import TYPE_CHECKING, Any
 
+from ._coalesce import coalesce
 from ._errors import BufferFull, RecordError, WriteBehindError
 
 if TYPE_CHECKING:
@@ -168,7 +169,7 @@ def make_put_many(
                             f"before it were taken (see the error's receipts)"
                         ) from exc
                     if old is not None:
-                        intake._coalesce(k, old, r)
+                        coalesce(intake, k, old, r)
                         taken += 1
                         continue
                 n = len(pending)

@@ -12,11 +12,14 @@ from __future__ import annotations
 import collections
 import uuid
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from ._bytes_budget import sized_init
+from ._coalesce import coalesce as coalesce_pending
 from ._errors import BatcherClosed, RecordError, WriteBehindError
 from ._receipt import Receipt
+from ._spill_queue import spill as spill_into
 
 __all__ = [
     "CLOSING",
@@ -98,9 +101,9 @@ def make_put(
     uuid_type = uuid.UUID
     cost_of = intake._cost_of
     to_spill = None if spill is None else spill.append
-    coalesce: Callable[[Any, Receipt, Receipt], Receipt] = intake._coalesce
+    coalesce: Callable[[Any, Receipt, Receipt], Receipt] = partial(coalesce_pending, intake)
     full: Callable[[Any, Receipt], Receipt] = intake._full
-    spill_one: Callable[[Any, Receipt, Callable[[Any], None]], Receipt] = intake._spill
+    spill_one = partial(spill_into, intake)  # (key, receipt, append) -> receipt
     budget = intake.budget  # max_pending_bytes / max_batch_bytes with size=
     max_held = None if budget is None else budget.max_held  # max_pending_bytes
     sizing = intake.estimate is not None  # without size=: max_pending and max_batch follow it

@@ -16,9 +16,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ._errors import BufferFull
+from ._errors import BufferFull, RecordError
+from ._put_one import OPEN
 
-__all__ = ["Room"]
+__all__ = ["Room", "full_for", "has_room", "put_blocking", "put_waiting"]
 
 
 class Room:
@@ -125,3 +126,72 @@ def _remaining(deadline: float | None, timeout: float | None) -> float | None:
     if remaining <= 0:
         raise BufferFull(f"no room in the buffer within {timeout} s; the record was not accepted")
     return remaining
+
+
+def has_room(intake: Any, size: int = 0) -> bool:
+    """Room in ``intake`` (an ``_intake.Intake``, typed loosely: it imports this module) for
+    one more record (of ``size`` bytes, with a bytes budget). Lock held."""
+    budget = intake.budget
+    return len(intake._pending) + intake.counts.in_flight_held < intake.max_pending and (
+        budget is None or budget.fits(size)
+    )
+
+
+def full_for(intake: Any, policy: str, size: int = 0) -> bool:
+    """No room for one more record under ``policy`` (lock held); False once closed."""
+    if intake._state != OPEN:
+        return False
+    if has_room(intake, size):
+        return False
+    if policy != "direct":
+        return True
+    c, budget = intake.counts, intake.budget
+    return c.in_flight - c.in_flight_held >= intake.max_pending or (
+        budget is not None and not budget.fits(size)
+    )
+
+
+def put_blocking(intake: Any, record: Any, timeout: float | None) -> Any:
+    """Thread API: take ``record``, waiting (at most ``timeout`` s) for room under
+    ``when_full="block"`` (and ``"direct"``); ``BufferFull`` after the timeout."""
+    if intake.when_full not in ("block", "direct"):
+        return intake.put_nowait(record)
+    taken = _put(intake, record)  # the usual case: there is room
+    if taken is not None:
+        return taken
+    size = _size_for_room(intake, record)
+    return intake.room.wait_in_thread(
+        lambda: _put(intake, record), lambda: full_for(intake, intake.when_full, size), timeout
+    )
+
+
+async def put_waiting(intake: Any, record: Any, timeout: float | None) -> Any:
+    """Async API: the same as :func:`put_blocking`, awaiting on the loop."""
+    if intake.when_full not in ("block", "direct"):
+        return intake.put_nowait(record)
+    size = _size_for_room(intake, record)
+    return await intake.room.wait_on_loop(
+        lambda: _put(intake, record), lambda: full_for(intake, intake.when_full, size), timeout
+    )
+
+
+def _put(intake: Any, record: Any) -> Any | None:
+    """``intake.put_nowait(record)``, but None instead of ``BufferFull``."""
+    try:
+        return intake.put_nowait(record)
+    except BufferFull as exc:
+        if intake.spool_full is not None and intake.spool_full(exc):
+            raise  # room in the buffer would not help: the caller waits for the spool
+        return None
+
+
+def _size_for_room(intake: Any, record: Any) -> int:
+    """What ``record`` needs of a bytes budget (0 without one, or if it cannot be measured:
+    the put then raises the record's own error)."""
+    if intake._size_of is None:
+        return 0
+    try:
+        n: int = intake._size_of(record)
+    except RecordError:
+        return 0
+    return n
