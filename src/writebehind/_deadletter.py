@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from ._errors import ConfigError
 from ._redact import scrub_secrets
 from ._workers import WorkerThreads  # re-exported: the engine and integrations import it here
 
@@ -25,6 +26,7 @@ __all__ = [
     "DeadLetter",
     "DeadLetterEntry",
     "DeadLetterSpec",
+    "dead_letter_store",
     "scrub_secrets",
 ]
 
@@ -100,3 +102,23 @@ def sink_name(sink: Any) -> str:
         return scrub_secrets(repr(sink))
     except Exception:
         return type(sink).__name__
+
+
+def dead_letter_store(spec: DeadLetterSpec | None) -> DeadLetter | None:
+    """The store ``dead_letter=`` names: a path is a ``SQLiteDeadLetter``, a store is itself,
+    a callable is wrapped in ``CallableDeadLetter``; ``ConfigError`` for anything else."""
+    if spec is None:
+        return None
+    if isinstance(spec, str | os.PathLike):
+        from .dlq import SQLiteDeadLetter
+
+        return SQLiteDeadLetter(spec)
+    if callable(getattr(spec, "put", None)):
+        return spec  # type: ignore[return-value]
+    if callable(spec):
+        return CallableDeadLetter(spec)
+    raise ConfigError(
+        f"dead_letter: must be a DeadLetter store (with an async put(entries) method), a "
+        f"callable taking a list of DeadLetterEntry, a path to a SQLite file, or None; got "
+        f"{spec!r}"
+    )

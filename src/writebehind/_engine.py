@@ -9,10 +9,8 @@ intake; everything per batch happens here and in :mod:`writebehind._delivery`.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import os
-import time
 from collections.abc import Iterable
 from dataclasses import replace
 from types import TracebackType
@@ -20,12 +18,13 @@ from typing import TYPE_CHECKING, Any, Self
 
 from . import _lifecycle
 from ._aimd import AdaptiveConcurrency
+from ._closing import abandon_without_loop, close_sequence, close_unclosed
 from ._config import BatcherOptions, Options
 from ._cost import pending_cost
-from ._deadletter import CallableDeadLetter, DeadLetter, DeadLetterSpec
+from ._deadletter import DeadLetter, dead_letter_store
 from ._delivery import Delivery
 from ._errors import BufferFull, ConfigError, RecordError, WriteBehindError
-from ._events import Closed, EventBuffer, Subscription
+from ._events import EventBuffer, Subscription
 from ._flusher import Flusher
 from ._health import SinkHealth
 from ._instrument import Instrument
@@ -38,7 +37,7 @@ from ._retry import check_number
 from ._spooling import Spooling, off_loop
 from ._stats import CloseReport, Stats
 from ._tasks import spawn
-from .sinks._protocol import check_sink_keys
+from .sinks._protocol import check_sink, check_sink_keys
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack  # typing.Unpack for **kwargs is Python 3.12+
@@ -98,7 +97,7 @@ class AsyncBatcher:
     """
 
     def __init__(self, sink: Any, **options: Unpack[BatcherOptions]) -> None:
-        _check_sink(sink)
+        check_sink(sink)
         self._opts = opts = Options.of(dict(options))
         self._sink = sink
         self._clock = opts.clock
@@ -111,7 +110,7 @@ class AsyncBatcher:
         )  # fmt: skip
         self._delivery = Delivery(
             sink, self._intake, retry=opts.retry, write_timeout=opts.write_timeout,
-            clock=self._clock, dead_letter=_dead_letter_store(opts.dead_letter),
+            clock=self._clock, dead_letter=dead_letter_store(opts.dead_letter),
             name=opts.name, events=self._events, health=self._health,
         )  # fmt: skip
         self._owns_dead_letter = isinstance(opts.dead_letter, str | os.PathLike)
@@ -452,111 +451,16 @@ class AsyncBatcher:
         return True
 
     async def _close(self, timeout: float) -> CloseReport:
-        assert self._flusher is not None
-        started = time.monotonic()
-        deadline = started + timeout
-        self._intake.close()
-        drained = await self._flusher.drain(timeout)
-        spooling = self._spooling
-        if spooling is not None and not drained:  # what stays must be durable to be SPOOLED
-            left = max(0.05, deadline - time.monotonic())
-            await off_loop(spooling.settle_tail, left)
-        await self._flusher.stop(abandon=not drained)
-        if spooling is not None:
-            await off_loop(spooling.close)
-        await self._bounded(self._sink, "close", deadline, "closing the sink")
-        if self._owns_dead_letter:
-            await self._bounded(self._delivery.dead_letter, "close", deadline,
-                                "closing the dead-letter store")  # fmt: skip
-        self._health.limiter.flush()  # summaries still held back
-        stats = self.stats()
-        report = CloseReport(
-            stats=stats, lost=stats.lost, timed_out=not drained,
-            duration=time.monotonic() - started,
-            spooled=0 if spooling is None else spooling.spooled(),
-        )  # fmt: skip
-        self._report = report
-        self._intake.forget_thread()
-        _lifecycle.unregister(self)
-        self._events.publish(Closed, report=report)
-        self._events.close()
-        if stats.dropped:
-            log.warning(
-                "writebehind[%s]: %d record(s) were dropped while it ran (%s; when_full=%r, "
-                "ttl=%r)",
-                self.name, stats.dropped,
-                ", ".join(f"{k} {v}" for k, v in stats.dropped_by_reason.items() if v),
-                self._opts.when_full, self._opts.ttl,
-            )  # fmt: skip
-        if report.spooled:
-            log.warning(
-                "writebehind[%s]: closed after %.1f s with %d record(s) left in the spool "
-                "(not written by the deadline); the next batcher on the spool delivers them",
-                self.name, report.duration, report.spooled,
-            )  # fmt: skip
-        if report.lost:
-            log.warning(
-                "writebehind[%s]: closed after %.1f s with %d record(s) lost (neither committed "
-                "nor dead-lettered): %d pending, %d in flight",
-                self.name, report.duration, report.lost, stats.pending, stats.in_flight,
-            )  # fmt: skip
-        return report
-
-    async def _bounded(self, obj: Any, method: str, deadline: float, what: str) -> None:
-        """Call ``obj.method()`` if it exists, within the close deadline (at least 0.25 s)."""
-        fn = getattr(obj, method, None)
-        if fn is None:
-            return
-        try:
-            async with asyncio.timeout(max(0.25, deadline - time.monotonic())):
-                await fn()
-        except TimeoutError:
-            log.warning("writebehind[%s]: %s did not finish by the close deadline; left "
-                        "behind", self.name, what)  # fmt: skip
-        except Exception:
-            log.exception("writebehind[%s]: %s failed", self.name, what)
+        return await close_sequence(self, timeout)
 
     # -- process lifecycles (see _lifecycle) ------------------------------------------------
     def _close_unclosed(self, why: str) -> None:
         """Close from outside the loop (exit, a closing loop); blocks up to the deadline."""
-        loop, flusher = self._loop, self._flusher
-        if self._report is not None or self._forked or loop is None or flusher is None:
-            return
-        try:
-            _lifecycle.warn_unclosed(self, why)
-        except Exception:
-            log.debug("writebehind[%s]: the ResourceWarning raised", self.name)
-        if loop.is_closed():
-            self._abandon_without_loop("its event loop was closed with the batcher open")
-            return
-        if loop.is_running():
-            if self._intake.on_loop_thread():
-                return  # cannot block the loop's own thread; its shutdown closes us
-            fut = asyncio.run_coroutine_threadsafe(self.close(), loop)
-            try:
-                fut.result(self._opts.close_timeout + 1.0)
-            except TimeoutError:
-                log.warning("writebehind[%s]: close did not finish in time", self.name)
-        else:
-            loop.run_until_complete(self._close_here())
+        close_unclosed(self, why)
 
     def _abandon_without_loop(self, why: str) -> CloseReport:
-        """Close when the loop cannot run the close (closed, or stuck in a sink's blocking
-        call): count everything held as lost, from whichever thread this is."""
-        flusher = self._flusher
-        writes = () if flusher is None else (*flusher.writing.values(), *flusher.direct.values())
-        self._intake.close()
-        lost = self._intake.abandon([r for b in writes for r in b.receipts])
-        if flusher is not None:
-            flusher.release_capacity()
-        if self._spooling is not None:
-            self._spooling.close()  # a last group commit; what is in it waits for the next
-        self._report = CloseReport(stats=self.stats(), lost=lost, timed_out=True, duration=0.0)
-        self._intake.forget_thread()
-        _lifecycle.unregister(self)
-        if lost:
-            log.warning("writebehind[%s]: %s: %d record(s) lost", self.name, why, lost)
-        return self._report
+        """Close when the loop cannot run the close: see ``_closing.abandon_without_loop``."""
+        return abandon_without_loop(self, why)
 
     async def _close_here(self) -> CloseReport:
         if self._closing is None:
@@ -575,34 +479,3 @@ class AsyncBatcher:
             "cannot cross os.fork(). Create a new batcher in the child (for example in a "
             "worker-init hook), or use the sync Batcher, which starts afresh in the child"
         )
-
-
-def _check_sink(sink: Any) -> None:
-    write = getattr(sink, "write", None)
-    if not callable(write):
-        raise ConfigError("sink: must have an 'async def write(self, batch)' method")
-    plain = inspect.isfunction(write) or inspect.ismethod(write)
-    if plain and not inspect.iscoroutinefunction(write):
-        raise ConfigError(
-            f"sink: {type(sink).__name__}.write is a plain 'def'; the engine awaits it. Make it "
-            f"'async def write(self, batch)', or wrap a sync function in "
-            f"writebehind.CallableSink(fn), which runs it on a worker thread"
-        )
-
-
-def _dead_letter_store(spec: DeadLetterSpec | None) -> DeadLetter | None:
-    if spec is None:
-        return None
-    if isinstance(spec, str | os.PathLike):
-        from .dlq import SQLiteDeadLetter
-
-        return SQLiteDeadLetter(spec)
-    if callable(getattr(spec, "put", None)):
-        return spec  # type: ignore[return-value]
-    if callable(spec):
-        return CallableDeadLetter(spec)
-    raise ConfigError(
-        f"dead_letter: must be a DeadLetter store (with an async put(entries) method), a "
-        f"callable taking a list of DeadLetterEntry, a path to a SQLite file, or None; got "
-        f"{spec!r}"
-    )

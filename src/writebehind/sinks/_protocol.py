@@ -17,6 +17,7 @@ columns (``key``, ``version``) must agree with the batcher's options.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from .._errors import ConfigError
 
-__all__ = ["Mismatch", "Sink", "WriteResult", "check_sink_keys", "key_mismatch"]
+__all__ = ["Mismatch", "Sink", "WriteResult", "check_sink", "check_sink_keys", "key_mismatch"]
 
 log = logging.getLogger("writebehind")
 
@@ -168,3 +169,17 @@ def check_sink_keys(key: Any, version: Any, sink: Any, merge: Any = None) -> Non
     if problem.fatal:
         raise ConfigError(f"{problem.message} (sink {sink!r})")
     log.warning("writebehind: %s (sink %r)", problem.message, sink)
+
+
+def check_sink(sink: Any) -> None:
+    """``ConfigError`` unless ``sink`` has an ``async def write(self, batch)``."""
+    write = getattr(sink, "write", None)
+    if not callable(write):
+        raise ConfigError("sink: must have an 'async def write(self, batch)' method")
+    plain = inspect.isfunction(write) or inspect.ismethod(write)
+    if plain and not inspect.iscoroutinefunction(write):
+        raise ConfigError(
+            f"sink: {type(sink).__name__}.write is a plain 'def'; the engine awaits it. Make it "
+            f"'async def write(self, batch)', or wrap a sync function in "
+            f"writebehind.CallableSink(fn), which runs it on a worker thread"
+        )
