@@ -54,6 +54,7 @@ from ._common import (
     time_pieces,
     uuids,
 )
+from ._hand_intake import HandIntake, consume
 
 __all__ = ["measure"]
 
@@ -158,6 +159,28 @@ async def _batcher_many(records: Records) -> Run:
     await batcher.close()
     _check_batcher(batcher, sink, n, "AsyncBatcher.add_many_nowait")
     return Run(add_ns, perf_counter_ns() - start, n)
+
+
+async def _hand_intake(records: Records) -> Run:
+    """The hand-written intake with ``add_nowait``'s guarantees (``_hand_intake``), its
+    consumer cutting batches between chunks as the batcher's flusher does."""
+    due, done = asyncio.Event(), asyncio.Event()
+    intake = HandIntake("id", "updated_at", CHUNK, MAX_PENDING, due.set)
+    consumer = asyncio.create_task(consume(intake, due, done))
+    n = len(records)
+    start = perf_counter_ns()
+    add_ns, _ = await _timed_chunks(records, intake.put_nowait, awaited=False, start=start)
+    done.set()
+    due.set()
+    await consumer
+    loop_ns = perf_counter_ns() - start
+    accepted, coalesced, committed, _ = intake.counts
+    check(
+        accepted == n and committed + coalesced == n,
+        f"hand-written intake: accepted {accepted}, committed {committed}, coalesced "
+        f"{coalesced}; expected {n} accepted, all committed or coalesced",
+    )
+    return Run(add_ns, loop_ns, n)
 
 
 async def _asyncio_queue(records: Records, *, nowait: bool) -> Run:
@@ -341,6 +364,11 @@ def _variants(records: Records, spans: list[Any]) -> list[Variant]:
             "add_many",
             f"`AsyncBatcher.add_many_nowait`, groups of {CHUNK}",
             lambda: asyncio.run(_batcher_many(records)),
+        ),
+        Variant(
+            "hand",
+            "a hand-written intake with the same guarantees (baseline: `_hand_intake.py`)",
+            lambda: asyncio.run(_hand_intake(records)),
         ),
         Variant(
             "put_nowait",
@@ -647,6 +675,16 @@ def measure(quick: bool = False) -> Section:
             )
         )
 
+    hand = per("hand")
+    targets.append(
+        Target(
+            "`add_nowait` costs at most 1.15x a hand-written intake with the same guarantees "
+            "(GC on)",
+            per("add_nowait") <= 1.15 * hand,
+            f"{fmt_us(per('add_nowait'))} µs vs {fmt_us(hand)} µs: "
+            f"{fmt_ratio(per('add_nowait') / hand)}",
+        )
+    )
     many = per("add_many")
     targets.append(
         Target(
