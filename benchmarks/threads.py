@@ -6,8 +6,9 @@ distinct ``uuid.UUID`` keys, split evenly), into a ``MemorySink`` with room for 
 and the flusher's work on its own thread, wall clock from a barrier until the last thread
 is done. With the GIL, 4 threads cannot go faster than 1; what this shows is whether they
 go much slower (a lock convoy: the GIL handed over while the intake lock is held, the other
-threads piling up on it). Also a baseline: a plain ``threading.Lock`` around a dict insert,
-from 1 and 4 threads. Best of 5 interleaved rounds.
+threads piling up on it). Baselines, from 1 and 4 threads: the hand-written intake with the
+same guarantees (``benchmarks/_hand_intake.py``, its consumer on a thread of its own), and a
+plain ``threading.Lock`` around a dict insert. Best of 5 interleaved rounds.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import writebehind as wb
 from writebehind.testing import MemorySink
 
 from ._common import Section, Table, Target, check, fmt_ratio
+from ._hand_intake import HandIntake
 
 __all__ = ["measure"]
 
@@ -61,6 +63,33 @@ def _batcher(threads: int, records: list[dict[str, Any]]) -> float:
     return ns
 
 
+def _hand(threads: int, records: list[dict[str, Any]]) -> float:
+    """The hand-written intake with the same guarantees (``_hand_intake``), its consumer on
+    a thread of its own (the batcher's flusher runs on its loop's thread)."""
+    n = len(records)
+    due, stop = threading.Event(), threading.Event()
+    intake = HandIntake("id", "v", 500, n + 1000, due.set)
+
+    def consume() -> None:
+        while True:
+            due.wait()
+            due.clear()
+            while intake.cut():
+                pass
+            if stop.is_set() and not intake.pending:
+                return
+
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    ns = _timed(threads, records, intake.put_nowait)
+    stop.set()
+    due.set()
+    consumer.join()
+    accepted, _, committed, _ = intake.counts
+    check(accepted == n and committed == n, f"hand-written, {threads} threads: {intake.counts}")
+    return ns
+
+
 def _locked_dict(threads: int, records: list[dict[str, Any]]) -> float:
     lock, held = threading.Lock(), {}
 
@@ -80,7 +109,7 @@ def measure(quick: bool = False) -> Section:
     records = _records(n)
     best: dict[tuple[str, int], float] = {}
     for _ in range(rounds):
-        for name, run in (("batcher", _batcher), ("dict", _locked_dict)):
+        for name, run in (("batcher", _batcher), ("hand", _hand), ("dict", _locked_dict)):
             for t in THREADS:
                 ns = run(t, records)
                 best[(name, t)] = min(best.get((name, t), ns), ns)
@@ -88,7 +117,11 @@ def measure(quick: bool = False) -> Section:
         "Per record, wall clock, from 1 and 4 producer threads",
         ["hand-off", "1 thread ns", "4 threads ns", "4 threads vs 1"],
     )
-    labels = {"batcher": "`Batcher.add_nowait`", "dict": "`threading.Lock` + dict (baseline)"}
+    labels = {
+        "batcher": "`Batcher.add_nowait`",
+        "hand": "a hand-written intake with the same guarantees (baseline)",
+        "dict": "`threading.Lock` + dict (baseline)",
+    }
     for name, label in labels.items():
         one, four = best[(name, 1)], best[(name, 4)]
         table.rows.append([label, f"{one:.0f}", f"{four:.0f}", fmt_ratio(four / one)])
