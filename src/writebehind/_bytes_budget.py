@@ -51,13 +51,36 @@ def estimate(record: Any) -> int:
         return n + sum(map(_sizeof, record.values()))
     if isinstance(record, tuple):
         return n + sum(map(_sizeof, record))
-    fields = getattr(record, "__dict__", None)
-    if fields is not None:
-        return n + sum(map(_sizeof, fields.values()))
     kind = type(record)
-    names = getattr(kind, "__struct_fields__", None) or getattr(kind, "__slots__", None) or ()
-    slots: tuple[str, ...] = (names,) if isinstance(names, str) else tuple(names)
+    names = getattr(kind, "__struct_fields__", None)
+    slots = tuple(names) if names is not None else _SLOTS.get(kind) or _slots(kind)
+    fields = getattr(record, "__dict__", None)
+    if fields is not None:  # a plain object's attributes (beside any slots of its bases)
+        n += sum(map(_sizeof, fields.values()))
     return n + sum(_sizeof(getattr(record, s, None)) for s in slots)
+
+
+_SLOTS: dict[type, tuple[str, ...]] = {}
+"""The slot names of each record type measured (see :func:`_slots`)."""
+
+
+def _slots(kind: type) -> tuple[str, ...]:
+    """The slots of ``kind`` and of its bases (a subclass's ``__slots__`` names only its
+    own: a ``dataclass(slots=True)`` subclass keeps its base's fields in the base's slots),
+    without ``__dict__`` and ``__weakref__``."""
+    found: dict[str, None] = {}
+    for base in kind.__mro__:
+        names = base.__dict__.get("__slots__", ())
+        for s in (names,) if isinstance(names, str) else names:
+            if s in ("__dict__", "__weakref__"):
+                continue
+            if s.startswith("__") and not s.endswith("__"):  # private: stored mangled
+                s = f"_{base.__name__.lstrip('_')}{s}"
+            found[s] = None
+    names = tuple(found)
+    if len(_SLOTS) < 256:  # a few record types; never grows without bound
+        _SLOTS[kind] = names
+    return names
 
 
 class SizeEstimate:
@@ -91,6 +114,8 @@ class SizeEstimate:
         try:
             n = estimate(record)
         except Exception:  # a __sizeof__ that raises: the estimate stays
+            if not self.mean:  # nothing measured yet: the bounds stay as configured, and
+                return self.max_pending, self.max_batch  # the next record is a first
             n = self.mean
         mean = (7 * self.mean + n) // 8 if self.mean else n
         self.mean = mean = mean if mean > 0 else 1
