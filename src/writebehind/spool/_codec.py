@@ -53,8 +53,9 @@ def _flat_text(record: dict[Any, Any]) -> str | None:
             add(ek + _esc(v))
         elif t is int:
             add(ek + int.__repr__(v))
-        elif t is _UUID:
-            add(ek + '{"$uuid":"' + str(v) + '"}')
+        elif t is _UUID:  # str(v) without its method call: 32 hex digits in 8-4-4-4-12
+            h = v.int.to_bytes(16, "big").hex()
+            add(f'{ek}{{"$uuid":"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"}}')
         elif t is bool:
             add(ek + ("true" if v else "false"))
         elif v is None:
