@@ -7,9 +7,9 @@ Two ways to keep them, chosen by whether the user measures records:
   under the intake's lock (the intake calls it wherever records enter or leave the buffer):
   a record that would take the held bytes over ``max_pending_bytes`` finds the buffer full
   and the overflow policy applies, as it does at ``max_pending`` records.
-- Without, the default :class:`SizeEstimate` measures about one record a batch and turns
-  the bounds in bytes into bounds in records (``max_pending_bytes // mean size``), which the
-  hot path checks already: the estimate costs the hot path nothing.
+- Without, the default :class:`SizeEstimate` measures one record in 128 (more often under
+  a tight bound) and turns the bounds in bytes into bounds in records (``max_pending_bytes //
+  mean size``), which the hot path checks already: the estimate costs a countdown.
 
 Either way the memory bound of DESIGN.md §5 (invariant 3) holds in bytes as in records. With
 ``size=``, a record larger than the whole budget could never fit, so it is refused with
@@ -84,19 +84,21 @@ def _slots(kind: type) -> tuple[str, ...]:
 
 
 class SizeEstimate:
-    """The default size (no ``size=``), free on the hot path: the bounds in bytes become
-    bounds in records. The record that wakes the flusher (the first of a linger window, or
-    the one that fills a batch: about one a batch) is measured with :func:`estimate`, after
-    it was taken, outside the lock; the running mean of those measured (a moving average,
-    so it follows a stream whose records grow or shrink) turns ``max_pending_bytes`` into a
-    most records held (``max_pending_bytes // mean``, and never more than ``max_pending``)
-    and ``max_batch_bytes`` into a most records per batch. No size is kept per record, and
-    the bytes held are the records held times the mean. An estimate of the total, not of
-    each record: a stream with rare large records, records that grow by ``merge=``, or a
-    need to refuse a record for its own size, needs ``size=``. Races between threads only
-    blur the estimate."""
+    """The default size (no ``size=``), nearly free on the hot path: the bounds in bytes become
+    bounds in records. Every ``every``-th record added (the first, then every quarter of
+    the tighter bound in records, and at least every ``EVERY``-th) is
+    measured with :func:`estimate` before it is taken, outside the lock; the mean of those
+    measured turns ``max_pending_bytes`` into a most records held (``max_pending_bytes //
+    mean``, and never more than ``max_pending``) and ``max_batch_bytes`` into a most records
+    per batch. The mean follows a larger record at once and a smaller one slowly (a moving
+    average), so a stream whose records grow tightens the bound at the first one measured.
+    No size is kept per record, and the bytes held are the records held times the mean. An
+    estimate of the total, not of each record: a stream with rare large records, records
+    that grow by ``merge=``, or a need to refuse a record for its own size, needs ``size=``.
+    Races between threads only blur the estimate."""
 
-    __slots__ = ("max_batch", "max_batch_bytes", "max_held", "max_pending", "mean")
+    EVERY = 128
+    __slots__ = ("countdown", "max_batch", "max_batch_bytes", "max_held", "max_pending", "mean")
 
     def __init__(
         self, max_held: int | None, max_batch_bytes: int | None, max_pending: int, max_batch: int
@@ -106,18 +108,19 @@ class SizeEstimate:
         self.max_pending = max_pending  # the bounds in records, as configured
         self.max_batch = max_batch
         self.mean = 0
+        self.countdown = 0  # add_many's count of records until the next one measured
 
-    def observe(self, record: Any) -> tuple[int, int]:
-        """Measure ``record`` (taken already: it never raises; a record that cannot be
-        measured leaves the mean as it was): the most records held and the most per batch,
-        at the new mean."""
+    def observe(self, record: Any) -> tuple[int, int, int]:
+        """Measure ``record`` (it never raises; a record that cannot be measured leaves the
+        mean as it was): the most records held and the most per batch at the new mean, and
+        how many records to add before the next is measured."""
         try:
             n = estimate(record)
         except Exception:  # a __sizeof__ that raises: the estimate stays
             if not self.mean:  # nothing measured yet: the bounds stay as configured, and
-                return self.max_pending, self.max_batch  # the next record is a first
+                return self.max_pending, self.max_batch, 1  # the next record is a first
             n = self.mean
-        mean = (7 * self.mean + n) // 8 if self.mean else n
+        mean = n if n > self.mean else (7 * self.mean + n) // 8  # up at once, down slowly
         self.mean = mean = mean if mean > 0 else 1
         most = self.max_pending
         if self.max_held is not None and self.max_held // mean < most:
@@ -125,7 +128,8 @@ class SizeEstimate:
         batch = self.max_batch if self.max_batch < most else most  # full by bytes: a batch
         if self.max_batch_bytes is not None and self.max_batch_bytes // mean < batch:
             batch = self.max_batch_bytes // mean or 1
-        return most, batch
+        tight = min(most, batch)  # measured often enough that a jump shows within the bound
+        return most, batch, max(1, min(self.EVERY, tight // 4))
 
     def held(self, records: int) -> int:
         """The bytes ``records`` records hold, by the estimate."""

@@ -126,6 +126,9 @@ class Intake:
         self._receipt_type: type[Receipt] = receipt_class(self)
         self.spooled = 0  # records left in the spool at the close deadline
         self.just_cut: list[Receipt] = []  # the last cut, until its batch is registered
+        # the puts' copies of max_pending and max_batch (locals of their closures), which
+        # resize() changes with these attributes: the intake is their one owner
+        self.limit_copies: list[Callable[[int, int], None]] = []
         self.put_nowait: Callable[[Any], Receipt] = make_put(self)
         """Take a record or raise ``BufferFull`` (see ``_put_one.make_put``). The hot path."""
         self.put_many: Callable[[Iterable[Any]], list[Receipt]] = (
@@ -180,13 +183,17 @@ class Intake:
             f"was not accepted. Use add() to wait for room, or another when_full policy"
         )
 
-    def resize(self, record: Any) -> tuple[int, int]:
-        """The default size estimate (no ``size=``): measure ``record`` (taken already, and
-        not under the lock) and set the bounds in records that the bounds in bytes come to
-        at the new mean; returns them (``max_pending``, ``max_batch``)."""
+    def resize(self, record: Any) -> int:
+        """The default size estimate (no ``size=``): measure ``record`` (before it is taken,
+        outside the lock) and set the bounds in records that the bounds in bytes come to at
+        the new mean, here and in every put that keeps a copy of them; returns how many
+        records to add before the next is measured."""
         assert self.estimate is not None
-        self.max_pending, self.max_batch = most = self.estimate.observe(record)
-        return most
+        most, batch, every = self.estimate.observe(record)
+        self.max_pending, self.max_batch = most, batch
+        for follow in self.limit_copies:
+            follow(most, batch)
+        return every
 
     def identity(self, record: Any) -> tuple[Any, Any, float]:
         """``(key, version, cost)`` as the buffer reads them (a UUID key as its int)."""

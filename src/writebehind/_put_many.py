@@ -136,8 +136,8 @@ def make_put_many(
             raise
         wake = False
         taken = 0
-        if estimate is not None and not estimate.mean:  # the first group: learn the bounds
-            intake.resize(group[0])
+        if estimate is not None:  # the default bytes estimate, before the lock
+            _measure(intake, estimate, group)
         max_batch, max_pending = intake.max_batch, intake.max_pending
         acquire()
         try:
@@ -200,8 +200,6 @@ def make_put_many(
             release()
             if wake:
                 intake.call_in_loop(intake._wake)
-                if estimate is not None:  # the default bytes estimate: as put_nowait's
-                    intake.resize(group[0])
         return receipts
 
     return put_many
@@ -314,3 +312,13 @@ def _last_spooled(taken: list[Receipt]) -> Receipt | None:
         if getattr(r, "_seq", 0):
             return r
     return None
+
+
+def _measure(intake: Any, estimate: Any, group: list[Any]) -> None:
+    """The default size estimate for ``group``: measure its records at the estimate's
+    cadence, counting on from the last group (``intake.resize`` sets the bounds in records
+    they come to, and says when to measure next)."""
+    i, size = estimate.countdown, len(group)
+    while i < size:
+        i += intake.resize(group[i])
+    estimate.countdown = i - size

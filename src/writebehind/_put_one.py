@@ -108,9 +108,10 @@ def make_put(
     max_held = None if budget is None else budget.max_held  # max_pending_bytes
     sizing = intake.estimate is not None  # without size=: max_pending and max_batch follow it
     resize = intake.resize
+    countdown = 0  # records until the estimate measures one
 
     def put_nowait(record: Any) -> Receipt:
-        nonlocal max_pending, max_batch
+        nonlocal countdown
         # itemgetter (C) reads mapping records; anything else takes the slow getter.
         try:
             k = kfast(record) if kfast is not None else None
@@ -139,6 +140,10 @@ def make_put(
                 )
         if k is None and kfast is not None:
             raise RecordError("key is None: records are coalesced and upserted by key")
+        if sizing:  # the default bytes estimate (resize() sets this put's max_pending too)
+            countdown -= 1
+            if countdown <= 0:
+                countdown = resize(record)
         r = new_receipt(record, v)
         if cost_of is not None:
             r._cost = cost_of(record)  # type: ignore[misc]  # a slot of the bound subclass
@@ -187,10 +192,14 @@ def make_put(
         finally:
             release()
         intake.call_in_loop(intake._wake)
-        if sizing:  # the default bytes estimate measures the record that woke the flusher
-            max_pending, max_batch = resize(record)
         return r
 
+    def follow(most: int, batch: int) -> None:  # Intake.resize: the bounds in records changed
+        nonlocal max_pending, max_batch
+        max_pending, max_batch = most, batch
+
+    if sizing:
+        intake.limit_copies.append(follow)
     return put_nowait
 
 
