@@ -5,8 +5,8 @@ adds coalesce) are handed to ``AsyncBatcher.add_nowait`` in chunks of 500, yield
 loop between chunks (the flusher writes to a ``MemorySink`` there); only the calls are
 timed. Variants: the plain batcher (key and version); ``merge=wb.merge.sum_fields("n")``
 (the merge runs on every add of a pending key); ``ttl=60`` (a clock read per record, a check
-per record at the cut); ``max_pending_bytes`` with the default size estimate (about one record
-a batch measured, outside the lock), and with a ``size=`` function (called on every add).
+per record at the cut); ``max_pending_bytes`` with the default size estimate (a countdown per
+add, one record in 128 measured), and with a ``size=`` function (called on every add).
 Best of 5 interleaved rounds, per record.
 """
 
