@@ -63,13 +63,26 @@ async def test_block_waits_for_bytes_and_the_bound_holds_throughout() -> None:
     assert len(sink.records) == 200
 
 
-def test_threads_block_on_bytes_and_nothing_is_lost() -> None:
+@pytest.mark.parametrize(
+    ("options", "body", "most"),
+    [
+        ({"max_pending_bytes": 5000, "size": size}, 250, 5000),
+        # the default estimate: the bound plus about a record's slack per thread, as the
+        # mean is learnt while records arrive
+        ({"max_pending_bytes": 40_000}, 1000, 40_000 + 4 * 1200),
+    ],
+    ids=["size", "estimate"],
+)
+def test_threads_block_on_bytes_and_nothing_is_lost(
+    options: dict[str, Any], body: int, most: int
+) -> None:
+    """Four threads add() under a bound in bytes: they wait for room, every snapshot
+    conserves the records, the bytes held stay within the bound, and every record lands."""
     sink = MemorySink()
     peak = 0
     bad: list[wb.Stats] = []
     stop = threading.Event()
-    with wb.Batcher(sink, key="id", max_pending_bytes=5000, size=size, max_batch=10,
-                    linger=0) as b:  # fmt: skip
+    with wb.Batcher(sink, key="id", max_batch=10, linger=0, **options) as b:
 
         def watch() -> None:
             nonlocal peak
@@ -82,7 +95,9 @@ def test_threads_block_on_bytes_and_nothing_is_lost() -> None:
         w = threading.Thread(target=watch)
         w.start()
         threads = [
-            threading.Thread(target=lambda t=t: [b.add(rec(t * 1000 + i, 250)) for i in range(100)])
+            threading.Thread(
+                target=lambda t=t: [b.add(rec(t * 1000 + i, body)) for i in range(100)]
+            )
             for t in range(4)
         ]
         for th in threads:
@@ -93,7 +108,7 @@ def test_threads_block_on_bytes_and_nothing_is_lost() -> None:
         stop.set()
         w.join()
     assert bad == []
-    assert 0 < peak <= 5000
+    assert 0 < peak <= most, peak
     assert len(sink.records) == 400
 
 
@@ -230,40 +245,6 @@ async def test_the_default_estimate_caps_batches_by_max_batch_bytes(api: Open) -
     sizes = [len(batch) for batch in sink.batches]
     assert sum(sizes) == 40
     assert max(sizes) <= 11_000 // one, sizes
-
-
-def test_threads_block_on_the_default_estimate_and_nothing_is_lost() -> None:
-    """Four threads adding 1 KB records under max_pending_bytes=40,000 and no size=: add()
-    waits for room, the bytes held (by the estimate) stay within the bound plus one
-    record's slack per thread (the mean is learnt as records arrive), and every record is
-    written."""
-    sink = MemorySink()
-    peak = 0
-    stop = threading.Event()
-    with wb.Batcher(sink, key="id", max_pending_bytes=40_000, max_batch=10, linger=0) as b:
-
-        def watch() -> None:
-            nonlocal peak
-            while not stop.is_set():
-                peak = max(peak, b.stats().bytes_held)
-
-        w = threading.Thread(target=watch)
-        w.start()
-        threads = [
-            threading.Thread(
-                target=lambda t=t: [b.add(rec(t * 1000 + i, 1000)) for i in range(100)]
-            )
-            for t in range(4)
-        ]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        b.flush(30)
-        stop.set()
-        w.join()
-    assert 0 < peak <= 40_000 + 4 * 1200, peak
-    assert len(sink.records) == 400
 
 
 async def test_a_full_estimate_names_max_pending_bytes() -> None:
