@@ -14,6 +14,7 @@ from ._increment import check_deltas, sum_per_key
 from ._pg import argument_error, newest_per_key
 from ._pg_copy import PsycopgDriver
 from ._pg_stale import merged, newest_indexed, pg_upsert, stage_lookup
+from ._pg_stream import stream_rows
 from ._records import Rows, check_shape
 from ._stale import Where, group_indexed, reports
 from ._values import convert_rows, enum_values
@@ -44,6 +45,13 @@ class PgRows:
     def _group(self, batch: list[Any]) -> tuple[Rows, Where, list[int]]:
         """The rows by record shape; with ``report_stale``, where each came from and the
         batch indexes of older duplicates left out (the asyncpg path keeps the newest)."""
+        if self._psy is not None and not self.increment:
+            one = stream_rows(batch, enum_values, self._by_column)  # no rows list: _pg_stream
+            if one is not None:
+                names, streamed = one
+                check_shape(names, self.columns, self.key, f"{self.schema}.{self.table}")
+                streamed_group: Rows = {names: streamed}  # type: ignore[dict-item]
+                return streamed_group, {names: range(len(batch))} if self.reports_stale else {}, []
         groups, where = group_indexed(batch, self.reports_stale)
         for names in groups:
             if names not in self._sql:

@@ -18,7 +18,7 @@ from typing import Any
 from .._errors import PermanentSinkError
 from ._from_model import is_orm, orm_shape
 
-__all__ = ["check_keys", "check_shape", "field_names", "group_rows", "row_getter"]
+__all__ = ["check_keys", "check_shape", "field_names", "group_rows", "one_shape", "row_getter"]
 
 Getter = Callable[[Any], tuple[Any, ...]]
 Rows = dict[tuple[str, ...], list[tuple[Any, ...]]]
@@ -147,6 +147,28 @@ def group_rows(batch: list[Any]) -> Rows:
         else:
             other.add(r)
     return groups
+
+
+def one_shape(batch: list[Any]) -> tuple[tuple[str, ...], Getter, bool] | None:
+    """The names, the row getter and whether they are mapping keys (else attributes), for
+    a batch whose records all have the first one's shape, known without reading a row: all
+    dicts with as many keys (at least two) as the first, or all instances of the first
+    one's class when that class fixes its fields (dataclass, Struct, named tuple). None
+    otherwise (:func:`group_rows` reads such a batch). A dict with as many keys but other
+    ones raises ``KeyError`` when read: a caller reads every field once (and falls back on
+    that error) before relying on the answer."""
+    first = batch[0]
+    kind = type(first)
+    if kind is dict:
+        width = len(first)
+        if width < 2 or set(map(type, batch)) != _DICT or set(map(len, batch)) != {width}:
+            return None
+        names = tuple(first)
+        return names, operator.itemgetter(*names), True
+    names, fixed = _shape(first)
+    if not fixed or set(map(type, batch)) != {kind}:
+        return None
+    return names, row_getter(first, names), False
 
 
 class _Others:

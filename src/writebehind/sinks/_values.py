@@ -33,6 +33,7 @@ from .._errors import ConfigError, PermanentSinkError
 __all__ = [
     "JsonDumps",
     "bad_value",
+    "conversions",
     "convert_rows",
     "describe_key",
     "json_encoder",
@@ -145,13 +146,7 @@ def convert_rows(
     type ``by_type`` gives a function (cached by the caller) through that.
     Only columns that need it are rebuilt; a failure names the column and the record."""
     types = set(map(type, itertools.chain.from_iterable(rows)))
-    found = {t: f for t in types if (f := by_type(t)) is not None}
-    # a function marked strings_only (the ISO parsers) changes nothing when no value is a str
-    wanted = {
-        n: f for n in names
-        if (f := by_column.get(n)) is not None
-        and (str in types or not getattr(f, "strings_only", False))
-    }  # fmt: skip
+    found, wanted = conversions(names, types, by_type, by_column)
     if not found and not wanted:
         return rows  # the common case: nothing to convert
     columns = list(zip(*rows, strict=True))
@@ -167,6 +162,22 @@ def convert_rows(
         columns[i] = _apply(fn, column, i, names, rows, key)
         changed = True
     return list(zip(*columns, strict=True)) if changed else rows
+
+
+def conversions(
+    names: tuple[str, ...], types: set[type], by_type: Callable[[type], Fn | None],
+    by_column: Mapping[str, Fn],
+) -> tuple[dict[type, Fn], dict[str, Fn]]:  # fmt: skip
+    """For values of ``types`` in columns ``names``: the per-type functions that apply, and
+    the per-column ones (both empty: nothing to convert). See :func:`convert_rows`."""
+    found = {t: f for t in types if (f := by_type(t)) is not None}
+    # a function marked strings_only (the ISO parsers) changes nothing when no value is a str
+    wanted = {
+        n: f for n in names
+        if (f := by_column.get(n)) is not None
+        and (str in types or not getattr(f, "strings_only", False))
+    }  # fmt: skip
+    return found, wanted
 
 
 def _timestamp(v: str) -> dt.datetime:
