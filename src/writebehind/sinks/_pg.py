@@ -22,7 +22,9 @@ retriable and its outcome unknown; the replay is safe because the upsert is idem
 
 from __future__ import annotations
 
+import operator
 import re
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -161,6 +163,8 @@ def newest_per_key(
     one): PostgreSQL refuses to update one row twice in a statement. (The psycopg path
     does the same in SQL, with ``DISTINCT ON``.)"""
     kidx = [names.index(k) for k in key]
+    if len(kidx) == 1 and _distinct(rows, kidx[0]):
+        return rows  # the usual batch (the batcher's are one record per key)
     vidx = names.index(version) if version in names else None
     newest: dict[Any, tuple[Any, ...]] = {}
     for row in rows:
@@ -169,6 +173,21 @@ def newest_per_key(
         if old is None or vidx is None or newer_or_equal(row[vidx], old[vidx]):
             newest[k] = row
     return rows if len(newest) == len(rows) else list(newest.values())
+
+
+_UUID_INT = operator.attrgetter("int")
+_HASHED_IN_C = ({str}, {int}, {bytes})
+
+
+def _distinct(rows: list[tuple[Any, ...]], i: int) -> bool:
+    """Whether no two rows hold the same value in column ``i``, when C-level passes tell:
+    all ``uuid.UUID`` (compared by their ``int``, as ``UUID`` compares them; its ``__hash__``
+    is Python), or all ``str``, ``int`` or ``bytes``. False when it cannot tell."""
+    column = list(map(operator.itemgetter(i), rows))
+    types = set(map(type, column))
+    if types == {uuid.UUID}:
+        return len(set(map(_UUID_INT, column))) == len(column)
+    return types in _HASHED_IN_C and len(set(column)) == len(column)
 
 
 def newer_or_equal(a: Any, b: Any) -> bool:
