@@ -67,6 +67,10 @@ async def test_while_records_wait_in_the_spool_new_ones_follow_them(
     sink = GatedSink()
     async with api(sink, key="id", version="v", spool=tmp_path / "s", when_full="spill",
                    max_pending=4, max_batch=4, linger=3600) as b:  # fmt: skip
+        # no cut while the test looks: the sync Batcher's loop thread would otherwise cut the
+        # full batch of 4 between two adds, and key 0 would be in flight, not pending
+        b.batcher.pause(2.0)
+        await settle(lambda: b.stats().pauses == 1)
         for i in range(4):
             b.add_nowait({"id": i, "v": 1})  # memory: full
         spilled = b.add_nowait({"id": 9, "v": 1})

@@ -4,7 +4,8 @@ that come from outside its loop (exit, a closed loop, a sink stuck in a blocking
 ``AsyncBatcher.close()`` runs :func:`close_sequence` once, in a task shared by every caller;
 ``_lifecycle`` calls :func:`close_unclosed` for batchers the application never closed; when
 the loop cannot run a close at all, :func:`abandon_without_loop` counts what is held as lost
-(or spooled) from whichever thread this is.
+(or spooled) from whichever thread this is. Each takes the batcher as ``b`` (an
+``_engine.AsyncBatcher``, typed loosely: that module imports this one).
 """
 
 from __future__ import annotations
@@ -12,22 +13,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import _lifecycle
 from ._events import Closed
 from ._spooling import off_loop
 from ._stats import CloseReport
 
-if TYPE_CHECKING:
-    from ._engine import AsyncBatcher
-
 __all__ = ["abandon_without_loop", "close_sequence", "close_unclosed"]
 
 log = logging.getLogger("writebehind")
 
 
-async def close_sequence(b: AsyncBatcher, timeout: float) -> CloseReport:
+async def close_sequence(b: Any, timeout: float) -> CloseReport:
     """The close: stop accepting, drain within ``timeout``, stop the flusher (abandoning
     what is left: lost, or spooled), close the spool, the sink and an owned dead-letter
     store, each within the deadline; publish ``Closed`` and log what was not written."""
@@ -82,7 +80,7 @@ async def close_sequence(b: AsyncBatcher, timeout: float) -> CloseReport:
     return report
 
 
-async def _bounded(b: AsyncBatcher, obj: Any, method: str, deadline: float, what: str) -> None:
+async def _bounded(b: Any, obj: Any, method: str, deadline: float, what: str) -> None:
     """Call ``obj.method()`` if it exists, within the close deadline (at least 0.25 s)."""
     fn = getattr(obj, method, None)
     if fn is None:
@@ -97,7 +95,7 @@ async def _bounded(b: AsyncBatcher, obj: Any, method: str, deadline: float, what
         log.exception("writebehind[%s]: %s failed", b.name, what)
 
 
-def close_unclosed(b: AsyncBatcher, why: str) -> None:
+def close_unclosed(b: Any, why: str) -> None:
     """Close from outside the loop (exit, a closing loop); blocks up to the deadline."""
     loop, flusher = b._loop, b._flusher
     if b._report is not None or b._forked or loop is None or flusher is None:
@@ -121,20 +119,21 @@ def close_unclosed(b: AsyncBatcher, why: str) -> None:
         loop.run_until_complete(b._close_here())
 
 
-def abandon_without_loop(b: AsyncBatcher, why: str) -> CloseReport:
+def abandon_without_loop(b: Any, why: str) -> CloseReport:
     """Close when the loop cannot run the close (closed, or stuck in a sink's blocking
     call): count everything held as lost, from whichever thread this is."""
     flusher = b._flusher
     writes = () if flusher is None else (*flusher.writing.values(), *flusher.direct.values())
     b._intake.close()
-    lost = b._intake.abandon([r for b in writes for r in b.receipts])
+    lost = b._intake.abandon([r for w in writes for r in w.receipts])
     if flusher is not None:
         flusher.release_capacity()
     if b._spooling is not None:
         b._spooling.close()  # a last group commit; what is in it waits for the next
-    b._report = CloseReport(stats=b.stats(), lost=lost, timed_out=True, duration=0.0)
+    report = CloseReport(stats=b.stats(), lost=lost, timed_out=True, duration=0.0)
+    b._report = report
     b._intake.forget_thread()
     _lifecycle.unregister(b)
     if lost:
         log.warning("writebehind[%s]: %s: %d record(s) lost", b.name, why, lost)
-    return b._report
+    return report

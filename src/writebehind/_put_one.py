@@ -35,6 +35,15 @@ __all__ = [
 NEW, OPEN, CLOSING, FORKED = 0, 1, 2, 3
 """An intake's states."""
 
+_NONE: Callable[[Any], None] = collections.deque(maxlen=0).append
+"""A C function that takes one argument and returns None (the element is discarded): the
+getter of a batcher without ``key=`` or ``version=``, so the hot path reads both with no
+branch on whether they exist."""
+
+_NOTHING_PENDING: Callable[[Any], None] = {}.get
+"""The pending lookup of the spill put: nothing is pending there (a hashable key gives None;
+an unhashable one raises, as the buffer's lookup does)."""
+
 
 def receipt_class(intake: Any, spooling: Any = None) -> type[Receipt]:
     """The class of ``intake``'s receipts, with the slots its options use: ``_cost``
@@ -99,6 +108,10 @@ def make_put(
     keyless = intake._keyless
     new_receipt: type[Receipt] = intake._receipt_type
     uuid_type = uuid.UUID
+    keyed, versioned = kfast is not None, vfast is not None
+    kget = kfast if keyed else _NONE  # no key= / no version=: read as None, no branch
+    vget = vfast if versioned else _NONE
+    lookup = pending.get if spill is None else _NOTHING_PENDING  # spill mode: never coalesce
     cost_of = intake._cost_of
     to_spill = None if spill is None else spill.append
     coalesce: Callable[[Any, Receipt, Receipt], Receipt] = partial(coalesce_pending, intake)
@@ -114,15 +127,15 @@ def make_put(
         nonlocal countdown
         # itemgetter (C) reads mapping records; anything else takes the slow getter.
         try:
-            k = kfast(record) if kfast is not None else None
-            v = vfast(record) if vfast is not None else None
+            k = kget(record)
+            v = vget(record)
         except (KeyError, TypeError, IndexError):
             k = kslow(record) if kslow is not None else None
             v = vslow(record) if vslow is not None else None
         if type(k) is uuid_type:
             k = k.int  # hashes ~5x faster, equal exactly when the UUIDs are
         if v is None:
-            if vfast is not None:
+            if versioned:
                 raise RecordError(
                     "version is None: it cannot be ordered against the other versions "
                     "of its key (the buffer and the sinks would disagree on which is "
@@ -138,7 +151,7 @@ def make_put(
                     f"version {v!r} is not equal to itself (NaN?): it cannot be ordered, "
                     f"so no newer version could ever replace it; use a comparable version"
                 )
-        if k is None and kfast is not None:
+        if k is None and keyed:
             raise RecordError("key is None: records are coalesced and upserted by key")
         if sizing:  # the default bytes estimate (resize() sets this put's max_pending too)
             countdown -= 1
@@ -151,12 +164,12 @@ def make_put(
         try:
             if intake._state != OPEN:
                 raise not_open(intake._state)
-            old = None
             if k is None:
                 k = next(keyless)
-            elif to_spill is None:
+                old = None
+            else:
                 try:
-                    old = pending.get(k)
+                    old = lookup(k)
                 except Exception as exc:  # unhashable, or a __hash__/__eq__ that raised
                     raise unhashable(k) from exc
             if old is not None:
