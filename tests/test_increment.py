@@ -132,24 +132,32 @@ async def test_pg_increment_columns_are_checked_at_start(pg: asyncpg.Connection)
         "d numeric(12, 2), e real, f double precision, title text, at timestamptz)"
     )
     try:
-        for driver in ("asyncpg", "psycopg"):
-            ok = wb.PostgresSink(
-                DSN, table=name, key="page", driver=driver, increment=tuple("abcdef")
-            )
-            await ok.start()
-            await ok.close()
-            for column, why in [
+        await starts_and_refuses(
+            name,
+            tuple("abcdef"),
+            [
                 ("title", "is text, which cannot be added to"),
                 ("at", "is timestamp with time zone"),
                 ("nope", "column 'nope' is not in table"),
-            ]:
-                bad = wb.PostgresSink(
-                    DSN, table=name, key="page", driver=driver, increment=(column,)
-                )
-                with pytest.raises(wb.ConfigError, match=why):
-                    await bad.start()
+            ],
+        )
     finally:
         await pg.execute(f"DROP TABLE {name}")
+
+
+async def starts_and_refuses(
+    table: str, counters: tuple[str, ...], refused: list[tuple[str, str]]
+) -> None:
+    """On both drivers: a sink with ``increment=counters`` starts; one with each column of
+    ``refused`` fails to start with a ConfigError matching its message."""
+    for driver in ("asyncpg", "psycopg"):
+        ok = wb.PostgresSink(DSN, table=table, key="page", driver=driver, increment=counters)
+        await ok.start()
+        await ok.close()
+        for column, why in refused:
+            bad = wb.PostgresSink(DSN, table=table, key="page", driver=driver, increment=(column,))
+            with pytest.raises(wb.ConfigError, match=why):
+                await bad.start()
 
 
 async def test_pg_a_domain_counts_by_its_base_type_at_start(pg: asyncpg.Connection) -> None:
@@ -172,21 +180,16 @@ async def test_pg_a_domain_counts_by_its_base_type_at_start(pg: asyncpg.Connecti
         f"t dt_{tag}, t2 dt2_{tag}, arr da_{tag}, arr2 d1_{tag}[])"
     )
     try:
-        for driver in ("asyncpg", "psycopg"):
-            ok = wb.PostgresSink(DSN, table=name, key="page", driver=driver, increment=tuple("abc"))
-            await ok.start()
-            await ok.close()
-            for column, why in [
+        await starts_and_refuses(
+            name,
+            tuple("abc"),
+            [
                 ("t", rf"is dt_{tag} \(a domain over text\), which cannot be added to"),
                 ("t2", rf"is dt2_{tag} \(a domain over text\), which cannot be added to"),
                 ("arr", rf"is da_{tag} \(a domain over bigint\[\]\), which cannot"),
                 ("arr2", rf"is d1_{tag}\[\], which cannot be added to"),
-            ]:
-                bad = wb.PostgresSink(
-                    DSN, table=name, key="page", driver=driver, increment=(column,)
-                )
-                with pytest.raises(wb.ConfigError, match=why):
-                    await bad.start()
+            ],
+        )
     finally:
         await pg.execute(f"DROP TABLE {name}")
         for domain in reversed(domains):
