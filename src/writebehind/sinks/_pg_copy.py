@@ -37,7 +37,6 @@ from typing import Any
 from .._errors import ConfigError
 from .._ident import quote
 from ._pg import TYPES_SQL
-from ._pg_send import send_rows
 from ._pg_stale import copy_report, psycopg_merge
 from ._upsert import on_conflict
 
@@ -231,7 +230,7 @@ class CopyPath:
                 set_json_dumps(_as_is, cur)  # the sink made JSON text already
             async with cur.copy(f"COPY {into} ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types([self.oids[n] for n in names])
-                await send_rows(copy, rows)
+                await _send(copy, rows)
             found = await psycopg_merge(self, cur, names, None, len(rows)) if self.key else []
         self.statements += 1
         return found
@@ -296,6 +295,20 @@ class CopyPath:
         sql += on_conflict(names, self.key, self.version, "t", self.increment)
         self._sql[cache] = sql
         return sql
+
+
+async def _send(copy: Any, rows: list[Any]) -> None:
+    """``rows`` into the COPY: formatted in one synchronous loop, awaiting only when
+    psycopg's buffer is full (``AsyncCopy.write_row`` is a coroutine call per row)."""
+    formatter = getattr(copy, "formatter", None)
+    if formatter is None:  # not psycopg 3.1-3.3's layout: the public way
+        for row in rows:
+            await copy.write_row(row)
+        return
+    write_row = formatter.write_row
+    for row in rows:
+        if data := write_row(row):
+            await copy.write(data)
 
 
 def _as_is(text: Any) -> Any:
