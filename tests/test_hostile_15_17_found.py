@@ -194,22 +194,34 @@ async def test_an_increment_sink_behind_a_batcher_without_merge_loses_no_delta(
     assert got == 13
 
 
+def counter_model(tmp_path: Path, table: str, key: str, key_type: Any) -> tuple[Any, str]:
+    """A fresh declarative model of ``table`` (``key`` the primary key, of ``key_type``, and
+    an integer ``views``) and a SQLite file holding its table."""
+
+    class Base(DeclarativeBase):
+        pass
+
+    model = type(
+        table.title(),
+        (Base,),
+        {
+            "__tablename__": table,
+            key: mapped_column(key_type, primary_key=True),
+            "views": mapped_column(sa.Integer),
+        },
+    )
+    path = str(tmp_path / f"{table}.db")
+    Base.metadata.create_all(sa.create_engine(f"sqlite:///{path}"))
+    return model, path
+
+
 async def test_from_model_orm_instances_can_be_summed_for_an_increment_sink(
     tmp_path: Path,
 ) -> None:
     """Shown: from_model(Page, increment=('views',)) with merge=sum_fields('views'): the
     second add of a pending key raises RecordError. Expected: the deltas summed (views 3)."""
 
-    class Base(DeclarativeBase):
-        pass
-
-    class Page(Base):
-        __tablename__ = "pages"
-        page: Mapped[str] = mapped_column(sa.String, primary_key=True)
-        views: Mapped[int | None] = mapped_column(sa.Integer)
-
-    path = str(tmp_path / "m.db")
-    Base.metadata.create_all(sa.create_engine(f"sqlite:///{path}"))
+    Page, path = counter_model(tmp_path, "pages", "page", sa.String)
     sink = wb.SQLiteSink.from_model(Page, path, increment=("views",))
     async with wb.AsyncBatcher(
         sink, key=sink.record_key, merge=wb.merge.sum_fields("views"), linger=5
@@ -230,16 +242,7 @@ async def test_sqlite_an_orm_instance_with_a_none_key_is_refused_not_a_new_row(
     views=1) twice succeeds and makes rows (1, 1) and (2, 1). Expected: PermanentSinkError
     (the record has no key to add to), no row, as the PostgreSQL sink gives."""
 
-    class Base(DeclarativeBase):
-        pass
-
-    class Counter(Base):
-        __tablename__ = "counters"
-        id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
-        views: Mapped[int | None] = mapped_column(sa.Integer)
-
-    path = str(tmp_path / "k.db")
-    Base.metadata.create_all(sa.create_engine(f"sqlite:///{path}"))
+    Counter, path = counter_model(tmp_path, "counters", "id", sa.Integer)
     sink = wb.SQLiteSink.from_model(Counter, path, increment=("views",))
     await sink.start()
     errors: list[Exception] = []

@@ -307,6 +307,14 @@ async def test_pg_numeric_and_float_counters(pg: asyncpg.Connection, driver: str
         await pg.execute(f"DROP TABLE {name}")
 
 
+async def add_views(batcher: wb.AsyncBatcher) -> None:
+    """10,000 views of 1 over 30 pages (p0-p9 get 334, the others 333), flushed every 1,000."""
+    for i in range(10_000):
+        batcher.add_nowait({"page": f"p{i % 30}", "views": 1})
+        if i % 1_000 == 999:
+            await batcher.flush()
+
+
 @pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
 async def test_pg_through_a_merging_batcher(
     pg: asyncpg.Connection, counters: str, driver: str
@@ -316,10 +324,7 @@ async def test_pg_through_a_merging_batcher(
     sink = wb.PostgresSink(DSN, table=counters, key="page", driver=driver, increment=("views",))
     merge = wb.merge.sum_fields("views")
     async with wb.AsyncBatcher(sink, key="page", merge=merge, linger=60) as batcher:
-        for i in range(10_000):
-            batcher.add_nowait({"page": f"p{i % 30}", "views": 1})
-            if i % 1_000 == 999:
-                await batcher.flush()
+        await add_views(batcher)
     s = batcher.stats()
     assert_conserved(s)
     assert (s.committed, s.coalesced, s.lost) == (300, 9_700, 0)
@@ -353,10 +358,7 @@ async def test_sqlite_sums_are_exact_across_batches(tmp_path: Path) -> None:
     sink = wb.SQLiteSink(path, table="counters", key="page", increment=("views",))
     merge = wb.merge.sum_fields("views")
     async with wb.AsyncBatcher(sink, key="page", merge=merge, linger=60) as batcher:
-        for i in range(10_000):
-            batcher.add_nowait({"page": f"p{i % 30}", "views": 1})
-            if i % 1_000 == 999:
-                await batcher.flush()
+        await add_views(batcher)
         await batcher.flush()
         await sink.write([{"page": "p0", "views": 5}, {"page": "p0", "views": 6}])
     assert_conserved(batcher.stats())
