@@ -160,11 +160,7 @@ async def test_from_model_sink_refuses_an_instance_of_another_model(tmp_path: Pa
         error = exc
     finally:
         await sink.close()
-    db = sqlite3.connect(path)
-    try:
-        written = db.execute("SELECT id, title FROM pages").fetchall()
-    finally:
-        db.close()
+    written = fetch(path, "SELECT id, title FROM pages")
     assert written == [], f"an Invoice was written into pages: {written}"
     assert isinstance(error, wb.PermanentSinkError | wb.ConfigError)
 
@@ -192,6 +188,15 @@ async def test_an_increment_sink_behind_a_batcher_without_merge_loses_no_delta(
     finally:
         db.close()
     assert got == 13
+
+
+def fetch(path: str, sql: str) -> list[Any]:
+    """The rows ``sql`` reads from the SQLite file at ``path``."""
+    db = sqlite3.connect(path)
+    try:
+        return db.execute(sql).fetchall()
+    finally:
+        db.close()
 
 
 def counter_model(tmp_path: Path, table: str, key: str, key_type: Any) -> tuple[Any, str]:
@@ -228,11 +233,7 @@ async def test_from_model_orm_instances_can_be_summed_for_an_increment_sink(
     ) as batcher:
         await batcher.add(Page(page="a", views=1))
         await batcher.add(Page(page="a", views=2))
-    db = sqlite3.connect(path)
-    try:
-        assert db.execute("SELECT views FROM pages WHERE page = 'a'").fetchone()[0] == 3
-    finally:
-        db.close()
+    assert fetch(path, "SELECT views FROM pages WHERE page = 'a'") == [(3,)]
 
 
 async def test_sqlite_an_orm_instance_with_a_none_key_is_refused_not_a_new_row(
@@ -254,11 +255,7 @@ async def test_sqlite_an_orm_instance_with_a_none_key_is_refused_not_a_new_row(
                 errors.append(exc)
     finally:
         await sink.close()
-    db = sqlite3.connect(path)
-    try:
-        written = db.execute("SELECT id, views FROM counters ORDER BY id").fetchall()
-    finally:
-        db.close()
+    written = fetch(path, "SELECT id, views FROM counters ORDER BY id")
     assert written == [], f"a None key made new rows: {written}"
     assert len(errors) == 2
     assert all(isinstance(e, wb.PermanentSinkError) for e in errors)
