@@ -12,7 +12,7 @@ from typing import Any
 from .._ident import quote
 from ._increment import check_deltas, sum_per_key
 from ._pg import argument_error, newest_per_key
-from ._pg_copy import PsycopgDriver
+from ._pg_psycopg import PsycopgDriver
 from ._pg_stale import merged, newest_indexed, pg_upsert, stage_lookup
 from ._pg_stream import stream_rows
 from ._records import Rows, check_shape

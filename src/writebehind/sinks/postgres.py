@@ -48,7 +48,8 @@ from ._pg_connect import (
     on_this_loop,
     pool_from_factory,
 )
-from ._pg_copy import CopyPath, PsycopgDriver, is_psycopg_pool
+from ._pg_copy import CopyPath
+from ._pg_psycopg import PsycopgDriver, is_psycopg_pool
 from ._pg_rows import PgRows
 from ._protocol import WriteResult
 from ._stale import stale_result
