@@ -32,10 +32,11 @@ import difflib
 import inspect
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 from .._errors import ConfigError
+from .._redact import redact_dsn, secrets_of
 
 log = logging.getLogger("writebehind")
 REAP_TIMEOUT = 1.0  # seconds to end the server side of an abandoned write
@@ -44,11 +45,13 @@ __all__ = [
     "OPTIONS",
     "OTHER_LOOP",
     "SINK_OWNED",
+    "Source",
     "asyncpg_dsn",
     "check_connect_kwargs",
     "on_this_loop",
     "parse_conninfo",
     "pool_from_factory",
+    "source_of",
 ]
 
 CONNECT_OPTIONS = frozenset(
@@ -199,6 +202,46 @@ def check_connect_kwargs(options: Mapping[str, Any] | None) -> dict[str, Any]:
                 f"{hint}(known: {', '.join(sorted(OPTIONS))})"
             )
     return dict(options)
+
+
+class Source(NamedTuple):
+    """What ``PostgresSink``'s first argument is, read once at construction."""
+
+    dsn: str | None  # the DSN (password included: never log it), or None
+    pool: Any  # a pool of the caller's, used as is and never closed by the sink
+    factory: Any  # a function making the sink's pool at each start
+    secrets: tuple[str, ...]  # what an error message must never show
+    where: str  # the server for messages: the DSN redacted, or "<pool>"
+    url: str  # the DSN as asyncpg takes it ("" for psycopg, a pool or a factory)
+    connect: dict[str, Any]  # asyncpg's connect options: the DSN's, then connect_kwargs
+
+
+def source_of(dsn_or_pool: Any, driver: str, connect_kwargs: Mapping[str, Any] | None) -> Source:
+    """Read ``dsn_or_pool`` (a DSN, a pool factory or a pool), with ``ConfigError`` for
+    ``connect_kwargs`` that would not apply (they are for the pool the sink opens)."""
+    connect = check_connect_kwargs(connect_kwargs)
+    if isinstance(dsn_or_pool, str):
+        url, implied = ("", {}) if driver == "psycopg" else asyncpg_dsn(dsn_or_pool)
+        connect = implied | connect
+        secrets = secrets_of(dsn_or_pool)
+        password = connect.get("password")
+        if isinstance(password, str) and password:
+            secrets = tuple(sorted({*secrets, password}, key=len, reverse=True))
+        return Source(dsn_or_pool, None, None, secrets, redact_dsn(dsn_or_pool), url, connect)
+    factory = callable(dsn_or_pool) and not hasattr(dsn_or_pool, "acquire")
+    if connect_kwargs:
+        raise ConfigError(
+            "connect_kwargs: apply to the pool the sink opens from a DSN; "
+            + (
+                "give the options to asyncpg.create_pool in your factory"
+                if factory
+                else "a pool of yours is used as you configured it (pass the options to "
+                "asyncpg.create_pool)"
+            )
+        )
+    if factory:
+        return Source(None, None, dsn_or_pool, (), "<pool factory>", "", connect)
+    return Source(None, dsn_or_pool, None, (), "<pool>", "", connect)
 
 
 OTHER_LOOP = (

@@ -29,7 +29,7 @@ from typing import Any
 
 from .._errors import ConfigError, PermanentSinkError
 from .._ident import quote, validate
-from .._redact import may_quote_password, redact_dsn, secrets_of
+from .._redact import may_quote_password
 from ._from_model import RecordNames, sink_from_model
 from ._increment import check_pg_types, increment_columns
 from ._pg import (
@@ -43,10 +43,9 @@ from ._pg_connect import (
     REAP_TIMEOUT,
     _no_reset,
     _terminate_backend,
-    asyncpg_dsn,
-    check_connect_kwargs,
     on_this_loop,
     pool_from_factory,
+    source_of,
 )
 from ._pg_copy import CopyPath
 from ._pg_psycopg import PsycopgDriver, is_psycopg_pool
@@ -157,37 +156,10 @@ class PostgresSink(PgRows, RecordNames):
         self._encode = json_encoder(json_dumps)
         self._by_column: dict[str, Callable[[Any], Any]] = {}
         self.pool_size = pool_size
-        self._connect = check_connect_kwargs(connect_kwargs)
-        if isinstance(dsn_or_pool, str):
-            self._dsn: str | None = dsn_or_pool
-            self._pool: Any = None
-            self._secrets: tuple[str, ...] = secrets_of(dsn_or_pool)
-            self._where = redact_dsn(dsn_or_pool)
-            self._url, implied = ("", {}) if driver == "psycopg" else asyncpg_dsn(dsn_or_pool)
-            self._connect = implied | self._connect
-            password = self._connect.get("password")
-            if isinstance(password, str) and password:
-                self._secrets = tuple(sorted({*self._secrets, password}, key=len, reverse=True))
-        elif callable(dsn_or_pool) and not hasattr(dsn_or_pool, "acquire"):
-            if connect_kwargs:
-                raise ConfigError(
-                    "connect_kwargs: apply to the pool the sink opens from a DSN; give the "
-                    "options to asyncpg.create_pool in your factory"
-                )
-            self._dsn, self._pool, self._secrets = None, None, ()
-            self._url = ""
-            self._where = "<pool factory>"
-        else:
-            if connect_kwargs:
-                raise ConfigError(
-                    "connect_kwargs: apply to the pool the sink opens from a DSN; a pool of "
-                    "yours is used as you configured it (pass the options to "
-                    "asyncpg.create_pool)"
-                )
-            self._dsn, self._pool, self._secrets = None, dsn_or_pool, ()
-            self._url = ""
-            self._where = "<pool>"
-        self._factory: Any = dsn_or_pool if self._where == "<pool factory>" else None
+        source = source_of(dsn_or_pool, driver, connect_kwargs)
+        self._dsn, self._pool, self._factory = source.dsn, source.pool, source.factory
+        self._secrets, self._where = source.secrets, source.where
+        self._url, self._connect = source.url, source.connect
         self._own_pool = self._dsn is not None or self._factory is not None
         self.columns: dict[str, str] = {}
         self._arrays: set[str] = set()
