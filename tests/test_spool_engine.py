@@ -370,3 +370,26 @@ async def test_keyless_records_recovered_and_new_ones_are_all_delivered(tmp_path
         s = second.stats()
         assert (s.accepted, s.committed, s.pending) == (30, 30, 0)
     assert sorted(r["n"] for r in rows(sink)) == list(range(30))
+
+
+async def test_a_record_the_full_spool_refuses_is_not_left_in_the_buffer(tmp_path: Path) -> None:
+    """The spool append happens under the buffer's lock, once the put knows the buffer takes
+    the record (one lock round trip per add): when the spool refuses it then (SpoolFull),
+    the buffer must not keep it either, as a new key or coalesced into a pending one."""
+    spool = wb.Spool(tmp_path / "s", max_bytes=64 * 1024, segment_bytes=16 * 1024)
+    opts: dict[str, Any] = {"linger": 3600, "max_pending": 100000, "close_timeout": 0.3}
+    async with wb.AsyncBatcher(GatedSink(), key="id", spool=spool, when_full="raise", **opts) as b:
+        taken = 0
+        while taken < 400:
+            try:
+                b.add_nowait({"id": taken, "pad": "y" * 200})
+            except wb.SpoolFull:
+                break
+            taken += 1
+        assert 0 < taken < 400
+        with pytest.raises(wb.SpoolFull):
+            b.add_nowait({"id": 0, "pad": "z" * 200})  # its key is pending
+        s = b.stats()
+        assert s.accepted == s.pending == s.spooled == taken
+        assert b.peek(taken) is None
+        assert b.peek(0) == {"id": 0, "pad": "y" * 200}

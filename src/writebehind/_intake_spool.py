@@ -16,11 +16,11 @@ from typing import Any
 
 from ._overflow import dropped_new, log_drops
 from ._put_many import put_each
-from ._put_one import OPEN, make_put, not_open, receipt_class
+from ._put_one import OPEN, Steps, make_put, not_open, receipt_class
 from ._receipt import Receipt
 from ._room import full_for
 
-__all__ = ["drop_new", "use_spool", "would_take"]
+__all__ = ["drop_new", "spooled_steps", "use_spool", "would_take"]
 
 _NEVER_REFUSE = ("drop_newest", "drop_oldest")  # policies that take every record
 
@@ -41,11 +41,68 @@ def use_spool(intake: Any, spooling: Any) -> Callable[[Any], Receipt]:
             make_put(intake), make_put(intake, spill=intake.spilled), intake
         )
     else:
-        intake.put_nowait = spooling.wrap(
-            make_put(intake), intake, drops=intake.when_full in _NEVER_REFUSE
-        )
+        drops = intake.when_full in _NEVER_REFUSE
+        put = make_put(intake, steps=spooled_steps(intake, spooling, drops))  # appends, locked
+        intake.put_nowait = spooling.wrap(put, intake, drops)
     intake.put_many = partial(put_each, intake.put_nowait)  # one spool append per record
     return recovered
+
+
+def spooled_steps(intake: Any, spooling: Any, drops: bool) -> Callable[[Steps], Steps]:
+    """The steps of a spooled put (see ``_put_one.make_put``): each appends the record being
+    put (``spooling.taking``: the log and the encoded record, set by ``Spooling.wrap``'s put)
+    to the spool under the buffer's lock, once it knows the buffer takes it, and the receipt
+    takes the seq: one lock round trip and one room check per add, not two. A record the
+    buffer refuses (full, and not ``drop_*``) is never appended; one refused after its append
+    (a ``when_full`` that finds no room after all) is marked done at once."""
+
+    def append() -> tuple[Any, int]:
+        taking = spooling.taking
+        assert taking is not None  # only the spooled put calls these steps
+        spool_log, payload = taking
+        return spool_log, spool_log.append_encoded(payload)
+
+    def spooled(own: Steps) -> Steps:
+        remember, coalesce, full = own
+        pending = intake._pending
+
+        def remember_spooled(k: Any) -> None:  # a new key: pending[k] is its receipt
+            try:
+                _, seq = append()
+            except BaseException:
+                del pending[k]  # SpoolFull, SpoolClosed: not taken after all
+                raise
+            pending[k]._seq = seq
+            remember(k)
+            spooling.last = seq
+
+        def coalesce_spooled(k: Any, old: Receipt, r: Receipt) -> Receipt:
+            spool_log, seq = append()
+            r._seq = seq  # type: ignore[misc]  # a slot of the spooled receipts
+            try:
+                out = coalesce(k, old, r)
+            except BaseException:
+                spool_log.done((seq,))
+                raise
+            spooling.last = seq
+            return out
+
+        def full_spooled(k: Any, r: Receipt) -> Receipt:
+            if not drops and full_for(intake, intake.when_full):
+                raise intake.refusal()  # refused here: never in the spool
+            spool_log, seq = append()
+            r._seq = seq  # type: ignore[misc]
+            try:
+                out = full(k, r)  # drop_* or a direct write takes it
+            except BaseException:
+                spool_log.done((seq,))  # refused after all: never delivered
+                raise
+            spooling.last = seq
+            return out
+
+        return remember_spooled, coalesce_spooled, full_spooled
+
+    return spooled
 
 
 def would_take(intake: Any, record: Any) -> bool:

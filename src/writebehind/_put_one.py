@@ -85,8 +85,17 @@ def receipt_class(intake: Any, spooling: Any = None) -> type[Receipt]:
     return type("Receipt", (base,), {"__slots__": (), "__init__": init})
 
 
+Steps = tuple[Callable[[Any], None], Callable[[Any, Receipt, Receipt], Receipt],
+              Callable[[Any, Receipt], Receipt]]  # fmt: skip
+"""The steps a put takes under its lock once it knows what becomes of a record: remember a
+new key, coalesce into a pending one, or apply ``when_full``."""
+
+
 def make_put(
-    intake: Any, room: bool = True, spill: collections.deque[tuple[Any, Receipt]] | None = None
+    intake: Any,
+    room: bool = True,
+    spill: collections.deque[tuple[Any, Receipt]] | None = None,
+    steps: Callable[[Steps], Steps] | None = None,
 ) -> Callable[[Any], Receipt]:
     """Build ``intake``'s ``put_nowait``: a closure over its configuration and the (stable) pending
     dict, so the hot path reads locals instead of attributes.
@@ -98,6 +107,9 @@ def make_put(
 
     ``room=False``: whatever the room (recovered records, accepted already once).
     ``spill``: append to that queue instead of the buffer (``when_full="spill"``).
+    ``steps``: given the put's own steps (:data:`Steps`), the ones it takes instead, under
+    the same lock (spool mode appends the record to the spool in each); built once, so a put
+    without it runs exactly the same code.
     """
     pending = intake._pending
     remember = intake._order.append
@@ -117,6 +129,8 @@ def make_put(
     coalesce: Callable[[Any, Receipt, Receipt], Receipt] = partial(coalesce_pending, intake)
     full: Callable[[Any, Receipt], Receipt] = intake._full
     spill_one = partial(spill_into, intake)  # (key, receipt, append) -> receipt
+    if steps is not None:
+        remember, coalesce, full = steps((remember, coalesce, full))
     budget = intake.budget  # max_pending_bytes / max_batch_bytes with size=
     max_held = None if budget is None else budget.max_held  # max_pending_bytes
     sizing = intake.estimate is not None  # without size=: max_pending and max_batch follow it

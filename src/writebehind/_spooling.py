@@ -64,6 +64,7 @@ class Spooling:
         self.recovered = 0
         self.last = 0  # the highest seq appended
         self.left: int | None = None  # records left in the spool (once closed)
+        self.taking: tuple[SpoolLog, bytes] | None = None  # the record being put (``order``)
 
     @classmethod
     def of(cls, spec: SpoolSpec | None, name: str) -> Spooling | None:
@@ -115,43 +116,34 @@ class Spooling:
     def wrap(self, put: Callable[[Any], Receipt], intake: Intake,
              drops: bool) -> Callable[[Any], Receipt]:  # fmt: skip
         """``put_nowait`` in spool mode: check that the record comes back from the spool as
-        the buffer reads it, that the buffer would take it (room, or its key pending), then
-        append and put (the receipt takes the seq as it is made). ``drops``: a ``drop_*``
-        policy, which drops a record the full spool cannot take instead of raising."""
+        the buffer reads it, encode it, then put it: ``put`` (built with
+        ``_intake_spool.spooled_steps``) appends it to the spool under the buffer's lock
+        once it knows the buffer takes it. ``drops``: a ``drop_*`` policy, which drops a
+        record the full spool cannot take instead of raising."""
+        from .spool._codec import encode_record
+
         order = self.order
         identity = intake.identity
         fields = intake.fields
 
-        would_take = intake.would_take
-
         def put_spooled(record: Any) -> Receipt:
-            # _checked and _appended, inline: the hot path of every spooled add
+            # _checked, inline: the hot path of every spooled add
             spool_log = self.log
             if spool_log is None:
                 raise BatcherClosed("the batcher is closed and takes no more records")
             if fields is None or type(record) is not dict or not _plain(record, fields):
                 _same_after_round_trip(record, identity)
-            with order:
-                if not drops and not would_take(record):
-                    # refused here, not by a put: room freed since the check would let a
-                    # put take the record into memory around the spool
-                    raise intake.refusal()
+            payload = encode_record(record)  # RecordError: nothing taken
+            with order:  # the put's steps append it (self.taking), under the buffer's lock
+                self.taking = (spool_log, payload)
                 try:
-                    seq = spool_log.append(record)
-                    self.current = seq  # the receipt takes it as it is made
-                    try:
-                        r = put(record)
-                    except BaseException:
-                        spool_log.done((seq,))  # refused after all: never delivered
-                        raise
-                    finally:
-                        self.current = 0
+                    return put(record)
                 except BufferFull:  # the spool is full (a put under drop_* never refuses)
                     if drops:
                         return intake.drop_new(record)
                     raise
-                self.last = seq
-                return r
+                finally:
+                    self.taking = None
 
         return put_spooled
 

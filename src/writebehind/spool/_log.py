@@ -114,15 +114,17 @@ class SpoolLog:
     # -- appending ----------------------------------------------------------------------
 
     def append(self, record: Any) -> int:
-        """Queue ``record`` for the next group commit; its sequence number. Never waits for
-        the disk. ``RecordError`` if it cannot be encoded (nothing is written), ``SpoolFull``
-        if the spool holds ``max_bytes``, ``SpoolClosed`` after :meth:`close`."""
+        """Queue ``record`` for the next group commit; its seq (never waits for the disk).
+        ``RecordError``: it cannot be encoded; ``SpoolFull``; ``SpoolClosed`` after close."""
+        return self.append_encoded(encode_record(record))
+
+    def append_encoded(self, payload: bytes) -> int:
+        """:meth:`append` for a record already encoded (``_codec.encode_record``)."""
         if self._forked:
             self._check_pid()
-        payload = encode_record(record)
         size = HEADER + len(payload)
         if size > self._segment_size:
-            raise self._too_big(size, "")
+            raise too_big(size, self._segment_size, "")
         with self._lock:  # _enqueue for one record, inline: the hot path of every add
             if self._stopping or self._disk + self._reserved + size > self._max_bytes:
                 self._refuse(size)
@@ -152,15 +154,13 @@ class SpoolLog:
                 if i:
                     raise RecordError(f"record {i}: {exc}") from None
                 raise
-            if HEADER + len(payload) > self.spool.segment_size:
-                raise self._too_big(HEADER + len(payload), f"record {i}: " if i else "")
+            n = HEADER + len(payload)
+            if n > self._segment_size:
+                raise too_big(n, self._segment_size, f"record {i}: " if i else "")
             encoded.append(payload)
-            size += HEADER + len(payload)
+            size += n
         first = self._enqueue(encoded, size)
         return list(range(first, first + len(encoded)))
-
-    def _too_big(self, size: int, where: str) -> RecordError:
-        return too_big(size, self._segment_size, where)
 
     def _enqueue(self, encoded: list[bytes], size: int) -> int:
         """Queue encoded records (``size`` bytes framed) for the writer: the first's seq."""
