@@ -85,13 +85,14 @@ def binding_error(
     key: tuple[str, ...],
 ) -> SinkError:  # fmt: skip
     """For a value ``sqlite3`` cannot bind ("Error binding parameter 3: type 'set' is not
-    supported"): an error naming the column (parameter ``n`` is ``names[n-1]``) and, for a
-    one-record write, the record's key (``executemany`` does not say which row failed)."""
+    supported") in one statement of ``rows`` (their values bound in order, row after row:
+    ``_sqlite_batch``): an error naming the column and the record's key."""
     m = _BINDING.search(str(exc))
-    if m is None or not 1 <= int(m.group(1)) <= len(names):
+    width = len(names)
+    if m is None or not 0 <= int(m.group(1)) - 1 < width * len(rows):
         return map_error(exc)
-    row = rows[0] if len(rows) == 1 else None
-    return bad_value(names[int(m.group(1)) - 1], m.group(2), names, row, key)
+    n = int(m.group(1)) - 1
+    return bad_value(names[n % width], m.group(2), names, rows[n // width], key)
 
 
 def statement_error(

@@ -2,10 +2,14 @@
 
 The engine abandons a write by cancelling the task awaiting ``sink.write()``; the SQLite work
 runs on the sink's own thread, which a cancellation does not stop. So each write is a
-:class:`Job` that the awaiter marks ``abandoned``: the thread looks at the mark before it
-starts, in SQLite's progress handler, between statements, while it waits for another
-connection's lock (:func:`begin`, in slices) and before ``COMMIT``. The awaiter then waits
-(:func:`settled`) for the thread to return before deciding the outcome.
+:class:`Job` that the awaiter marks ``abandoned`` and interrupts (``sqlite3``'s
+``interrupt()``, which stops the statement running): the thread looks at the mark before it
+starts, between statements, while it waits for another connection's lock (:func:`begin`, in
+slices) and before ``COMMIT``. The awaiter then waits (:func:`settled`) for the thread to
+return before deciding the outcome, interrupting again every 20 ms meanwhile, since an
+interrupt made between two statements is lost. (There is no progress handler: a Python
+callback inside SQLite's step takes the GIL back, which the step is meant to leave to the
+event loop; ``_sqlite_batch``.)
 """
 
 from __future__ import annotations
@@ -14,11 +18,15 @@ import asyncio
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ._sqlite_errors import SQLITE_BUSY, error_code
 
-__all__ = ["Abandoned", "Job", "Moved", "begin", "file_identity", "moved", "settled"]
+__all__ = ["POKE", "Abandoned", "Job", "Moved", "begin", "file_identity", "moved", "settled"]
+
+POKE = 0.02
+"""Seconds between the interrupts of an abandoned write, until its thread returns."""
 
 
 class Job:
@@ -74,11 +82,16 @@ def moved(where: str, file: tuple[int, int] | None) -> bool:
     return (st.st_dev, st.st_ino) != file
 
 
-async def settled(fut: asyncio.Future[Any]) -> None:
+async def settled(fut: asyncio.Future[Any], poke: Callable[[], None] | None = None) -> None:
     """Wait until ``fut`` is done, through any further cancellation: a write's outcome is
-    decided only once its thread has returned."""
+    decided only once its thread has returned. ``poke`` (the abandon again) is called every
+    :data:`POKE` seconds meanwhile: ``sqlite3``'s ``interrupt()`` stops only a statement
+    that is running, so one made between two statements is lost, and the next statement
+    would run to its end."""
     while not fut.done():
         try:
-            await asyncio.wait([fut])
+            await asyncio.wait([fut], timeout=POKE)
         except asyncio.CancelledError:
             continue
+        if poke is not None and not fut.done():
+            poke()

@@ -5,10 +5,10 @@ the event loop never blocks on SQLite and a hung write cannot hold up interprete
 table is read when the batcher starts; a missing table, a missing key or version column, or
 a key without a PRIMARY KEY/UNIQUE index that ``ON CONFLICT`` can use (a partial index or
 one on an expression cannot) raises ``ConfigError`` there. Each batch runs ``INSERT ... ON
-CONFLICT (key) DO UPDATE SET ... WHERE excluded.version >= table.version`` through
-``executemany`` inside ``BEGIN IMMEDIATE`` ... ``COMMIT``, so an older record never
-overwrites a newer row, whoever writes it; versions are stored in a form SQLite orders as
-Python does (``_sqlite_versions``).
+CONFLICT (key) DO UPDATE SET ... WHERE excluded.version >= table.version`` in multi-row
+statements (``_sqlite_batch``) inside ``BEGIN IMMEDIATE`` ... ``COMMIT``, so an older
+record never overwrites a newer row, whoever writes it; versions are stored in a form
+SQLite orders as Python does (``_sqlite_versions``).
 
 An abandoned write (``write_timeout``, the close deadline: the engine cancels the task
 awaiting ``write``) is interrupted on its thread, and its outcome is decided only once the
@@ -32,18 +32,18 @@ from collections.abc import Callable
 from typing import Any
 
 from .._errors import ConfigError, PermanentSinkError, RetriableSinkError, SinkMisconfigured
-from .._ident import quote, validate
+from .._ident import validate
 from .._workers import WorkerThreads
 from ._from_model import RecordNames, sink_from_model
 from ._increment import check_deltas, increment_columns
 from ._protocol import WriteResult
 from ._records import Rows, check_keys, check_shape
+from ._sqlite_batch import Statements
 from ._sqlite_errors import map_error, statement_error
 from ._sqlite_schema import check_file, inspect
 from ._sqlite_thread import Abandoned, Job, Moved, begin, file_identity, moved, settled
 from ._sqlite_versions import Versions
 from ._stale import Where, group_indexed, sqlite_stale, stale_result
-from ._upsert import on_conflict
 from ._values import JsonDumps, convert_rows, json_encoder, sqlite_types
 
 __all__ = ["SQLiteSink"]
@@ -52,7 +52,6 @@ log = logging.getLogger("writebehind")
 
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 _BUSY_SLICE = 0.05  # s SQLite's own busy handler waits before the sink looks at the job again
-_PROGRESS_OPS = 1000  # SQLite VM steps between looks at whether the write was abandoned
 
 
 _FORKED_AWAY: list[Any] = []  # the parent's connections in a forked child: never finalised
@@ -156,7 +155,7 @@ class SQLiteSink(RecordNames):
         self._txn = threading.Lock()  # held for each transaction; a fork waits for it
         self._fork_held = False
         _LIVE.add(self)
-        self._sql: dict[tuple[str, ...], str] = {}
+        self._sql = Statements(self.table, self.key, self.version, self.increment)
         self._versions: Versions | None = None
         self._lock = threading.Lock()  # guards _current against _abandon's interrupt
         self._current: Job | None = None  # the write running on the thread
@@ -222,14 +221,14 @@ class SQLiteSink(RecordNames):
         except BaseException:
             conn.close()
             raise
-        conn.set_progress_handler(self._progress, _PROGRESS_OPS)
         self.columns = table.columns
         self._by_column = {c: self._json_value for c in table.json}
         if self.version and (
             self._versions is None or self._versions.declared != table.version_type
         ):
             self._versions = Versions(self.version, table.version_type)
-        self._sql.clear()
+        self._sql.forget()
+        self._sql.fit(conn)
         self._conn, self._file = conn, file
 
     async def close(self) -> None:
@@ -277,7 +276,7 @@ class SQLiteSink(RecordNames):
             if attempt.done() and attempt.cancelled():
                 raise
             self._abandon(job)
-            await settled(attempt)
+            await settled(attempt, lambda: self._abandon(job))
             if attempt.cancelled() or attempt.exception() is not None:
                 raise  # rolled back (interrupted, or failed anyway): nothing was written
             # The transaction committed before the interruption could take effect, so the
@@ -287,18 +286,15 @@ class SQLiteSink(RecordNames):
             return attempt.result()
 
     def _abandon(self, job: Job) -> None:
-        """Stop ``job``: the thread looks at ``abandoned`` between statements and in
-        SQLite's progress handler; ``interrupt()`` stops the statement running now."""
+        """Stop ``job``: the thread looks at ``abandoned`` between statements;
+        ``interrupt()`` stops the statement running now (made again until the thread
+        returns: ``settled``)."""
         with self._lock:
             job.abandoned = True
             conn = self._conn
             if self._current is job and conn is not None:
                 with contextlib.suppress(sqlite3.Error):  # closed meanwhile: nothing to stop
                     conn.interrupt()
-
-    def _progress(self) -> int:
-        job = self._current
-        return 1 if job is not None and job.abandoned else 0
 
     def _write(self, batch: list[Any], job: Job) -> WriteResult | None:
         with self._lock:
@@ -327,10 +323,7 @@ class SQLiteSink(RecordNames):
         try:
             begin(conn, job, self.busy_timeout)
             for names, rows in groups.items():
-                try:
-                    written = conn.executemany(self._statement(names), rows).rowcount
-                except sqlite3.Error as exc:
-                    raise statement_error(exc, names, rows, self.key, self.increment) from exc
+                written = self._sql.run(conn, names, rows, job, self._failed(names))
                 self.statements += 1
                 if report and written < len(rows):  # some skipped: which (rarely needed)
                     stale[names] = sqlite_stale(conn, names, rows, self)
@@ -405,8 +398,9 @@ class SQLiteSink(RecordNames):
         out: Rows = {}
         versions, version = self._versions, self.version
         for names, rows in groups.items():
-            if names not in self._sql:
+            if names not in self._sql.shapes:
                 check_shape(names, self.columns, self.key, self.table)
+                self._sql.shapes.add(names)
             check_keys(names, rows, self.key)
             if versions is not None and version in names:
                 rows = versions.adapt(rows, names.index(version))
@@ -418,17 +412,9 @@ class SQLiteSink(RecordNames):
     def _json_value(self, v: Any) -> Any:
         return v if v is None or isinstance(v, str) else self._encode(v)
 
-    def _statement(self, names: tuple[str, ...]) -> str:
-        sql = self._sql.get(names)
-        if sql is None:
-            sql = self._sql[names] = self._build(names)
-        return sql
+    def _failed(self, names: tuple[str, ...]) -> Callable[[sqlite3.Error, Any], Exception]:
+        return lambda exc, rows: statement_error(exc, names, rows, self.key, self.increment)
 
-    def _build(self, names: tuple[str, ...]) -> str:
-        t = quote(self.table)
-        cols = ", ".join(quote(n) for n in names)
-        marks = ", ".join("?" for _ in names)
-        sql = f"INSERT INTO {t} ({cols}) VALUES ({marks})"
-        if not self.key:
-            return sql
-        return sql + on_conflict(names, self.key, self.version, t, self.increment, checked=True)
+    def _build(self, names: tuple[str, ...], rows: int = 1) -> str:
+        """The upsert of ``rows`` records of ``names`` (``_sqlite_batch``)."""
+        return self._sql.build(names, rows)
