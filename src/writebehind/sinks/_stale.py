@@ -3,16 +3,16 @@ row of a record-shape group came from in the batch, whether a group's upsert can
 and the batch indexes it skipped as a :class:`~writebehind.WriteResult`.
 
 ``PostgresSink`` learns the skipped rows from the upsert itself (``_pg_stale``).
-``SQLiteSink`` writes with ``executemany``, which cannot return rows, but its ``rowcount``
-is the rows inserted or updated: equal to the rows sent, nothing was skipped and nothing
-more is done (the usual case). When it falls short, the rows are looked up in the same
-transaction (:func:`sqlite_stale`, one ``VALUES`` query per 500 rows, compared by SQLite
-with the column's affinity as the upsert compares them): stale if the table holds its key
-and the upsert's condition is not true for it, i.e. the row holds a newer version (or the
-record's version is NULL and the row's is not). So a record superseded by a newer one with
-its key in the same batch reads stale too, as on the PostgreSQL side. Writing with
-multi-row ``VALUES ... RETURNING`` instead was measured (``benchmarks/stale_report.py``):
-it costs throughput in every batch, stale rows or not.
+``SQLiteSink`` writes with multi-row statements (``_sqlite_batch``) that return no rows, but
+their ``rowcount`` is the rows inserted or updated: equal to the rows sent, nothing was
+skipped and nothing more is done (the usual case). When it falls short, the rows are looked
+up in the same transaction (:func:`sqlite_stale`, one ``VALUES`` query per 500 rows,
+compared by SQLite with the column's affinity as the upsert compares them): stale if the
+table holds its key and the upsert's condition is not true for it, i.e. the row holds a
+newer version (or the record's version is NULL and the row's is not). So a record superseded
+by a newer one with its key in the same batch reads stale too, as on the PostgreSQL side.
+Writing with ``RETURNING`` instead was measured (``benchmarks/stale_report.py``): it costs
+throughput in every batch, stale rows or not.
 """
 
 from __future__ import annotations
