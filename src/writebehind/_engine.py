@@ -46,6 +46,8 @@ __all__ = ["AsyncBatcher"]
 
 log = logging.getLogger("writebehind")
 
+TURN = 128  # records between two turns add() gives the loop while a batch is written
+
 
 class AsyncBatcher:
     """Batch records into a sink, on the running event loop.
@@ -125,6 +127,7 @@ class AsyncBatcher:
         self._closing: asyncio.Task[CloseReport] | None = None  # the one close, shared
         self._forked = False
         self._facade = False  # a sync Batcher drives it (and handles exit and fork)
+        self._turn = TURN  # records add() and add_many() take before the loop's next turn
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -265,7 +268,10 @@ class AsyncBatcher:
         ``await`` the result for the count of each outcome."""
         if self._spooling is not None:
             self._on_own_loop("add_many")
+        elif self._turn <= 0:
+            await self._give_turn()
         taken = await add_group(self._intake.put_many, self.add, records, timeout)
+        self._turn -= len(taken)
         if self._opts.when_full == "direct":  # as add(): wait for records written alone
             for r in taken:
                 batch = r.batch
@@ -297,6 +303,8 @@ class AsyncBatcher:
         raises ``BufferFull`` at once. Under ``"direct"``, a record that found the buffer full
         is written alone and ``add()`` returns when that write is settled; with
         ``max_pending`` direct writes already in flight it waits for room like ``"block"``.
+        While a batch is written it lets the loop run once per ``TURN`` (128) records, before
+        taking the record: cancelled there, it has taken nothing.
         """
         spooling = self._spooling
         if spooling is not None:  # spool mode: room in the buffer and the spool, durable
@@ -305,6 +313,11 @@ class AsyncBatcher:
             assert loop is not None  # the running loop: _on_own_loop checked it
             r = await spooling.add(self._intake, record, timeout, self._opts.when_full, loop)
         else:
+            turn = self._turn
+            if turn > 0:
+                self._turn = turn - 1
+            else:
+                await self._give_turn()
             try:
                 r = self._intake.put_nowait(record)
             except BufferFull:
@@ -318,6 +331,13 @@ class AsyncBatcher:
                 self._on_own_loop("add")
                 await r.wait()
         return r
+
+    async def _give_turn(self) -> None:
+        """Let the loop run (a write's answers, the next cut) if a batch is being written."""
+        self._turn = TURN
+        flusher = self._flusher
+        if flusher is not None and flusher.writing:
+            await asyncio.sleep(0)
 
     def _on_own_loop(self, what: str) -> None:
         """Raise a clear error when awaited on a loop that is not the batcher's own."""
