@@ -31,6 +31,7 @@ from ._instrument import Instrument
 from ._intake import Intake
 from ._peek import newest_unwritten
 from ._put_many import add_group
+from ._put_one import FORKED, not_open
 from ._receipt import Batch, Receipt
 from ._receipt_group import Receipts
 from ._retry import check_number
@@ -494,8 +495,4 @@ class AsyncBatcher:
         self.add_nowait = self._intake.put_nowait  # type: ignore[method-assign,assignment]
 
     def _forked_error(self) -> WriteBehindError:
-        return WriteBehindError(
-            "this AsyncBatcher was started in the parent process: its event loop and records "
-            "cannot cross os.fork(). Create a new batcher in the child (for example in a "
-            "worker-init hook), or use the sync Batcher, which starts afresh in the child"
-        )
+        return not_open(FORKED)  # the one message, the intake's puts raise it too
