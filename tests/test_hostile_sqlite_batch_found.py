@@ -22,7 +22,7 @@ import pytest
 
 import writebehind as wb
 
-from .conftest import rows
+from .conftest import Open, rows
 
 FAST = wb.RetryPolicy(base=0.01, cap=0.05, max_attempts=3)
 
@@ -398,7 +398,7 @@ async def test_write_stuck_behind_exclusive_lock_is_abandoned_and_retried(
 
 
 async def test_close_deadline_during_a_big_write_nothing_lost_is_committed(
-    tmp_path: Path,
+    api: Open, tmp_path: Path
 ) -> None:
     """A 5000-row write into a table with a slow trigger is running at the close deadline:
     close returns within its deadline plus the grace; the records reported LOST are not in
@@ -417,12 +417,12 @@ async def test_close_deadline_during_a_big_write_nothing_lost_is_committed(
         """,
     )
     sink = wb.SQLiteSink(path, table="events", key="n")
-    b = wb.AsyncBatcher(sink, key="n", max_batch=5000, linger=0.01)
-    await b.start()
-    receipts = [b.add_nowait({"n": i, "at": "x"}) for i in range(5000)]
+    b = api(sink, key="n", max_batch=5000, linger=0.01, max_pending=10_000)
+    driver = await b.__aenter__()
+    receipts = [driver.add_nowait({"n": i, "at": "x"}) for i in range(5000)]
     await asyncio.sleep(0.3)
     t0 = time.monotonic()
-    report = await b.close(timeout=0.5)
+    report = await driver.close(timeout=0.5)
     assert time.monotonic() - t0 < 0.5 + 1.5
     assert report.lost == 5000
     assert all(r.outcome is wb.Outcome.LOST for r in receipts)
@@ -677,3 +677,65 @@ async def test_stale_two_shapes_interleaved_across_boundaries(tmp_path: Path, at
     assert all(got[f"k{i}"] == ("newer", 0, 100) for i in stale)
     assert got["k3"] == ("x", 3, 1)
     assert got["k4"] == ("x", None, 1)
+
+
+async def test_two_sinks_one_process_overlapping_keys_newest_wins(tmp_path: Path) -> None:
+    """Two batchers (each its own sink, connection and thread) in one process, writing the
+    same keys with random versions at once: every key holds its newest version."""
+    path = _table(tmp_path / "t.db", VDDL)
+    rng = random.Random(11)
+    newest: dict[str, int] = {}
+    batchers = [
+        wb.AsyncBatcher(wb.SQLiteSink(path, table="t", key="id", version="v"), key="id",
+                        version="v", max_batch=300, linger=0.001)
+        for _ in range(2)
+    ]  # fmt: skip
+    for b in batchers:
+        await b.start()
+    for i in range(6000):
+        k, v = f"k{rng.randrange(200)}", rng.randrange(10**6)
+        newest[k] = max(newest.get(k, -1), v)
+        await batchers[i % 2].add({"id": k, "name": str(i), "v": v})
+    for b in batchers:
+        await b.close(timeout=30)
+    assert {k: r[1] for k, r in rows(path, "t").items()} == newest
+
+
+async def test_aware_datetime_versions_in_many_zones_across_boundaries(tmp_path: Path) -> None:
+    """Aware datetime versions in several time zones for few keys, shuffled, 700 rows in
+    one batch: each key holds the row with its latest instant (equal instants: the later
+    record), as Python orders them."""
+    ddl = "CREATE TABLE t (id TEXT PRIMARY KEY, name TEXT, v TEXT);"
+    path = _table(tmp_path / "t.db", ddl)
+    rng = random.Random(2)
+    base = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+    zones = [dt.timezone(dt.timedelta(hours=h)) for h in (-11, -3, 0, 5, 14)]
+    batch: list[dict[str, Any]] = [
+        {"id": f"k{rng.randrange(4)}", "name": f"n{i}",
+         "v": (base + dt.timedelta(minutes=rng.randrange(600))).astimezone(rng.choice(zones))}
+        for i in range(700)
+    ]  # fmt: skip
+    await _write(wb.SQLiteSink(path, table="t", key="id", version="v"), batch)
+    best: dict[str, tuple[dt.datetime, str]] = {}
+    for r in batch:
+        if r["id"] not in best or r["v"] >= best[r["id"]][0]:
+            best[r["id"]] = (r["v"], r["name"])
+    assert {k: r[0] for k, r in rows(path, "t").items()} == {k: n for k, (_, n) in best.items()}
+
+
+async def test_composite_key_without_rowid_stale_across_boundaries(tmp_path: Path) -> None:
+    ddl = (
+        "CREATE TABLE t (a INTEGER, b TEXT, name TEXT, v INTEGER, PRIMARY KEY (a, b))"
+        " WITHOUT ROWID;"
+    )
+    path = _table(tmp_path / "t.db", ddl)
+    stale = [0, 255, 256, 511, 512, 699]
+    with sqlite3.connect(path) as c:
+        c.executemany("INSERT INTO t VALUES (?, ?, 'newer', 50)", [(i, f"b{i % 3}") for i in stale])
+    batch = [{"a": i, "b": f"b{i % 3}", "name": "x", "v": 7} for i in range(700)]
+    sink = wb.SQLiteSink(path, table="t", key=("a", "b"), version="v", report_stale=True)
+    (result,) = await _write(sink, batch)
+    assert result is not None
+    assert list(result.stale) == stale
+    with sqlite3.connect(path) as c:
+        assert c.execute("SELECT count(*), sum(name = 'newer') FROM t").fetchone() == (700, 6)
