@@ -23,7 +23,7 @@ from ._config import BatcherOptions, Options
 from ._cost import pending_cost
 from ._deadletter import DeadLetter, dead_letter_store
 from ._delivery import Delivery
-from ._errors import BufferFull, ConfigError, RecordError, WriteBehindError
+from ._errors import BufferFull, ConfigError, WriteBehindError
 from ._events import EventBuffer, Subscription
 from ._flusher import Flusher
 from ._health import SinkHealth
@@ -151,7 +151,7 @@ class AsyncBatcher:
                     await off_loop(self._spooling.close)
                 raise
         if self._spooling is not None:
-            self._recover = self._intake.use_spool(self._spooling)
+            recover = self._intake.use_spool(self._spooling)
             self.add_nowait = self._intake.put_nowait  # type: ignore[method-assign,assignment]
         self._loop = loop
         self._events.loop = loop
@@ -163,35 +163,13 @@ class AsyncBatcher:
         if self._spooling is not None:  # no add slips in before the recovered records
             with self._spooling.order:
                 self._intake.bind(loop, flusher.wake, flusher.start_direct)
-                self._take_recovered(recovered)
+                self._spooling.take_back(recovered, recover)
         else:
             self._intake.bind(loop, flusher.wake, flusher.start_direct)
         flusher.start()
         if not self._facade:
             _lifecycle.register(self)
             _lifecycle.watch_loop(loop)
-
-    def _take_recovered(self, recovered: list[tuple[int, Any]]) -> None:
-        """What a previous batcher left in the spool, accepted again in its order (room or
-        not: it was accepted once); coalescing applies across it."""
-        spooling = self._spooling
-        assert spooling is not None
-        refused = 0  # spooling.order is held
-        for seq, record in recovered:
-            spooling.current = seq
-            try:
-                self._recover(record)
-            except RecordError:  # this batcher's key/version/cost= cannot take it
-                refused += 1  # not marked done: it stays in the spool, never trimmed
-        spooling.current = 0
-        spooling.recovered -= refused  # Stats.recovered: the records taken back
-        if refused:
-            log.error(
-                "writebehind[%s]: %d record(s) recovered from the spool do not fit this "
-                "batcher's key, version or cost= and were not taken; they stay in the spool "
-                "(its segment is kept) for a batcher configured as the one that wrote them",
-                self.name, refused,
-            )  # fmt: skip
 
     @property
     def name(self) -> str:

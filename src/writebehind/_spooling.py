@@ -97,6 +97,27 @@ class Spooling:
             self.last = records[-1][0]
         return records
 
+    def take_back(self, records: list[tuple[int, Any]], recover: Callable[[Any], Any]) -> None:
+        """What :meth:`open` recovered, taken again in its order by ``recover`` (the put that
+        takes records whatever the room: they were accepted once); coalescing applies
+        across them. ``order`` is held, so no add slips in before them."""
+        refused = 0
+        for seq, record in records:
+            self.current = seq
+            try:
+                recover(record)
+            except RecordError:  # this batcher's key/version/cost= cannot take it
+                refused += 1  # not marked done: it stays in the spool, never trimmed
+        self.current = 0
+        self.recovered -= refused  # Stats.recovered: the records taken back
+        if refused:
+            log.error(
+                "writebehind[%s]: %d record(s) recovered from the spool do not fit this "
+                "batcher's key, version or cost= and were not taken; they stay in the spool "
+                "(its segment is kept) for a batcher configured as the one that wrote them",
+                self.name, refused,
+            )  # fmt: skip
+
     def settle_tail(self, timeout: float) -> bool:
         """Wait (at most ``timeout``) until every record appended so far is durable."""
         if self.log is None or self.last == 0:
