@@ -257,11 +257,6 @@ async def test_unbindable_value_is_isolated_by_the_batcher(tmp_path: Path, bad: 
     [2**63, -(2**63) - 1, "\udc80"],
     ids=["int-too-big", "int-too-small", "lone-surrogate"],
 )
-@pytest.mark.xfail(
-    strict=True,
-    reason="an int beyond 64 bits or a lone surrogate in a non-version column: the "
-    "PermanentSinkError names neither the column nor the record's key",
-)
 async def test_overflowing_value_names_column_and_key(heartbeat_db: Path, bad: Any) -> None:
     batch: list[dict[str, Any]] = [
         {"id": f"k{i}", "name": "x", "updated_at": i} for i in range(500)

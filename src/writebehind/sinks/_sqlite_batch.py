@@ -87,7 +87,7 @@ class Statements:
         names: tuple[str, ...],
         rows: list[tuple[Any, ...]],
         job: Job,
-        failed: Callable[[sqlite3.Error, list[tuple[Any, ...]]], BaseException],
+        failed: Callable[[Exception, list[tuple[Any, ...]]], BaseException],
     ) -> int:
         """Upsert ``rows`` (each of ``len(names)`` values); return the rows inserted or
         updated (SQLite's changes: those the version condition skipped are not counted).
@@ -105,7 +105,7 @@ class Statements:
                 raise Abandoned
             try:
                 cur = execute(self.sql(names, size), values[done * width : (done + size) * width])
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, OverflowError, ValueError) as exc:  # see statement_error
                 raise failed(exc, rows[done : done + size]) from exc
             written += cur.rowcount
             done += size

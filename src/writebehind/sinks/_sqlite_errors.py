@@ -95,13 +95,46 @@ def binding_error(
     return bad_value(names[n % width], m.group(2), names, rows[n // width], key)
 
 
+_INT64 = range(-(2**63), 2**63)
+
+
+def unbound_value(
+    exc: OverflowError | ValueError, names: tuple[str, ...], rows: list[tuple[Any, ...]],
+    key: tuple[str, ...],
+) -> SinkError:  # fmt: skip
+    """For what ``sqlite3`` raises while binding without saying which parameter (an int
+    beyond 64 bits: ``OverflowError``; a str holding a lone surrogate: ``UnicodeEncodeError``)
+    in one statement of ``rows``: an error naming the first such value's column and its
+    record's key."""
+    for row in rows:
+        for name, v in zip(names, row, strict=True):
+            if isinstance(v, int) and v not in _INT64:
+                detail = f"{v} does not fit a 64-bit integer (SQLite INTEGER)"
+            elif isinstance(v, str) and not v.isascii() and not _encodes(v):
+                detail = "a str that is not valid Unicode (a lone surrogate) cannot be stored"
+            else:
+                continue
+            return bad_value(name, detail, names, row, key)
+    return PermanentSinkError(f"{type(exc).__name__}: {exc}")
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def statement_error(
-    exc: sqlite3.Error, names: tuple[str, ...], rows: list[tuple[Any, ...]],
-    key: tuple[str, ...], increment: tuple[str, ...],
+    exc: sqlite3.Error | OverflowError | ValueError, names: tuple[str, ...],
+    rows: list[tuple[Any, ...]], key: tuple[str, ...], increment: tuple[str, ...],
 ) -> SinkError:  # fmt: skip
     """The ``SinkError`` for an upsert of ``rows`` that failed: a value that cannot be bound
-    (:func:`binding_error`); the "integer overflow" the checked sum raises (``_upsert``),
-    naming the increment column(s); otherwise :func:`map_error`."""
+    (:func:`binding_error`, :func:`unbound_value`); the "integer overflow" the checked sum
+    raises (``_upsert``), naming the increment column(s); otherwise :func:`map_error`."""
+    if not isinstance(exc, sqlite3.Error):
+        return unbound_value(exc, names, rows, key)
     if isinstance(exc, sqlite3.ProgrammingError):
         return binding_error(exc, names, rows, key)
     adds = [n for n in increment if n in names]

@@ -412,7 +412,7 @@ class SQLiteSink(RecordNames):
     def _json_value(self, v: Any) -> Any:
         return v if v is None or isinstance(v, str) else self._encode(v)
 
-    def _failed(self, names: tuple[str, ...]) -> Callable[[sqlite3.Error, Any], Exception]:
+    def _failed(self, names: tuple[str, ...]) -> Callable[[Any, Any], Exception]:
         return lambda exc, rows: statement_error(exc, names, rows, self.key, self.increment)
 
     def _build(self, names: tuple[str, ...], rows: int = 1) -> str:
