@@ -491,12 +491,12 @@ async def test_two_processes_overlapping_keys_newest_version_wins(tmp_path: Path
     procs = [
         await asyncio.create_subprocess_exec(
             sys.executable, "-c", _WRITER, str(path), str(seed),
-            stdout=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )
         for seed in (1, 2)
     ]  # fmt: skip
     outs = await asyncio.wait_for(asyncio.gather(*(p.communicate() for p in procs)), 50)
-    assert [p.returncode for p in procs] == [0, 0]
+    assert [p.returncode for p in procs] == [0, 0], [err.decode()[-2000:] for _, err in outs]
     newest: dict[str, int] = {}
     for out, _ in outs:
         for line in out.decode().split("\n"):

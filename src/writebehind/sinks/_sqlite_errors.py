@@ -109,7 +109,7 @@ def unbound_value(
     for row in rows:
         for name, v in zip(names, row, strict=True):
             if isinstance(v, int) and v not in _INT64:
-                detail = f"{v} does not fit a 64-bit integer (SQLite INTEGER)"
+                detail = f"{v} is too large for SQLite's 64-bit INTEGER (-2**63 to 2**63 - 1)"
             elif isinstance(v, str) and not v.isascii() and not _encodes(v):
                 detail = "a str that is not valid Unicode (a lone surrogate) cannot be stored"
             else:
