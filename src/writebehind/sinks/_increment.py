@@ -39,7 +39,7 @@ from typing import Any
 
 from .._errors import ConfigError, PermanentSinkError
 from .._ident import validate
-from ._pg import newer_or_equal
+from ._newest import newer_or_equal
 from ._sqlite_versions import affinity
 
 __all__ = ["check_pg_types", "check_sqlite_types", "increment_columns", "sum_per_key"]

@@ -30,6 +30,7 @@ from typing import Any
 
 from .._errors import PermanentSinkError, RetriableSinkError, SinkError, SinkMisconfigured
 from .._redact import describe, password_of, redact_dsn, scrub  # redact_dsn: benchmarks use it
+from ._newest import newer_or_equal
 from ._values import bad_value
 
 __all__ = [
@@ -188,15 +189,3 @@ def _distinct(rows: list[tuple[Any, ...]], i: int) -> bool:
     if types == {uuid.UUID}:
         return len(set(map(_UUID_INT, column))) == len(column)
     return types in _HASHED_IN_C and len(set(column)) == len(column)
-
-
-def newer_or_equal(a: Any, b: Any) -> bool:
-    """Whether version ``a`` wins over ``b`` (a NULL loses; a tie wins: the later row)."""
-    if b is None:
-        return True
-    if a is None:
-        return False
-    try:
-        return bool(a >= b)
-    except TypeError as exc:
-        raise PermanentSinkError(f"versions {a!r} and {b!r} cannot be compared") from exc

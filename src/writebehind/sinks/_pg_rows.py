@@ -11,6 +11,7 @@ from typing import Any
 
 from .._ident import quote
 from ._increment import check_deltas, sum_per_key
+from ._newest import newest_across_shapes
 from ._pg import argument_error, newest_per_key
 from ._pg_psycopg import PsycopgDriver
 from ._pg_stale import merged, newest_indexed, pg_upsert, stage_lookup
@@ -53,6 +54,9 @@ class PgRows:
                 streamed_group: Rows = {names: streamed}  # type: ignore[dict-item]
                 return streamed_group, {names: range(len(batch))} if self.reports_stale else {}, []
         groups, where = group_indexed(batch, self.reports_stale)
+        groups, where, dropped = newest_across_shapes(
+            batch, groups, where, self.key, self.version, self.increment
+        )
         for names in groups:
             if names not in self._sql:
                 check_shape(names, self.columns, self.key, f"{self.schema}.{self.table}")
@@ -60,7 +64,6 @@ class PgRows:
             names: convert_rows(names, rows, self.key, enum_values, self._by_column)
             for names, rows in groups.items()
         }
-        dropped: list[int] = []
         if self.increment:  # one row per key, its increments summed (never with where)
             for names, rows in groups.items():
                 check_deltas(names, rows, self.increment, self._whole)

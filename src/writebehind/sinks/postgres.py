@@ -361,7 +361,7 @@ class PostgresSink(PgRows, RecordNames):
             if self._psy is not None:
                 written, stale = await self._psy.write(groups)
                 self.statements += written
-                return stale_result(stale, where) if where else None
+                return stale_result(stale, where, dropped) if where else None
             async with self._pool.acquire() as conn:
                 try:
                     if len(groups) == 1 and self._single_statement(*groups):

@@ -36,6 +36,7 @@ from .._ident import validate
 from .._workers import WorkerThreads
 from ._from_model import RecordNames, sink_from_model
 from ._increment import check_deltas, increment_columns
+from ._newest import newest_across_shapes
 from ._protocol import WriteResult
 from ._records import Rows, check_keys, check_shape
 from ._sqlite_batch import Statements
@@ -303,10 +304,10 @@ class SQLiteSink(RecordNames):
             self._current = job
         try:
             conn = self._connection()
-            groups, where = self._group(batch)
+            groups, where, dropped = self._group(batch)
             with self._txn:  # a fork waits for the transaction to end (see _before_fork)
                 stale = self._transaction(conn, groups, job, bool(where))
-            return stale_result(stale, where) if stale else None
+            return stale_result(stale, where, dropped) if where else None
         except sqlite3.Error as exc:
             raise map_error(exc) from exc
         except (OverflowError, ValueError) as exc:  # an int beyond 64 bits, a lone surrogate
@@ -393,8 +394,13 @@ class SQLiteSink(RecordNames):
         self._reopen = False
         return self._conn
 
-    def _group(self, batch: list[Any]) -> tuple[Rows, Where]:
+    def _group(self, batch: list[Any]) -> tuple[Rows, Where, list[int]]:
+        """The rows by record shape, where each came from (with ``report_stale``), and the
+        batch indexes of the records of a key left out for its newest (``_newest``)."""
         groups, where = group_indexed(batch, self.reports_stale and self.version is not None)
+        groups, where, dropped = newest_across_shapes(
+            batch, groups, where, self.key, self.version, self.increment
+        )
         out: Rows = {}
         versions, version = self._versions, self.version
         for names, rows in groups.items():
@@ -407,7 +413,7 @@ class SQLiteSink(RecordNames):
             out[names] = convert_rows(names, rows, self.key, self._types, self._by_column)
             if self.increment:
                 check_deltas(names, out[names], self.increment)
-        return out, where
+        return out, where, dropped
 
     def _json_value(self, v: Any) -> Any:
         return v if v is None or isinstance(v, str) else self._encode(v)
