@@ -23,6 +23,7 @@ import pytest
 import writebehind as wb
 
 from .conftest import Open, rows
+from .test_sqlite_faults import _slow_events
 
 FAST = wb.RetryPolicy(base=0.01, cap=0.05, max_attempts=3)
 
@@ -504,27 +505,12 @@ async def test_two_processes_overlapping_keys_newest_version_wins(tmp_path: Path
     assert {k: v[1] for k, v in got.items()} == newest
 
 
-def _slow_keyless(path: Path, pad: int) -> None:
-    _table(
-        path,
-        f"""
-        CREATE TABLE pad (n INTEGER);
-        WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < {pad})
-            INSERT INTO pad SELECT n FROM r;
-        CREATE TABLE events (n INTEGER, at TEXT);
-        CREATE TRIGGER slow AFTER INSERT ON events BEGIN
-            SELECT count(*) FROM pad a, pad b WHERE (a.n * b.n) % 7 = 3;
-        END;
-        """,
-    )
-
-
 async def test_write_timeout_racing_the_commit_outcomes_match_the_table(tmp_path: Path) -> None:
     """Keyless writes that take about as long as write_timeout, so the timeout lands before,
     during and after the commit: every record COMMITTED is in the table exactly once, every
     other one is not there at all (no duplicate from a timed-out write that committed)."""
     path = tmp_path / "ev.db"
-    _slow_keyless(path, 120)
+    _slow_events(path, 120)
     letters: list[wb.DeadLetterEntry] = []
     sink = wb.SQLiteSink(path, table="events")
     policy = wb.RetryPolicy(base=0.001, cap=0.002, max_attempts=2)
