@@ -736,3 +736,57 @@ def test_a_full_spool_under_waiting_policies_takes_every_record_once(
     ids = [r["id"] for batch in sink.batches for r in batch]
     assert sorted(ids) == sorted(t * 10_000 + i for t in range(4) for i in range(400))
     assert sink.peak >= 48 * 1024  # the spool did fill: the waits were exercised
+
+
+# -- add_many with a record the buffer could never take -----------------------------------
+
+_BAD_GROUP = [{"id": 1, "v": 1}, {"id": 2, "v": 1}, {"id": 3, "v": None}]
+
+
+async def test_memory_mode_refuses_a_bad_group_whole(tmp_path: Path) -> None:
+    """The documented contract (docs/guide.md, add_many_nowait's docstring), in memory
+    mode: a record with a version of None refuses the whole group, naming records[2],
+    before any record is taken."""
+    b = wb.AsyncBatcher(GatedSink(), key="id", version="v", linger=3600, close_timeout=0.2)
+    await b.start()
+    with pytest.raises(wb.RecordError, match=r"records\[2\]"):
+        b.add_many_nowait(_BAD_GROUP)
+    assert b.stats().accepted == 0
+    await b.close(timeout=0.2)
+
+
+async def _nowait(b: wb.AsyncBatcher, group: list[Any]) -> Any:
+    return b.add_many_nowait(group)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="spool mode's put_many (put_each) takes the records before a bad one: a group "
+    "with a None/NaN version is not refused whole, and the error names no index",
+)
+@pytest.mark.parametrize("api", ["async-nowait", "async", "sync"])
+async def test_spool_mode_refuses_a_bad_group_whole(tmp_path: Path, api: str) -> None:
+    """The same group in spool mode: documented to be refused whole before any record is
+    taken ("each record is taken exactly as add_nowait would"; spool mode only appends
+    each on its own). _intake_spool.use_spool sets put_many = put_each(put_nowait): the
+    two good records are taken (accepted, spooled, delivered after a crash) while the
+    caller got RecordError for the group, and the message names no records[i]."""
+    path = tmp_path / "spool"
+    opts: dict[str, Any] = {"key": "id", "version": "v", "spool": path, "linger": 3600}
+    if api == "sync":
+        with wb.Batcher(GatedSink(), close_timeout=0.2, **opts) as sb:
+            with pytest.raises(wb.RecordError) as info:
+                sb.add_many(_BAD_GROUP)
+            assert sb.stats().accepted == 0  # first: nothing taken
+            assert "records[2]" in str(info.value)
+        return
+    b = wb.AsyncBatcher(GatedSink(), close_timeout=0.2, **opts)
+    await b.start()
+    try:
+        with pytest.raises(wb.RecordError) as info:
+            await (b.add_many(_BAD_GROUP) if api == "async" else _nowait(b, _BAD_GROUP))
+        assert b.stats().accepted == 0  # first: nothing taken
+        assert "records[2]" in str(info.value)
+    finally:
+        await b.close(timeout=0.2)
+    assert spooled_records(path) == {}
