@@ -50,10 +50,13 @@ async def test_a_group_coalesces_within_itself_and_with_what_is_pending() -> Non
         ({"id": 5, "v": object()}, None),  # a version that cannot be compared: refused later
     ],
 )
+@pytest.mark.parametrize("when_full", ["block", "direct"])  # direct: one put per record
 async def test_a_record_the_buffer_could_never_take_refuses_the_whole_group(
-    bad: dict[str, Any], says: str | None
+    bad: dict[str, Any], says: str | None, when_full: str
 ) -> None:
-    async with wb.AsyncBatcher(MemorySink(), key="id", version="v", linger=60) as b:
+    async with wb.AsyncBatcher(
+        MemorySink(), key="id", version="v", linger=60, when_full=when_full
+    ) as b:
         group = [{"id": 1, "v": 1}, {"id": 2, "v": 1}, bad, {"id": 3, "v": 1}]
         if says is None:  # object() == itself: taken, as add_nowait takes it
             assert len(b.add_many_nowait(group)) == 4

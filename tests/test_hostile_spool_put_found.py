@@ -759,11 +759,6 @@ async def _nowait(b: wb.AsyncBatcher, group: list[Any]) -> Any:
     return b.add_many_nowait(group)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="spool mode's put_many (put_each) takes the records before a bad one: a group "
-    "with a None/NaN version is not refused whole, and the error names no index",
-)
 @pytest.mark.parametrize("api", ["async-nowait", "async", "sync"])
 async def test_spool_mode_refuses_a_bad_group_whole(tmp_path: Path, api: str) -> None:
     """The same group in spool mode: documented to be refused whole before any record is

@@ -38,7 +38,7 @@ from ._expiry import unexpired
 from ._intake_spool import drop_new, use_spool, would_take
 from ._keys import fast_getter, field_names, make_getter
 from ._overflow import WHEN_FULL, carry_out
-from ._put_many import make_put_many, put_each
+from ._put_many import checked_each, make_put_many, put_each
 from ._put_one import CLOSING, FORKED, NEW, OPEN, make_put, not_open, receipt_class
 from ._receipt import Batch, Outcome, Receipt
 from ._room import Room, put_blocking, put_waiting
@@ -134,7 +134,7 @@ class Intake:
         self.put_many: Callable[[Iterable[Any]], list[Receipt]] = (
             make_put_many(self, OPEN, not_open)
             if self.when_full != "direct"  # each record may be written alone
-            else partial(put_each, self.put_nowait)
+            else checked_each(self, self.put_nowait)
         )
         """Take a group of records in one lock round trip (see ``_put_many``)."""
 

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 from ._overflow import dropped_new, log_drops
-from ._put_many import put_each
+from ._put_many import checked_each
 from ._put_one import OPEN, Steps, make_put, not_open, receipt_class
 from ._receipt import Receipt
 from ._room import full_for
@@ -44,7 +43,7 @@ def use_spool(intake: Any, spooling: Any) -> Callable[[Any], Receipt]:
         drops = intake.when_full in _NEVER_REFUSE
         put = make_put(intake, steps=spooled_steps(intake, spooling, drops))  # appends, locked
         intake.put_nowait = spooling.wrap(put, intake, drops)
-    intake.put_many = partial(put_each, intake.put_nowait)  # one spool append per record
+    intake.put_many = checked_each(intake, intake.put_nowait)  # one spool append per record
     return recovered
 
 

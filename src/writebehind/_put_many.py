@@ -29,7 +29,9 @@ from ._errors import BufferFull, RecordError, WriteBehindError
 if TYPE_CHECKING:
     from ._receipt import Receipt
 
-__all__ = ["add_group", "add_group_blocking", "group_steps", "make_put_many", "put_each"]
+__all__ = [
+    "add_group", "add_group_blocking", "checked_each", "group_steps", "make_put_many", "put_each",
+]  # fmt: skip
 
 _UUID = uuid.UUID
 _LOOKUP = (KeyError, TypeError, IndexError)
@@ -45,6 +47,31 @@ def put_each(put: Callable[[Any], Receipt], records: Iterable[Any]) -> list[Rece
             exc.receipts = taken  # type: ignore[attr-defined]
             raise
     return taken
+
+
+def checked_each(
+    intake: Any, put: Callable[[Any], Receipt]
+) -> Callable[[Iterable[Any]], list[Receipt]]:
+    """``put_many`` where each record is put alone (spool mode: one append each;
+    ``when_full="direct"``: each may be written alone), after the checks
+    :func:`make_put_many`'s makes over the whole group before it takes any: a key or version
+    of None, or a version not equal to itself, refuses the group with ``RecordError``
+    naming its index, nothing taken (``_intake.Intake``, typed loosely)."""
+    key, version = intake._key, intake._version
+
+    def put_many(records: Iterable[Any]) -> list[Receipt]:
+        group = records if type(records) is list else list(records)
+        try:
+            if key is not None:
+                _check_keys([key(r) for r in group])
+            if version is not None:
+                _check_versions([version(r) for r in group])
+        except WriteBehindError as exc:
+            exc.receipts = []  # type: ignore[attr-defined]
+            raise
+        return put_each(put, group)
+
+    return put_many
 
 
 def group_steps(
