@@ -498,11 +498,6 @@ asyncio.run(main())
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a superseded record's seq is marked done (and its segment trimmed) while its "
-    "successor is not durable: EIO then kill -9 loses the acknowledged version",
-)
 @pytest.mark.parametrize("op", ["fsync", "write"])
 async def test_an_acknowledged_version_survives_a_failing_disk_and_kill_9(
     tmp_path: Path, op: str

@@ -360,6 +360,7 @@ class SpoolLog:
         unsynced_first = 0
         unsynced_at = 0.0  # when the first of them was appended
         frames = b""
+        held: list[int] = []  # done marks kept back while appended records are not synced
         failures = 0
         retry_at = 0.0
         done_sync_at = time.monotonic() + _DONE_SYNC
@@ -408,10 +409,14 @@ class SpoolLog:
                         self._oldest_unsynced = None
                     self._publish()
                     self._watermark.advance(last)
-            if dones:
-                newly = store.mark_done(dones)
-                with self._lock:
-                    self._spooled -= newly
+            if held or dones:  # a done mark may be a record's that one not synced replaced:
+                held += dones  # marked only once everything appended before it is synced
+                dones = [] if unsynced else held
+                if dones:
+                    held = []
+                    newly = store.mark_done(dones)
+                    with self._lock:
+                        self._spooled -= newly
             if store.done_pending and (stopping or time.monotonic() >= done_sync_at):
                 store.sync_done()
                 done_sync_at = time.monotonic() + _DONE_SYNC
