@@ -148,12 +148,7 @@ class Spooling:
         fields = intake.fields
 
         def put_spooled(record: Any) -> Receipt:
-            # _checked, inline: the hot path of every spooled add
-            spool_log = self.log
-            if spool_log is None:
-                raise BatcherClosed("the batcher is closed and takes no more records")
-            if fields is None or type(record) is not dict or not _plain(record, fields):
-                _same_after_round_trip(record, identity)
+            spool_log = self._checked(record, identity, fields)
             payload = encode_record(record)  # RecordError: nothing taken
             with order:  # the put's steps append it (self.taking), under the buffer's lock
                 self.taking = (spool_log, payload)

@@ -47,12 +47,15 @@ def newest_across_shapes(
     at = where or group_indexed(batch)[1]  # the batch index of each row
     newest: dict[Any, tuple[Any, int, tuple[str, ...], int]] = {}  # version, index, shape, n
     shapes: dict[Any, set[tuple[str, ...]]] = {}
+    keys: dict[tuple[str, ...], list[Any]] = {}  # each group's row keys, in row order
     try:
         for names, rows in groups.items():
             kidx = [names.index(k) for k in key]
             vidx = names.index(version) if version is not None and version in names else None
+            row_keys = keys[names] = []
             for n, (row, i) in enumerate(zip(rows, at[names], strict=True)):
                 k = row[kidx[0]] if len(kidx) == 1 else tuple(row[j] for j in kidx)
+                row_keys.append(k)
                 v = None if vidx is None else row[vidx]
                 shapes.setdefault(k, set()).add(names)
                 old = newest.get(k)
@@ -65,11 +68,9 @@ def newest_across_shapes(
         return groups, where, []
     keep: dict[tuple[str, ...], set[int]] = {}
     dropped: list[int] = []
-    for names, rows in groups.items():
-        kidx = [names.index(k) for k in key]
+    for names in groups:
         kept = keep[names] = set()
-        for n, (row, i) in enumerate(zip(rows, at[names], strict=True)):
-            k = row[kidx[0]] if len(kidx) == 1 else tuple(row[j] for j in kidx)
+        for n, (k, i) in enumerate(zip(keys[names], at[names], strict=True)):
             if k not in crossed or newest[k][2:] == (names, n):
                 kept.add(n)
             else:
